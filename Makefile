@@ -1,0 +1,34 @@
+# Set-up and entry points. `make demo` and `make test` work on a fresh clone: they create .venv,
+# install the CPU build of torch *first* (a bare `torch` requirement pulls a multi-GB CUDA build),
+# then the package with its dev extras.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+TORCH  := torch==2.13.0
+export OVERTRAIN_HOME ?= $(CURDIR)/.overtrain
+
+.PHONY: install demo test test-slow bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/overtrain demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
+bench: $(STAMP)
+	$(BIN)/python bench/pretrain_throughput.py
+
+clean:
+	rm -rf $(VENV) .overtrain .pytest_cache build src/*.egg-info

@@ -1,0 +1,283 @@
+"""Configs: pydantic v2 models loaded from YAML with dotted command-line overrides.
+
+Order of precedence (lowest first): the class defaults, the YAML file, then ``key.sub=value`` overrides.
+Every config forbids unknown keys, documents each field with an attribute docstring, and turns any
+validation failure into a one-line `ConfigError` that names the field.
+
+A config's *identity* (what its run id hashes) excludes fields marked ``identity=False`` (devices,
+progress bars, paths): rerunning on another device resumes the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, ValidationError
+
+from overtrain.errors import ConfigError, UnknownNameError
+
+C = TypeVar("C", bound="BaseConfig")
+
+SCHEMA_VERSION = 1
+
+
+class BaseConfig(BaseModel):
+    """Base of every config: unknown keys are errors; fields are documented by attribute docstrings."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_assignment=True,
+        protected_namespaces=(),
+    )
+
+
+def NotInId(default: Any = ..., **kwargs: Any) -> Any:
+    """A `Field` that does not enter the run id (device, progress, paths)."""
+    return Field(default, json_schema_extra={"identity": False}, **kwargs)
+
+
+# --- token counts -------------------------------------------------------------------------------------
+
+_SUFFIX = {"k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+
+
+def parse_count(value: Any) -> Any:
+    """Accept ``2000000``, ``2e6``, ``"2e6"``, ``"2M"`` or ``"1.5k"`` as an integer count."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        scale = 1.0
+        if text and text[-1] in _SUFFIX:
+            scale, text = _SUFFIX[text[-1]], text[:-1]
+        try:
+            value = float(text) * scale
+        except ValueError:
+            return value  # pydantic reports it as not an integer
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            return value
+        return int(value)
+    return value
+
+
+Count = Annotated[int, BeforeValidator(parse_count), Field(gt=0)]
+"""A positive integer that may be written ``2e6`` or ``2M`` (tokens, steps, sequences)."""
+
+
+# --- YAML ----------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``2e6`` and ``1e-3`` as floats (YAML 1.1 wants ``2.0e+6``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}:{where} invalid YAML: {problem}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file, unreadable file or non-mapping is a `ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    data = parse_yaml(text, str(path))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+# --- overrides -----------------------------------------------------------------------------------------
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of `data` with each ``a.b.c=value`` applied; values are parsed as YAML."""
+    out = json.loads(json.dumps(data, default=str)) if data else {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        value = parse_yaml(raw, f"override {key}") if raw.strip() else None
+        node = out
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"override {key}: {where} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+# --- building and errors -------------------------------------------------------------------------------
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line: ``train.tokens: Input should be greater than 0 (got -5)`` plus a count of the rest."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "missing required key"
+    elif "input" in first and not isinstance(first["input"], (dict, list)):
+        shown = repr(first["input"])
+        msg = f"{msg} (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    where = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "config"
+    return f"{where}: {msg}{more}"
+
+
+def validate(cls: type[C], data: Mapping[str, Any], source: str = "config") -> C:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
+
+
+def build_config(
+    cls: type[C],
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> C:
+    """Defaults <- `base` <- YAML file <- overrides, validated into `cls`."""
+    data: dict[str, Any] = dict(base or {})
+    source = "config"
+    if path is not None:
+        data = _deep_merge(data, load_yaml(path))
+        source = str(path)
+    overrides = list(overrides)
+    data = apply_overrides(data, overrides)
+    data = upgrade(data)
+    return validate(cls, data, source if not overrides else f"{source} with overrides")
+
+
+def _deep_merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for key, value in b.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older config to `SCHEMA_VERSION` (the hook where renamed keys get mapped)."""
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"schema_version {version} is newer than this overtrain understands ({SCHEMA_VERSION})"
+        )
+    return data
+
+
+# --- identity ------------------------------------------------------------------------------------------
+
+
+def identity(cfg: BaseModel) -> dict[str, Any]:
+    """The config as plain data, without fields marked ``identity=False``, recursively."""
+    out: dict[str, Any] = {}
+    for name, field in type(cfg).model_fields.items():
+        extra = field.json_schema_extra
+        if isinstance(extra, dict) and extra.get("identity") is False:
+            continue
+        out[name] = _identity_value(getattr(cfg, name))
+    return out
+
+
+def _identity_value(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return identity(value)
+    if isinstance(value, dict):
+        return {str(k): _identity_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_identity_value(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def config_hash(cfg: BaseModel, length: int = 12) -> str:
+    """Short sha256 of the canonical JSON of the config's identity: the run id."""
+    text = json.dumps(identity(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def to_plain(cfg: BaseModel) -> dict[str, Any]:
+    """Every field, JSON-compatible (for `config.yaml`)."""
+    return cfg.model_dump(mode="json", serialize_as_any=True)
+
+
+# --- registered components -----------------------------------------------------------------------------
+
+
+def Registered(registry: Any, default_name: str | None = None) -> Any:
+    """An annotation for a config chosen by name from `registry`: ``{name: hmm, states: 32}``.
+
+    The registry maps names to config classes that have a ``name`` field; a bare string is the name
+    with every other field at its default.
+    """
+
+    def choose(value: Any) -> Any:
+        if isinstance(value, BaseConfig):
+            return value
+        if isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"expected a mapping with a 'name' key or a {registry.kind} name")
+        name = value.get("name", default_name)
+        if name is None:
+            raise ValueError(f"missing 'name': which {registry.kind}? choose from {registry.names()}")
+        try:
+            cls = registry.get(str(name))
+        except UnknownNameError as exc:
+            raise ValueError(str(exc)) from None
+        return cls.model_validate({**value, "name": name})
+
+    return Annotated[SerializeAsAny[BaseConfig], BeforeValidator(choose)]

@@ -1,0 +1,1 @@
+"""Data sources: synthetic HMM languages, copy/induction streams, repeated-data mixing, text corpora."""

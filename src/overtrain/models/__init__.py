@@ -1,0 +1,1 @@
+"""Language-model presets built from Hugging Face configs."""

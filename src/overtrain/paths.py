@@ -1,0 +1,29 @@
+"""Where things live on disk. Every path is under OVERTRAIN_HOME (default `./.overtrain`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    """Root of the run store and data cache: `$OVERTRAIN_HOME`, else `./.overtrain`."""
+    return Path(os.environ.get("OVERTRAIN_HOME") or ".overtrain").expanduser().absolute()
+
+
+def runs_root() -> Path:
+    return home() / "runs"
+
+
+def data_cache() -> Path:
+    """Prepared corpora and downloaded source distributions (never model weights)."""
+    return home() / "data"
+
+
+def repo_root() -> Path | None:
+    """The source checkout this package runs from (for `configs/` and the git commit), if any."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "pyproject.toml").is_file() and (parent / "src" / "overtrain").is_dir():
+            return parent
+    return None

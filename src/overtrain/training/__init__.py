@@ -1,0 +1,1 @@
+"""Training: the loop, LR schedules, checkpoints, pre-training at many token budgets."""

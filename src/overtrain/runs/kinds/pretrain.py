@@ -1,0 +1,16 @@
+"""The ``pretrain`` run kind: one model trained to a list of token budgets."""
+
+from overtrain.registry import RUN_KINDS
+from overtrain.runs.kinds import RunKind
+from overtrain.training.pretrain import PretrainConfig, run_pretrain, total_steps
+
+RUN_KINDS.register(
+    "pretrain",
+    RunKind(
+        name="pretrain",
+        config_cls=PretrainConfig,
+        run=run_pretrain,
+        total_steps=total_steps,
+        help="pre-train one model to a list of token budgets (WSD branches or cosine runs)",
+    ),
+)

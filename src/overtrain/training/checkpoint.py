@@ -1,0 +1,170 @@
+"""Checkpoints: Hugging Face model directories for science, and one resumable trainer state.
+
+- ``ckpt/<name>/`` (``step_<N>``, ``budget_<T>``): a `save_pretrained` directory (safetensors) plus the
+  tokenizer and ``meta.json``; loads with ``AutoModelForCausalLM.from_pretrained`` alone.
+- ``ckpt/resume/``: the newest resumable state: model and optimizer tensors (safetensors), the torch RNG,
+  and a JSON record of where training stands. Only the newest is kept: old optimizer states are dead
+  weight (two extra copies of the model each).
+
+Everything is written into a temporary directory and renamed into place, so a directory that exists is
+complete. Weights are read with safetensors only; pickle files are refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from overtrain.errors import CheckpointError
+from overtrain.runs.atomic import atomic_dir, atomic_write_json
+
+META = "meta.json"
+RESUME = "resume"
+
+
+def save_checkpoint(path: Path, model, tokenizer, meta: dict[str, Any]) -> Path:
+    """Write `model` (+ `tokenizer`, `meta`) as a `from_pretrained`-loadable directory at `path`."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return path
+
+
+def check_model_dir(path: Path) -> None:
+    """Raise `CheckpointError` unless `path` holds safetensors weights and a config."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"not a model checkpoint (no config.json): {path}")
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        if pickled:
+            raise CheckpointError(
+                f"refusing to unpickle {pickled[0]} in {path}: convert the weights to safetensors"
+            )
+        raise CheckpointError(f"no safetensors weights in {path}")
+
+
+def load_checkpoint(
+    path: Path, *, device: str = "cpu", attn_implementation: str | None = None, dtype: torch.dtype | None = None
+):
+    """Load a causal LM saved by `save_checkpoint` (or any HF directory with safetensors weights).
+
+    Returns:
+        ``(model, tokenizer_or_None, meta_dict)``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    check_model_dir(path)
+    kwargs: dict[str, Any] = {"use_safetensors": True}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+    except Exception as exc:  # transformers/safetensors raise many types for a damaged file
+        raise CheckpointError(f"corrupt checkpoint {path}: {_one_line(exc)}") from None
+    tokenizer = None
+    if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except Exception as exc:
+            raise CheckpointError(f"corrupt tokenizer in {path}: {_one_line(exc)}") from None
+    meta = read_meta(path)
+    return model, tokenizer, meta
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    file = Path(path) / META
+    if not file.is_file():
+        return {}
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"corrupt {file}: {exc}") from None
+
+
+def list_checkpoints(run_dir: Path) -> list[dict[str, Any]]:
+    """Every complete model checkpoint of a run: its meta plus ``name`` and ``path``, by tokens seen."""
+    out = []
+    root = Path(run_dir) / "ckpt"
+    if not root.is_dir():
+        return out
+    for d in root.iterdir():
+        if d.name.startswith(".") or d.name == RESUME or not (d / META).is_file():
+            continue
+        meta = read_meta(d)
+        out.append({**meta, "name": d.name, "path": str(d)})
+    out.sort(key=lambda m: (m.get("tokens_seen", 0), m["name"]))
+    return out
+
+
+# --- resumable trainer state ---------------------------------------------------------------------------
+
+
+def save_trainer_state(path: Path, model, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Everything needed to continue bit-exactly: weights, AdamW moments, RNG, and `state` (JSON)."""
+    from safetensors.torch import save_file, save_model
+
+    opt = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in opt["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{idx}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    with atomic_dir(path) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        atomic_write_json(
+            tmp / "trainer_state.json",
+            {"state": state, "param_groups": opt["param_groups"], "scalars": scalars},
+        )
+
+
+def load_trainer_state(path: Path, model, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore what `save_trainer_state` wrote into `model` and `optimizer`; return the JSON state."""
+    from safetensors.torch import load_file, load_model
+
+    path = Path(path)
+    try:
+        record = json.loads((path / "trainer_state.json").read_text())
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"weights do not fit the model (missing {missing[:2]}, unexpected {unexpected[:2]})")
+        tensors = load_file(str(path / "optimizer.safetensors"))
+    except Exception as exc:
+        raise CheckpointError(f"corrupt resume state {path}: {_one_line(exc)}") from None
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, entry in record.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(entry)
+    groups = record["param_groups"]
+    for group in groups:
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return record["state"]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

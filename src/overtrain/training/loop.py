@@ -1,0 +1,122 @@
+"""The training loop: a segment of optimizer steps on indexed batches, and held-out evaluation.
+
+Callers split training into segments between events (logging, evaluation, checkpoints, WSD branch
+points), so the inner loop does nothing but the step itself: no per-step callbacks, no host syncs.
+The mean training loss of a segment is accumulated on the device and read once at its end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from overtrain.training.schedules import LR
+
+Batches = Callable[[int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SegmentStats:
+    """What a segment of steps did.
+
+    Attributes:
+        steps: optimizer steps taken.
+        mean_loss: mean training loss over them, nats per token.
+        grad_norm: global gradient norm before clipping at the last step.
+        lr: learning rate of the last step.
+    """
+
+    steps: int
+    mean_loss: float
+    grad_norm: float
+    lr: float
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def build_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (embeddings included), none on norms and biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def train_segment(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch_at: Batches,
+    lr_at: LR,
+    start: int,
+    stop: int,
+    *,
+    grad_clip: float | None = 1.0,
+    autocast_dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+) -> SegmentStats:
+    """Take steps ``start .. stop-1``: step ``s`` trains on ``batch_at(s)`` at rate ``lr_at(s)``.
+
+    The loss is the mean next-token cross-entropy (nats) of the causal LM on the batch.
+    """
+    device = torch.device(device)
+    model.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    loss_sum = torch.zeros((), device=device)
+    grad_norm = torch.zeros((), device=device)
+    lr = float("nan")
+    with autocast_context(device, autocast_dtype):
+        for step in range(start, stop):
+            lr = lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x = batch_at(step).to(device, non_blocking=True)
+            loss = model(input_ids=x, labels=x, use_cache=False).loss
+            loss.backward()
+            if grad_clip:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach().float()
+    n = max(1, stop - start)
+    return SegmentStats(stop - start, (loss_sum / n).item(), float(grad_norm), lr)
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: torch.nn.Module,
+    batches: Iterable[torch.Tensor],
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Mean next-token cross-entropy in nats over every predicted token of `batches`."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with autocast_context(device, autocast_dtype):
+        for x in batches:
+            x = x.to(device)
+            logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
+            target = x[:, 1:]
+            total += torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="sum"
+            ).item()
+            count += target.numel()
+    model.train(was_training)
+    return total / count if count else math.nan

@@ -1,0 +1,459 @@
+"""Pre-training one model family to a list of token budgets.
+
+One run trains one model (one seed, one preset, one data source) and leaves a checkpoint at the end of
+every budget (``ckpt/budget_<T>``) plus Pythia-style log-spaced checkpoints along the longest
+trajectory (``ckpt/step_<N>``). Schedules (see `overtrain.training.schedules`):
+
+- ``wsd``: one warmup-stable main line; each budget branches a linear decay off it (cheap).
+- ``cosine``: an independent warmup-cosine trajectory per budget from the same initialisation (faithful).
+- ``constant``: warmup then a constant rate; budgets are points on the one line (no cool-down).
+
+Metrics (``metrics.jsonl``): ``step`` (optimizer updates done on that line), ``tokens_seen``, tag ``line``
+(``main`` or ``budget_<T>``), ``train/loss``, ``train/lr``, ``train/grad_norm``, ``val/loss`` and
+``val/entropy_floor`` (nats per token; the floor is the Bayes-optimal loss where the data source knows
+it), and ``<name>/loss`` for every extra eval source. ``evals.jsonl`` has one row per (checkpoint, split).
+
+Resume: the trainer state is saved every ``checkpoint.resume_every`` steps and at every branch point; a
+restarted run truncates its JSONL files to what that state had seen and continues, so its metrics equal
+an uninterrupted run's bit for bit (indexed batches make the data position just the step).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from overtrain.config import BaseConfig, Count, NotInId, Registered
+from overtrain.data.base import DataConfig, TokenSource
+from overtrain.errors import DataError, RunFailed, UserError
+from overtrain.models.presets import ModelConfig, build_model, count_params
+from overtrain.registry import DATASETS
+from overtrain.seed import seed_everything
+from overtrain.training import checkpoint as ckpt
+from overtrain.training.loop import build_optimizer, evaluate_loss, train_segment
+from overtrain.training.schedules import (
+    Budget,
+    cosine,
+    linear_decay,
+    log_spaced_steps,
+    plan_budgets,
+    warmup_stable,
+)
+
+
+def _default_data() -> Any:
+    return DATASETS.get("hmm").model_validate({"name": "hmm"})
+
+
+class TrainConfig(BaseConfig):
+    """Optimisation and budgets."""
+
+    tokens: list[Count] = [262_144, 524_288]
+    """Token budgets (``2e6`` or ``2M`` accepted); one checkpoint per budget, after exactly that many tokens
+    (rounded to whole steps of batch_size x seq_len)."""
+
+    schedule: Literal["wsd", "cosine", "constant"] = "wsd"
+    """``wsd``: branch a decay per budget off one warmup-stable line; ``cosine``: one run per budget;
+    ``constant``: no decay."""
+
+    batch_size: int = Field(32, gt=0)
+    """Sequences per optimizer step."""
+
+    seq_len: int = Field(64, ge=2)
+    """Tokens per sequence (the model's context length)."""
+
+    lr: float = Field(3e-3, gt=0)
+    """Peak learning rate."""
+
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    """Learning rate at the end of each decay, as a fraction of `lr`."""
+
+    warmup_steps: int = Field(100, ge=0)
+    """Linear warmup length in steps (shared by every budget)."""
+
+    decay_fraction: float = Field(0.1, gt=0, le=1)
+    """WSD: fraction of each budget's steps spent in its linear cool-down."""
+
+    weight_decay: float = Field(0.1, ge=0)
+    """AdamW decoupled weight decay on matrices (not on norms or biases)."""
+
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW (beta1, beta2)."""
+
+    eps: float = Field(1e-8, gt=0)
+    """AdamW epsilon."""
+
+    grad_clip: float = Field(1.0, ge=0)
+    """Clip the global gradient norm to this value (0 disables)."""
+
+    log_every: int = Field(10, gt=0)
+    """Steps between training-loss records (the mean over those steps)."""
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        if value is None or value == []:
+            raise ValueError("give at least one token budget")
+        return value if isinstance(value, (list, tuple)) else [value]
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError("betas must lie in [0, 1)")
+        return value
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def budgets(self) -> list[Budget]:
+        return plan_budgets(list(self.tokens), self.tokens_per_step, self.schedule, self.decay_fraction)
+
+
+class EvalConfig(BaseConfig):
+    """Held-out evaluation, at every checkpoint and optionally every `every` steps."""
+
+    batches: int = Field(8, gt=0)
+    """Validation batches per evaluation (fixed: the same batches every time)."""
+
+    batch_size: int | None = Field(None, gt=0)
+    """Sequences per validation batch (default: the training batch size)."""
+
+    every: int | None = Field(None, gt=0)
+    """Also evaluate every this many steps on the main line (default: only at checkpoints)."""
+
+    extra: dict[str, Registered(DATASETS)] = {}
+    """More sources to evaluate on, by metric prefix, e.g. ``{task: {name: hmm, seed: 1}}`` logs ``task/loss``."""
+
+    @field_validator("extra")
+    @classmethod
+    def _prefixes(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if not key.replace("_", "").isalnum() or key in ("train", "val"):
+                raise ValueError(f"extra eval name {key!r} must be a word other than train/val")
+        return value
+
+
+class CheckpointConfig(BaseConfig):
+    """Which model checkpoints to keep besides one per budget, and how often to save resumable state."""
+
+    log_spaced: bool = True
+    """Save at steps 1, 2, 4, 8, ... along the longest trajectory (Pythia's schedule)."""
+
+    every: int | None = Field(None, gt=0)
+    """Also save every this many steps (Pythia: 1000)."""
+
+    step_zero: bool = True
+    """Save the initialisation as ``step_00000000``."""
+
+    resume_every: int = Field(200, gt=0)
+    """Steps between resumable trainer states (optimizer + RNG), the most work a crash can lose."""
+
+
+class PretrainConfig(BaseConfig):
+    """One model pre-trained to a list of token budgets (``overtrain pretrain``)."""
+
+    schema_version: int = 1
+    """Config schema version (older configs are upgraded on load)."""
+
+    seed: int = 0
+    """Seed of the model initialisation (the data's own seed lives in `data`)."""
+
+    data: Registered(DATASETS, "hmm") = Field(default_factory=_default_data)
+    """Training data source by name (``overtrain ls datasets``) with its settings; ``val`` split for eval."""
+
+    model: ModelConfig = ModelConfig()
+    """Model preset and overrides."""
+
+    train: TrainConfig = TrainConfig()
+    """Budgets, schedule and optimiser."""
+
+    eval: EvalConfig = EvalConfig()
+    """Held-out evaluation."""
+
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    """Checkpoint schedule."""
+
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute precision (bf16 autocast; weights stay fp32). Pays off on CPU only for hidden >= 256."""
+
+    device: str = NotInId("cpu")
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (not part of the run id: moving device resumes the run)."""
+
+    compile: bool = NotInId(False)
+    """``torch.compile`` the model (about 20 s to compile on CPU; worth it for long runs)."""
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        base = value.split(":")[0]
+        if base not in ("cpu", "cuda", "mps", "auto"):
+            raise ValueError("device must be cpu, cuda, cuda:N, mps or auto")
+        return value
+
+    @model_validator(mode="after")
+    def _budgets_distinct(self) -> PretrainConfig:
+        self.train.budgets()  # raises ConfigError when two budgets round to one step count
+        return self
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name} requested but no CUDA device is available")
+    return device
+
+
+def total_steps(cfg: PretrainConfig) -> int:
+    """Optimizer steps the whole run takes (progress bar total)."""
+    budgets = cfg.train.budgets()
+    if cfg.train.schedule == "wsd":
+        return budgets[-1].branch + sum(b.decay for b in budgets)
+    if cfg.train.schedule == "cosine":
+        return sum(b.steps for b in budgets)
+    return budgets[-1].steps
+
+
+class _Job:
+    """The state of one pre-training run while it executes."""
+
+    def __init__(self, cfg: PretrainConfig, run) -> None:
+        self.cfg, self.run = cfg, run
+        tc = cfg.train
+        self.device = resolve_device(cfg.device)
+        self.autocast = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+        self.source: TokenSource = cfg.data.build()
+        self.tokenizer = self.source.tokenizer()
+        self.tps = tc.tokens_per_step
+        self.budgets = tc.budgets()
+        self.min_lr = tc.lr * tc.min_lr_ratio
+        self.lr_main = warmup_stable(tc.lr, tc.warmup_steps)
+        self.floor = self.source.loss_floor(tc.seq_len)
+        eval_bs = cfg.eval.batch_size or tc.batch_size
+        self.val = [self.source.batch("val", i, eval_bs, tc.seq_len) for i in range(cfg.eval.batches)]
+        self.extra: dict[str, list[torch.Tensor]] = {}
+        for key, dcfg in cfg.eval.extra.items():
+            src = dcfg.build()
+            if src.vocab_size > self.source.vocab_size:
+                raise DataError(
+                    f"eval.extra.{key}: vocab_size {src.vocab_size} exceeds the training data's "
+                    f"{self.source.vocab_size}"
+                )
+            self.extra[key] = [src.batch("val", i, eval_bs, tc.seq_len) for i in range(cfg.eval.batches)]
+        self.model = self.fresh_model()
+        self.n_params = count_params(self.model)
+        self.optimizer = self.fresh_optimizer(self.model)
+        self.train_model = torch.compile(self.model) if cfg.compile else self.model
+        self.done_steps = 0
+        self.acc = [0.0, 0]  # training-loss sum and step count since the last log record
+        self.done_budgets: set[int] = set()
+
+    # -- building blocks ---------------------------------------------------------------------------
+
+    def fresh_model(self):
+        seed_everything(self.cfg.seed)
+        return build_model(self.cfg.model, self.source.vocab_size, self.cfg.train.seq_len).to(self.device)
+
+    def fresh_optimizer(self, model):
+        tc = self.cfg.train
+        return build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, tc.eps)
+
+    def batch_at(self, step: int) -> torch.Tensor:
+        return self.source.batch("train", step, self.cfg.train.batch_size, self.cfg.train.seq_len)
+
+    def segment(self, model, optimizer, lr, start: int, stop: int) -> None:
+        if stop <= start:
+            return
+        train_model = self.train_model if model is self.model else model
+        stats = train_segment(
+            train_model, optimizer, self.batch_at, lr, start, stop,
+            grad_clip=self.cfg.train.grad_clip or None, autocast_dtype=self.autocast, device=self.device,
+        )
+        if not math.isfinite(stats.mean_loss):
+            raise RunFailed(f"training loss became {stats.mean_loss} between steps {start} and {stop}")
+        self.acc[0] += stats.mean_loss * stats.steps
+        self.acc[1] += stats.steps
+        self.last = stats
+        self.done_steps += stats.steps
+        self.run.progress(self.done_steps, total_steps(self.cfg))
+
+    def log_train(self, step: int, line: str) -> None:
+        if not self.acc[1]:
+            return
+        self.run.log_metrics({
+            "step": step, "tokens_seen": step * self.tps, "line": line,
+            "train/loss": self.acc[0] / self.acc[1], "train/lr": self.last.lr,
+            "train/grad_norm": self.last.grad_norm,
+        })
+        self.acc = [0.0, 0]
+
+    def evaluate(self, model) -> dict[str, float]:
+        out = {"val/loss": evaluate_loss(model, self.val, autocast_dtype=self.autocast, device=self.device)}
+        if self.floor is not None:
+            out["val/entropy_floor"] = self.floor
+        for key, batches in self.extra.items():
+            out[f"{key}/loss"] = evaluate_loss(model, batches, autocast_dtype=self.autocast, device=self.device)
+        return out
+
+    def log_eval(self, model, step: int, line: str) -> dict[str, float]:
+        metrics = self.evaluate(model)
+        self.run.log_metrics({"step": step, "tokens_seen": step * self.tps, "line": line, **metrics})
+        return metrics
+
+    def save(self, model, name: str, step: int, line: str, budget: int | None) -> None:
+        """A science checkpoint with its evaluation (metrics + one evals row per split)."""
+        metrics = self.log_eval(model, step, line)
+        tokens = step * self.tps
+        meta = {
+            "step": step, "tokens_seen": tokens, "line": line, "budget": budget,
+            "n_params": self.n_params, "tokens_per_param": tokens / self.n_params,
+            "schedule": self.cfg.train.schedule, "seed": self.cfg.seed,
+        }
+        ckpt.save_checkpoint(self.run.ckpt_dir(name), model, self.tokenizer, {**meta, **metrics})
+        for split_key, loss in metrics.items():
+            if not split_key.endswith("/loss"):
+                continue
+            split = split_key.split("/")[0]
+            floor = self.floor if split == "val" else None
+            self.run.log_eval({
+                "checkpoint": name, **meta, "split": split, "loss": loss, "loss_floor": floor,
+                "excess_loss": None if floor is None else loss - floor,
+            })
+
+    def save_resume(self, line_index: int, step: int) -> None:
+        self.run.sync()
+        state = {
+            "line_index": line_index, "step": step, "done_steps": self.done_steps,
+            "done_budgets": sorted(self.done_budgets), "acc": self.acc,
+            "lines": {name: self.run.line_count(name) for name in ("metrics", "evals")},
+        }
+        ckpt.save_trainer_state(self.run.ckpt_dir(ckpt.RESUME), self.model, self.optimizer, state)
+
+    def load_resume(self) -> dict[str, Any] | None:
+        path = self.run.ckpt_dir(ckpt.RESUME)
+        if not (path / "trainer_state.json").is_file():
+            return None
+        state = ckpt.load_trainer_state(path, self.model, self.optimizer)
+        for name, n in state["lines"].items():
+            self.run.truncate(name, n)
+        self.done_steps = state["done_steps"]
+        self.done_budgets = set(state["done_budgets"])
+        self.acc = list(state["acc"])
+        return state
+
+    # -- trajectories ----------------------------------------------------------------------------------
+
+    def checkpoint_steps(self, last: int) -> set[int]:
+        cc = self.cfg.checkpoint
+        if not cc.log_spaced:
+            steps = set(range(cc.every, last + 1, cc.every)) if cc.every else set()
+            return steps | ({0} if cc.step_zero else set())
+        return set(log_spaced_steps(last, cc.every, cc.step_zero))
+
+    def line(self, model, optimizer, lr, start: int, end: int, *, name: str, line_index: int,
+             checkpoints: set[int], budgets_at: dict[int, list[Budget]], resumable: bool,
+             resumed_at: int | None, on_branch=None) -> None:
+        """Train one trajectory from `start` to `end`, handling the events at each step on the way."""
+        log_every = self.cfg.train.log_every
+        evals = set(range(self.cfg.eval.every, end + 1, self.cfg.eval.every)) if self.cfg.eval.every else set()
+        resumes = set(range(self.cfg.checkpoint.resume_every, end, self.cfg.checkpoint.resume_every))
+        events = {s for s in range(start, end + 1) if s % log_every == 0} | {start, end}
+        events |= {s for s in checkpoints | evals | resumes | set(budgets_at) if start <= s <= end}
+        step = start
+        for event in sorted(events):
+            self.segment(model, optimizer, lr, step, event)
+            step = event
+            if resumed_at == event:
+                pass  # everything at this step up to the resume save was done before the restart
+            else:
+                if event % log_every == 0 or event == end:
+                    self.log_train(event, name)
+                if event in checkpoints:
+                    self.save(model, f"step_{event:08d}", event, name, None)
+                elif event in evals:
+                    self.log_eval(model, event, name)
+                for b in budgets_at.get(event, []):
+                    if b.decay == 0 and b.tokens not in self.done_budgets:  # constant: a point on this line
+                        self.save(model, b.name, event, name, b.tokens)
+                        self.done_budgets.add(b.tokens)
+                pending = [b for b in budgets_at.get(event, []) if b.tokens not in self.done_budgets]
+                if resumable and (event in resumes or pending):
+                    self.save_resume(line_index, event)
+            for b in budgets_at.get(event, []):
+                if on_branch is not None and b.tokens not in self.done_budgets:
+                    on_branch(b)
+
+    def branch(self, b: Budget) -> None:
+        """WSD: decay a copy of the main line from its branch point to the budget's end."""
+        model, optimizer = copy.deepcopy((self.model, self.optimizer))
+        lr = linear_decay(self.lr_main, b.branch, b.decay, self.min_lr)
+        acc = self.acc
+        self.acc = [0.0, 0]
+        self.line(model, optimizer, lr, b.branch, b.steps, name=b.name, line_index=0, checkpoints=set(),
+                  budgets_at={}, resumable=False, resumed_at=None)
+        self.save(model, b.name, b.steps, b.name, b.tokens)
+        self.done_budgets.add(b.tokens)
+        self.acc = acc
+
+    def run_wsd_or_constant(self, state: dict[str, Any] | None) -> None:
+        last = self.budgets[-1]
+        end = last.branch if self.cfg.train.schedule == "wsd" else last.steps
+        budgets_at: dict[int, list[Budget]] = {}
+        for b in self.budgets:
+            budgets_at.setdefault(b.branch, []).append(b)
+        start = state["step"] if state else 0
+        self.line(self.model, self.optimizer, self.lr_main, start, end, name="main", line_index=0,
+                  checkpoints=self.checkpoint_steps(end), budgets_at=budgets_at, resumable=True,
+                  resumed_at=start if state else None,
+                  on_branch=self.branch if self.cfg.train.schedule == "wsd" else None)
+
+    def run_cosine(self, state: dict[str, Any] | None) -> None:
+        tc = self.cfg.train
+        first = state["line_index"] if state else 0
+        for k in range(first, len(self.budgets)):
+            b = self.budgets[k]
+            resumed = state is not None and k == first
+            if not resumed and k > 0:
+                self.model = self.fresh_model()
+                self.optimizer = self.fresh_optimizer(self.model)
+                self.train_model = torch.compile(self.model) if self.cfg.compile else self.model
+            lr = cosine(tc.lr, tc.warmup_steps, b.steps, self.min_lr)
+            is_last = k == len(self.budgets) - 1
+            start = state["step"] if resumed else 0
+            self.line(self.model, self.optimizer, lr, start, b.steps, name=b.name, line_index=k,
+                      checkpoints=self.checkpoint_steps(b.steps) - {b.steps} if is_last else set(),
+                      budgets_at={}, resumable=True, resumed_at=start if resumed else None)
+            self.save(self.model, b.name, b.steps, b.name, b.tokens)
+            self.done_budgets.add(b.tokens)
+
+
+def run_pretrain(cfg: PretrainConfig, run) -> None:
+    """Execute one pre-training run inside an open run directory (see module docstring)."""
+    started = time.perf_counter()
+    job = _Job(cfg, run)
+    run.set_info(
+        n_params=job.n_params,
+        n_params_non_embedding=count_params(job.model, non_embedding=True),
+        vocab_size=job.source.vocab_size,
+        tokens_per_step=job.tps,
+        loss_floor=job.floor,
+        hf_class=type(job.model).__name__,
+        budgets=[{"tokens": b.tokens, "steps": b.steps, "branch": b.branch, "decay": b.decay,
+                  "tokens_seen": b.steps * job.tps} for b in job.budgets],
+    )
+    state = job.load_resume()
+    steps_before = job.done_steps
+    if cfg.train.schedule == "cosine":
+        job.run_cosine(state)
+    else:
+        job.run_wsd_or_constant(state)
+    wall = time.perf_counter() - started
+    run.set_info(train_tokens_per_second=(job.done_steps - steps_before) * job.tps / max(wall, 1e-9))

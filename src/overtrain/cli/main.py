@@ -5,12 +5,17 @@ Exit codes: 0 success, 1 a run failed, 2 bad input (one line on stderr naming th
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
+
+try:  # typer >= 0.20 vendors its own click; its exceptions are not the `click` package's
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click import exceptions as click_exceptions
 
 from overtrain.errors import OvertrainError, UserError
 
@@ -274,15 +279,22 @@ def main(argv: list[str] | None = None) -> None:
     except OvertrainError as exc:
         err.print(f"overtrain: {exc}", markup=False)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         err.print("overtrain: aborted")
         sys.exit(130)
-    except click.ClickException as exc:
+    except click_exceptions.ClickException as exc:
         err.print(f"overtrain: error: {exc.format_message()}", markup=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("overtrain: interrupted")
         sys.exit(130)
+    except Exception as exc:  # a run that broke: its manifest holds the error; the traceback is opt-in
+        if os.environ.get("OVERTRAIN_DEBUG"):
+            raise
+        message = " ".join(str(exc).split())
+        err.print(f"overtrain: failed: {type(exc).__name__}: {message} (OVERTRAIN_DEBUG=1 shows the traceback)",
+                  markup=False)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from overtrain.config import BaseConfig, NotInId
-from overtrain.errors import ConfigError
+from overtrain.errors import UnknownNameError
 from overtrain.registry import MODELS
 
 Family = Literal["llama", "olmo2", "neox"]
@@ -119,21 +119,32 @@ class ModelConfig(BaseConfig):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, name: str) -> str:
-        MODELS.get(name)  # raises UnknownNameError with a did-you-mean, shown as one line
+        try:
+            MODELS.get(name)
+        except UnknownNameError as exc:  # pydantic shows a ValueError as one line under the field
+            raise ValueError(str(exc)) from None
         return name
+
+    @model_validator(mode="after")
+    def _known_overrides(self) -> ModelConfig:
+        if self.overrides:
+            build_hf_config(self, vocab_size=8, max_positions=8)  # raises ValueError on a bad key
+        return self
 
 
 def build_hf_config(cfg: ModelConfig, vocab_size: int, max_positions: int):
-    """The `transformers` config for `cfg`; an override that the config class lacks is a `ConfigError`."""
+    """The `transformers` config for `cfg`; an override that the config class lacks is a `ValueError`
+    (raised while validating `ModelConfig`, so it reaches the user as a one-line config error)."""
     preset: Preset = MODELS.get(cfg.preset)
     hf = preset.hf_config(vocab_size, max_positions)
     known = set(hf.to_dict())
     unknown = sorted(set(cfg.overrides) - known)
     if unknown:
-        raise ConfigError(
-            f"model.overrides: unknown field {unknown[0]!r} for {type(hf).__name__} (preset {cfg.preset})"
-        )
-    hf = preset.hf_config(vocab_size, max_positions, cfg.overrides)
+        raise ValueError(f"unknown field {unknown[0]!r} in overrides for {type(hf).__name__} ({cfg.preset})")
+    try:
+        hf = preset.hf_config(vocab_size, max_positions, cfg.overrides)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"overrides: {exc}") from None
     hf._attn_implementation = cfg.attn_implementation
     return hf
 

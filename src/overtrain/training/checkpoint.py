@@ -27,6 +27,9 @@ RESUME = "resume"
 
 def save_checkpoint(path: Path, model, tokenizer, meta: dict[str, Any]) -> Path:
     """Write `model` (+ `tokenizer`, `meta`) as a `from_pretrained`-loadable directory at `path`."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per checkpoint would drown the run's own progress bar
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:

@@ -1,0 +1,132 @@
+"""The command line: bad input gives one line on stderr and exit 2; runs, queries and listings work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from overtrain.cli.main import main
+from overtrain.runs.store import read_jsonl
+
+
+def cli(capsys, *argv):
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path, tiny_pretrain):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_pretrain))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train.tokenz=5"], "train.tokenz: unknown key"),
+        (["train.batch_size=big"], "train.batch_size: Input should be a valid integer"),
+        (["train.tokens=[-5]"], "train.tokens.0: Input should be greater than 0"),
+        (["train.tokens=0"], "train.tokens.0: Input should be greater than 0"),
+        (["train.lr=-1"], "train.lr: Input should be greater than 0"),
+        (["model.preset=llama-nan"], "unknown model preset 'llama-nan' (did you mean 'llama-nano'?)"),
+        (["data.name=hmmm"], "unknown dataset 'hmmm'"),
+        (["model.overrides.num_layerz=3"], "model: unknown field 'num_layerz' in overrides"),
+        (["--config", "/nonexistent/x.yaml"], "config file not found: /nonexistent/x.yaml"),
+        (["train.tokens=[2560,2600]"], "both round to 10 steps"),
+        (["device=tpu"], "device must be cpu, cuda, cuda:N, mps or auto"),
+        (["--no-such-flag"], "No such option"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, home, tiny_yaml, args, message):
+    argv = ["pretrain", "--config", str(tiny_yaml), *args] if "--config" not in args else ["pretrain", *args]
+    code, out, err = cli(capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (home / "runs").exists() or not any((home / "runs").rglob("manifest.json"))
+
+
+def test_pretrain_then_query_and_ls(capsys, home, tiny_yaml):
+    code, out, _ = cli(capsys, "pretrain", "--config", str(tiny_yaml))
+    assert code == 0 and "done" in out
+    code, out, _ = cli(capsys, "pretrain", "--config", str(tiny_yaml))
+    assert code == 0 and "already done" in out
+    code, out, _ = cli(capsys, "query", "select kind, status, count(*) as n from runs group by all", "--format", "json")
+    assert code == 0 and json.loads(out) == [{"kind": "pretrain", "status": "success", "n": 1}]
+    code, out, _ = cli(capsys, "query", "select count(*) as n from metrics where name = 'val/loss'", "-f", "csv")
+    assert code == 0 and int(out.splitlines()[1]) > 5
+    code, out, err = cli(capsys, "query", "select nope from runs")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    code, out, _ = cli(capsys, "ls", "presets", "--vocab", "64")
+    assert code == 0 and "llama-nano" in out and "10,320" in out
+    code, out, _ = cli(capsys, "ls", "datasets")
+    assert code == 0 and "hmm" in out
+    code, _, err = cli(capsys, "ls", "widgets")
+    assert code == 2 and "unknown listing 'widgets'" in err
+
+
+def test_corrupt_resume_state_is_a_one_line_error(capsys, home, tiny_yaml, tiny_pretrain, monkeypatch):
+    from overtrain.training.pretrain import _Job
+
+    original = _Job.save_resume
+
+    def crash(self, *args):
+        original(self, *args)
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(_Job, "save_resume", crash)
+    code, _, err = cli(capsys, "pretrain", "--config", str(tiny_yaml))
+    assert code == 1 and "simulated crash" in err
+    monkeypatch.setattr(_Job, "save_resume", original)
+    state = next(home.rglob("resume/optimizer.safetensors"))
+    state.write_bytes(state.read_bytes()[:50])  # truncated
+    code, _, err = cli(capsys, "pretrain", "--config", str(tiny_yaml))
+    assert code == 2 and "corrupt resume state" in err and len(err.strip().splitlines()) == 1
+    manifest = json.loads(next(home.rglob("manifest.json")).read_text())
+    assert manifest["status"] == "failed"
+
+
+def test_sigkill_mid_run_then_rerun_matches_an_uninterrupted_run(tmp_path, tiny_pretrain):
+    """A real process killed with SIGKILL part-way, started again, ends with the same metrics."""
+    cfg = dict(tiny_pretrain)
+    cfg["train"] = {**cfg["train"], "tokens": [25_600, 51_200], "log_every": 5}  # 200 steps
+    cfg["checkpoint"] = {"resume_every": 10, "log_spaced": False, "step_zero": False}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    command = [sys.executable, "-m", "overtrain.cli.main", "pretrain", "--config", str(path)]
+
+    def env(home):
+        return {**os.environ, "OVERTRAIN_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+
+    subprocess.run(command, env=env(tmp_path / "ref"), check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen(command, env=env(tmp_path / "kill"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    state = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        states = list((tmp_path / "kill").rglob("resume/trainer_state.json"))
+        if states and json.loads(states[0].read_text())["state"]["step"] >= 60:
+            state = states[0]
+            break
+        time.sleep(0.02)
+    assert state is not None and proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    manifest = json.loads((state.parents[2] / "manifest.json").read_text())
+    assert manifest["status"] == "running"  # killed: nothing got to mark it either way
+    subprocess.run(command, env=env(tmp_path / "kill"), check=True, capture_output=True, timeout=300)
+    run_dir = state.parents[2]
+    ref_dir = next((tmp_path / "ref").rglob("manifest.json")).parent
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "success"
+    for name in ("metrics.jsonl", "evals.jsonl"):
+        assert read_jsonl(run_dir / name) == read_jsonl(ref_dir / name)

@@ -81,13 +81,15 @@ class _Display:
 
         self.enabled = enabled
         self.console = Console(stderr=True, highlight=False)
+        # Bars only on a terminal: in a log (CI, a pipe, tests) a bar is a frozen snapshot, while the
+        # one-line reports of `line` say the same thing readably.
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=self.console,
-            disable=not enabled,
+            disable=not (enabled and self.console.is_terminal),
         )
         self.overall = self.progress.add_task("runs", total=n_runs)
 
@@ -105,8 +107,8 @@ class _Display:
         if self.enabled:
             from rich.text import Text
 
-            # Text, not markup: an error message may contain [brackets]
-            self.progress.console.print(Text.assemble((f"{status:>7} ", style), text))
+            # Text, not markup: an error message may contain [brackets]; soft_wrap keeps paths whole
+            self.console.print(Text.assemble((f"{status:>7} ", style), text), soft_wrap=True)
 
     def run_bar(self, item: PlanItem, total: int | None) -> tuple[int, Callable[..., None]]:
         task = self.progress.add_task(f"  {item.kind}/{item.run_id}", total=total)

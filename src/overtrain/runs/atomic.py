@@ -128,6 +128,32 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, dumps_json(obj, indent=2) + "\n")
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_renameat2: Any = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux ``renameat2(RENAME_EXCHANGE)``; False where unsupported."""
+    global _renameat2
+    if _renameat2 is None:
+        _renameat2 = False
+        try:
+            import ctypes
+            import ctypes.util
+
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            fn = libc.renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+            _renameat2 = fn
+        except (OSError, AttributeError):
+            pass  # not glibc >= 2.28 (macOS, musl, Windows): the two-rename fallback is used
+    if not _renameat2:
+        return False
+    at_fdcwd = -100
+    return _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
 def _fsync_tree(root: Path) -> None:
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
@@ -142,9 +168,11 @@ def atomic_dir(final_path: str | Path) -> Iterator[Path]:
     """Build a directory under a temporary name and move it to `final_path` only if the block succeeds.
 
     Yields a fresh empty directory beside `final_path` (name starting with ``.tmp-``). On a clean exit its
-    files are fsynced and it is renamed to `final_path`; an existing `final_path` is renamed aside first,
-    then deleted once the new one is in place (a directory cannot be replaced by one atomic rename). If
-    the block raises, the temporary directory is removed and `final_path` is untouched.
+    files are fsynced and it is renamed to `final_path`. An existing `final_path` is swapped out in one
+    atomic step where Linux ``renameat2(RENAME_EXCHANGE)`` exists; elsewhere it is renamed aside, the new
+    one renamed in, and the old one deleted (a crash between those two renames leaves no `final_path`
+    and a ``.tmp-old-*`` sibling). If the block raises, the temporary directory is removed and
+    `final_path` is untouched.
 
     Args:
         final_path: where the finished directory should appear; its parent is created.
@@ -162,6 +190,11 @@ def atomic_dir(final_path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if final.exists() and _exchange(tmp, final):
+        # one atomic swap: `final` never disappears, not even for an instant; tmp now holds the old one
+        fsync_dir(final.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     old: Path | None = None
     if final.exists():
         old = final.parent / f"{TMP_PREFIX}old-{final.name}.{uuid.uuid4().hex[:8]}"

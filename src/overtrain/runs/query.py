@@ -282,7 +282,7 @@ def query(sql: str, store: Store | None = None) -> pa.Table:
         store: the run store; default ``Store()``.
 
     Returns:
-        The result as an Arrow table (empty, with no columns, for a statement that returns nothing).
+        The result as an Arrow table (a statement such as CREATE gives DuckDB's status table).
 
     Raises:
         UserError: the SQL does not parse or does not bind (message: DuckDB's first line).

@@ -10,6 +10,7 @@ progress bars, paths): rerunning on another device resumes the same run.
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import json
 import math
@@ -46,7 +47,7 @@ def NotInId(default: Any = ..., **kwargs: Any) -> Any:
 
 # --- token counts -------------------------------------------------------------------------------------
 
-_SUFFIX = {"k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+_SUFFIX = {"k": 10**3, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
 
 def parse_count(value: Any) -> Any:
@@ -55,13 +56,14 @@ def parse_count(value: Any) -> Any:
         return value
     if isinstance(value, str):
         text = value.strip().replace("_", "")
-        scale = 1.0
+        scale = 1
         if text and text[-1] in _SUFFIX:
             scale, text = _SUFFIX[text[-1]], text[:-1]
-        try:
-            value = float(text) * scale
-        except ValueError:
+        try:  # decimal arithmetic: "67.1M" is 67100000, not 67099999.99999999
+            exact = decimal.Decimal(text) * scale
+        except decimal.InvalidOperation:
             return value  # pydantic reports it as not an integer
+        return int(exact) if exact.is_finite() and exact == exact.to_integral_value() else float(exact)
     if isinstance(value, float):
         if not math.isfinite(value) or value != int(value):
             return value

@@ -205,7 +205,7 @@ def query(
 @app.command()
 def validate(paths: list[Path] = typer.Argument(..., help="Config or sweep YAML files, or directories.")) -> None:
     """Load and validate config files (a sweep file expands and validates every run it names)."""
-    from overtrain.config import load_yaml
+    from overtrain.runs.configs import validate_file
 
     files: list[Path] = []
     for p in paths:
@@ -216,25 +216,8 @@ def validate(paths: list[Path] = typer.Argument(..., help="Config or sweep YAML 
         else:
             raise UserError(f"no such file or directory: {p}")
     for f in files:
-        describe_config_file(f, load_yaml(f))
-        _console().print(f"ok  {f}")
-
-
-def describe_config_file(path: Path, data: dict) -> str:
-    """Validate a config or sweep file by its shape: a sweep has ``kind`` and ``base``; a run config is
-    of the kind named by its parent directory (``configs/<kind>/x.yaml``) or by a ``kind:`` comment."""
-    from overtrain.config import build_config
-    from overtrain.registry import RUN_KINDS
-    from overtrain.runs.plan import load_sweep
-
-    if "axes" in data or ("kind" in data and "base" in data):
-        plan = load_sweep(path)
-        return f"sweep of {len(plan.items)} runs"
-    kind = path.parent.name
-    if kind not in RUN_KINDS:
-        raise UserError(f"{path}: cannot tell which run kind this config is for (put it under configs/<kind>/)")
-    build_config(RUN_KINDS.get(kind).config_cls, path)
-    return kind
+        what = validate_file(f)
+        _console().print(f"ok  {f}  ({what})")
 
 
 @data_app.command("prepare")

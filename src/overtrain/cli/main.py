@@ -106,15 +106,9 @@ def sweep(
 
 
 def _report_plan(result) -> None:
-    out = _console()
-    out.print(
-        f"done {len(result.done)}, skipped {len(result.skipped)}, failed {len(result.failed)}, "
-        f"blocked {len(result.blocked)}"
-    )
-    for item in result.failed:
-        _console(stderr=True).print(f"failed: {item}")
-    if result.failed or result.blocked:
-        raise typer.Exit(1)
+    """The executor already printed each failure and the tally on stderr; only the exit code is left."""
+    if not result.ok:
+        raise typer.Exit(result.exit_code)
 
 
 @app.command()

@@ -343,3 +343,10 @@ def test_second_writer_gets_run_busy(tmp_path):
         assert holder.wait(timeout=60) == 0
     assert store.manifest("locky", run_id)["status"] == "success"
     assert store.execute(kind, LockyConfig()).skipped
+
+
+def test_read_jsonl_rejects_two_objects_on_one_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"a": 1}, {"a": 2}\n{"a": 3}\n')
+    with pytest.warns(UserWarning, match="line 1"):
+        assert read_jsonl(path) == [{"a": 3}]

@@ -169,14 +169,20 @@ def _metrics_table(manifests: list[dict[str, Any]]) -> pa.Table:
     cols: dict[str, list[Any]] = {name: [] for name in METRICS_SCHEMA.names}
     run_ids, kinds, steps, tokens = cols["run_id"], cols["kind"], cols["step"], cols["tokens_seen"]
     names, values, tags_col = cols["name"], cols["value"], cols["tags"]
+    tag_texts: dict[Any, str] = {}  # records of a run mostly share their tags: serialise each set once
     for m in manifests:
         for record in read_jsonl(Path(m["dir"]) / "metrics.jsonl"):
             flat = _flatten(record)
             step = _as_int(flat.pop("step", None))
             seen = _as_int(flat.pop("tokens_seen", None))
-            numeric = [(k, v) for k, v in flat.items() if _is_metric(v)]
-            tags = {k: v for k, v in flat.items() if not _is_metric(v)}
-            tags_text = json.dumps(tags, sort_keys=True) if tags else "{}"
+            numeric: list[tuple[str, Any]] = []
+            tags: dict[str, Any] = {}
+            for key, value in flat.items():
+                if _is_metric(value):
+                    numeric.append((key, value))
+                else:
+                    tags[key] = value
+            tags_text = _tags_text(tags, tag_texts)
             n = len(numeric)
             run_ids.extend([m["run_id"]] * n)
             kinds.extend([m["kind"]] * n)
@@ -187,6 +193,20 @@ def _metrics_table(manifests: list[dict[str, Any]]) -> pa.Table:
                 names.append(key)
                 values.append(None if value is None else float(value))
     return pa.table(cols, schema=METRICS_SCHEMA)
+
+
+def _tags_text(tags: dict[str, Any], memo: dict[Any, str]) -> str:
+    if not tags:
+        return "{}"
+    try:
+        key = tuple(sorted(tags.items()))
+        hash(key)
+    except TypeError:  # a list-valued tag: not hashable, serialise directly
+        return json.dumps(tags, sort_keys=True)
+    text = memo.get(key)
+    if text is None:
+        text = memo[key] = json.dumps(tags, sort_keys=True)
+    return text
 
 
 def _arrow_column(values: list[Any]) -> pa.Array:

@@ -86,6 +86,17 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     lines = data.split(b"\n")
     # split leaves "" after a final newline; anything else in the last slot is an unterminated line
     tail = lines.pop()
+    if not tail.strip():
+        # fast path for the intact file: one json.loads over all lines is ~3x faster than one per line
+        filled = [line for line in lines if line.strip()]
+        try:
+            whole = json.loads(b"[" + b",".join(filled) + b"]")
+        except (ValueError, UnicodeDecodeError):
+            pass
+        else:
+            # one object per line, or the slow path finds and reports the odd line
+            if len(whole) == len(filled) and all(isinstance(r, dict) for r in whole):
+                return whole
     records: list[dict[str, Any]] = []
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():

@@ -118,6 +118,24 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(home, tiny_pretrain, m
         _assert_same_weights(_weights(ref.dir, name), _weights(resumed.dir, name))
 
 
+def test_a_crash_before_the_first_resume_save_restarts_clean(home, tiny_pretrain, monkeypatch):
+    ref = _run(tiny_pretrain, home / "ref")
+    original = _Job.save
+
+    def crash_at_step_four(self, model, name, step, *args):
+        if step == 4:
+            raise RuntimeError("simulated crash")
+        return original(self, model, name, step, *args)
+
+    monkeypatch.setattr(_Job, "save", crash_at_step_four)
+    with pytest.raises(RuntimeError):
+        _run(tiny_pretrain, home / "crash")
+    monkeypatch.setattr(_Job, "save", original)
+    resumed = _run(tiny_pretrain, home / "crash")
+    assert read_jsonl(resumed.dir / "metrics.jsonl") == read_jsonl(ref.dir / "metrics.jsonl")
+    assert read_jsonl(resumed.dir / "evals.jsonl") == read_jsonl(ref.dir / "evals.jsonl")
+
+
 def test_checkpoint_loads_with_plain_transformers_in_a_fresh_process(home, tiny_pretrain, tmp_path):
     out = _run(tiny_pretrain, home / "runs")
     job_cfg = validate(PretrainConfig, tiny_pretrain)

@@ -340,6 +340,8 @@ class _Job:
     def load_resume(self) -> dict[str, Any] | None:
         path = self.run.ckpt_dir(ckpt.RESUME)
         if not (path / "trainer_state.json").is_file():
+            for name in ("metrics", "evals"):  # records of an attempt that died before its first save
+                self.run.truncate(name, 0)
             return None
         state = ckpt.load_trainer_state(path, self.model, self.optimizer)
         for name, n in state["lines"].items():

@@ -11,7 +11,7 @@ from scipy import stats
 
 from overtrain.config import validate
 from overtrain.data.base import TokenSource
-from overtrain.data.hmm import HMMConfig, _alias_table
+from overtrain.data.hmm import HMMConfig, alias_table
 from overtrain.errors import ConfigError, DataError
 from overtrain.registry import DATASETS
 from overtrain.seed import numpy_rng
@@ -161,7 +161,7 @@ def test_alias_tables_are_exact():
     p[0] = 0.0
     p[0, 7] = 1.0  # a degenerate row
     p[1] = 1 / 40  # a uniform row
-    keep, alias = _alias_table(p)
+    keep, alias = alias_table(p)
     implied = keep.copy()
     np.add.at(implied, (np.repeat(np.arange(200), 40), alias.ravel()), (1 - keep).ravel())
     np.testing.assert_allclose(implied / 40, p, atol=1e-13)

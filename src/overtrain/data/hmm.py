@@ -106,21 +106,21 @@ class HMMSource:
         self.topic_weights = weights / weights.sum()
         self.transitions = transitions
         self.emissions = emissions.reshape(M * K, V)
-        self.start = np.concatenate([w * _stationary(a) for w, a in zip(self.topic_weights, transitions)])
+        self.start = np.concatenate([w * stationary(a) for w, a in zip(self.topic_weights, transitions)])
         self.start /= self.start.sum()
 
         # Sampling tables (alias method: O(1) per draw, no search). Transition tables store the *global*
         # next state, so a sequence never leaves its topic's block and needs no block arithmetic.
-        self._trans_keep, self._trans_alias = _alias_table(transitions.reshape(M * K, K))
+        self._trans_keep, self._trans_alias = alias_table(transitions.reshape(M * K, K))
         block = (np.arange(M * K) // K * K)[:, None]
         self._trans_self = (block + np.arange(K)).ravel()
         self._trans_alias = (block + self._trans_alias).ravel()
         self._trans_keep = self._trans_keep.ravel()
-        self._emit_keep, self._emit_alias = (a.ravel() for a in _alias_table(self.emissions))
+        self._emit_keep, self._emit_alias = (a.ravel() for a in alias_table(self.emissions))
         self._start_cdf = _closed_cdf(self.start)
         # Per-topic start CDFs (for sampling one topic only), flat with row m shifted by m.
-        stationary = self.start.reshape(M, K) / self.start.reshape(M, K).sum(axis=1, keepdims=True)
-        self._topic_start_cdf = _offset_cdf(stationary)
+        topic_start = self.start.reshape(M, K) / self.start.reshape(M, K).sum(axis=1, keepdims=True)
+        self._topic_start_cdf = _offset_cdf(topic_start)
         self._estimates: dict[tuple[str, int], tuple[float, float]] = {}
 
     # --- sampling ----------------------------------------------------------------------------------
@@ -172,7 +172,7 @@ class HMMSource:
         """
         import torch
 
-        _check_request(split, index, batch_size, seq_len)
+        check_request(split, index, batch_size, seq_len)
         rng = numpy_rng(self.cfg.seed, "hmm", split, index, batch_size, seq_len)
         return torch.from_numpy(self.sample(rng, batch_size, seq_len))
 
@@ -287,9 +287,10 @@ class HMMSource:
 # --- helpers --------------------------------------------------------------------------------------------
 
 
-def _check_request(split: str, index: int, batch_size: int, seq_len: int) -> None:
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+def check_request(split: str, index: int, batch_size: int, seq_len: int, splits=SPLITS) -> None:
+    """Raise `DataError` for a split outside `splits`, a negative index or an empty batch."""
+    if split not in splits:
+        raise DataError(f"unknown split {split!r}; choose from {', '.join(splits)}")
     if index < 0:
         raise DataError(f"batch index must be >= 0, got {index}")
     if batch_size < 1 or seq_len < 1:
@@ -369,7 +370,7 @@ def _dirichlet_rows(rng: np.random.Generator, alpha: float, rows: int, cols: int
     return p / sums
 
 
-def _stationary(transition: np.ndarray) -> np.ndarray:
+def stationary(transition: np.ndarray) -> np.ndarray:
     """A stationary distribution ``pi = pi A`` of a row-stochastic matrix.
 
     ``uniform @ A^(2^j)`` by repeated squaring converges for any aperiodic chain (Dirichlet rows have
@@ -403,7 +404,7 @@ def _offset_cdf(rows: np.ndarray) -> np.ndarray:
     return (cdf + np.arange(rows.shape[0], dtype=np.float64)[:, None]).ravel()
 
 
-def _alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Walker alias tables for every row of `p` (``(R, C)``, rows sum to 1), built for all rows at once.
 
     Sampling column ``k`` uniformly and keeping it with probability ``keep[k]``, else taking

@@ -324,7 +324,7 @@ class _Job:
             split = split_key.split("/")[0]
             floor = self.floor if split == "val" else None
             self.run.log_eval({
-                "checkpoint": name, **meta, "split": split, "loss": loss, "loss_floor": floor,
+                "checkpoint": name, **meta, "split": split, "loss": loss, "ppl": math.exp(loss), "loss_floor": floor,
                 "excess_loss": None if floor is None else loss - floor,
             })
 

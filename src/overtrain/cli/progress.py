@@ -10,7 +10,14 @@ from collections.abc import Callable, Iterator
 def step_progress(description: str, total: int | None) -> Iterator[Callable[[int, int | None], None]]:
     """Yield ``on_progress(completed, total)`` that drives a bar over a run's steps."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(stderr=True)
     progress = Progress(

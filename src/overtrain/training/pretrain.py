@@ -29,7 +29,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from overtrain.config import BaseConfig, Count, NotInId, Registered
-from overtrain.data.base import DataConfig, TokenSource
+from overtrain.data.base import TokenSource
 from overtrain.errors import DataError, RunFailed, UserError
 from overtrain.models.presets import ModelConfig, build_model, count_params
 from overtrain.registry import DATASETS

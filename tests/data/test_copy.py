@@ -133,8 +133,12 @@ def test_tokenizer_covers_vocab():
 
 @pytest.mark.parametrize(
     ("data", "field"),
-    [({"spans": [3, 2]}, "spans"), ({"span_len": [0, 4]}, "span_len"), ({"mode": "shuffle"}, "mode"),
-     ({"vocab_size": 1}, "vocab_size")],
+    [
+        ({"spans": [3, 2]}, "spans"),
+        ({"span_len": [0, 4]}, "span_len"),
+        ({"mode": "shuffle"}, "mode"),
+        ({"vocab_size": 1}, "vocab_size"),
+    ],
 )
 def test_bad_config_is_config_error(data, field):
     with pytest.raises(ConfigError) as info:

@@ -138,8 +138,10 @@ def test_text_directory_split_by_document(tmp_path):
 
 def test_split_documents_rules():
     assert split_documents([], 0.1) == ([], [])
-    train, val = split_documents(["only one line"], 0.5)
-    assert train + val == ["only one line"] or "".join(train + val) == "only one line"
+    # one document: the tail after the last line break before the cut, else the exact cut
+    three = "line one\nline two\nline three\n"  # 29 chars: the cut at 17 falls inside "line two"
+    assert split_documents([three], 0.4) == (["line one\n"], ["line two\nline three\n"])
+    assert split_documents(["no line break"], 0.5) == (["no lin"], ["e break"])
     many = [f"doc {i}" for i in range(50)]
     train, val = split_documents(many, 0.99)
     assert len(train) == 1 and len(val) == 49  # at least one training document is kept
@@ -240,7 +242,9 @@ def test_hf_dataset_real_save_to_disk(tmp_path):
 
 # --- shakespeare ----------------------------------------------------------------------------------------
 
-HEADER = "The Project Gutenberg EBook of {t}\nLicense blah\n*** START OF THIS PROJECT GUTENBERG EBOOK {t} ***\n\n"
+HEADER = (
+    "The Project Gutenberg EBook of {t}\nLicense blah\n*** START OF THIS PROJECT GUTENBERG EBOOK {t} ***\n\n"
+)
 FOOTER = "\n*** END OF THIS PROJECT GUTENBERG EBOOK {t} ***\nMore license text\n"
 WORKS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]  # sorted: gamma is index 4 -> val
 
@@ -328,11 +332,14 @@ def test_shakespeare_source_needs_prepare_then_builds(tmp_path, home):
 
 @pytest.mark.parametrize(
     ("cls", "data", "text"),
-    [(TextConfig, {}, "train: missing required key"), (TextConfig, {"train": []}, "train"),
-     (TextConfig, {"train": ["a.txt"], "val_fraction": 1.5}, "val_fraction"),
-     (TextConfig, {"train": ["a.txt"], "bpe_vocab_size": 100}, "bpe_vocab_size"),
-     (TextConfig, {"train": ["a.txt"], "tokenizer": "wordpiece"}, "tokenizer"),
-     (HFDatasetConfig, {}, "path")],
+    [
+        (TextConfig, {}, "train: missing required key"),
+        (TextConfig, {"train": []}, "train"),
+        (TextConfig, {"train": ["a.txt"], "val_fraction": 1.5}, "val_fraction"),
+        (TextConfig, {"train": ["a.txt"], "bpe_vocab_size": 100}, "bpe_vocab_size"),
+        (TextConfig, {"train": ["a.txt"], "tokenizer": "wordpiece"}, "tokenizer"),
+        (HFDatasetConfig, {}, "path"),
+    ],
 )
 def test_bad_config_is_config_error(cls, data, text):
     with pytest.raises(ConfigError, match=text):

@@ -43,12 +43,16 @@ def brute_force_joint(src, T):
 
 @pytest.fixture(scope="module")
 def tiny():
-    return HMMConfig(states=2, vocab_size=3, transition_alpha=1.0, emission_alpha=1.0, floor_sequences=4000).build()
+    return HMMConfig(
+        states=2, vocab_size=3, transition_alpha=1.0, emission_alpha=1.0, floor_sequences=4000
+    ).build()
 
 
 @pytest.fixture(scope="module")
 def tiny_topics():
-    cfg = HMMConfig(states=2, vocab_size=3, transition_alpha=0.5, emission_alpha=0.5, topics=2, topic_zipf=1.0)
+    cfg = HMMConfig(
+        states=2, vocab_size=3, transition_alpha=0.5, emission_alpha=0.5, topics=2, topic_zipf=1.0
+    )
     return cfg.build()
 
 
@@ -203,8 +207,12 @@ def test_tokenizer_round_trip(tmp_path):
 
 @pytest.mark.parametrize(
     ("data", "field"),
-    [({"states": -1}, "states"), ({"vocab_size": 1}, "vocab_size"), ({"transition_alpha": 0}, "transition_alpha"),
-     ({"colour": 3}, "colour")],
+    [
+        ({"states": -1}, "states"),
+        ({"vocab_size": 1}, "vocab_size"),
+        ({"transition_alpha": 0}, "transition_alpha"),
+        ({"colour": 3}, "colour"),
+    ],
 )
 def test_bad_config_is_one_line_config_error(data, field):
     with pytest.raises(ConfigError) as info:

@@ -13,7 +13,12 @@ from overtrain.data.repeat import RepeatConfig, _permute
 from overtrain.errors import DataError
 from overtrain.registry import DATASETS
 
-BASE = {"name": "hmm", "states": 4, "vocab_size": 8, "emission_alpha": 1.0}  # ~1.7 nats/token: no chance collisions
+BASE = {
+    "name": "hmm",
+    "states": 4,
+    "vocab_size": 8,
+    "emission_alpha": 1.0,
+}  # ~1.7 nats/token: no chance collisions
 T = 16
 
 
@@ -128,8 +133,12 @@ def test_unknown_split_is_data_error():
 
 @pytest.mark.parametrize(
     ("data", "text"),
-    [({"fraction": 1.0}, "fraction"), ({"repeats": 0}, "repeats"), ({"total_tokens": "2x"}, "total_tokens"),
-     ({"base": {"name": "hmmm"}}, "did you mean 'hmm'")],
+    [
+        ({"fraction": 1.0}, "fraction"),
+        ({"repeats": 0}, "repeats"),
+        ({"total_tokens": "2x"}, "total_tokens"),
+        ({"base": {"name": "hmmm"}}, "did you mean 'hmm'"),
+    ],
 )
 def test_bad_config_is_config_error(data, text):
     with pytest.raises(ConfigError, match=text):

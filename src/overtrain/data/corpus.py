@@ -216,7 +216,9 @@ class HFDatasetConfig(CorpusConfig):
         elif (root / "state.json").is_file():
             train = self._read_split(docs, root, "train")
         else:
-            raise DataError(f"hf_dataset: {root} has neither dataset_dict.json nor state.json (not a save_to_disk dir)")
+            raise DataError(
+                f"hf_dataset: {root} has neither dataset_dict.json nor state.json (not a save_to_disk dir)"
+            )
         docs.train, docs.val = split_documents(train, self.val_fraction)
         docs.settings["val_fraction"] = self.val_fraction
         docs.check(self.name)
@@ -237,7 +239,9 @@ class HFDatasetConfig(CorpusConfig):
             except pa.ArrowInvalid as exc:
                 raise DataError(f"hf_dataset: {path} is not an Arrow stream file ({exc})") from None
             if self.field not in table.column_names:
-                raise DataError(f"hf_dataset: {path} has no column {self.field!r}; columns: {table.column_names}")
+                raise DataError(
+                    f"hf_dataset: {path} has no column {self.field!r}; columns: {table.column_names}"
+                )
             out.extend(text for text in table.column(self.field).to_pylist() if text is not None)
         return out
 
@@ -385,7 +389,9 @@ class CorpusSource:
         self.cache_dir = data_cache() / "tokenized" / key[:24]
         if not (self.cache_dir / "meta.json").is_file():
             _write_cache(self.cache_dir, cfg, docs)
-        self.tokens = {split: np.load(self.cache_dir / f"{split}.npy", mmap_mode="r") for split in ("train", "val")}
+        self.tokens = {
+            split: np.load(self.cache_dir / f"{split}.npy", mmap_mode="r") for split in ("train", "val")
+        }
         self.vocab_size = len(self._tokenizer)
 
     @cached_property

@@ -71,7 +71,11 @@ def _byte_to_unicode() -> dict[int, str]:
     The ByteLevel pre-tokenizer of ``tokenizers`` rewrites bytes with this map, so the vocabulary of a
     byte-level model must be spelled in these characters.
     """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     chars = list(printable)
     extra = 0
     for b in range(256):

@@ -301,6 +301,9 @@ class Documents:
         return texts
 
     def check(self, name: str) -> None:
+        """Drop empty documents (they would only add separators) and reject an empty training set."""
+        self.train = [doc for doc in self.train if doc]
+        self.val = [doc for doc in self.val if doc]
         if not any(doc.strip() for doc in self.train):
             raise DataError(f"{name}: the training corpus is empty (no non-blank documents)")
 

@@ -79,19 +79,21 @@ def train_segment(
     loss_sum = torch.zeros((), device=device)
     grad_norm = torch.zeros((), device=device)
     lr = float("nan")
-    with autocast_context(device, autocast_dtype):
-        for step in range(start, stop):
-            lr = lr_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x = batch_at(step).to(device, non_blocking=True)
+    for step in range(start, stop):
+        lr = lr_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x = batch_at(step).to(device, non_blocking=True)
+        # One autocast context per step: autocast caches its low-precision copies of the weights until
+        # the context exits, so a context spanning optimizer steps would keep using stale weights.
+        with autocast_context(device, autocast_dtype):
             loss = model(input_ids=x, labels=x, use_cache=False).loss
-            loss.backward()
-            if grad_clip:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach().float()
+        loss.backward()
+        if grad_clip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach().float()
     n = max(1, stop - start)
     return SegmentStats(stop - start, (loss_sum / n).item(), float(grad_norm), lr)
 

@@ -114,13 +114,13 @@ RUN_KINDS: Registry = Registry("run kind", "overtrain.runs.kinds")
 EXECUTORS: Registry[Callable] = Registry("executor", "overtrain.executors")
 """Executors that carry out a plan of runs (``local``; ``ray`` later)."""
 
-PROBES: Registry = Registry("probe")
+PROBES: Registry = Registry("probe", "overtrain.probes")
 """Checkpoint probes (noise sensitivity, sharpness, induction, ...)."""
 
 FINETUNE_METHODS: Registry = Registry("fine-tuning method")
 """Fine-tuning methods (full, lora, lora_ggpo, ...)."""
 
-STUDIES: Registry = Registry("study")
+STUDIES: Registry = Registry("study", "overtrain.studies")
 """Studies: a config and a function that expands into runs and writes results."""
 
 REGISTRIES: dict[str, Registry] = {

@@ -1,0 +1,1 @@
+"""Analysis of stored results: inflection points with bootstrap CIs, rank statistics, fits."""

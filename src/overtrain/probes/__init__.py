@@ -1,0 +1,1 @@
+"""Checkpoint probes: each module registers one probe in `overtrain.registry.PROBES`."""

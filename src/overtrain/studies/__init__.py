@@ -1,0 +1,1 @@
+"""Studies: each module registers one study in `overtrain.registry.STUDIES`."""

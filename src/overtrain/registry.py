@@ -117,7 +117,7 @@ EXECUTORS: Registry[Callable] = Registry("executor", "overtrain.executors")
 PROBES: Registry = Registry("probe", "overtrain.probes")
 """Checkpoint probes (noise sensitivity, sharpness, induction, ...)."""
 
-FINETUNE_METHODS: Registry = Registry("fine-tuning method")
+FINETUNE_METHODS: Registry = Registry("fine-tuning method", "overtrain.training.methods")
 """Fine-tuning methods (full, lora, lora_ggpo, ...)."""
 
 STUDIES: Registry = Registry("study", "overtrain.studies")

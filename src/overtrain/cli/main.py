@@ -25,6 +25,7 @@ app = typer.Typer(
         "A lab for the ways more training or more fit makes language models worse.\n\n"
         "Examples:\n\n"
         "  overtrain pretrain --config configs/pretrain/hmm-nano.yaml train.tokens=[1e6,2e6] seed=1\n\n"
+        "  overtrain finetune parent=<run_id> checkpoint=budget_1050000 data.seed=1 data.vocab_size=64\n\n"
         "  overtrain sweep configs/sweeps/demo.yaml --dry-run\n\n"
         "  overtrain query \"select kind, status, count(*) from runs group by all\"\n\n"
         "  overtrain ls presets"
@@ -82,6 +83,16 @@ def pretrain(
 ) -> None:
     """Pre-train one model to a list of token budgets (WSD branches or cosine runs)."""
     _execute_one("pretrain", config, overrides, dry_run)
+
+
+@app.command()
+def finetune(
+    overrides: Optional[list[str]] = OVERRIDES,
+    config: Optional[Path] = CONFIG,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the run id and dir only."),
+) -> None:
+    """Fine-tune one pre-training checkpoint on a task (parent=<run_id> checkpoint=budget_<T>)."""
+    _execute_one("finetune", config, overrides, dry_run)
 
 
 @app.command()

@@ -1,0 +1,201 @@
+"""Fine-tuning one pre-trained checkpoint on a task, measuring what it learns and what it forgets.
+
+A run reads ``ckpt/<checkpoint>`` of a finished pre-training run (its *parent*), trains it on the task
+with a fine-tuning method (``full``, ``lora``, ...), and evaluates before and after:
+
+- ``task/loss``: in-distribution loss on the task's ``val`` split (nats per token);
+- ``pretrain/loss``: loss on the parent's pre-training distribution (its ``val`` split, the very batches
+  the parent evaluated), the paper's "base capability" proxy; ``forgetting`` = after − before.
+
+Fine-tuning runs are short, so a restarted run starts again from the checkpoint (its records are
+truncated first) rather than resuming mid-way.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from overtrain.config import BaseConfig, NotInId, Registered, build_config
+from overtrain.errors import DataError, RunFailed, UserError
+from overtrain.models.presets import count_params
+from overtrain.registry import DATASETS, FINETUNE_METHODS
+from overtrain.seed import seed_everything
+from overtrain.training import checkpoint as ckpt
+from overtrain.training.loop import build_optimizer, evaluate_loss, train_segment
+from overtrain.training.schedules import LR, cosine, linear_decay, warmup_stable
+
+
+class FinetuneTrainConfig(BaseConfig):
+    """Fine-tuning optimisation."""
+
+    steps: int = Field(100, gt=0)
+    """Optimizer steps."""
+
+    batch_size: int = Field(64, gt=0)
+    """Sequences per step."""
+
+    seq_len: int | None = Field(None, ge=2)
+    """Tokens per sequence (default: the parent's pre-training context)."""
+
+    lr: float = Field(1e-3, gt=0)
+    """Peak learning rate."""
+
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """After warmup: hold, cosine to zero, or linear to zero."""
+
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warmup steps."""
+
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW decoupled weight decay on matrices."""
+
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW (beta1, beta2)."""
+
+    grad_clip: float = Field(1.0, ge=0)
+    """Global gradient-norm clip (0 disables)."""
+
+    log_every: int = Field(10, gt=0)
+    """Steps between training-loss records."""
+
+    eval_every: int | None = Field(None, gt=0)
+    """Also evaluate every this many steps (default: before and after only)."""
+
+
+class FinetuneConfig(BaseConfig):
+    """One checkpoint fine-tuned on one task with one method and learning rate (``overtrain finetune``)."""
+
+    schema_version: int = 1
+    """Config schema version."""
+
+    parent: str
+    """The pre-training run: ``<run_id>`` or ``pretrain/<run_id>`` (12 hex digits)."""
+
+    checkpoint: str
+    """Checkpoint name in the parent's ``ckpt/`` (``budget_<tokens>`` or ``step_<N>``)."""
+
+    data: Registered(DATASETS, "hmm")
+    """The task to fine-tune on (e.g. a second HMM with the parent's vocabulary and another seed)."""
+
+    method: Registered(FINETUNE_METHODS, "full") = Field(default_factory=lambda: FINETUNE_METHODS.get("full")())
+    """Fine-tuning method by name (``overtrain ls methods``) with its settings."""
+
+    train: FinetuneTrainConfig = FinetuneTrainConfig()
+    """Optimisation."""
+
+    seed: int = 0
+    """Seed of the task's data order and of any adapter initialisation."""
+
+    eval_batches: int | None = Field(None, gt=0)
+    """Validation batches per evaluation (default: the parent's setting)."""
+
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute precision (bf16 autocast)."""
+
+    device: str = NotInId("cpu")
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
+
+    @field_validator("parent")
+    @classmethod
+    def _parent(cls, value: str) -> str:
+        kind, _, run_id = value.rpartition("/")
+        if kind not in ("", "pretrain") or len(run_id) != 12 or any(c not in "0123456789abcdef" for c in run_id):
+            raise ValueError("must be a pre-training run id: 12 hex digits, optionally after 'pretrain/'")
+        return f"pretrain/{run_id}"
+
+    @property
+    def parent_id(self) -> str:
+        return self.parent.split("/", 1)[1]
+
+
+def parents(cfg: FinetuneConfig) -> list[tuple[str, str]]:
+    return [("pretrain", cfg.parent_id)]
+
+
+def _lr_schedule(tc: FinetuneTrainConfig) -> LR:
+    if tc.schedule == "cosine":
+        return cosine(tc.lr, tc.warmup_steps, tc.steps, 0.0)
+    base = warmup_stable(tc.lr, tc.warmup_steps)
+    if tc.schedule == "linear":
+        return linear_decay(base, tc.warmup_steps, max(1, tc.steps - tc.warmup_steps), 0.0)
+    return base
+
+
+def run_finetune(cfg: FinetuneConfig, run) -> None:
+    """Execute one fine-tuning run inside an open run directory (see module docstring)."""
+    from overtrain.training.pretrain import PretrainConfig, resolve_device
+
+    started = time.perf_counter()
+    for name in ("metrics", "evals"):
+        run.truncate(name, 0)  # a restarted run begins again from the checkpoint
+    parent_dir = run.store.run_dir("pretrain", cfg.parent_id)
+    if not (parent_dir / "config.yaml").is_file():
+        raise UserError(f"parent run {cfg.parent} not found in {run.store.root}")
+    parent = build_config(PretrainConfig, parent_dir / "config.yaml")
+    device = resolve_device(cfg.device)
+    autocast = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+    model, _, meta = ckpt.load_checkpoint(parent_dir / "ckpt" / cfg.checkpoint, device=str(device))
+    n_params = count_params(model)
+
+    task = cfg.data.build()
+    if task.vocab_size > model.config.vocab_size:
+        raise DataError(f"data: task vocab_size {task.vocab_size} exceeds the model's {model.config.vocab_size}")
+    pretrain_source = parent.data.build()
+    seq_len = cfg.train.seq_len or parent.train.seq_len
+    n_eval = cfg.eval_batches or parent.eval.batches
+    eval_bs = parent.eval.batch_size or parent.train.batch_size
+    task_val = [task.batch("val", i, eval_bs, seq_len) for i in range(n_eval)]
+    pre_val = [pretrain_source.batch("val", i, eval_bs, parent.train.seq_len) for i in range(n_eval)]
+
+    def evaluate(m) -> dict[str, float]:
+        return {
+            "task/loss": evaluate_loss(m, task_val, autocast_dtype=autocast, device=device),
+            "pretrain/loss": evaluate_loss(m, pre_val, autocast_dtype=autocast, device=device),
+        }
+
+    before = evaluate(model)
+    run.log_metrics({"step": 0, "tokens_seen": 0, **before})
+    seed_everything(cfg.seed)
+    model = cfg.method.apply(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tc = cfg.train
+    optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, 1e-8)
+    lr = _lr_schedule(tc)
+    offset = cfg.seed << 32  # each seed reads its own stretch of the task's training stream
+
+    def batch_at(step: int) -> torch.Tensor:
+        return task.batch("train", offset + step, tc.batch_size, seq_len)
+
+    tokens_per_step = tc.batch_size * seq_len
+    events = set(range(tc.log_every, tc.steps + 1, tc.log_every)) | {tc.steps}
+    if tc.eval_every:
+        events |= set(range(tc.eval_every, tc.steps + 1, tc.eval_every))
+    step = 0
+    for event in sorted(events):
+        stats = train_segment(model, optimizer, batch_at, lr, step, event, grad_clip=tc.grad_clip or None,
+                              autocast_dtype=autocast, device=device)
+        if not math.isfinite(stats.mean_loss):
+            raise RunFailed(f"fine-tuning loss became {stats.mean_loss} between steps {step} and {event}")
+        step = event
+        record = {"step": step, "tokens_seen": step * tokens_per_step, "train/loss": stats.mean_loss,
+                  "train/lr": stats.lr, "train/grad_norm": stats.grad_norm}
+        if step == tc.steps or (tc.eval_every and step % tc.eval_every == 0):
+            record.update(evaluate(model))
+        run.log_metrics(record)
+        run.progress(step, tc.steps)
+    after = evaluate(model)
+    run.log_eval({
+        "parent": cfg.parent_id, "checkpoint": cfg.checkpoint, "method": cfg.method.name, "lr": tc.lr,
+        "steps": tc.steps, "seed": cfg.seed, "tokens_seen": meta.get("tokens_seen"),
+        "budget": meta.get("budget"), "tokens_per_param": meta.get("tokens_per_param"),
+        "n_params": n_params, "trainable_params": trainable,
+        "base_task_loss": before["task/loss"], "task_loss": after["task/loss"],
+        "base_pretrain_loss": before["pretrain/loss"], "pretrain_loss": after["pretrain/loss"],
+        "forgetting": after["pretrain/loss"] - before["pretrain/loss"],
+    })
+    run.set_info(n_params=n_params, trainable_params=trainable, wall_s=time.perf_counter() - started)

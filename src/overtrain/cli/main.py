@@ -144,10 +144,26 @@ def demo(
         "round(loss, 4) as val_loss, round(loss_floor, 4) as floor from evals "
         "where kind = 'pretrain' and budget is not null and split = 'val' order by run_id, tokens_seen"
     )
+    from overtrain.report.build import build_report
+
     out = _console()
     out.print(format_table(query(sql, store), "table"))
+    page = build_report(root / "report", store=store)
     out.print(f"results: {store.root}")
+    out.print(f"report:  {page}")
     out.print('try: overtrain query "select kind, status, count(*) from runs group by all"')
+
+
+@app.command()
+def report(
+    out: Path = typer.Option(Path("report"), "--out", "-o", help="Directory for index.html and figures."),
+    study: Optional[str] = typer.Option(None, "--study", help="Only this study's section (default: all)."),
+) -> None:
+    """Write an HTML report (figures, tables, provenance) from the runs in the store."""
+    from overtrain.report.build import build_report
+
+    page = build_report(out, study)
+    _console().print(f"report: {page}")
 
 
 # --- inspection ----------------------------------------------------------------------------------------

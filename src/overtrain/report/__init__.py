@@ -1,0 +1,1 @@
+"""Reports: static HTML (figures as PNG + tables + provenance) built only from the run store."""

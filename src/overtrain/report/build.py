@@ -1,0 +1,47 @@
+"""Assemble the report: the pre-training overview, each study's section, and provenance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from overtrain.errors import UserError
+from overtrain.registry import STUDIES
+from overtrain.report.html import Section, Table, write_report
+from overtrain.report.pretrain import pretrain_section
+from overtrain.runs.query import query
+from overtrain.runs.store import Store
+
+
+def provenance_section(store: Store) -> Section:
+    rows = query(
+        "select kind, run_id, status, git_commit, git_dirty, wall_s, finished_at from runs order by kind, run_id",
+        store,
+    ).to_pylist()
+    for row in rows:
+        row["git_commit"] = (row["git_commit"] or "")[:10]
+        row["finished_at"] = str(row["finished_at"] or "")[:19]
+    return Section(
+        "Provenance",
+        text=[f"Store: <code>{store.root}</code>. Each run's resolved config and manifest are in its directory; "
+              "query them with <code>overtrain query</code>."],
+        tables=[Table(rows, "Runs")],
+    )
+
+
+def build_report(out_dir: str | Path, study: str | None = None, store: Store | None = None) -> Path:
+    """Write the report for `study` (or everything in the store) to ``out_dir/index.html``."""
+    store = store or Store()
+    sections: list[Section] = []
+    if study is None or study == "pretrain":
+        section = pretrain_section(store)
+        if section is not None:
+            sections.append(section)
+    names = STUDIES.names() if study in (None, "pretrain") else [study]
+    for name in names if study != "pretrain" else []:
+        entry = STUDIES.get(name)  # unknown --study: UnknownNameError, exit 2
+        sections.extend(entry.report(store))
+    if not sections:
+        raise UserError(f"nothing to report in {store.root}: run a study or `overtrain pretrain` first")
+    sections.append(provenance_section(store))
+    title = f"overtrain report: {study}" if study else "overtrain report"
+    return write_report(out_dir, title, sections)

@@ -17,7 +17,9 @@ and its two neighbours (exact for a curve quadratic in log T), applied to every 
 argmin at an edge stays at the edge. Its CI endpoints are interpolated quantiles of log T*.
 
 ``interior`` is the paper's qualitative claim: the minimum lies strictly inside the grid (a U, not a
-monotone curve), and ``rise`` = L(T_P)/L(T*) − 1 says how much worse the largest budget is.
+monotone curve), and ``rise`` = L(T_P)/L(T*) − 1 says how much worse the largest budget is. Judge a U
+by both (`Inflection.is_u`): a curve that falls and then stays flat has its argmin wherever rounding
+puts it along the plateau.
 """
 
 from __future__ import annotations
@@ -79,6 +81,15 @@ class Inflection:
     def covers(self, t: float) -> bool:
         """Whether budget `t` lies in [ci_low, ci_high]."""
         return self.ci_low <= t <= self.ci_high
+
+    def is_u(self, min_rise: float = 0.0) -> bool:
+        """A U: the minimum is interior *and* the last budget is more than `min_rise` above it.
+
+        `interior` alone is not enough: a curve that falls and then stays flat (a converged model)
+        has its argmin wherever rounding puts it along the plateau, often inside the grid, with
+        ``rise`` ~ 0.
+        """
+        return self.interior and self.rise > min_rise
 
 
 def _as_groups(losses_by_group) -> np.ndarray:

@@ -148,8 +148,9 @@ def naive(cfg: LinearTheoryConfig, seed: int) -> dict[str, np.ndarray]:
             W1, W2 = W1 - cfg.lr * W2.T @ R, W2 - cfg.lr * R @ W1.T
             t += 1
         out["base"].append(L(W1, W2, M))
-        out["pert"].append([[L(W1 + g * e1, W2 + g * e2, M) for e1, e2 in zip(p.noise1, p.noise2)]
-                            for g in cfg.gammas])
+        out["pert"].append(
+            [[L(W1 + g * e1, W2 + g * e2, M) for e1, e2 in zip(p.noise1, p.noise2)] for g in cfg.gammas]
+        )
         A, B = W1.copy(), W2.copy()
         for _ in range(cfg.ft_steps):
             R = B @ A - Mft
@@ -160,8 +161,15 @@ def naive(cfg: LinearTheoryConfig, seed: int) -> dict[str, np.ndarray]:
 
 
 def test_batched_run_equals_naive_numpy_loop():
-    cfg = LinearTheoryConfig(dim=8, init_std=0.1, checkpoints=[1, 2, 5, 17, 40], draws=3, ft_steps=7,
-                             gammas=[0.01, 0.3], seeds=[4, 9])
+    cfg = LinearTheoryConfig(
+        dim=8,
+        init_std=0.1,
+        checkpoints=[1, 2, 5, 17, 40],
+        draws=3,
+        ft_steps=7,
+        gammas=[0.01, 0.3],
+        seeds=[4, 9],
+    )
     res = run_linear_theory(cfg)
     for s, seed in enumerate(cfg.seeds):
         ref = naive(cfg, seed)
@@ -169,8 +177,9 @@ def test_batched_run_equals_naive_numpy_loop():
         np.testing.assert_allclose(res.draw_losses[s], ref["pert"], rtol=0, atol=1e-10)
         np.testing.assert_allclose(res.pretrain_loss[s], ref["ftpre"], rtol=0, atol=1e-10)
         np.testing.assert_allclose(res.task_loss[s], ref["task"], rtol=0, atol=1e-10)
-        np.testing.assert_allclose(res.delta[s], (ref["pert"] - ref["base"][:, None, None]).mean(-1),
-                                   rtol=0, atol=1e-10)
+        np.testing.assert_allclose(
+            res.delta[s], (ref["pert"] - ref["base"][:, None, None]).mean(-1), rtol=0, atol=1e-10
+        )
     assert abs(res.base_loss[0, -1] - res.base_loss[0, 0]) > 0.1  # the loop really moved
 
 
@@ -206,7 +215,20 @@ def test_problem_is_what_it_claims():
 
 def test_config_grid_and_validation():
     assert LinearTheoryConfig().checkpoint_steps() == [
-        100, 178, 316, 562, 1000, 1778, 3162, 5623, 10000, 17783, 31623, 56234, 100000]
+        100,
+        178,
+        316,
+        562,
+        1000,
+        1778,
+        3162,
+        5623,
+        10000,
+        17783,
+        31623,
+        56234,
+        100000,
+    ]
     assert LinearTheoryConfig(max_steps="1k", n_checkpoints=3).checkpoint_steps() == [100, 316, 1000]
     assert LinearTheoryConfig(checkpoints=["10k", 100]).checkpoint_steps() == [100, 10000]
     bad = [
@@ -243,13 +265,22 @@ def test_run_kind_writes_long_rows_that_rebuild_the_result(tmp_path):
 
     rebuilt = LinearTheoryResult.from_rows(evals, probes)
     direct = run_linear_theory(cfg)
-    for name in ("base_loss", "perturbed_loss", "delta", "delta_se", "pretrain_loss", "task_loss",
-                 "weight_norm_sq", "draw_losses"):
+    for name in (
+        "base_loss",
+        "perturbed_loss",
+        "delta",
+        "delta_se",
+        "pretrain_loss",
+        "task_loss",
+        "weight_norm_sq",
+        "draw_losses",
+    ):
         np.testing.assert_allclose(getattr(rebuilt, name), getattr(direct, name), rtol=1e-14, err_msg=name)
 
     table = query(
         "select step, avg(delta) as d from evals where metric = 'perturbation' and gamma = 0.1 "
-        "group by step order by step", store,
+        "group by step order by step",
+        store,
     ).to_pylist()
     assert [r["step"] for r in table] == [10, 100, 300]
     np.testing.assert_allclose([r["d"] for r in table], direct.curve("delta", 0.1).mean(0), rtol=1e-12)

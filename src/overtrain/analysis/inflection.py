@@ -24,7 +24,6 @@ puts it along the plateau.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -197,9 +196,24 @@ def inflection_point(
     if G < 2:
         notes.insert(0, "single group: nothing to resample, the CI is the point estimate")
         return Inflection(
-            t_star, t_star, t_star, level, index, interior, rise, rise, rise,
-            float(mean[0, index]), float(mean[0, -1]), float("nan"), float("nan"),
-            G, 0, method, True, "; ".join(notes),
+            t_star,
+            t_star,
+            t_star,
+            level,
+            index,
+            interior,
+            rise,
+            rise,
+            rise,
+            float(mean[0, index]),
+            float(mean[0, -1]),
+            float("nan"),
+            float("nan"),
+            G,
+            0,
+            method,
+            True,
+            "; ".join(notes),
         )
 
     rng = np.random.default_rng(seed)
@@ -219,12 +233,24 @@ def inflection_point(
     else:
         lo, hi = np.exp(np.quantile(b_log_t, [alpha, 1 - alpha]))
     finite_rise = b_rise[np.isfinite(b_rise)]
-    r_lo, r_hi = (np.quantile(finite_rise, [alpha, 1 - alpha]) if finite_rise.size else (np.nan, np.nan))
+    r_lo, r_hi = np.quantile(finite_rise, [alpha, 1 - alpha]) if finite_rise.size else (np.nan, np.nan)
     return Inflection(
-        t_star=t_star, ci_low=float(lo), ci_high=float(hi), level=level, index=index,
-        interior=interior, rise=rise, rise_ci_low=float(r_lo), rise_ci_high=float(r_hi),
-        min_loss=float(mean[0, index]), final_loss=float(mean[0, -1]),
+        t_star=t_star,
+        ci_low=float(lo),
+        ci_high=float(hi),
+        level=level,
+        index=index,
+        interior=interior,
+        rise=rise,
+        rise_ci_low=float(r_lo),
+        rise_ci_high=float(r_hi),
+        min_loss=float(mean[0, index]),
+        final_loss=float(mean[0, -1]),
         interior_fraction=float(np.mean((b_idx > 0) & (b_idx < P - 1))),
-        agreement=float(np.mean(b_idx == index)), n_groups=G, n_boot=n_boot, method=method,
-        degenerate=False, note="; ".join(notes),
+        agreement=float(np.mean(b_idx == index)),
+        n_groups=G,
+        n_boot=n_boot,
+        method=method,
+        degenerate=False,
+        note="; ".join(notes),
     )

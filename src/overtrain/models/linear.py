@@ -164,7 +164,9 @@ class LinearTheoryConfig(BaseConfig):
         # At a balanced fit the loss's sharpness is 2·s_1, so GD is stable only for η < 1/s_1; the
         # fine-tuning target's top singular value is at most s_1 + 1 (unit-norm new features).
         if self.lr * self.spectrum_scale >= 1:
-            raise ValueError(f"lr · spectrum_scale = {self.lr * self.spectrum_scale:g} must be < 1 (GD diverges)")
+            raise ValueError(
+                f"lr · spectrum_scale = {self.lr * self.spectrum_scale:g} must be < 1 (GD diverges)"
+            )
         if self.ft_lr * (self.spectrum_scale + 1) >= 1:
             raise ValueError(
                 f"ft_lr · (spectrum_scale + 1) = {self.ft_lr * (self.spectrum_scale + 1):g} must be < 1 "
@@ -240,8 +242,9 @@ def make_problem(cfg: LinearTheoryConfig, seed: int) -> LinearProblem:
     rng = numpy_rng(seed, "linear_theory", "finetune", d)
     u, v = haar_orthogonal(rng, d, cfg.ft_rank), haar_orthogonal(rng, d, cfg.ft_rank)
     ft_target = target + u @ v.T
-    noise = np.stack([numpy_rng(seed, "linear_theory", "noise", d, k).standard_normal((2, d, d))
-                      for k in range(cfg.draws)])
+    noise = np.stack(
+        [numpy_rng(seed, "linear_theory", "noise", d, k).standard_normal((2, d, d)) for k in range(cfg.draws)]
+    )
     return LinearProblem(seed, target, ft_target, w1, w2, noise[:, 0], noise[:, 1])
 
 
@@ -303,8 +306,14 @@ def perturbed_losses(
 
 
 CURVES = (
-    "base_loss", "weight_norm_sq", "pretrain_loss", "task_loss", "forgetting",
-    "perturbed_loss", "delta", "delta_se",
+    "base_loss",
+    "weight_norm_sq",
+    "pretrain_loss",
+    "task_loss",
+    "forgetting",
+    "perturbed_loss",
+    "delta",
+    "delta_se",
 )
 """Names `LinearTheoryResult.curve` accepts; the last three are per γ."""
 
@@ -382,20 +391,33 @@ class LinearTheoryResult:
         for s, seed in enumerate(self.seeds.tolist()):
             for c, step in enumerate(self.steps.tolist()):
                 for g, gamma in enumerate(self.gammas.tolist()):
-                    out.append({
-                        "metric": "perturbation", "seed": seed, "step": step, "gamma": gamma, "draws": draws,
-                        "base_loss": float(self.base_loss[s, c]),
-                        "perturbed_loss": float(self.perturbed_loss[s, c, g]),
-                        "delta": float(self.delta[s, c, g]), "delta_se": _num(self.delta_se[s, c, g]),
-                        "weight_norm_sq": float(self.weight_norm_sq[s, c]),
-                    })
-                out.append({
-                    "metric": "finetune", "seed": seed, "step": step, "lr": self.ft_lr, "steps": self.ft_steps,
-                    "base_pretrain_loss": float(self.base_loss[s, c]),
-                    "pretrain_loss": float(self.pretrain_loss[s, c]),
-                    "task_loss": float(self.task_loss[s, c]),
-                    "forgetting": float(self.pretrain_loss[s, c] - self.base_loss[s, c]),
-                })
+                    out.append(
+                        {
+                            "metric": "perturbation",
+                            "seed": seed,
+                            "step": step,
+                            "gamma": gamma,
+                            "draws": draws,
+                            "base_loss": float(self.base_loss[s, c]),
+                            "perturbed_loss": float(self.perturbed_loss[s, c, g]),
+                            "delta": float(self.delta[s, c, g]),
+                            "delta_se": _num(self.delta_se[s, c, g]),
+                            "weight_norm_sq": float(self.weight_norm_sq[s, c]),
+                        }
+                    )
+                out.append(
+                    {
+                        "metric": "finetune",
+                        "seed": seed,
+                        "step": step,
+                        "lr": self.ft_lr,
+                        "steps": self.ft_steps,
+                        "base_pretrain_loss": float(self.base_loss[s, c]),
+                        "pretrain_loss": float(self.pretrain_loss[s, c]),
+                        "task_loss": float(self.task_loss[s, c]),
+                        "forgetting": float(self.pretrain_loss[s, c] - self.base_loss[s, c]),
+                    }
+                )
         return out
 
     def draw_rows(self) -> list[dict[str, Any]]:
@@ -404,10 +426,16 @@ class LinearTheoryResult:
             return []
         out = []
         for (s, c, g, k), value in np.ndenumerate(self.draw_losses):
-            out.append({
-                "probe": "gaussian_perturbation", "seed": int(self.seeds[s]), "step": int(self.steps[c]),
-                "gamma": float(self.gammas[g]), "draw": k, "loss": float(value),
-            })
+            out.append(
+                {
+                    "probe": "gaussian_perturbation",
+                    "seed": int(self.seeds[s]),
+                    "step": int(self.steps[c]),
+                    "gamma": float(self.gammas[g]),
+                    "draw": k,
+                    "loss": float(value),
+                }
+            )
         return out
 
     @classmethod
@@ -429,7 +457,9 @@ class LinearTheoryResult:
         ci = {v: i for i, v in enumerate(steps.tolist())}
         gi = {v: i for i, v in enumerate(gammas.tolist())}
         S, C, G = len(seeds), len(steps), len(gammas)
-        a = {k: np.full((S, C), np.nan) for k in ("base_loss", "weight_norm_sq", "pretrain_loss", "task_loss")}
+        a = {
+            k: np.full((S, C), np.nan) for k in ("base_loss", "weight_norm_sq", "pretrain_loss", "task_loss")
+        }
         b = {k: np.full((S, C, G), np.nan) for k in ("perturbed_loss", "delta", "delta_se")}
         for r in pert:
             s, c, g = si[int(r["seed"])], ci[int(r["step"])], gi[float(r["gamma"])]
@@ -448,7 +478,9 @@ class LinearTheoryResult:
             K = 1 + max(int(r["draw"]) for r in draw_rows)
             draws = np.full((S, C, G, K), np.nan)
             for r in draw_rows:
-                draws[si[int(r["seed"])], ci[int(r["step"])], gi[float(r["gamma"])], int(r["draw"])] = r["loss"]
+                draws[si[int(r["seed"])], ci[int(r["step"])], gi[float(r["gamma"])], int(r["draw"])] = r[
+                    "loss"
+                ]
         return cls(seeds, steps, gammas, **a, **b, draw_losses=draws, ft_steps=ft_steps, ft_lr=ft_lr)
 
 
@@ -524,14 +556,26 @@ def _run(cfg: LinearTheoryConfig, progress: Callable[[int, int], None] | None) -
     per_draw = draws - base[:, :, None, None]
     delta_se = per_draw.std(axis=-1, ddof=1) / math.sqrt(K) if K > 1 else np.full((S, C, G), np.nan)
     return LinearTheoryResult(
-        seeds=np.array(cfg.seeds), steps=np.array(steps), gammas=np.array(cfg.gammas, dtype=np.float64),
-        base_loss=base, weight_norm_sq=norm_sq, perturbed_loss=draws.mean(axis=-1),
-        delta=per_draw.mean(axis=-1), delta_se=delta_se, pretrain_loss=ft_pre, task_loss=ft_task,
-        draw_losses=draws, ft_steps=cfg.ft_steps, ft_lr=cfg.ft_lr, wall_s=time.perf_counter() - t0,
+        seeds=np.array(cfg.seeds),
+        steps=np.array(steps),
+        gammas=np.array(cfg.gammas, dtype=np.float64),
+        base_loss=base,
+        weight_norm_sq=norm_sq,
+        perturbed_loss=draws.mean(axis=-1),
+        delta=per_draw.mean(axis=-1),
+        delta_se=delta_se,
+        pretrain_loss=ft_pre,
+        task_loss=ft_task,
+        draw_losses=draws,
+        ft_steps=cfg.ft_steps,
+        ft_lr=cfg.ft_lr,
+        wall_s=time.perf_counter() - t0,
     )
 
 
 def _check_finite(values: np.ndarray, seeds: Sequence[int], what: str) -> None:
     bad = [seed for seed, v in zip(seeds, values) if not math.isfinite(v)]
     if bad:
-        raise RunFailed(f"{what} is not finite for seed(s) {bad}: gradient descent diverged (lower the step size)")
+        raise RunFailed(
+            f"{what} is not finite for seed(s) {bad}: gradient descent diverged (lower the step size)"
+        )

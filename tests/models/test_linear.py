@@ -67,13 +67,16 @@ def test_check1_delta_trends_up(default):
     assert (default.delta_se > 0).all()
 
 
-def test_delta_is_the_second_order_weight_norm_law(default):
-    """Once the fit is exact (R = 0), E[Δ] = ½γ²d(‖W1‖² + ‖W2‖²) + ½γ⁴d³ exactly; 20 draws estimate it
-    to a few percent (the sum of d² squared Gaussians barely fluctuates)."""
+def test_delta_matches_its_exact_expectation(default):
+    """For any weights, E_ε[Δ] = ½γ²d(‖W1‖² + ‖W2‖²) + ½γ⁴d³ exactly (the terms linear in the residual
+    W2W1 − M and the odd terms in ε average to zero). So Δ is a read-out of the weight norm, which keeps
+    growing as small directions are learned. Asserted at every (seed, checkpoint, γ): the 20-draw mean is
+    within 4 standard errors of it (measured: at most 1.2 SE, 4.8% relative)."""
     d = 40
     for g, gamma in enumerate(default.gammas):
-        expected = 0.5 * gamma**2 * d * default.weight_norm_sq[:, -1] + 0.5 * gamma**4 * d**3
-        np.testing.assert_allclose(default.delta[:, -1, g], expected, rtol=0.05)
+        expected = 0.5 * gamma**2 * d * default.weight_norm_sq + 0.5 * gamma**4 * d**3
+        z = np.abs(default.delta[:, :, g] - expected) / default.delta_se[:, :, g]
+        assert z.max() < 4, (gamma, z.max())
 
 
 # --- check 2: the U after fine-tuning ---------------------------------------------------------------

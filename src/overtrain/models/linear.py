@@ -23,8 +23,8 @@ At each checkpoint T (a step count) the run measures, per seed:
 - **base loss** L(W_T);
 - **Gaussian perturbation** (absolute noise, the same law at every T): W1 + γ E1, W2 + γ E2 with
   E1, E2 entry-wise N(0, 1), K draws per γ; ``delta`` Δ(T, γ) = mean_k L(W_T + γ E_k) − L(W_T) and the
-  perturbed loss itself. To second order Δ ≈ ½ γ² d (‖W1‖²_F + ‖W2‖²_F), so Δ tracks the weight norm
-  (``weight_norm_sq``). The K noise matrices are drawn once per seed and reused at every T and γ
+  perturbed loss itself. Exactly, E[Δ] = ½ γ² d (‖W1‖²_F + ‖W2‖²_F) + ½ γ⁴ d³ for any weights, so Δ
+  tracks the weight norm (``weight_norm_sq``). The K noise matrices are drawn once per seed and reused at every T and γ
   (common random numbers): curves over T and γ differ only through the weights, not through fresh noise.
 - **Fine-tuning**: from a *copy* of W_T, ``ft_steps`` GD steps at ``ft_lr`` on M_ft = M + U Vᵀ, where U,
   V (d x r) have orthonormal columns (r = ``ft_rank``; r = 1 is one new unit-norm rank-1 feature u vᵀ).
@@ -327,7 +327,7 @@ class LinearTheoryResult:
         steps: [C] checkpoint step counts, ascending.
         gammas: [G] perturbation scales.
         base_loss: [S, C] pre-training loss ½‖W2W1 − M‖² at the checkpoint.
-        weight_norm_sq: [S, C] ‖W1‖²_F + ‖W2‖²_F at the checkpoint (Δ ≈ ½γ²d times this).
+        weight_norm_sq: [S, C] ‖W1‖²_F + ‖W2‖²_F at the checkpoint (E[Δ] = ½γ²d times this + ½γ⁴d³).
         perturbed_loss: [S, C, G] mean over draws of the perturbed pre-training loss.
         delta: [S, C, G] Δ = perturbed_loss − base_loss.
         delta_se: [S, C, G] standard error of Δ over draws (NaN with one draw).

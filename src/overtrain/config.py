@@ -170,8 +170,8 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
         shown = repr(first["input"])
         msg = f"{msg} (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    where = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "config"
-    return f"{where}: {msg}{more}"
+    where = f"{prefix}{loc}" if loc else prefix.rstrip(".")
+    return f"{where}: {msg}{more}" if where else f"{msg}{more}"
 
 
 def validate(cls: type[C], data: Mapping[str, Any], source: str = "config") -> C:

@@ -96,6 +96,16 @@ def finetune(
 
 
 @app.command()
+def probe(
+    overrides: Optional[list[str]] = OVERRIDES,
+    config: Optional[Path] = CONFIG,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the run id and dir only."),
+) -> None:
+    """Run a probe on one pre-training checkpoint (parent=<run_id> checkpoint=budget_<T> probe=noise)."""
+    _execute_one("probe", config, overrides, dry_run)
+
+
+@app.command()
 def sweep(
     file: Path = typer.Argument(..., help="Sweep YAML: kind, base, axes, zip, seeds."),
     executor: str = typer.Option("local", "--executor", help="local (default) or another registered executor."),

@@ -18,12 +18,13 @@ import time
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from overtrain.config import BaseConfig, NotInId, Registered, build_config
-from overtrain.errors import DataError, RunFailed, UserError
+from overtrain.config import BaseConfig, NotInId, Registered
+from overtrain.errors import DataError, RunFailed
 from overtrain.models.presets import count_params
 from overtrain.registry import DATASETS, FINETUNE_METHODS
+from overtrain.runs.parent import ParentCheckpoint, resolve_parent
 from overtrain.seed import seed_everything
 from overtrain.training import checkpoint as ckpt
 from overtrain.training.loop import build_optimizer, evaluate_loss, train_segment
@@ -67,17 +68,11 @@ class FinetuneTrainConfig(BaseConfig):
     """Also evaluate every this many steps (default: before and after only)."""
 
 
-class FinetuneConfig(BaseConfig):
+class FinetuneConfig(ParentCheckpoint):
     """One checkpoint fine-tuned on one task with one method and learning rate (``overtrain finetune``)."""
 
     schema_version: int = 1
     """Config schema version."""
-
-    parent: str
-    """The pre-training run: ``<run_id>`` or ``pretrain/<run_id>`` (12 hex digits)."""
-
-    checkpoint: str
-    """Checkpoint name in the parent's ``ckpt/`` (``budget_<tokens>`` or ``step_<N>``)."""
 
     data: Registered(DATASETS, "hmm")
     """The task to fine-tune on (e.g. a second HMM with the parent's vocabulary and another seed)."""
@@ -100,22 +95,6 @@ class FinetuneConfig(BaseConfig):
     device: str = NotInId("cpu")
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
 
-    @field_validator("parent")
-    @classmethod
-    def _parent(cls, value: str) -> str:
-        kind, _, run_id = value.rpartition("/")
-        if kind not in ("", "pretrain") or len(run_id) != 12 or any(c not in "0123456789abcdef" for c in run_id):
-            raise ValueError("must be a pre-training run id: 12 hex digits, optionally after 'pretrain/'")
-        return f"pretrain/{run_id}"
-
-    @property
-    def parent_id(self) -> str:
-        return self.parent.split("/", 1)[1]
-
-
-def parents(cfg: FinetuneConfig) -> list[tuple[str, str]]:
-    return [("pretrain", cfg.parent_id)]
-
 
 def _lr_schedule(tc: FinetuneTrainConfig) -> LR:
     if tc.schedule == "cosine":
@@ -128,15 +107,12 @@ def _lr_schedule(tc: FinetuneTrainConfig) -> LR:
 
 def run_finetune(cfg: FinetuneConfig, run) -> None:
     """Execute one fine-tuning run inside an open run directory (see module docstring)."""
-    from overtrain.training.pretrain import PretrainConfig, resolve_device
+    from overtrain.training.pretrain import resolve_device
 
     started = time.perf_counter()
     for name in ("metrics", "evals"):
         run.truncate(name, 0)  # a restarted run begins again from the checkpoint
-    parent_dir = run.store.run_dir("pretrain", cfg.parent_id)
-    if not (parent_dir / "config.yaml").is_file():
-        raise UserError(f"parent run {cfg.parent} not found in {run.store.root}")
-    parent = build_config(PretrainConfig, parent_dir / "config.yaml")
+    parent_dir, parent = resolve_parent(cfg, run.store)
     device = resolve_device(cfg.device)
     autocast = torch.bfloat16 if cfg.dtype == "bfloat16" else None
     model, _, meta = ckpt.load_checkpoint(parent_dir / "ckpt" / cfg.checkpoint, device=str(device))

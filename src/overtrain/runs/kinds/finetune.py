@@ -2,7 +2,8 @@
 
 from overtrain.registry import RUN_KINDS
 from overtrain.runs.kinds import RunKind
-from overtrain.training.finetune import FinetuneConfig, parents, run_finetune
+from overtrain.runs.parent import parents
+from overtrain.training.finetune import FinetuneConfig, run_finetune
 
 RUN_KINDS.register(
     "finetune",

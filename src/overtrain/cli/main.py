@@ -105,6 +105,54 @@ def probe(
     _execute_one("probe", config, overrides, dry_run)
 
 
+def _run_study(name: str, config, preset, overrides, workers: int, dry_run: bool, report_dir) -> None:
+    from overtrain.registry import STUDIES
+    from overtrain.runs.query import format_table, query
+    from overtrain.runs.store import Store
+
+    study = STUDIES.get(name)
+    cfg = study.load_config(config, preset, overrides or [])
+    store = Store()
+    if dry_run:
+        plan = study.plan(cfg)
+        _print_rows(plan.summary(store), title=f"{name}: {len(plan.items)} runs")
+        return
+    result, study_id = study.run(cfg, store, workers=workers)
+    if not result.ok:
+        raise typer.Exit(result.exit_code)
+    out = _console()
+    claims = query(
+        "select claim, verdict, round(value, 4) as value, round(ci_low, 4) as ci_low, round(ci_high, 4) as ci_high, "
+        f"threshold from evals where run_id = '{study_id}' and record = 'claim'", store)
+    out.print(format_table(claims, "table"))
+    rec = query(f"select text from evals where run_id = '{study_id}' and record = 'recommendation'", store)
+    for row in rec.to_pylist():
+        out.print(row["text"])
+    if report_dir is not None:
+        from overtrain.report.build import build_report
+
+        out.print(f"report: {build_report(report_dir, name, store)}")
+
+
+PRESET = typer.Option(None, "--preset", help="demo, small or paper-like (configs/<study>/<preset>.yaml).")
+WORKERS = typer.Option(1, "--workers", "-j", min=1, help="Runs at once (processes).")
+REPORT = typer.Option(None, "--report", help="Also write the HTML report to this directory.")
+
+
+@app.command()
+def overtraining(
+    overrides: Optional[list[str]] = OVERRIDES,
+    config: Optional[Path] = CONFIG,
+    preset: Optional[str] = PRESET,
+    workers: int = WORKERS,
+    report_dir: Optional[Path] = REPORT,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
+) -> None:
+    """Catastrophic overtraining (Springer et al. 2025): pre-train at many budgets, fine-tune and perturb
+    every checkpoint, find T* past which more pre-training hurts. Example: overtrain overtraining --preset demo"""
+    _run_study("overtraining", config, preset, overrides, workers, dry_run, report_dir)
+
+
 @app.command()
 def sweep(
     file: Path = typer.Argument(..., help="Sweep YAML: kind, base, axes, zip, seeds."),

@@ -1,0 +1,62 @@
+"""The overtraining study end to end on a tiny preset: wiring, idempotence, analysis rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from overtrain.config import validate
+from overtrain.runs.query import query
+from overtrain.runs.store import Store
+from overtrain.studies import overtraining
+
+TINY = {
+    "pretrain": {
+        "data": {"name": "hmm", "seed": 0, "states": 4, "vocab_size": 16, "floor_sequences": 64},
+        "model": {"preset": "llama-nano"},
+        "train": {"tokens": [2560, 5120, 10240], "batch_size": 8, "seq_len": 32, "warmup_steps": 3,
+                  "lr": 1e-2, "log_every": 5},
+        "eval": {"batches": 2},
+        "checkpoint": {"log_spaced": False, "resume_every": 50},
+    },
+    "seeds": [0, 1],
+    "finetune": {
+        "data": {"name": "hmm", "seed": 1, "states": 4, "vocab_size": 16, "floor_sequences": 64},
+        "lrs": [1e-3, 1e-2],
+        "train": {"steps": 4, "batch_size": 8, "log_every": 2},
+    },
+    "sensitivity": {"gammas": [1.0, 4.0], "draws": 2, "eval_batches": 1, "batch_size": 4},
+    "theory": {"dim": 8, "max_steps": 1000, "n_checkpoints": 5, "draws": 4, "seeds": [1, 2]},
+    "theory_control": {"dim": 8, "max_steps": 1000, "n_checkpoints": 5, "draws": 4, "seeds": [1, 2],
+                       "spectrum_exponent": 1.0},
+    "bootstrap": 200,
+}
+
+
+@pytest.fixture
+def tiny_cfg():
+    return validate(overtraining.OvertrainingConfig, TINY)
+
+
+def test_plan_expands_every_run_once(tiny_cfg):
+    plan = overtraining.plan(tiny_cfg)
+    kinds = [item.kind for item in plan.items]
+    assert kinds.count("pretrain") == 2 and kinds.count("probe") == 2 * 3
+    assert kinds.count("finetune") == 2 * 3 * 2 and kinds.count("linear_theory") == 2
+    assert kinds[-1] == "overtraining" and len(plan.items[-1].deps) == len(plan.items) - 1
+    assert len({item.run_id for item in plan.items}) == len(plan.items)
+    ordered = plan.order()
+    assert ordered[-1].kind == "overtraining"
+
+
+def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg):
+    store = Store()
+    result, study_id = overtraining.run(tiny_cfg, store, progress=False)
+    assert result.ok and len(result.done) == 23
+    claims = query(f"select claim, verdict from evals where run_id = '{study_id}' and record = 'claim'", store).to_pylist()
+    assert len(claims) >= 8 and all(c["verdict"] in ("PASS", "FAIL", "N/A") for c in claims)
+    infl = query(f"select * from evals where run_id = '{study_id}' and record = 'inflection'", store).to_pylist()
+    fixed = [r for r in infl if r["regime"] == "fixed LR" and r["quantity"].startswith("pre-training")]
+    assert sorted(r["lr"] for r in fixed) == [1e-3, 1e-2]
+    assert all(r["t_star"] in (2560, 5120, 10240) for r in fixed)  # T* is a budget of the grid
+    again, _ = overtraining.run(tiny_cfg, store, progress=False)
+    assert again.ok and not again.done and len(again.skipped) == 23

@@ -363,6 +363,8 @@ def perturbed_losses(
     aliases = dict(model.named_parameters(remove_duplicate=False))
     params = {name: aliases[name] for name in names}
     tokens = sum(x[:, 1:].numel() for x in batches)
+    if tokens == 0:
+        raise ValueError("the evaluation batches predict no token: sequences need at least 2 tokens")
     was_training = model.training
     model.eval()
     try:

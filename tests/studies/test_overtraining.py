@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from overtrain.config import validate
+from overtrain.report.build import build_report
 from overtrain.runs.query import query
 from overtrain.runs.store import Store
 from overtrain.studies import overtraining
@@ -60,3 +61,10 @@ def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg):
     assert all(r["t_star"] in (2560, 5120, 10240) for r in fixed)  # T* is a budget of the grid
     again, _ = overtraining.run(tiny_cfg, store, progress=False)
     assert again.ok and not again.done and len(again.skipped) == 23
+
+    page = build_report(home / "report", "overtraining", store)
+    html = page.read_text()
+    for name in ("sensitivity", "perturbed", "finetune_full", "theory"):
+        assert (page.parent / f"overtraining_{name}.png").stat().st_size > 10_000
+        assert f"overtraining_{name}.png" in html
+    assert html.count("class=\"pass\"") + html.count("class=\"fail\"") + html.count("class=\"na\"") >= len(claims)

@@ -1,0 +1,163 @@
+"""Report section of the overtraining study: the paper's panels, the claims table and the advice.
+
+Reads only the store: the newest successful ``overtraining`` analysis run, its config (which names
+every child run) and the children's ``evals.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from overtrain.config import config_hash, dump_yaml, validate
+from overtrain.report.html import Figure, Section, Table
+from overtrain.report.plots import label, new_figure
+from overtrain.runs.query import query
+
+
+def _in(ids) -> str:
+    return "(" + ", ".join(f"'{i}'" for i in ids) + ")"
+
+
+def _band(ax, x, curves, **kw):
+    """Mean over seeds with a min-max band."""
+    curves = np.asarray(curves, dtype=float)
+    mean = np.nanmean(curves, 0)
+    line = ax.plot(x, mean, marker="o", ms=3, **kw)[0]
+    if curves.shape[0] > 1:
+        ax.fill_between(x, np.nanmin(curves, 0), np.nanmax(curves, 0), color=line.get_color(), alpha=0.15, lw=0)
+    return line
+
+
+def _mark(ax, row, color):
+    if row and row.get("t_star") and row.get("interior"):
+        ax.axvline(row["t_star"], color=color, ls=":", lw=1)
+        ax.axvspan(row["t_star_ci_low"], row["t_star_ci_high"], color=color, alpha=0.07, lw=0)
+
+
+def report_sections(store) -> list[Section]:
+    from overtrain.analysis.overtraining import _matrix
+    from overtrain.models.linear import LinearTheoryResult
+    from overtrain.studies.overtraining import OvertrainingConfig, child_ids, pretrain_configs
+
+    studies = query("select run_id, config from runs where kind = 'overtraining' and status = 'success' "
+                    "order by finished_at desc", store).to_pylist()
+    if not studies:
+        return []
+    study_id = studies[0]["run_id"]
+    cfg = validate(OvertrainingConfig, json.loads(studies[0]["config"]))
+    ids = child_ids(cfg)
+    seed_of = {config_hash(p): p.seed for p in pretrain_configs(cfg)}
+    seeds = list(cfg.seeds)
+    rows = query(f"select * from evals where run_id = '{study_id}'", store).to_pylist()
+    claims = [r for r in rows if r["record"] == "claim"]
+    infl = [r for r in rows if r["record"] == "inflection"]
+    advice = next((r["text"] for r in rows if r["record"] == "recommendation"), "")
+    base = query(f"select run_id, tokens_seen, tokens_per_param, loss, loss_floor from evals where run_id in "
+                 f"{_in(ids['pretrain'])} and budget is not null and split = 'val'", store).to_pylist()
+    tokens = sorted({r["tokens_seen"] for r in base})
+    t = np.array(tokens, dtype=float)
+    n_params = base[0]["tokens_seen"] / base[0]["tokens_per_param"] if base else math.nan
+    probe = query(f"select * from evals where run_id in {_in(ids['probe'])}", store).to_pylist()
+    ft = query(f"select * from evals where run_id in {_in(ids['finetune'])}", store).to_pylist()
+    by_parent = lambda r: seed_of[r["parent"]]  # noqa: E731
+    x_label = f"pre-training tokens (log; {n_params:,.0f} parameters)"
+
+    # Figure 1: sensitivity Δ(T, γ), both noise laws
+    laws = sorted({r["law"] for r in probe})
+    gammas = sorted({r["gamma"] for r in probe})
+    fig1, axes = new_figure(max(1, len(laws)))
+    for ax, law in zip(axes, laws):
+        for g in gammas:
+            sel = [r for r in probe if r["law"] == law and r["gamma"] == g]
+            _band(ax, t, _matrix(sel, seeds, tokens, "delta", by_parent), label=f"γ = {g:g}")
+        ax.set_xscale("log")
+        label(ax, x_label, "Δ = perturbed − base loss (nats/token)",
+              f"Sensitivity, {'init-scale noise (paper)' if law == 'init_scale' else 'relative noise'}")
+        ax.legend(fontsize=8)
+
+    # Figure 2: absolute perturbed loss (init-scale) with T*, and the base loss with its floor
+    fig2, (ax_p, ax_b) = new_figure(2)
+    for g in gammas:
+        sel = [r for r in probe if r["law"] == "init_scale" and r["gamma"] == g]
+        line = _band(ax_p, t, _matrix(sel, seeds, tokens, "mean_loss", by_parent), label=f"γ = {g:g}")
+        _mark(ax_p, next((r for r in infl if r.get("regime") == "init_scale noise" and r.get("gamma") == g), None),
+              line.get_color())
+    ax_p.set_xscale("log")
+    label(ax_p, x_label, "perturbed loss (nats/token)", "Perturbed pre-training loss (T* dotted, CI shaded)")
+    ax_p.legend(fontsize=8)
+    _band(ax_b, t, _matrix(base, seeds, tokens, "loss", lambda r: seed_of[r["run_id"]]), label="base model")
+    if base and base[0]["loss_floor"] is not None:
+        ax_b.axhline(base[0]["loss_floor"], color="k", ls="--", lw=1, label="Bayes floor")
+    ax_b.set_xscale("log")
+    label(ax_b, x_label, "validation loss (nats/token)", "Base model keeps improving")
+    ax_b.legend(fontsize=8)
+
+    # Figure 3: after fine-tuning, per LR: pre-training loss (forgetting) and task loss (in-distribution)
+    methods = sorted({r["method"] for r in ft})
+    figs3 = []
+    for method in methods:
+        fig3, (ax_f, ax_t) = new_figure(2)
+        for lr in cfg.finetune.lrs:
+            sel = [r for r in ft if r["method"] == method and math.isclose(r["lr"], lr)]
+            line = _band(ax_f, t, _matrix(sel, seeds, tokens, "pretrain_loss", by_parent), label=f"LR {lr:g}")
+            _mark(ax_f, next((r for r in infl if r.get("regime") == "fixed LR" and r.get("method") == method
+                              and r.get("lr") == lr and r["quantity"].startswith("pre-training")), None),
+                  line.get_color())
+            _band(ax_t, t, _matrix(sel, seeds, tokens, "task_loss", by_parent), label=f"LR {lr:g}")
+        for ax, ylab, title in ((ax_f, "pre-training loss after fine-tuning (nats/token)", "Forgetting"),
+                                (ax_t, "task loss after fine-tuning (nats/token)", "In-distribution")):
+            ax.set_xscale("log")
+            label(ax, x_label, ylab, f"{title} ({method} fine-tuning, {cfg.finetune.train.steps} steps)")
+            ax.legend(fontsize=8)
+        figs3.append(Figure(f"overtraining_finetune_{method}", fig3,
+                            f"{method} fine-tuning of every budget checkpoint: mean over {len(seeds)} seeds, band = "
+                            "min-max over seeds; T* (dotted) where the curve has an interior minimum."))
+
+    # Figure 4: the linear theory model and its negative control
+    fig4, (ax_d, ax_u) = new_figure(2)
+    for key, name in (("theory", "s_i ∝ i^-1.5"), ("theory_control", "s_i ∝ 1/i (control)")):
+        res = LinearTheoryResult.from_rows(query(f"select * from evals where run_id in {_in(ids[key])}", store).to_pylist())
+        steps = res.steps.astype(float)
+        _band(ax_d, steps, res.curve("delta", float(res.gammas[0])), label=f"{name}, γ={res.gammas[0]:g}")
+        _band(ax_u, steps, res.pretrain_loss, label=name)
+    ax_d.set_xscale("log")
+    ax_d.set_yscale("log")
+    label(ax_d, "pre-training GD steps (log)", "Δ (perturbed − base loss)", "Theory: sensitivity rises")
+    ax_u.set_xscale("log")
+    ax_u.set_yscale("log")
+    label(ax_u, "pre-training GD steps (log)", "pre-training loss after fine-tuning", "Theory: U only with the slow spectrum")
+    from matplotlib.ticker import NullFormatter
+
+    for ax in (ax_d, ax_u):
+        ax.yaxis.set_minor_formatter(NullFormatter())  # log minor labels collide with the axis label
+        ax.legend(fontsize=8)
+
+    claim_rows = [{"claim": c["claim"], "verdict": c["verdict"], "statistic": c["statistic"], "value": c["value"],
+                   "CI low": c["ci_low"], "CI high": c["ci_high"], "threshold": c["threshold"], "detail": c["detail"]}
+                  for c in claims]
+    infl_rows = [{"regime": r.get("regime"), "quantity": r.get("quantity"), "method": r.get("method"),
+                  "LR": r.get("lr"), "γ": r.get("gamma"), "T*": r["t_star"], "CI low": r["t_star_ci_low"],
+                  "CI high": r["t_star_ci_high"], "interior": r["interior"], "rise": r["rise"]} for r in infl]
+    n_pass = sum(c["verdict"] == "PASS" for c in claims)
+    text = [f"<b>Recommendation.</b> {advice}",
+            f"{n_pass} of {len(claims)} claims pass. Study run <code>{study_id}</code>; {len(seeds)} seeds, "
+            f"{len(tokens)} budgets from {tokens[0]:,} to {tokens[-1]:,} tokens "
+            f"({tokens[0] / n_params:,.0f} to {tokens[-1] / n_params:,.0f} tokens per parameter)."]
+    return [
+        Section("Catastrophic overtraining: claims", text=text, tables=[Table(claim_rows, "Claims of Springer et al. 2025")]),
+        Section("Sensitivity to Gaussian perturbations",
+                text=["Init-scale noise has a fixed absolute size per tensor (the paper's law); relative noise scales "
+                      "with each tensor's current spread, so it is blind to the weight-norm growth that normalisation "
+                      "layers allow (science.md §1). Mean over seeds; band = min-max over seeds."],
+                figures=[Figure("overtraining_sensitivity", fig1, "Δ(T, γ) against pre-training tokens."),
+                         Figure("overtraining_perturbed", fig2, "Absolute perturbed loss and the base loss.")]),
+        Section("Fine-tuning every checkpoint", figures=figs3,
+                tables=[Table(infl_rows, "Inflection points T* (tokens; theory rows in steps) with bootstrap CIs over seeds")]),
+        Section("Linear theory model", text=["Two-layer linear network, full-batch GD from a small initialisation "
+                                             "(incremental learning); see docs/theory.md."],
+                figures=[Figure("overtraining_theory", fig4, "Sensitivity and post-fine-tuning loss of the theory model.")],
+                details=[("Study config (resolved)", dump_yaml(json.loads(studies[0]["config"])))]),
+    ]

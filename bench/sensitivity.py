@@ -293,11 +293,26 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS / "sensitivity-cpu.json")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other (setting, threads) entries of an existing --out file, replace these",
+    )
     args = ap.parse_args(argv)
-    record = {"machine": machine(), "loadavg_start": os.getloadavg(), "runs": [], "sweeps": []}
+    record = {"machine": machine(), "runs": [], "sweeps": []}
+    if args.merge and args.out.is_file():  # on a shared machine, rerun only what a busy spell spoiled
+        old = json.loads(args.out.read_text())
+        redo = {(s, t) for s in args.settings.split(",") for t in args.threads}
+        record["runs"] = [r for r in old["runs"] if (r["setting"], r["threads"]) not in redo]
+        keep_sweeps = args.no_sweep
+        record["sweeps"] = [s for s in old["sweeps"] if keep_sweeps or s["threads"] not in args.threads]
     for threads in args.threads:
         for setting in args.settings.split(","):
-            run = measure(setting, threads, args.repeats)
+            run = {
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "git_commit": record["machine"]["git_commit"],
+                **measure(setting, threads, args.repeats),
+            }
             record["runs"].append(run)
             print(
                 f"{setting:>17} threads {threads}: median s {run['median_s']}  ratio vs naive {run['ratio']}  "
@@ -305,13 +320,17 @@ def main(argv=None) -> None:
                 flush=True,
             )
         if not args.no_sweep:
-            sw = sweep(threads, args.repeats)
+            sw = {
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **sweep(threads, args.repeats),
+            }
             record["sweeps"].append(sw)
             print(
                 f"{'sweep':>17} threads {threads}: median s {sw['median_s']}  ratio vs 1/forward {sw['ratio']}",
                 flush=True,
             )
-    record["loadavg_end"] = os.getloadavg()
+    record["runs"].sort(key=lambda r: (r["threads"], list(SETTINGS).index(r["setting"])))
+    record["sweeps"].sort(key=lambda r: r["threads"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -29,8 +29,9 @@ if the check fails, or a selected tensor lives in another kind of module (a norm
 
 Why not ``torch.func.functional_call`` + ``vmap``: it works on these models with transformers 5.23 and
 matches to ~1e-7, but torch 2.13 has no vmap batching rule for the CPU flash-attention kernel
-(``_scaled_dot_product_flash_attention_for_cpu``), so vmap runs attention draw by draw, and on the
-2-core CPU it measured slower than a plain loop (bench/sensitivity.py keeps it as a column).
+(``_scaled_dot_product_flash_attention_for_cpu``), so vmap runs attention draw by draw; on the 2-core
+CPU it measured slower than draw batching in every setting, and slower than the plain loop at
+B × T = 256 × 64 (bench/sensitivity.py keeps it as a column).
 
 How many noisy models per forward (``tokens_per_forward``): on a CPU a forward is bound by memory
 traffic, and it is fastest when one pass holds about 16K tokens (bench/sensitivity.py): larger passes
@@ -38,7 +39,7 @@ fall out of cache and get *slower* per token. So on a CPU draw batching pays whe
 is small (the early-warning monitor's few short sequences), and at ``B × T = 256 × 64`` the probe
 evaluates one noisy model per pass — which is then the perturb-and-restore loop. On a GPU, where a small
 model's forward is bound by kernel launches, larger passes are the point (the ``auto`` budget is 2^18
-tokens there, capped by the logits' memory; not measured on this project's CPU-only machines).
+tokens there, capped by the logits' memory; not yet measured: no GPU was available to this work).
 
 Precision: the vectorised losses equal the loop's to float rounding (``bmm`` vs ``mm``; per-token sums in
 float64): relative difference ≤ 1e-5 in float32 (measured ~2e-7), checked in tests/probes/test_noise.py.

@@ -20,7 +20,7 @@ from overtrain.data.hmm import HMMConfig
 from overtrain.models.presets import ModelConfig, build_model
 from overtrain.probes import noise as noise_mod
 from overtrain.probes.noise import NoiseSensitivityConfig, NoiseSensitivityProbe, noise_sensitivity, summarize
-from overtrain.registry import PROBES
+from overtrain.registry import PROBES, RUN_KINDS
 from overtrain.training.loop import build_optimizer, train_segment
 
 VOCAB, SEQ = 16, 16
@@ -257,3 +257,27 @@ def test_config_validation():
         noise_sensitivity(
             _model(), [torch.zeros(1, 4, dtype=torch.long)], NoiseSensitivityConfig(include="nothing")
         )
+
+
+def test_probe_on_a_pretraining_run_with_its_step_zero_checkpoint(home, tiny_pretrain):
+    """The workflow of the overtraining study: load a checkpoint, take σ_init from ``step_00000000``."""
+    from overtrain.config import validate
+    from overtrain.runs.store import Store
+    from overtrain.training.checkpoint import list_checkpoints, load_checkpoint
+    from overtrain.training.pretrain import PretrainConfig
+
+    out = Store().execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, tiny_pretrain))
+    ckpts = {c["name"]: c["path"] for c in list_checkpoints(out.dir)}
+    init_dir = ckpts["step_00000000"]
+    model, _, _ = load_checkpoint(ckpts["budget_5120"])
+    init, _, _ = load_checkpoint(init_dir)
+    xs = [
+        HMMConfig(**{**tiny_pretrain["data"], "name": "hmm"}).build().batch("val", i, 4, 32) for i in range(2)
+    ]
+    res = noise_sensitivity(model, xs, _cfg(law="init_scale", draws=2), init_state=init_dir)
+    for name, p in init.named_parameters():
+        if p.dim() >= 2:
+            assert res.scales["init_scale"][name] == pytest.approx(
+                p.double().std(correction=0).item(), rel=1e-12
+            )
+    assert res.method == "draw-batched" and all(math.isfinite(c.delta) for c in res.cells)

@@ -65,35 +65,35 @@ FAMILIES: dict[Family, str] = {
 def _llama(shape: Shape, vocab: int, positions: int, kw: dict[str, Any]):
     from transformers import LlamaConfig
 
-    return LlamaConfig(
+    return LlamaConfig(**{**dict(
         vocab_size=vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
         num_attention_heads=shape.heads, num_key_value_heads=shape.heads, intermediate_size=shape.ffn,
         max_position_embeddings=positions, tie_word_embeddings=shape.tied,
-        bos_token_id=None, eos_token_id=None, pad_token_id=None, **kw,
-    )
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    ), **kw})  # overrides replace preset values (tie_word_embeddings too)
 
 
 def _olmo2(shape: Shape, vocab: int, positions: int, kw: dict[str, Any]):
     from transformers import Olmo2Config
 
-    return Olmo2Config(
+    return Olmo2Config(**{**dict(
         vocab_size=vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
         num_attention_heads=shape.heads, num_key_value_heads=shape.heads, intermediate_size=shape.ffn,
         max_position_embeddings=positions, tie_word_embeddings=shape.tied,
-        bos_token_id=None, eos_token_id=None, pad_token_id=None, **kw,
-    )
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    ), **kw})  # overrides replace preset values (tie_word_embeddings too)
 
 
 def _neox(shape: Shape, vocab: int, positions: int, kw: dict[str, Any]):
     from transformers import GPTNeoXConfig
 
     # GPT-NeoX's MLP is 4x wide with GELU (two matrices), Pythia's choice; SwiGLU presets use ffn as is.
-    return GPTNeoXConfig(
+    return GPTNeoXConfig(**{**dict(
         vocab_size=vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
         num_attention_heads=shape.heads, intermediate_size=4 * shape.hidden,
         max_position_embeddings=positions, tie_word_embeddings=shape.tied, rotary_pct=0.25,
-        use_parallel_residual=True, bos_token_id=None, eos_token_id=None, pad_token_id=None, **kw,
-    )
+        use_parallel_residual=True, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    ), **kw})
 
 
 _HF_BUILDERS = {"llama": _llama, "olmo2": _olmo2, "neox": _neox}

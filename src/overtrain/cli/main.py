@@ -182,34 +182,13 @@ def _report_plan(result) -> None:
 
 @app.command()
 def demo(
-    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Runs at once."),
+    workers: int = typer.Option(2, "--workers", "-j", min=1, help="Runs at once (processes)."),
 ) -> None:
-    """Run the demo: a small pre-training sweep on the embedded HMM language; print where results are."""
+    """The main job: the catastrophic-overtraining study on its demo preset, with the HTML report."""
     from overtrain.paths import repo_root
-    from overtrain.registry import EXECUTORS
-    from overtrain.runs.plan import load_sweep
-    from overtrain.runs.store import Store
 
     root = repo_root() or Path.cwd()
-    plan = load_sweep(root / "configs" / "sweeps" / "demo.yaml")
-    store = Store()
-    result = EXECUTORS.get("local")(plan, store, workers=workers, progress=True)
-    _report_plan(result)
-    from overtrain.runs.query import format_table, query
-
-    sql = (
-        "select run_id, checkpoint, tokens_seen, round(tokens_per_param) as tok_per_param, "
-        "round(loss, 4) as val_loss, round(loss_floor, 4) as floor from evals "
-        "where kind = 'pretrain' and budget is not null and split = 'val' order by run_id, tokens_seen"
-    )
-    from overtrain.report.build import build_report
-
-    out = _console()
-    out.print(format_table(query(sql, store), "table"))
-    page = build_report(root / "report", store=store)
-    out.print(f"results: {store.root}")
-    out.print(f"report:  {page}")
-    out.print('try: overtrain query "select kind, status, count(*) from runs group by all"')
+    _run_study("overtraining", None, "demo", [], workers, False, root / "report")
 
 
 @app.command()

@@ -31,8 +31,9 @@ def _band(ax, x, curves, **kw):
     return line
 
 
-def _mark(ax, row, color):
-    if row and row.get("t_star") and row.get("interior"):
+def _mark(ax, row, color, min_rise: float):
+    """Mark T* and its CI only for a real U: interior minimum and a rise whose CI clears `min_rise`."""
+    if row and row.get("t_star") and row.get("interior") and (row.get("rise_ci_low") or 0) > min_rise:
         ax.axvline(row["t_star"], color=color, ls=":", lw=1)
         ax.axvspan(row["t_star_ci_low"], row["t_star_ci_high"], color=color, alpha=0.07, lw=0)
 
@@ -84,7 +85,7 @@ def report_sections(store) -> list[Section]:
         sel = [r for r in probe if r["law"] == "init_scale" and r["gamma"] == g]
         line = _band(ax_p, t, _matrix(sel, seeds, tokens, "mean_loss", by_parent), label=f"γ = {g:g}")
         _mark(ax_p, next((r for r in infl if r.get("regime") == "init_scale noise" and r.get("gamma") == g), None),
-              line.get_color())
+              line.get_color(), cfg.min_rise)
     ax_p.set_xscale("log")
     label(ax_p, x_label, "perturbed loss (nats/token)", "Perturbed pre-training loss (T* dotted, CI shaded)")
     ax_p.legend(fontsize=8)
@@ -105,7 +106,7 @@ def report_sections(store) -> list[Section]:
             line = _band(ax_f, t, _matrix(sel, seeds, tokens, "pretrain_loss", by_parent), label=f"LR {lr:g}")
             _mark(ax_f, next((r for r in infl if r.get("regime") == "fixed LR" and r.get("method") == method
                               and r.get("lr") == lr and r["quantity"].startswith("pre-training")), None),
-                  line.get_color())
+                  line.get_color(), cfg.min_rise)
             _band(ax_t, t, _matrix(sel, seeds, tokens, "task_loss", by_parent), label=f"LR {lr:g}")
         for ax, ylab, title in ((ax_f, "pre-training loss after fine-tuning (nats/token)", "Forgetting"),
                                 (ax_t, "task loss after fine-tuning (nats/token)", "In-distribution")):
@@ -114,7 +115,7 @@ def report_sections(store) -> list[Section]:
             ax.legend(fontsize=8)
         figs3.append(Figure(f"overtraining_finetune_{method}", fig3,
                             f"{method} fine-tuning of every budget checkpoint: mean over {len(seeds)} seeds, band = "
-                            "min-max over seeds; T* (dotted) where the curve has an interior minimum."))
+                            "min-max over seeds; T* (dotted, CI shaded) where the curve has an interior minimum and rises after it."))
 
     # Figure 4: the linear theory model and its negative control
     fig4, (ax_d, ax_u) = new_figure(2)

@@ -62,26 +62,21 @@ FAMILIES: dict[Family, str] = {
 }
 
 
-def _llama(shape: Shape, vocab: int, positions: int, kw: dict[str, Any]):
-    from transformers import LlamaConfig
+def _swiglu(config_name: str):
+    """Builder for the SwiGLU/RoPE families (Llama, OLMo-2), which share every shape field."""
 
-    return LlamaConfig(**{**dict(
-        vocab_size=vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads, num_key_value_heads=shape.heads, intermediate_size=shape.ffn,
-        max_position_embeddings=positions, tie_word_embeddings=shape.tied,
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
-    ), **kw})  # overrides replace preset values (tie_word_embeddings too)
+    def build(shape: Shape, vocab: int, positions: int, kw: dict[str, Any]):
+        import transformers
 
+        config_cls = getattr(transformers, config_name)
+        return config_cls(**{**dict(
+            vocab_size=vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+            num_attention_heads=shape.heads, num_key_value_heads=shape.heads, intermediate_size=shape.ffn,
+            max_position_embeddings=positions, tie_word_embeddings=shape.tied,
+            bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        ), **kw})  # overrides replace preset values (tie_word_embeddings too)
 
-def _olmo2(shape: Shape, vocab: int, positions: int, kw: dict[str, Any]):
-    from transformers import Olmo2Config
-
-    return Olmo2Config(**{**dict(
-        vocab_size=vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads, num_key_value_heads=shape.heads, intermediate_size=shape.ffn,
-        max_position_embeddings=positions, tie_word_embeddings=shape.tied,
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
-    ), **kw})  # overrides replace preset values (tie_word_embeddings too)
+    return build
 
 
 def _neox(shape: Shape, vocab: int, positions: int, kw: dict[str, Any]):
@@ -96,7 +91,7 @@ def _neox(shape: Shape, vocab: int, positions: int, kw: dict[str, Any]):
     ), **kw})
 
 
-_HF_BUILDERS = {"llama": _llama, "olmo2": _olmo2, "neox": _neox}
+_HF_BUILDERS = {"llama": _swiglu("LlamaConfig"), "olmo2": _swiglu("Olmo2Config"), "neox": _neox}
 
 for _family in FAMILIES:
     for _size, (_shape, _help) in SHAPES.items():

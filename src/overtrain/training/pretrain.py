@@ -253,6 +253,7 @@ class _Job:
         self.optimizer = self.fresh_optimizer(self.model)
         self.train_model = torch.compile(self.model) if cfg.compile else self.model
         self.done_steps = 0
+        self.total_steps = total_steps(cfg)
         self.acc = [0.0, 0]  # training-loss sum and step count since the last log record
         self.done_budgets: set[int] = set()
 
@@ -283,7 +284,7 @@ class _Job:
         self.acc[1] += stats.steps
         self.last = stats
         self.done_steps += stats.steps
-        self.run.progress(self.done_steps, total_steps(self.cfg))
+        self.run.progress(self.done_steps, self.total_steps)
 
     def log_train(self, step: int, line: str) -> None:
         if not self.acc[1]:

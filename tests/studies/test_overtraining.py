@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from overtrain.config import validate
+from overtrain.errors import ConfigError
 from overtrain.report.build import build_report
 from overtrain.runs.query import query
 from overtrain.runs.store import Store
@@ -47,6 +48,19 @@ def test_plan_expands_every_run_once(tiny_cfg):
     assert len({item.run_id for item in plan.items}) == len(plan.items)
     ordered = plan.order()
     assert ordered[-1].kind == "overtraining"
+
+
+def test_a_method_can_have_its_own_lr_grid():
+    cfg = validate(overtraining.OvertrainingConfig, {**TINY, "finetune": {
+        **TINY["finetune"], "methods": [{"name": "full"}, {"name": "lora", "rank": 2}],
+        "method_lrs": {"lora": [3e-2, 1e-2, 3e-3]}}})
+    assert cfg.finetune.lrs_for("lora") == [3e-3, 1e-2, 3e-2] and cfg.finetune.lrs_for("full") == [1e-3, 1e-2]
+    labels = [item.label for item in overtraining.plan(cfg).items if item.kind == "finetune"]
+    assert len(labels) == 2 * 3 * (2 + 3)
+    assert sum("lora lr=0.03" in label for label in labels) == 2 * 3
+    with pytest.raises(ConfigError, match="method_lrs names 'dora'"):
+        validate(overtraining.OvertrainingConfig, {**TINY, "finetune": {**TINY["finetune"],
+                                                                        "method_lrs": {"dora": [1e-3]}}})
 
 
 def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,29 @@ def test_bad_parent_and_checkpoint(parent):
         store.execute(RUN_KINDS.get("finetune"), _ft("0123456789ab"))
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         store.execute(RUN_KINDS.get("finetune"), _ft(pre.run_id, checkpoint="budget_1"))
+
+
+def test_token_ids_must_mean_the_same_to_task_and_parent():
+    from overtrain.data.tokenizer import byte_tokenizer, id_tokenizer, train_bpe
+    from overtrain.training.finetune import check_same_tokens
+
+    check_same_tokens(byte_tokenizer(), byte_tokenizer())
+    check_same_tokens(id_tokenizer(16), id_tokenizer(64))  # fewer symbols, same ids
+    bpe = train_bpe(["the king and the crown " * 50, "a sword for the queen " * 50], 300)
+    with pytest.raises(UserError, match="tokenizer does not match the parent's"):
+        check_same_tokens(byte_tokenizer(), bpe)
+
+
+def test_finetune_a_text_model_on_instructions(home, tiny_pretrain):
+    """Pre-train on the packaged Shakespeare excerpt (bytes), fine-tune on the instruction task."""
+    from overtrain.data import corpus
+
+    excerpt = str(Path(corpus.__file__).parent / "fixtures" / "shakespeare_excerpt.txt")
+    store = Store()
+    tiny_pretrain["data"] = {"name": "text", "train": [excerpt]}
+    pre = store.execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, tiny_pretrain))
+    cfg = _ft(pre.run_id, data={"name": "instructions", "examples": 400, "val_examples": 50})
+    out = store.execute(RUN_KINDS.get("finetune"), cfg)
+    row = read_jsonl(out.dir / "evals.jsonl")[0]
+    assert row["task_loss"] < row["base_task_loss"]
+    assert row["n_params"] > 256 * 16  # a byte-level embedding

@@ -115,7 +115,7 @@ def analyse(cfg, store, ids: dict[str, list[str]]) -> OvertrainingResult:
     methods = sorted({r["method"] for r in ft})
     fixed: dict[tuple[str, float], Inflection] = {}
     for method in methods:
-        for lr in cfg.finetune.lrs:
+        for lr in cfg.finetune.lrs_for(method):
             rows = [r for r in ft if r["method"] == method and math.isclose(r["lr"], lr)]
             seed_of = lambda r: seed_of_parent[r["parent"]]  # noqa: E731
             pre = _matrix(rows, seeds, tokens, "pretrain_loss", seed_of)
@@ -132,7 +132,7 @@ def analyse(cfg, store, ids: dict[str, list[str]]) -> OvertrainingResult:
         tuned_lr = np.full_like(tuned_pre, np.nan)
         for i, s in enumerate(seeds):
             for j, tok in enumerate(tokens):
-                cands = [by[(s, tok, lr)] for lr in cfg.finetune.lrs if (s, tok, lr) in by]
+                cands = [by[(s, tok, lr)] for lr in cfg.finetune.lrs_for(method) if (s, tok, lr) in by]
                 if cands:
                     best = min(cands, key=lambda r: r["task_loss"])
                     tuned_pre[i, j], tuned_lr[i, j] = best["pretrain_loss"], best["lr"]
@@ -178,7 +178,8 @@ def analyse(cfg, store, ids: dict[str, list[str]]) -> OvertrainingResult:
             _verdict(inf.interior and inf.rise_ci_low > cfg.min_rise),
             f"T* = {inf.t_star:,.0f} tokens [{inf.ci_low:,.0f}, {inf.ci_high:,.0f}]"))
     for method in methods:
-        top = cfg.finetune.lrs[-1]
+        lrs = cfg.finetune.lrs_for(method)
+        top = lrs[-1]
         inf = fixed[(method, top)]
         claims.append(Claim(
             f"Post-fine-tuning pre-training loss degrades with more pre-training ({method}, LR {top:g})",
@@ -190,7 +191,6 @@ def analyse(cfg, store, ids: dict[str, list[str]]) -> OvertrainingResult:
             f"The degradation persists with the LR tuned per checkpoint ({method})", "rise final/min − 1",
             inf.rise, inf.rise_ci_low, inf.rise_ci_high, f"rise CI above {cfg.min_rise:.1%}",
             _verdict(inf.rise_ci_low > cfg.min_rise), f"T* = {inf.t_star:,.0f} tokens"))
-        lrs = cfg.finetune.lrs
         if len(lrs) > 1:
             lo, hi = fixed[(method, lrs[0])], fixed[(method, lrs[-1])]
             claims.append(Claim(
@@ -233,7 +233,8 @@ def analyse(cfg, store, ids: dict[str, list[str]]) -> OvertrainingResult:
 def _recommend(cfg, fixed, methods, tokens, n_params) -> str:
     if not methods or not tokens:
         return "no fine-tuning results to base a recommendation on"
-    method, lr = methods[0], cfg.finetune.lrs[-1]
+    method = "full" if "full" in methods else methods[0]
+    lr = cfg.finetune.lrs_for(method)[-1]
     inf = fixed[(method, lr)]
     per_param = f" (~{inf.t_star / n_params:,.0f} tokens per parameter)" if n_params else ""
     if inf.rise_ci_low > cfg.min_rise:

@@ -55,15 +55,36 @@ class FinetuneGridConfig(BaseConfig):
     """Learning-rate grid; each replaces ``train.lr``. Fixed-LR regime: one curve per LR; tuned regime:
     per checkpoint the LR with the best task loss."""
 
+    method_lrs: dict[str, list[float]] = {}
+    """Learning-rate grid of one method by name, replacing `lrs` for it, e.g. ``{lora: [1e-3, 3e-3,
+    1e-2]}``: LoRA's adapters start at zero and usually want a ~10x larger LR than full fine-tuning."""
+
     train: FinetuneTrainConfig = FinetuneTrainConfig()
     """Steps, batch size, schedule (``lr`` is set from `lrs`)."""
 
     @field_validator("lrs")
     @classmethod
     def _lrs(cls, value: list[float]) -> list[float]:
-        if not value or any(lr <= 0 for lr in value) or len(set(value)) != len(value):
-            raise ValueError("give distinct positive learning rates")
-        return sorted(value)
+        return _check_lrs(value)
+
+    @field_validator("method_lrs")
+    @classmethod
+    def _method_lrs(cls, value: dict[str, list[float]], info) -> dict[str, list[float]]:
+        names = [m.name for m in info.data.get("methods", [])]
+        for name in value:
+            if name not in names:
+                raise ValueError(f"method_lrs names {name!r}, which is not in methods ({', '.join(names)})")
+        return {name: _check_lrs(lrs) for name, lrs in value.items()}
+
+    def lrs_for(self, method: str) -> list[float]:
+        """The learning-rate grid of `method`, ascending."""
+        return self.method_lrs.get(method, self.lrs)
+
+
+def _check_lrs(value: list[float]) -> list[float]:
+    if not value or any(lr <= 0 for lr in value) or len(set(value)) != len(value):
+        raise ValueError("give distinct positive learning rates")
+    return sorted(value)
 
 
 class OvertrainingConfig(BaseConfig):
@@ -123,7 +144,7 @@ def plan(cfg: OvertrainingConfig) -> Plan:
         items.append(PlanItem.from_config(RUN_KINDS.get("pretrain"), pre, f"seed={pre.seed}"))
         for b in budgets:
             for method in ft_plain["methods"]:
-                for lr in cfg.finetune.lrs:
+                for lr in cfg.finetune.lrs_for(method["name"]):
                     ft = validate(FinetuneConfig, {
                         "parent": pre_id, "checkpoint": b.name, "data": ft_plain["data"], "method": method,
                         "train": {**ft_plain["train"], "lr": lr}, "seed": pre.seed,

@@ -101,7 +101,7 @@ def report_sections(store) -> list[Section]:
     figs3 = []
     for method in methods:
         fig3, (ax_f, ax_t) = new_figure(2)
-        for lr in cfg.finetune.lrs:
+        for lr in cfg.finetune.lrs_for(method):
             sel = [r for r in ft if r["method"] == method and math.isclose(r["lr"], lr)]
             line = _band(ax_f, t, _matrix(sel, seeds, tokens, "pretrain_loss", by_parent), label=f"LR {lr:g}")
             _mark(ax_f, next((r for r in infl if r.get("regime") == "fixed LR" and r.get("method") == method

@@ -105,6 +105,21 @@ def _lr_schedule(tc: FinetuneTrainConfig) -> LR:
     return base
 
 
+def check_same_tokens(task_tok, parent_tok) -> None:
+    """Refuse a task whose token ids mean something else to the parent (e.g. a BPE trained on other text).
+
+    The task's vocabulary must be a subset of the parent's with the same ids: a second HMM with fewer
+    symbols passes, a byte-level text task passes for a byte-level parent, two different BPEs do not.
+    """
+    task_vocab, parent_vocab = task_tok.get_vocab(), parent_tok.get_vocab()
+    clashes = [t for t, i in task_vocab.items() if parent_vocab.get(t) != i]
+    if clashes:
+        raise DataError(
+            f"data: the task's tokenizer does not match the parent's ({len(clashes)} of {len(task_vocab)} "
+            f"tokens differ, e.g. {clashes[0]!r}); fine-tune on data tokenised like the pre-training data"
+        )
+
+
 def run_finetune(cfg: FinetuneConfig, run) -> None:
     """Execute one fine-tuning run inside an open run directory (see module docstring)."""
     from overtrain.training.pretrain import resolve_device
@@ -122,6 +137,7 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
     if task.vocab_size > model.config.vocab_size:
         raise DataError(f"data: task vocab_size {task.vocab_size} exceeds the model's {model.config.vocab_size}")
     pretrain_source = parent.data.build()
+    check_same_tokens(task.tokenizer(), pretrain_source.tokenizer())
     seq_len = cfg.train.seq_len or parent.train.seq_len
     n_eval = cfg.eval_batches or parent.eval.batches
     eval_bs = parent.eval.batch_size or parent.train.batch_size

@@ -86,3 +86,22 @@ def test_finetune_a_text_model_on_instructions(home, tiny_pretrain):
     row = read_jsonl(out.dir / "evals.jsonl")[0]
     assert row["task_loss"] < row["base_task_loss"]
     assert row["n_params"] > 256 * 16  # a byte-level embedding
+
+
+def test_a_bpe_model_fine_tunes_on_text_through_its_own_tokenizer(home, tiny_pretrain):
+    """``tokenizer: parent`` tokenises the task with the checkpoint's BPE; a task BPE of its own is refused."""
+    from overtrain.data import corpus
+
+    excerpt = str(Path(corpus.__file__).parent / "fixtures" / "shakespeare_excerpt.txt")
+    store = Store()
+    tiny_pretrain["data"] = {"name": "text", "train": [excerpt], "tokenizer": "bpe", "bpe_vocab_size": 300}
+    pre = store.execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, tiny_pretrain))
+    task = {"name": "instructions", "examples": 400, "val_examples": 50, "tokenizer": "parent"}
+    out = store.execute(RUN_KINDS.get("finetune"), _ft(pre.run_id, data=task))
+    row = read_jsonl(out.dir / "evals.jsonl")[0]
+    assert row["task_loss"] < row["base_task_loss"]
+    own_bpe = {**task, "tokenizer": "bpe", "bpe_vocab_size": 300}
+    with pytest.raises(UserError, match="tokenizer does not match"):
+        store.execute(RUN_KINDS.get("finetune"), _ft(pre.run_id, data=own_bpe))
+    with pytest.raises(UserError, match="needs a parent checkpoint"):
+        validate(FinetuneConfig, _ft(pre.run_id, data=task).model_dump()).data.build()

@@ -11,6 +11,8 @@ Every corpus source turns its *documents* into two token arrays, ``train`` and `
 - Tokenizer ``bpe``: a byte-level BPE of ``bpe_vocab_size`` ids trained on the *training* documents only;
   every document is followed by ``<|endoftext|>``. The source's ``vocab_size`` is the trained
   tokenizer's length (at most ``bpe_vocab_size``; less if merges run out on a small corpus).
+- Tokenizer ``parent`` (fine-tuning tasks): the tokenizer saved with the checkpoint being fine-tuned, so
+  the task's ids mean what they meant in pre-training; its digest enters the cache key.
 
 Token arrays (and a trained BPE tokenizer) are cached under
 ``data_cache()/tokenized/<key>/``, where the key hashes the *content* of every source file, the
@@ -72,9 +74,10 @@ BYTE_SEPARATOR = b"\n\n"
 class CorpusConfig(DataConfig):
     """Settings shared by every text corpus (not registered itself)."""
 
-    tokenizer: Literal["byte", "bpe"] = "byte"
+    tokenizer: Literal["byte", "bpe", "parent"] = "byte"
     """``byte``: 256 UTF-8 byte ids, nothing trained. ``bpe``: byte-level BPE trained on the training
-    split, ``bpe_vocab_size`` ids including ``<|endoftext|>``."""
+    split, ``bpe_vocab_size`` ids including ``<|endoftext|>``. ``parent``: a fine-tuning task only — the
+    tokenizer saved with the checkpoint being fine-tuned (so a BPE model can be fine-tuned on text)."""
 
     bpe_vocab_size: int = Field(4096, ge=MIN_BPE_VOCAB_SIZE)
     """Vocabulary of the trained BPE (``tokenizer: bpe`` only), special token included."""
@@ -86,8 +89,12 @@ class CorpusConfig(DataConfig):
         """Read the source and split it into training and validation documents."""
         raise NotImplementedError
 
-    def build(self) -> CorpusSource:
-        return CorpusSource(self, self.documents())
+    def build(self, tokenizer: PreTrainedTokenizerFast | None = None) -> CorpusSource:
+        """The token source; `tokenizer` (required for, and only used with, ``tokenizer: parent``) is the
+        parent checkpoint's tokenizer."""
+        if self.tokenizer == "parent" and tokenizer is None:
+            raise DataError(f"{self.name}: tokenizer 'parent' needs a parent checkpoint (fine-tuning tasks only)")
+        return CorpusSource(self, self.documents(), tokenizer if self.tokenizer == "parent" else None)
 
 
 class _LocalFilesConfig(CorpusConfig):
@@ -383,15 +390,18 @@ class CorpusSource:
         cache_dir: the cache entry holding them.
     """
 
-    def __init__(self, cfg: CorpusConfig, docs: Documents) -> None:
+    def __init__(self, cfg: CorpusConfig, docs: Documents, tokenizer: PreTrainedTokenizerFast | None = None) -> None:
         self.cfg = cfg
+        self._given = tokenizer
         settings = {"tokenizer": cfg.tokenizer, "format": CACHE_FORMAT}
         if cfg.tokenizer == "bpe":
             settings["bpe_vocab_size"] = cfg.bpe_vocab_size
+        elif tokenizer is not None:
+            settings["given"] = tokenizer_digest(tokenizer)
         key = hashlib.sha256(f"{docs.digest()}|{json.dumps(settings, sort_keys=True)}".encode()).hexdigest()
         self.cache_dir = data_cache() / "tokenized" / key[:24]
         if not (self.cache_dir / "meta.json").is_file():
-            _write_cache(self.cache_dir, cfg, docs)
+            _write_cache(self.cache_dir, cfg, docs, tokenizer)
         self.tokens = {
             split: np.load(self.cache_dir / f"{split}.npy", mmap_mode="r") for split in ("train", "val")
         }
@@ -399,6 +409,8 @@ class CorpusSource:
 
     @cached_property
     def _tokenizer(self) -> PreTrainedTokenizerFast:
+        if self._given is not None:
+            return self._given
         if self.cfg.tokenizer == "byte":
             return byte_tokenizer()
         from transformers import PreTrainedTokenizerFast
@@ -428,12 +440,19 @@ class CorpusSource:
         return torch.from_numpy(window)
 
 
-def _write_cache(target: Path, cfg: CorpusConfig, docs: Documents) -> None:
+def _write_cache(target: Path, cfg: CorpusConfig, docs: Documents, given: PreTrainedTokenizerFast | None) -> None:
     """Tokenise `docs` into a temporary directory beside `target` and rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        if cfg.tokenizer == "byte":
+        if given is not None:
+            vocab = len(given)
+            if given.eos_token is None:  # e.g. the byte tokenizer: documents joined like `byte`
+                ids = given.backend_tokenizer.encode(BYTE_SEPARATOR.decode()).ids
+                arrays = {split: _joined_tokens(given, getattr(docs, split), ids) for split in ("train", "val")}
+            else:
+                arrays = {split: _bpe_tokens(given, getattr(docs, split)) for split in ("train", "val")}
+        elif cfg.tokenizer == "byte":
             arrays = {split: _byte_tokens(getattr(docs, split)) for split in ("train", "val")}
             vocab = BYTE_VOCAB_SIZE
         else:
@@ -480,8 +499,21 @@ def _byte_tokens(docs: list[str]) -> np.ndarray:
     return np.frombuffer(BYTE_SEPARATOR.join(d.encode("utf-8") for d in docs), dtype=np.uint8).copy()
 
 
+def _joined_tokens(tok: PreTrainedTokenizerFast, docs: list[str], separator: list[int]) -> np.ndarray:
+    dtype = np.uint16 if len(tok) <= 2**16 else np.uint32
+    encoded = tok.backend_tokenizer.encode_batch(docs, add_special_tokens=False)
+    parts = [np.array([*(separator if i else []), *enc.ids], dtype=dtype) for i, enc in enumerate(encoded)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+
+def tokenizer_digest(tok: PreTrainedTokenizerFast) -> str:
+    """sha256 of a tokenizer's full definition (vocabulary, merges, normalisation): equal digests tokenise
+    alike."""
+    return hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()
+
+
 def _bpe_tokens(tok: PreTrainedTokenizerFast, docs: list[str]) -> np.ndarray:
-    eos = tok.convert_tokens_to_ids(EOS_TOKEN)
+    eos = tok.convert_tokens_to_ids(tok.eos_token or EOS_TOKEN)
     dtype = np.uint16 if len(tok) <= 2**16 else np.uint32
     encoded = tok.backend_tokenizer.encode_batch(docs, add_special_tokens=False)
     parts = [np.array([*enc.ids, eos], dtype=dtype) for enc in encoded]

@@ -35,7 +35,7 @@ from overtrain.runs.plan import Plan, PlanItem
 from overtrain.training.finetune import FinetuneConfig, FinetuneTrainConfig
 from overtrain.training.pretrain import PretrainConfig
 
-PRESETS = ("demo", "small", "paper-like")
+PRESETS = ("demo", "small", "english", "paper-like")
 
 
 def _default_task() -> Any:

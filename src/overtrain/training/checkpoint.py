@@ -25,11 +25,15 @@ META = "meta.json"
 RESUME = "resume"
 
 
-def save_checkpoint(path: Path, model, tokenizer, meta: dict[str, Any]) -> Path:
-    """Write `model` (+ `tokenizer`, `meta`) as a `from_pretrained`-loadable directory at `path`."""
+def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per checkpoint would drown the run's own progress bar
+
+
+def save_checkpoint(path: Path, model, tokenizer, meta: dict[str, Any]) -> Path:
+    """Write `model` (+ `tokenizer`, `meta`) as a `from_pretrained`-loadable directory at `path`."""
+    _quiet_transformers()
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
@@ -66,6 +70,7 @@ def load_checkpoint(
 
     path = Path(path)
     check_model_dir(path)
+    _quiet_transformers()
     kwargs: dict[str, Any] = {"use_safetensors": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

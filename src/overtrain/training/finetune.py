@@ -130,14 +130,18 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
     parent_dir, parent = resolve_parent(cfg, run.store)
     device = resolve_device(cfg.device)
     autocast = torch.bfloat16 if cfg.dtype == "bfloat16" else None
-    model, _, meta = ckpt.load_checkpoint(parent_dir / "ckpt" / cfg.checkpoint, device=str(device))
+    model, parent_tok, meta = ckpt.load_checkpoint(parent_dir / "ckpt" / cfg.checkpoint, device=str(device))
     n_params = count_params(model)
 
-    task = cfg.data.build()
+    pretrain_source = parent.data.build()
+    parent_tok = parent_tok or pretrain_source.tokenizer()
+    if getattr(cfg.data, "tokenizer", None) == "parent":
+        task = cfg.data.build(parent_tok)
+    else:
+        task = cfg.data.build()
     if task.vocab_size > model.config.vocab_size:
         raise DataError(f"data: task vocab_size {task.vocab_size} exceeds the model's {model.config.vocab_size}")
-    pretrain_source = parent.data.build()
-    check_same_tokens(task.tokenizer(), pretrain_source.tokenizer())
+    check_same_tokens(task.tokenizer(), parent_tok)
     seq_len = cfg.train.seq_len or parent.train.seq_len
     n_eval = cfg.eval_batches or parent.eval.batches
     eval_bs = parent.eval.batch_size or parent.train.batch_size
@@ -167,7 +171,7 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
     events = set(range(tc.log_every, tc.steps + 1, tc.log_every)) | {tc.steps}
     if tc.eval_every:
         events |= set(range(tc.eval_every, tc.steps + 1, tc.eval_every))
-    step = 0
+    step, after = 0, {}
     for event in sorted(events):
         stats = train_segment(model, optimizer, batch_at, lr, step, event, grad_clip=tc.grad_clip or None,
                               autocast_dtype=autocast, device=device)
@@ -177,10 +181,10 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
         record = {"step": step, "tokens_seen": step * tokens_per_step, "train/loss": stats.mean_loss,
                   "train/lr": stats.lr, "train/grad_norm": stats.grad_norm}
         if step == tc.steps or (tc.eval_every and step % tc.eval_every == 0):
-            record.update(evaluate(model))
+            after = evaluate(model)  # the last one is the run's final evaluation
+            record.update(after)
         run.log_metrics(record)
         run.progress(step, tc.steps)
-    after = evaluate(model)
     run.log_eval({
         "parent": cfg.parent_id, "checkpoint": cfg.checkpoint, "method": cfg.method.name, "lr": tc.lr,
         "steps": tc.steps, "seed": cfg.seed, "tokens_seen": meta.get("tokens_seen"),

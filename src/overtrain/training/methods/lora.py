@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 from pydantic import Field
@@ -34,4 +35,7 @@ class LoraFinetune(MethodConfig):
         config = LoraConfig(
             r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=self.target_modules
         )
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # PEFT asks transformers a deprecated question (is_gradient_checkpointing): not ours to fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, config)

@@ -45,6 +45,12 @@ def NotInId(default: Any = ..., **kwargs: Any) -> Any:
     return Field(default, json_schema_extra={"identity": False}, **kwargs)
 
 
+def InIdWhenSet(**kwargs: Any) -> Any:
+    """An optional `Field` (default None) that enters the run id only when set: adding such a field to a
+    config leaves the ids of existing runs unchanged."""
+    return Field(None, json_schema_extra={"identity": "when_set"}, **kwargs)
+
+
 # --- token counts -------------------------------------------------------------------------------------
 
 _SUFFIX = {"k": 10**3, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
@@ -228,6 +234,8 @@ def identity(cfg: BaseModel) -> dict[str, Any]:
     for name, field in type(cfg).model_fields.items():
         extra = field.json_schema_extra
         if isinstance(extra, dict) and extra.get("identity") is False:
+            continue
+        if isinstance(extra, dict) and extra.get("identity") == "when_set" and getattr(cfg, name) is None:
             continue
         out[name] = _identity_value(getattr(cfg, name))
     return out

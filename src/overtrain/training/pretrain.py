@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from overtrain.config import BaseConfig, Count, NotInId, Registered
+from overtrain.config import BaseConfig, Count, InIdWhenSet, NotInId, Registered
 from overtrain.data.base import TokenSource
 from overtrain.errors import DataError, RunFailed, UserError
 from overtrain.models.presets import ModelConfig, build_model, count_params
@@ -36,6 +36,7 @@ from overtrain.registry import DATASETS
 from overtrain.seed import seed_everything
 from overtrain.training import checkpoint as ckpt
 from overtrain.training.loop import build_optimizer, evaluate_loss, train_segment
+from overtrain.training.monitor import Monitor, MonitorConfig, MonitorProbe, announce
 from overtrain.training.schedules import (
     Budget,
     cosine,
@@ -180,6 +181,10 @@ class PretrainConfig(BaseConfig):
     checkpoint: CheckpointConfig = CheckpointConfig()
     """Checkpoint schedule."""
 
+    monitor: MonitorConfig | None = InIdWhenSet()
+    """Early-warning monitor on the main line (`overtrain.training.monitor`): a cheap sensitivity check at
+    log-spaced steps that warns once the perturbed loss has passed its minimum. None: off."""
+
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Compute precision (bf16 autocast; weights stay fp32). Pays off on CPU only for hidden >= 256."""
 
@@ -250,6 +255,12 @@ class _Job:
             self.extra[key] = [src.batch("val", i, eval_bs, tc.seq_len) for i in range(cfg.eval.batches)]
         self.model = self.fresh_model()
         self.n_params = count_params(self.model)
+        self.monitor: Monitor | None = None
+        if cfg.monitor is not None:
+            mc = cfg.monitor
+            batches = [self.source.batch("val", i, mc.batch_size, tc.seq_len) for i in range(mc.eval_batches)]
+            self.monitor = Monitor(mc)
+            self.monitor_probe = MonitorProbe(mc, batches, self.model)  # the model is still at its init
         self.optimizer = self.fresh_optimizer(self.model)
         self.train_model = torch.compile(self.model) if cfg.compile else self.model
         self.done_steps = 0
@@ -347,6 +358,12 @@ class _Job:
         state = ckpt.load_trainer_state(path, self.model, self.optimizer)
         for name, n in state["lines"].items():
             self.run.truncate(name, n)
+        if self.monitor is not None:  # its state is a function of its logged checks: replay them
+            from overtrain.runs.store import read_jsonl
+
+            for r in read_jsonl(self.run.dir / "metrics.jsonl"):
+                if r.get("line") == "monitor":
+                    self.monitor.update(r["tokens_seen"], r["monitor/loss"], r["monitor/delta"])
         self.done_steps = state["done_steps"]
         self.done_budgets = set(state["done_budgets"])
         self.acc = list(state["acc"])
@@ -361,15 +378,24 @@ class _Job:
             return steps | ({0} if cc.step_zero else set())
         return set(log_spaced_steps(last, cc.every, cc.step_zero))
 
+    def check(self, model, step: int) -> None:
+        """One early-warning monitor check (metrics line ``monitor``)."""
+        loss, delta = self.monitor_probe.measure(model, self.autocast)
+        result = self.monitor.update(step * self.tps, loss, delta)
+        self.run.log_metrics({"step": step, "tokens_seen": step * self.tps, "line": "monitor", **result.record()})
+        if result.warning:
+            announce(result)
+            self.run.set_info(monitor_warned_at_tokens=result.tokens, monitor_predicted_min=result.predicted_min)
+
     def line(self, model, optimizer, lr, start: int, end: int, *, name: str, line_index: int,
              checkpoints: set[int], budgets_at: dict[int, list[Budget]], resumable: bool,
-             resumed_at: int | None, on_branch=None) -> None:
+             resumed_at: int | None, on_branch=None, monitor_at: frozenset[int] = frozenset()) -> None:
         """Train one trajectory from `start` to `end`, handling the events at each step on the way."""
         log_every = self.cfg.train.log_every
         evals = set(range(self.cfg.eval.every, end + 1, self.cfg.eval.every)) if self.cfg.eval.every else set()
         resumes = set(range(self.cfg.checkpoint.resume_every, end, self.cfg.checkpoint.resume_every))
         events = {s for s in range(start, end + 1) if s % log_every == 0} | {start, end}
-        events |= {s for s in checkpoints | evals | resumes | set(budgets_at) if start <= s <= end}
+        events |= {s for s in checkpoints | evals | resumes | set(budgets_at) | monitor_at if start <= s <= end}
         step = start
         for event in sorted(events):
             self.segment(model, optimizer, lr, step, event)
@@ -383,6 +409,8 @@ class _Job:
                     self.save(model, f"step_{event:08d}", event, name, None)
                 elif event in evals:
                     self.log_eval(model, event, name)
+                if event in monitor_at:
+                    self.check(model, event)
                 for b in budgets_at.get(event, []):
                     if b.decay == 0 and b.tokens not in self.done_budgets:  # constant: a point on this line
                         self.save(model, b.name, event, name, b.tokens)
@@ -416,7 +444,8 @@ class _Job:
         self.line(self.model, self.optimizer, self.lr_main, start, end, name="main", line_index=0,
                   checkpoints=self.checkpoint_steps(end), budgets_at=budgets_at, resumable=True,
                   resumed_at=start if state else None,
-                  on_branch=self.branch if self.cfg.train.schedule == "wsd" else None)
+                  on_branch=self.branch if self.cfg.train.schedule == "wsd" else None,
+                  monitor_at=frozenset(self.cfg.monitor.check_steps(end)) if self.monitor else frozenset())
 
     def run_cosine(self, state: dict[str, Any] | None) -> None:
         tc = self.cfg.train
@@ -433,7 +462,9 @@ class _Job:
             start = state["step"] if resumed else 0
             self.line(self.model, self.optimizer, lr, start, b.steps, name=b.name, line_index=k,
                       checkpoints=self.checkpoint_steps(b.steps) - {b.steps} if is_last else set(),
-                      budgets_at={}, resumable=True, resumed_at=start if resumed else None)
+                      budgets_at={}, resumable=True, resumed_at=start if resumed else None,
+                      monitor_at=frozenset(self.cfg.monitor.check_steps(b.steps)) if self.monitor and is_last
+                      else frozenset())
             self.save(self.model, b.name, b.steps, b.name, b.tokens)
             self.done_budgets.add(b.tokens)
 

@@ -19,6 +19,7 @@ TINY = {
                   "lr": 1e-2, "log_every": 5},
         "eval": {"batches": 2},
         "checkpoint": {"log_spaced": False, "resume_every": 50},
+        "monitor": {"start_step": 2, "per_doubling": 2, "window": 3, "patience": 1, "batch_size": 4},
     },
     "seeds": [0, 1],
     "finetune": {
@@ -78,7 +79,10 @@ def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg):
 
     page = build_report(home / "report", "overtraining", store)
     html = page.read_text()
-    for name in ("sensitivity", "perturbed", "finetune_full", "theory"):
+    monitor = query(f"select * from evals where run_id = '{study_id}' and record = 'monitor'", store).to_pylist()
+    assert {r["seed"] for r in monitor} == {0, 1} and all(r["t_star"] > 0 for r in monitor)
+    assert any(c["claim"].startswith("Early-warning monitor") for c in claims)
+    for name in ("sensitivity", "perturbed", "finetune_full", "theory", "monitor"):
         assert (page.parent / f"overtraining_{name}.png").stat().st_size > 10_000
         assert f"overtraining_{name}.png" in html
     assert html.count("class=\"pass\"") + html.count("class=\"fail\"") + html.count("class=\"na\"") >= len(claims)

@@ -40,6 +40,8 @@ class OvertrainingResult:
     inflections: list[dict[str, Any]]
     trends: list[dict[str, Any]]
     recommendation: str
+    monitor: list[dict[str, Any]] = field(default_factory=list)
+    """Per (seed, target): where the early-warning monitor fired and its lead over T*."""
     passed: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -49,6 +51,7 @@ class OvertrainingResult:
         out = [{"record": "claim", **asdict(c)} for c in self.claims]
         out += [{"record": "inflection", **r} for r in self.inflections]
         out += [{"record": "trend", **r} for r in self.trends]
+        out += [{"record": "monitor", **r} for r in self.monitor]
         out.append({"record": "recommendation", "text": self.recommendation})
         return out
 
@@ -204,6 +207,33 @@ def analyse(cfg, store, ids: dict[str, list[str]]) -> OvertrainingResult:
             hi.t_star / lo.t_star, None, None, "<= 1", _order_verdict(lo, hi, cfg.min_rise),
             f"T*(γ={gammas[0]:g}) = {lo.t_star:,.0f}; T*(γ={gammas[-1]:g}) = {hi.t_star:,.0f}"))
 
+    # --- early-warning monitor: when did it fire, relative to the measured T*? --------------------------
+    monitor, leads = cfg.pretrain.monitor, []
+    if monitor is not None and tokens:
+        # the perturbed-loss T* at the monitor's own noise if the probe measured it, else the largest γ
+        same_noise = pert.get((monitor.law, monitor.gamma))
+        targets = {"perturbed loss": same_noise or (pert.get(("init_scale", gammas[-1])) if gammas else None)}
+        if methods:
+            top_method = "full" if "full" in methods else methods[0]
+            targets[f"pre-training loss after {top_method} FT, LR {cfg.finetune.lrs_for(top_method)[-1]:g}"] = \
+                fixed[(top_method, cfg.finetune.lrs_for(top_method)[-1])]
+        leads = monitor_leads(store, ids["pretrain"], seed_of_parent, targets, cfg.min_rise)
+        for target, inf in targets.items():
+            rows = [r for r in leads if r["target"] == target]
+            if inf is None or not rows:
+                continue
+            lead = [r["lead_doublings"] for r in rows if r["lead_doublings"] is not None]
+            fired_before = [r["lead_doublings"] is not None and r["lead_doublings"] > 0 for r in rows]
+            testable = inf.is_u(cfg.min_rise)
+            claims.append(Claim(
+                f"Early-warning monitor fires before T* ({target})", "mean lead, doublings of tokens",
+                float(np.mean(lead)) if lead else None, float(min(lead)) if lead else None,
+                float(max(lead)) if lead else None, "fires before T* in every seed",
+                _verdict(all(fired_before)) if testable else "N/A",
+                "; ".join(f"seed {r['seed']}: " + (f"fired at {r['fired_tokens']:,} tokens, lead {r['lead_doublings']:+.2f}"
+                                                   if r["fired_tokens"] else "never fired") for r in rows)
+                + f"; T* = {inf.t_star:,.0f}" + ("" if testable else " (no U: nothing to warn about)")))
+
     # --- linear theory ----------------------------------------------------------------------------------
     for key, label in (("theory", "slow spectrum i^-1.5"), ("theory_control", "negative control 1/i")):
         rows = query(f"select * from evals where run_id in {_in(ids[key])}", store).to_pylist()
@@ -227,7 +257,29 @@ def analyse(cfg, store, ids: dict[str, list[str]]) -> OvertrainingResult:
                                 inf.rise, inf.rise_ci_low, inf.rise_ci_high, "not (interior and rise >= 1%)",
                                 _verdict(not inf.is_u(0.01)), f"T* = {inf.t_star:,.0f} steps"))
 
-    return OvertrainingResult(claims, inflections, trends, _recommend(cfg, fixed, methods, tokens, n_params))
+    return OvertrainingResult(claims, inflections, trends, _recommend(cfg, fixed, methods, tokens, n_params),
+                              leads)
+
+
+def monitor_leads(store, pretrain_ids, seed_of_parent, targets, min_rise) -> list[dict[str, Any]]:
+    """One row per (seed, target): where the monitor fired and its lead over T* in doublings of tokens,
+    log2(T* / fired tokens) — positive: it fired before T*; None: it never fired."""
+    rows = query(
+        f"select run_id, tokens_seen, value from metrics where run_id in {_in(pretrain_ids)} "
+        "and name = 'monitor/warning' and value > 0 order by tokens_seen", store).to_pylist()
+    fired = {}
+    for r in rows:
+        fired.setdefault(r["run_id"], r["tokens_seen"])
+    out = []
+    for run_id in pretrain_ids:
+        t_fire = fired.get(run_id)
+        for target, inf in targets.items():
+            if inf is None:
+                continue
+            out.append({"seed": seed_of_parent.get(run_id), "target": target,
+                        "fired_tokens": t_fire, "t_star": inf.t_star, "t_star_is_u": inf.is_u(min_rise),
+                        "lead_doublings": math.log2(inf.t_star / t_fire) if t_fire else None})
+    return out
 
 
 def _recommend(cfg, fixed, methods, tokens, n_params) -> str:

@@ -136,6 +136,8 @@ def report_sections(store) -> list[Section]:
         ax.yaxis.set_minor_formatter(NullFormatter())  # log minor labels collide with the axis label
         ax.legend(fontsize=8)
 
+    monitor_section = _monitor_section(store, cfg, ids, seed_of, [r for r in rows if r["record"] == "monitor"], x_label)
+
     claim_rows = [{"claim": c["claim"], "verdict": c["verdict"], "statistic": c["statistic"], "value": c["value"],
                    "CI low": c["ci_low"], "CI high": c["ci_high"], "threshold": c["threshold"], "detail": c["detail"]}
                   for c in claims]
@@ -157,8 +159,50 @@ def report_sections(store) -> list[Section]:
                          Figure("overtraining_perturbed", fig2, "Absolute perturbed loss and the base loss.")]),
         Section("Fine-tuning every checkpoint", figures=figs3,
                 tables=[Table(infl_rows, "Inflection points T* (tokens; theory rows in steps) with bootstrap CIs over seeds")]),
+        *monitor_section,
         Section("Linear theory model", text=["Two-layer linear network, full-batch GD from a small initialisation "
                                              "(incremental learning); see docs/theory.md."],
                 figures=[Figure("overtraining_theory", fig4, "Sensitivity and post-fine-tuning loss of the theory model.")],
                 details=[("Study config (resolved)", dump_yaml(json.loads(studies[0]["config"])))]),
     ]
+
+
+def _monitor_section(store, cfg, ids, seed_of, leads, x_label) -> list[Section]:
+    """The early-warning monitor's checks on the main line of every seed, where it fired, and T*."""
+    if cfg.pretrain.monitor is None:
+        return []
+    mc = cfg.pretrain.monitor
+    rows = query(f"select run_id, tokens_seen, name, value from metrics where run_id in {_in(ids['pretrain'])} "
+                 "and name in ('monitor/perturbed', 'monitor/warning') order by tokens_seen", store).to_pylist()
+    fig, (ax,) = new_figure(1)
+    for run_id in ids["pretrain"]:
+        mine = [r for r in rows if r["run_id"] == run_id]
+        pts = [(r["tokens_seen"], r["value"]) for r in mine if r["name"] == "monitor/perturbed"]
+        if not pts:
+            continue
+        line = ax.plot(*zip(*pts), marker=".", ms=3, label=f"seed {seed_of[run_id]}")[0]
+        fired = next((r["tokens_seen"] for r in mine if r["name"] == "monitor/warning" and r["value"] > 0), None)
+        if fired:
+            ax.axvline(fired, color=line.get_color(), ls="--", lw=1)
+    for target, style in (("perturbed loss", ":"),):
+        row = next((r for r in leads if r["target"] == target and r["t_star_is_u"]), None)
+        if row:
+            ax.axvline(row["t_star"], color="k", ls=style, lw=1, label=f"T* of the {target} (budget checkpoints)")
+    ax.set_xscale("log")
+    label(ax, x_label, f"perturbed loss on the main line (nats/token; {mc.law} γ={mc.gamma:g})",
+          "Early-warning monitor during pre-training (dashed: it warns)")
+    ax.legend(fontsize=8)
+    table = [{"seed": r["seed"], "target": r["target"], "fired at (tokens)": r["fired_tokens"],
+              "T*": r["t_star"], "T* is a U": r["t_star_is_u"], "lead (doublings)": r["lead_doublings"]}
+             for r in leads]
+    return [Section(
+        "Early-warning monitor",
+        text=[f"Every {1 / mc.per_doubling:g} doubling of steps the monitor measures the loss and Δ on "
+              f"{mc.eval_batches} batch(es) of {mc.batch_size} sequences with {mc.draws} noise draws, fits the "
+              f"perturbed loss over its last {mc.window} checks against log tokens, and warns when the slope is "
+              f"positive with {mc.confidence:.0%} one-sided confidence at {mc.patience} checks in a row. Lead = "
+              "log2(T* / tokens at the warning): positive means it warned before T*. The main line runs at a "
+              "constant LR, T* is measured on cooled-down budget checkpoints."],
+        figures=[Figure("overtraining_monitor", fig, "Monitor checks per seed, warnings and T*.")],
+        tables=[Table(table, "Where the monitor warned, against the measured T*")],
+    )]

@@ -181,6 +181,50 @@ def _report_plan(result) -> None:
 
 
 @app.command()
+def audit(
+    models: list[Path] = typer.Argument(..., help="Checkpoint directories (config.json + *.safetensors).",
+                                        show_default=False),
+    text: Optional[Path] = typer.Option(None, "--text", help="Reference text (default: a packaged excerpt)."),
+    probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated probes (default: all four)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (autocast)."),
+    report_dir: Optional[Path] = typer.Option(None, "--report", help="Also write the HTML report here."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Config override key=value (repeatable)."),
+) -> None:
+    """Probe your own Hugging Face checkpoints: reference loss, sensitivity, sharpness, induction.
+
+    Example: overtrain audit ckpts/pythia-70m-step* --text my.txt --report audit-report/
+    """
+    import pyarrow as pa
+
+    from overtrain.cli.progress import step_progress
+    from overtrain.config import build_config, config_hash
+    from overtrain.registry import RUN_KINDS
+    from overtrain.report.audit import audit_table
+    from overtrain.runs.kinds.audit import AuditConfig, with_fingerprints
+    from overtrain.runs.query import format_table
+    from overtrain.runs.store import Store
+
+    base: dict = {"models": [str(m) for m in models], "device": device, "dtype": dtype}
+    if text is not None:
+        base["text"] = str(text)
+    if probes:
+        base["probes"] = [p.strip() for p in probes.split(",") if p.strip()]
+    cfg = with_fingerprints(build_config(AuditConfig, None, overrides or [], base=base))
+    kind, store = RUN_KINDS.get("audit"), Store()
+    with step_progress(f"audit {config_hash(cfg)}", len(cfg.models)) as on_progress:
+        outcome = store.execute(kind, cfg, on_progress=on_progress)
+    rows = audit_table(store, outcome.run_id)
+    out = _console()
+    out.print(format_table(pa.Table.from_pylist(rows)), end="", markup=False)
+    out.print(f"audit run {outcome.run_id}: {store.run_dir(kind.name, outcome.run_id)}")
+    if report_dir is not None:
+        from overtrain.report.build import build_report
+
+        out.print(f"report: {build_report(report_dir, 'audit', store)}")
+
+
+@app.command()
 def demo(
     workers: int = typer.Option(2, "--workers", "-j", min=1, help="Runs at once (processes)."),
 ) -> None:

@@ -480,6 +480,8 @@ def lanczos(
         generator: CPU generator of the start (and restart) vectors.
         dtype, device: of the Krylov vectors.
     """
+    if iterations < 1:
+        raise ValueError("iterations must be >= 1")
     m = min(iterations, n)
     eps = torch.finfo(dtype).eps
     basis = torch.zeros(m, n, dtype=dtype, device=device)
@@ -517,11 +519,13 @@ def power_iteration(
     dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
 ) -> EigenEstimate:
     """Top-k eigenvalues (algebraic) of a symmetric operator by power iteration with projection
-    deflation on the shifted operator ``A + cI``, c = |dominant eigenvalue| (module docstring).
+    deflation on the shifted operator ``A + cI``, c ≥ the spectral radius estimate (module docstring).
 
     Args: as `lanczos`; `iterations` is the most per eigenvalue, `tol` the stopping change of the
     Rayleigh quotient relative to the spectral radius.
     """
+    if iterations < 1:
+        raise ValueError("iterations must be >= 1")
     k = min(k, n)
     count = [0]
 
@@ -529,40 +533,51 @@ def power_iteration(
         count[0] += 1
         return matvec(v)
 
-    start = lambda: torch.randn(n, generator=generator, dtype=torch.float64).to(device, dtype)  # noqa: E731
-    dominant, u, res = _power(counted, start(), [], 0.0, iterations, tol)
-    shift = abs(dominant)
-    found: list[tuple[float, torch.Tensor, float]] = []
-    if dominant >= 0 and k:  # the dominant one is already the largest algebraic: no need to redo it
-        found.append((dominant, u, res))
+    def start() -> torch.Tensor:
+        return torch.randn(n, generator=generator, dtype=torch.float64).to(device, dtype)
+
+    dominant = _power(counted, start(), [], 0.0, iterations, tol)
+    # ‖Av‖ for the unit iterate tends to the spectral radius whatever the signs, and is ≥ |vᵀAv|: a
+    # shift at least this large makes A + cI positive semi-definite, so its top is A's algebraic top.
+    shift = max(abs(dominant.value), dominant.norm)
+    found: list[_PowerRun] = []
+    if dominant.value >= 0 and dominant.converged and k:  # already the largest algebraic one
+        found.append(dominant)
     while len(found) < k:
-        lam, u, res = _power(counted, start(), [f[1] for f in found], shift, iterations, tol)
-        found.append((lam, u, res))
-    found.sort(key=lambda f: -f[0])  # deflated runs on a PSD operator come out in order, up to ties
-    return EigenEstimate(tuple(f[0] for f in found), tuple(f[2] for f in found), "power", count[0])
+        found.append(_power(counted, start(), [f.vector for f in found], shift, iterations, tol))
+    found.sort(key=lambda f: -f.value)  # deflated runs on a PSD operator come out in order, up to ties
+    return EigenEstimate(tuple(f.value for f in found), tuple(f.residual for f in found), "power", count[0])
+
+
+@dataclass(frozen=True)
+class _PowerRun:
+    value: float  # Rayleigh quotient vᵀAv of the last iterate
+    vector: torch.Tensor
+    residual: float  # ‖Av − λv‖
+    norm: float  # ‖(A + shift·I) v‖ on the deflated subspace
+    converged: bool
 
 
 def _power(
     matvec: MatVec, v: torch.Tensor, found: list[torch.Tensor], shift: float, iterations: int, tol: float
-) -> tuple[float, torch.Tensor, float]:
-    """Largest eigenvalue of (A + shift·I) on the complement of `found`, minus the shift; with its
-    vector and residual ‖Av − λv‖."""
+) -> _PowerRun:
+    """Largest eigenvalue of (A + shift·I) on the complement of `found`, minus the shift."""
     basis = torch.stack(found) if found else None
     v = _unit(_orthogonalise(v, basis))
-    mu, residual = None, 0.0
+    mu = None
     for _ in range(iterations):
-        w = _orthogonalise(matvec(v) + shift * v, basis)
-        new = float(torch.dot(v, w))
-        residual = float((w - new * v).norm())
+        shifted = matvec(v) + shift * v
+        new = float(torch.dot(v, shifted))
+        residual = float((shifted - new * v).norm())
+        w = _orthogonalise(shifted, basis)
         norm = float(w.norm())
-        if norm == 0.0:  # A + shift·I vanishes on this subspace (A = 0 and no shift)
-            return new - shift, v, residual
-        v = w / norm
+        if norm == 0.0:  # A + shift·I vanishes on this subspace (A = 0 and no shift): v is exact
+            return _PowerRun(new - shift, v, residual, 0.0, True)
         done = mu is not None and abs(new - mu) <= tol * max(abs(new), shift)
-        mu = new
+        mu, v = new, w / norm
         if done:
-            break
-    return mu - shift, v, residual
+            return _PowerRun(mu - shift, v, residual, norm, True)
+    return _PowerRun(mu - shift, v, residual, norm, False)
 
 
 def hutchinson(matvec: MatVec, n: int, samples: int, *, generator: torch.Generator,

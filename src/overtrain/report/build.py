@@ -6,6 +6,7 @@ from pathlib import Path
 
 from overtrain.errors import UserError
 from overtrain.registry import STUDIES
+from overtrain.report.audit import audit_section
 from overtrain.report.html import Section, Table, write_report
 from overtrain.report.pretrain import pretrain_section
 from overtrain.runs.query import query
@@ -36,8 +37,12 @@ def build_report(out_dir: str | Path, study: str | None = None, store: Store | N
         section = pretrain_section(store)
         if section is not None:
             sections.append(section)
+    if study in (None, "audit"):
+        section = audit_section(store)
+        if section is not None:
+            sections.append(section)
     names = STUDIES.names() if study in (None, "pretrain") else [study]
-    for name in names if study != "pretrain" else []:
+    for name in names if study not in ("pretrain", "audit") else []:
         entry = STUDIES.get(name)  # unknown --study: UnknownNameError, exit 2
         sections.extend(entry.report(store))
     if not sections:

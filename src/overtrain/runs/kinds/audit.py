@@ -1,0 +1,177 @@
+"""The ``audit`` run kind: registered probes on a list of the user's own Hugging Face checkpoints.
+
+``overtrain audit DIR [DIR ...]`` loads each directory (``config.json`` + safetensors weights, e.g. the
+revisions of pythia-70m a user saved with ``save_pretrained``), runs the probes (default: reference loss,
+noise sensitivity, sharpness, induction) on one reference text tokenised by the checkpoints' own
+tokenizer, and writes one ``evals.jsonl`` summary row per (checkpoint, probe row) with ``model_dir``,
+``order`` and, when known, ``tokens``/``step``. The report orders checkpoints by training tokens and,
+with at least `MIN_FOR_U` of them, looks for the U of the perturbed loss (`overtrain.analysis.inflection`,
+noise draws as the resampled groups: the draws use the same directions at every checkpoint).
+
+Training tokens of a checkpoint come from, in order: our ``meta.json`` (``tokens_seen``), a directory
+name with ``tokens<N>`` (OLMo revisions, ``stage1-step1000-tokens4B``) or ``budget_<N>``; else a step
+from ``step<N>`` / ``step_<N>`` (Pythia revisions) orders them without a token count.
+
+The run id hashes the config, which holds every directory's weight fingerprint (file names, sizes and
+modification times), so a checkpoint overwritten in place is audited again.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from overtrain.config import BaseConfig, NotInId
+from overtrain.errors import CheckpointError, DataError
+from overtrain.registry import PROBES, RUN_KINDS
+from overtrain.runs.kinds import RunKind
+
+MIN_FOR_U = 4
+"""Checkpoints with token counts needed before the report looks for a U."""
+
+DEFAULT_PROBES = ("reference_loss", "noise", "sharpness", "induction")
+
+AUDIT_SETTINGS: dict[str, dict[str, Any]] = {
+    "reference_loss": {"eval_batches": 4, "batch_size": 16},
+    "noise": {"gammas": [1.0, 2.0, 4.0], "law": "both", "draws": 4, "eval_batches": 2, "batch_size": 16},
+    "sharpness": {"eval_batches": 1, "batch_size": 8},
+    "induction": {"sequences": 16, "batch_size": 8},
+}
+"""Audit defaults per probe: small evaluations, so a CPU audits a 70M-parameter checkpoint in minutes."""
+
+_SCALE = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+
+
+class AuditConfig(BaseConfig):
+    """Probes on a list of local Hugging Face checkpoints (``overtrain audit``)."""
+
+    schema_version: int = 1
+    """Config schema version."""
+
+    models: list[Path] = Field(min_length=1)
+    """Checkpoint directories (``config.json`` + ``*.safetensors``)."""
+
+    fingerprints: dict[str, str] = {}
+    """Weight fingerprint per directory (filled in by `fingerprint`; part of the run id)."""
+
+    text: Path | None = None
+    """Reference text (UTF-8); default: the packaged Shakespeare excerpt."""
+
+    probes: list[str] = list(DEFAULT_PROBES)
+    """Registered probes to run (``overtrain ls probes``)."""
+
+    settings: dict[str, dict[str, Any]] = {}
+    """Per-probe settings over `AUDIT_SETTINGS`, e.g. ``{noise: {draws: 8}}``."""
+
+    seq_len: int = Field(128, ge=4)
+    """Tokens per reference sequence (capped by the model's context)."""
+
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute precision of the probes (bf16 autocast; curvature probes run in float32)."""
+
+    device: str = NotInId("cpu")
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
+
+    @field_validator("probes")
+    @classmethod
+    def _probes(cls, value: list[str]) -> list[str]:
+        for name in value:
+            PROBES.get(name)  # unknown names fail with a did-you-mean
+        if not value or len(set(value)) != len(value):
+            raise ValueError("give at least one probe, each once")
+        return value
+
+    def probe_settings(self, name: str) -> dict[str, Any]:
+        return {**AUDIT_SETTINGS.get(name, {}), **self.settings.get(name, {})}
+
+
+def fingerprint(path: Path) -> str:
+    """Names, sizes and modification times of a directory's weight and config files."""
+    files = sorted([*path.glob("*.safetensors"), path / "config.json"])
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file())
+
+
+def with_fingerprints(cfg: AuditConfig) -> AuditConfig:
+    """`cfg` with every directory checked and fingerprinted (one-line errors for bad directories)."""
+    from overtrain.training.checkpoint import check_model_dir
+
+    for path in cfg.models:
+        check_model_dir(path)
+    if cfg.text is not None and not cfg.text.is_file():
+        raise DataError(f"reference text not found: {cfg.text}")
+    models = [p.resolve() for p in cfg.models]
+    return cfg.model_copy(update={"models": models, "fingerprints": {str(p): fingerprint(p) for p in models}})
+
+
+def training_position(path: Path, meta: dict[str, Any]) -> dict[str, int | None]:
+    """``{"tokens": ..., "step": ...}`` of a checkpoint from its meta.json or its directory name."""
+    tokens, step = meta.get("tokens_seen"), meta.get("step")
+    name = path.name
+    if tokens is None and (m := re.search(r"tokens[_-]?(\d+(?:\.\d+)?)([kKMBGT]?)", name)):
+        tokens = int(float(m.group(1)) * _SCALE[m.group(2)])
+    if tokens is None and (m := re.search(r"budget_(\d+)", name)):
+        tokens = int(m.group(1))
+    if step is None and (m := re.search(r"step[_-]?(\d+)", name)):
+        step = int(m.group(1))
+    return {"tokens": tokens, "step": step}
+
+
+def _reference_source(cfg: AuditConfig, tokenizer):
+    """The reference text tokenised with the checkpoints' tokenizer; both splits are the whole text."""
+    from importlib import resources
+
+    from overtrain.data.corpus import TextConfig
+
+    text = cfg.text or Path(str(resources.files("overtrain.data").joinpath("fixtures/shakespeare_excerpt.txt")))
+    return TextConfig(train=[text], val=[text], tokenizer="parent").build(tokenizer)
+
+
+def run_audit(cfg: AuditConfig, run) -> None:
+    from overtrain.data.corpus import tokenizer_digest
+    from overtrain.training import checkpoint as ckpt
+    from overtrain.training.pretrain import resolve_device
+
+    started = time.perf_counter()
+    for name in ("probes", "evals"):
+        run.truncate(name, 0)  # an audit is redone whole on a restart
+    device = resolve_device(cfg.device)
+    autocast = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+    digest, source = None, None
+    for order, path in enumerate(cfg.models):
+        model, tokenizer, meta = ckpt.load_checkpoint(path, device=str(device))
+        if tokenizer is None:
+            raise CheckpointError(f"no tokenizer in {path}: the audit tokenises its reference text with it")
+        if digest is None:
+            digest, source = tokenizer_digest(tokenizer), _reference_source(cfg, tokenizer)
+        elif tokenizer_digest(tokenizer) != digest:
+            raise CheckpointError(f"{path} has another tokenizer than {cfg.models[0]}: checkpoints must share one")
+        if source.vocab_size > model.config.vocab_size:
+            raise CheckpointError(f"{path}: its tokenizer has {source.vocab_size} ids, the model only "
+                                  f"{model.config.vocab_size}")
+        context = getattr(model.config, "max_position_embeddings", None) or cfg.seq_len
+        seq_len = min(cfg.seq_len, context)
+        extra = {"model_dir": str(path), "order": order, **training_position(path, meta),
+                 "n_params": sum(p.numel() for p in model.parameters())}
+        for name in cfg.probes:
+            entry = PROBES.get(name)
+            probe = entry(entry.config_cls.model_validate(cfg.probe_settings(name)))
+            result = probe.run(model, probe.batches(source, seq_len), init_state=None, autocast_dtype=autocast)
+            for row in result.rows(**extra):
+                run.log_probe(row)
+            for row in result.summary_rows(**extra):
+                run.log_eval(row)
+        run.progress(order + 1, len(cfg.models))
+        del model
+    run.set_info(wall_s=time.perf_counter() - started, tokenizer=digest)
+
+
+RUN_KINDS.register(
+    "audit",
+    RunKind(name="audit", config_cls=AuditConfig, run=run_audit,
+            help="run probes (loss, sensitivity, sharpness, induction) on local Hugging Face checkpoints"),
+)

@@ -1,0 +1,124 @@
+"""``overtrain audit`` on tiny GPT-NeoX, Llama and OLMo-2 "revisions" built and saved locally."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from overtrain.cli.main import main
+from overtrain.data.tokenizer import byte_tokenizer, id_tokenizer
+from overtrain.models.presets import ModelConfig, build_model
+from overtrain.registry import RUN_KINDS
+from overtrain.report.audit import audit_table
+from overtrain.runs.kinds.audit import AuditConfig, training_position, with_fingerprints
+from overtrain.runs.store import Store
+
+FAST = ["reference_loss", "noise", "induction"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(home):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def save_revisions(root, family: str, names, tokenizer=None, vocab=256):
+    """Save one tiny model per name; revision k has had k SGD steps on random bytes (distinct weights)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(preset=f"{family}-nano"), vocab, 64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    dirs = []
+    for k, name in enumerate(names):
+        if k:
+            x = torch.randint(0, vocab, (4, 32))
+            model(input_ids=x, labels=x).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        path = root / name
+        model.save_pretrained(path, safe_serialization=True)
+        (tokenizer or byte_tokenizer()).save_pretrained(path)
+        dirs.append(path)
+    return dirs
+
+
+def test_training_position_from_names_and_meta(tmp_path):
+    assert training_position(tmp_path / "stage1-step1000-tokens4B", {}) == {"tokens": 4 * 10**9, "step": 1000}
+    assert training_position(tmp_path / "step143000", {}) == {"tokens": None, "step": 143000}
+    assert training_position(tmp_path / "budget_520000", {}) == {"tokens": 520000, "step": None}
+    assert training_position(tmp_path / "x", {"tokens_seen": 7, "step": 1}) == {"tokens": 7, "step": 1}
+
+
+@pytest.mark.parametrize("family", ["llama", "neox", "olmo2"])
+def test_audit_orders_revisions_and_runs_every_probe(tmp_path, family):
+    dirs = save_revisions(tmp_path, family, ["step20", "step0", "step10"])
+    cfg = with_fingerprints(AuditConfig(models=dirs, probes=FAST, seq_len=32))
+    store = Store()
+    out = store.execute(RUN_KINDS.get("audit"), cfg)
+    rows = audit_table(store, out.run_id)
+    assert [r["checkpoint"] for r in rows] == ["step0", "step10", "step20"]
+    for r in rows:
+        assert r["reference loss"] > 0 and r["Δ init_scale γ=4"] > 0 and 0 <= r["max prefix-matching"] <= 1
+    # revisions differ, so their losses do
+    assert len({round(r["reference loss"], 6) for r in rows}) == 3
+    again = store.execute(RUN_KINDS.get("audit"), cfg)
+    assert again.skipped
+
+
+def test_cli_audit_with_u_analysis_and_report(tmp_path, capsys):
+    dirs = save_revisions(tmp_path, "llama", [f"tokens{n}M" for n in (1, 2, 4, 8)])
+    text = tmp_path / "ref.txt"
+    text.write_text("To be, or not to be, that is the question. " * 40)
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", *map(str, dirs), "--text", str(text), "--probes", "reference_loss,noise",
+              "--report", str(tmp_path / "rep"), "--set", "seq_len=32"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "tokens1M" in out and "reference loss" in out
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert "Audit of Hugging Face checkpoints" in html and "T* =" in html
+    assert (tmp_path / "rep" / "audit_probes.png").stat().st_size > 10_000
+
+
+def _fails(args, capsys, match):
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", *args])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2, err
+    assert len(err.splitlines()) == 1 and match in err, err
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    (good,) = save_revisions(tmp_path, "llama", ["good"])
+    _fails([str(tmp_path / "missing")], capsys, "checkpoint not found")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _fails([str(empty)], capsys, "no config.json")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((good / "config.json").read_text())
+    torch.save({}, pickled / "pytorch_model.bin")
+    _fails([str(pickled)], capsys, "refusing to unpickle")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text((good / "config.json").read_text())
+    (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
+    _fails([str(corrupt)], capsys, "corrupt checkpoint")
+    (other,) = save_revisions(tmp_path / "o", "llama", ["other"], tokenizer=id_tokenizer(256))
+    _fails([str(good), str(other), "--probes", "reference_loss"], capsys, "another tokenizer")
+    _fails([str(good), "--probes", "nosie"], capsys, "nosie")
+    _fails([str(good), "--text", str(tmp_path / "nope.txt")], capsys, "reference text not found")
+
+
+def test_fingerprint_changes_when_weights_are_rewritten(tmp_path):
+    (d,) = save_revisions(tmp_path, "llama", ["r"])
+    a = with_fingerprints(AuditConfig(models=[d]))
+    cfg = json.loads((d / "config.json").read_text())
+    model = build_model(ModelConfig(preset="llama-nano"), 256, 64)
+    model.config.update({k: v for k, v in cfg.items() if k == "vocab_size"})
+    model.save_pretrained(d, safe_serialization=True)
+    b = with_fingerprints(AuditConfig(models=[d]))
+    assert a.fingerprints != b.fingerprints

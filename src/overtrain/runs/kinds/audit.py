@@ -160,7 +160,9 @@ def run_audit(cfg: AuditConfig, run) -> None:
         for name in cfg.probes:
             entry = PROBES.get(name)
             probe = entry(entry.config_cls.model_validate(cfg.probe_settings(name)))
-            result = probe.run(model, probe.batches(source, seq_len), init_state=None, autocast_dtype=autocast)
+            # curvature in bf16 is rounding noise: such probes declare it and run in the weights' dtype
+            dtype = None if getattr(entry, "float32_only", False) else autocast
+            result = probe.run(model, probe.batches(source, seq_len), init_state=None, autocast_dtype=dtype)
             for row in result.rows(**extra):
                 run.log_probe(row)
             for row in result.summary_rows(**extra):

@@ -122,3 +122,12 @@ def test_fingerprint_changes_when_weights_are_rewritten(tmp_path):
     model.save_pretrained(d, safe_serialization=True)
     b = with_fingerprints(AuditConfig(models=[d]))
     assert a.fingerprints != b.fingerprints
+
+
+def test_audit_runs_the_curvature_probe_in_float32_under_bf16(tmp_path):
+    dirs = save_revisions(tmp_path, "olmo2", ["step0", "step1"])
+    cfg = with_fingerprints(AuditConfig(models=dirs, probes=["sharpness"], seq_len=16, dtype="bfloat16",
+                                        settings={"sharpness": {"hutchinson_samples": 2, "iterations": 4}}))
+    store = Store()
+    rows = audit_table(store, store.execute(RUN_KINDS.get("audit"), cfg).run_id)
+    assert all(r["lambda_max"] > 0 and "trace" in r for r in rows)

@@ -17,14 +17,16 @@ with the other parameters fixed. ``g = ∇_S L`` and ``H = ∇²_S L`` (n × n, 
   from a minimum H has negative eigenvalues too. Two methods:
   *Lanczos* — m steps from a seeded Gaussian start with full reorthogonalisation (twice, so the basis
   stays orthogonal to working precision and no ghost copies of λ_1 appear); the Ritz values are the
-  eigenvalues of the m × m tridiagonal T (``torch.linalg.eigvalsh``, float64), and ``β_m |s_{m,i}|`` (last
-  component of the Ritz vector times the next off-diagonal) is the residual ``‖Hy − θy‖`` of each Ritz
-  pair, reported with it. On breakdown (β ≈ 0: an invariant subspace, e.g. H = 0) it restarts from a new
+  eigenvalues of the m × m tridiagonal T (``torch.linalg.eigh`` in float64), and ``β_m |s_{m,i}|``
+  (the last component of T's eigenvector times the next off-diagonal) is the residual ``‖Hy − θy‖`` of
+  each Ritz pair, reported with it. On breakdown (β ≈ 0: an invariant subspace, e.g. H = 0) it restarts from a new
   random vector orthogonal to the basis. *Power iteration* — with projection deflation (each iterate is
   kept orthogonal to the eigenvectors already found). Plain power iteration finds the eigenvalue of
-  largest *magnitude*; to return the top-k in algebraic order it runs on ``H + cI`` with ``c = |λ_dom|``
-  (the dominant eigenvalue, found first), which is positive semi-definite with the same eigenvectors.
-  The residual ``‖Hv − λv‖`` of the last iterate is reported.
+  largest *magnitude*; to return the top-k in algebraic order it runs on ``H + cI`` with c the spectral
+  radius estimated by a first, unshifted run (``‖Hv‖`` of its last unit iterate), which makes the
+  operator positive semi-definite with the same eigenvectors (the first run's pair is kept as λ_1 when
+  it is ≥ 0 and its residual is small). The residual ``‖Hv − λv‖`` of the last iterate is reported.
+  Lanczos is the default: it needs far fewer products for the same accuracy.
 - Hutchinson trace: ``tr(H_S) = E[zᵀHz]`` for Rademacher z (entries ±1): unbiased, with variance
   ``2 Σ_{i≠j} H_ij²``. The estimate is the mean of n samples, its standard error the sample sd / √n. Units
   as the eigenvalues (it is their sum).
@@ -41,23 +43,34 @@ with the other parameters fixed. ``g = ∇_S L`` and ``H = ∇²_S L`` (n × n, 
   the gradient describes (the true maximum is ≥ 0: δ = 0 is feasible). Weights are restored bit for bit
   (`overtrain.probes.perturb.perturbed`).
 
-**Why eager attention.** The fused scaled-dot-product-attention kernels (flash / memory-efficient, the
-``sdpa`` default) have no double backward (on CPU at least), so an HVP through them fails. For the
-duration of a call the model is switched to ``attn_implementation="eager"`` (plain matmul + softmax,
-twice differentiable) and switched back afterwards; dropout is off (``eval()``) so the loss is a fixed
-function, and only θ_S requires grad, so the backward passes skip the other weights' gradients. The
-training flag, the ``requires_grad`` flags and ``.grad`` are left as they were.
+**Why eager attention.** The fused scaled-dot-product-attention kernels behind the ``sdpa`` default
+have no double backward (on CPU: "derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward
+is not implemented"; the CUDA flash / memory-efficient kernels have none either), so an HVP through
+them fails. For the duration of a call the model is switched to ``attn_implementation="eager"`` (plain
+matmul + softmax, twice differentiable) and switched back afterwards; dropout is off (``eval()``) so the
+loss is a fixed function, and only θ_S requires grad, so the backward passes skip the other weights'
+gradients. The training flag, the ``requires_grad`` flags and ``.grad`` are left as they were.
+
+**Cost.** Eigenvalues: ``iterations`` HVPs (Lanczos) or up to ``(top_k + 1) × iterations`` (power);
+trace: ``hutchinson_samples`` HVPs; SAM: per ρ, ``ascent_steps`` gradients and one forward. An HVP costs
+about two forward+backward passes over the batches.
 
 **Precision.** Curvature is computed in the weights' dtype, which must be float32 or float64: bfloat16
 rounds each product to ~3 significant digits, which swamps all but the largest eigenvalues and makes
 Lanczos vectors lose orthogonality. The registered probe refuses bf16 autocast with a `ConfigError`.
+Note that `transformers` computes RMSNorm and the attention softmax in float32 even in a float64 model,
+so a float64 model's curvature is exact only to float32 rounding (relative ~1e-6 on HVPs, measured in
+tests/probes/test_sharpness.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -107,9 +120,10 @@ class SharpnessConfig(BaseConfig):
     """Eigenvalue method: ``lanczos`` (one Krylov run gives all top-k) or ``power`` (power iteration
     with deflation, one run per eigenvalue plus one for the spectral scale)."""
 
-    iterations: int = Field(30, ge=1)
-    """Lanczos: Krylov steps m (Hessian-vector products; capped at n). Power: the most iterations per
-    eigenvalue."""
+    iterations: int = Field(20, ge=1)
+    """Lanczos: Krylov steps m (Hessian-vector products; capped at n). It keeps the m basis vectors:
+    4·m·n bytes in float32, 5.6 GB at m = 20 for a 70M-parameter θ_S (narrow θ_S or lower m for big
+    models). Power: the most iterations per eigenvalue."""
 
     tol: float = Field(1e-4, gt=0)
     """Power iteration only: an eigenvalue is done when its Rayleigh quotient moves by less than
@@ -249,6 +263,8 @@ class SharpnessResult:
         trace: the Hutchinson trace (None when hutchinson_samples = 0).
         sam: one `SamPoint` per ρ, in config order.
         rho_scale: ``absolute`` or ``relative``.
+        dtype: the dtype curvature was computed in (``float32`` or ``float64``).
+        note: why the probe worked on a float32 copy of the model, else empty.
     """
 
     base_loss: float
@@ -261,6 +277,8 @@ class SharpnessResult:
     trace: TraceEstimate | None
     sam: tuple[SamPoint, ...]
     rho_scale: str = "absolute"
+    dtype: str = "float32"
+    note: str = ""
 
     @property
     def lambda_max(self) -> float | None:
@@ -293,7 +311,8 @@ class SharpnessResult:
     def summary_rows(self, **extra: Any) -> list[dict[str, Any]]:
         """One row for ``evals.jsonl``: ``base_loss``, ``tokens``, ``n_params_selected``, ``grad_norm``,
         ``param_norm``, ``method``, ``lambda_max``, ``trace``, ``trace_se``, ``trace_samples``,
-        ``rho_scale``, and ``sam/<ρ>`` (S at each ρ, e.g. ``sam/0.05``); absent quantities are None."""
+        ``rho_scale``, ``dtype`` (of the computation), and ``sam/<ρ>`` (S at each ρ, e.g. ``sam/0.05``);
+        absent quantities are None."""
         row: dict[str, Any] = {
             "probe": "sharpness",
             "base_loss": self.base_loss,
@@ -307,6 +326,7 @@ class SharpnessResult:
             "trace_se": self.trace.se if self.trace else None,
             "trace_samples": self.trace.samples if self.trace else 0,
             "rho_scale": self.rho_scale,
+            "dtype": self.dtype,
         }
         for p in self.sam:
             row[f"sam/{p.rho:g}"] = p.value
@@ -404,7 +424,6 @@ class _Objective:
         self.tokens = sum(x[:, 1:].numel() for x in self.batches)
         if self.tokens == 0:
             raise ValueError("the evaluation batches predict no token: sequences need at least 2 tokens")
-        self.matvecs = 0
 
     def _batch_loss(self, x: torch.Tensor) -> torch.Tensor:
         """This batch's share of L: its summed next-token cross-entropy over all N tokens."""
@@ -436,7 +455,6 @@ class _Objective:
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """Hv by double backward, one batch's graph at a time."""
-        self.matvecs += 1
         vs = self.unflat(v.to(self.dtype))
         out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         for x in self.batches:
@@ -519,7 +537,7 @@ def power_iteration(
     dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
 ) -> EigenEstimate:
     """Top-k eigenvalues (algebraic) of a symmetric operator by power iteration with projection
-    deflation on the shifted operator ``A + cI``, c ≥ the spectral radius estimate (module docstring).
+    deflation on the shifted operator ``A + cI``, c the spectral radius estimate (module docstring).
 
     Args: as `lanczos`; `iterations` is the most per eigenvalue, `tol` the stopping change of the
     Rayleigh quotient relative to the spectral radius.
@@ -537,11 +555,13 @@ def power_iteration(
         return torch.randn(n, generator=generator, dtype=torch.float64).to(device, dtype)
 
     dominant = _power(counted, start(), [], 0.0, iterations, tol)
-    # ‖Av‖ for the unit iterate tends to the spectral radius whatever the signs, and is ≥ |vᵀAv|: a
-    # shift at least this large makes A + cI positive semi-definite, so its top is A's algebraic top.
-    shift = max(abs(dominant.value), dominant.norm)
+    # ‖Av‖ of the unit iterate rises monotonically to the spectral radius whatever the signs (and is
+    # ≥ |vᵀAv|); the top of A + cI is A's algebraic top once c ≥ (|λ_min| − λ_max)/2.
+    shift = dominant.norm
     found: list[_PowerRun] = []
-    if dominant.value >= 0 and dominant.converged and k:  # already the largest algebraic one
+    # A converged dominant pair with λ ≥ 0 is the top one. The residual test, not the Rayleigh quotient's
+    # standstill, decides: with eigenvalues ±a the quotient stalls anywhere in [−a, a].
+    if k and dominant.value >= 0 and dominant.residual <= math.sqrt(tol) * max(shift, abs(dominant.value)):
         found.append(dominant)
     while len(found) < k:
         found.append(_power(counted, start(), [f.vector for f in found], shift, iterations, tol))
@@ -551,11 +571,10 @@ def power_iteration(
 
 @dataclass(frozen=True)
 class _PowerRun:
-    value: float  # Rayleigh quotient vᵀAv of the last iterate
-    vector: torch.Tensor
-    residual: float  # ‖Av − λv‖
+    value: float  # Rayleigh quotient vᵀAv of the last iterate multiplied
+    vector: torch.Tensor  # the next iterate: the best eigenvector estimate
+    residual: float  # ‖Av − λv‖ of that last iterate
     norm: float  # ‖(A + shift·I) v‖ on the deflated subspace
-    converged: bool
 
 
 def _power(
@@ -572,12 +591,12 @@ def _power(
         w = _orthogonalise(shifted, basis)
         norm = float(w.norm())
         if norm == 0.0:  # A + shift·I vanishes on this subspace (A = 0 and no shift): v is exact
-            return _PowerRun(new - shift, v, residual, 0.0, True)
+            return _PowerRun(new - shift, v, residual, 0.0)
         done = mu is not None and abs(new - mu) <= tol * max(abs(new), shift)
         mu, v = new, w / norm
         if done:
-            return _PowerRun(mu - shift, v, residual, norm, True)
-    return _PowerRun(mu - shift, v, residual, norm, False)
+            return _PowerRun(mu - shift, v, residual, norm)
+    return _PowerRun(mu - shift, v, residual, norm)
 
 
 def hutchinson(matvec: MatVec, n: int, samples: int, *, generator: torch.Generator,
@@ -643,7 +662,7 @@ def hvp(
 
 def hessian_eigenvalues(
     model: nn.Module, batches: Sequence[torch.Tensor], k: int = 1, *, params: ParamSpec = None,
-    method: Literal["lanczos", "power"] = "lanczos", iterations: int = 30, tol: float = 1e-4, seed: int = 0,
+    method: Literal["lanczos", "power"] = "lanczos", iterations: int = 20, tol: float = 1e-4, seed: int = 0,
 ) -> EigenEstimate:
     """The k largest (algebraic) eigenvalues of H_S, largest first (module docstring).
 
@@ -710,7 +729,7 @@ def sharpness(
         norm = param_norm if cfg.rho_scale == "relative" else 1.0
         sam = tuple(_sam(obj, base, grad, r, r * norm, cfg.ascent_steps) for r in cfg.rho)
     return SharpnessResult(base, obj.tokens, obj.n, tuple(obj.names), float(grad.double().norm()),
-                           param_norm, eigen, trace, sam, cfg.rho_scale)
+                           param_norm, eigen, trace, sam, cfg.rho_scale, str(obj.dtype).removeprefix("torch."))
 
 
 def _eigen(obj: _Objective, k: int, method: str, iterations: int, tol: float, seed: int) -> EigenEstimate:
@@ -763,6 +782,8 @@ class SharpnessProbe:
 
     name = "sharpness"
     config_cls = SharpnessConfig
+    float32_only = True
+    """Run kinds pass no bf16 autocast to this probe (curvature in bf16 is rounding noise)."""
 
     def __init__(self, cfg: SharpnessConfig | None = None) -> None:
         self.cfg = cfg or SharpnessConfig()
@@ -777,11 +798,18 @@ class SharpnessProbe:
         self, model: nn.Module, batches: Sequence[torch.Tensor], *, init_state: Any = None,
         autocast_dtype: torch.dtype | None = None,
     ) -> SharpnessResult:
-        """`sharpness` with this probe's config. `init_state` is unused (curvature needs no init scale);
-        bf16 autocast is refused (module docstring, "Precision")."""
+        """`sharpness` with this probe's config. `init_state` is unused (curvature needs no init scale).
+        bf16 autocast is refused (module docstring, "Precision"); a model stored in float16/bfloat16 (the
+        published Pythia checkpoints are float16) is measured on a float32 copy, noted in the result."""
         if autocast_dtype not in (None, torch.float32, torch.float64):
             raise ConfigError(
                 f"the sharpness probe computes curvature in float32, not under {autocast_dtype} autocast: "
                 "run it with dtype=float32"
             )
-        return sharpness(model, batches, self.cfg)
+        low = sorted({str(p.dtype) for p in model.parameters() if p.dtype in (torch.float16, torch.bfloat16)})
+        if not low:
+            return sharpness(model, batches, self.cfg)
+        note = f"weights in {', '.join(low)}: curvature measured on a float32 copy"
+        warnings.warn(f"sharpness probe: {note}", stacklevel=2)
+        result = sharpness(copy.deepcopy(model).float(), batches, self.cfg)
+        return dataclasses.replace(result, note=note)

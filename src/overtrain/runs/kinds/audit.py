@@ -39,7 +39,9 @@ DEFAULT_PROBES = ("reference_loss", "noise", "sharpness", "induction")
 AUDIT_SETTINGS: dict[str, dict[str, Any]] = {
     "reference_loss": {"eval_batches": 4, "batch_size": 16},
     "noise": {"gammas": [1.0, 2.0, 4.0], "law": "both", "draws": 4, "eval_batches": 2, "batch_size": 16},
-    "sharpness": {"eval_batches": 1, "batch_size": 8},
+    # Lanczos keeps `iterations` float64 vectors of every selected parameter (10 x 70M x 8 B = 5.6 GB for
+    # Pythia-70m): narrow θ_S with settings.sharpness.include for large models
+    "sharpness": {"eval_batches": 1, "batch_size": 8, "top_k": 1, "iterations": 10, "hutchinson_samples": 8},
     "induction": {"sequences": 16, "batch_size": 8},
 }
 """Audit defaults per probe: small evaluations, so a CPU audits a 70M-parameter checkpoint in minutes."""

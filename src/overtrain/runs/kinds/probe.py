@@ -84,8 +84,8 @@ def run_probe(cfg: ProbeRunConfig, run) -> None:
     batches = probe.batches(source, cfg.eval_seq_len or parent.train.seq_len)
     init_dir = parent_dir / "ckpt" / cfg.init_checkpoint if cfg.init_checkpoint else None
     init_state = init_dir if init_dir is not None and init_dir.is_dir() else None
-    result = probe.run(model, batches, init_state=init_state,
-                       autocast_dtype=torch.bfloat16 if cfg.dtype == "bfloat16" else None)
+    bf16 = cfg.dtype == "bfloat16" and not getattr(entry, "float32_only", False)  # curvature: float32 only
+    result = probe.run(model, batches, init_state=init_state, autocast_dtype=torch.bfloat16 if bf16 else None)
     extra = {"parent": cfg.parent_id, "checkpoint": cfg.checkpoint, "tokens_seen": meta.get("tokens_seen"),
              "budget": meta.get("budget"), "tokens_per_param": meta.get("tokens_per_param")}
     for row in result.rows(**extra):

@@ -31,8 +31,7 @@ floats, which is why the default block is at most `MAX_DEFAULT_BLOCK_LEN` tokens
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +42,7 @@ from torch import nn
 
 from overtrain.config import BaseConfig, NotInId
 from overtrain.errors import ConfigError
+from overtrain.models.attention import eager_attention
 from overtrain.registry import PROBES
 from overtrain.seed import torch_generator
 from overtrain.training.loop import autocast_context
@@ -206,30 +206,6 @@ def induction_batches(
     blocks = torch.randint(0, vocab_size, (sequences, block_len), generator=gen, dtype=torch.long)
     tokens = torch.cat([blocks, blocks], dim=1)
     return list(tokens.split(batch_size))
-
-
-@contextlib.contextmanager
-def eager_attention(model: nn.Module) -> Iterator[None]:
-    """Within the block, `model` uses the ``eager`` attention kernel (the one that returns attention
-    weights); the previous kernel is restored on exit, also after an exception."""
-    config = model.config
-    previous = getattr(config, "_attn_implementation", None)
-    if previous == "eager":
-        yield
-        return
-    _set_attn_implementation(model, "eager")
-    try:
-        yield
-    finally:
-        _set_attn_implementation(model, previous)
-
-
-def _set_attn_implementation(model: nn.Module, name: str | None) -> None:
-    setter = getattr(model, "set_attn_implementation", None)
-    if setter is not None and name is not None:
-        setter(name)  # transformers >= 4.56: sets every sub-model's config too
-    else:
-        model.config._attn_implementation = name
 
 
 def _check_batches(batches: Sequence[torch.Tensor], vocab: int | None) -> int:

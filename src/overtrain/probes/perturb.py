@@ -46,12 +46,26 @@ import contextlib
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 import torch
+from pydantic import AfterValidator
 from torch import nn
 
 from overtrain.seed import derive_seed
+
+
+def _check_regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+    return value
+
+
+NameRegex = Annotated[Union[str, None], AfterValidator(_check_regex)]
+"""A config field holding an optional regex on parameter names (checked when the config is read)."""
 
 ParamFilter = Callable[[str, torch.Tensor], bool]
 """A predicate on ``(name, parameter)``: True selects the parameter."""

@@ -69,7 +69,6 @@ import contextlib
 import copy
 import dataclasses
 import math
-import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -82,8 +81,9 @@ from torch import nn
 
 from overtrain.config import BaseConfig
 from overtrain.errors import ConfigError
+from overtrain.models.attention import eager_attention
 from overtrain.probes import perturb
-from overtrain.probes.perturb import ParamFilter, ParamSpec, perturbed, select_parameters
+from overtrain.probes.perturb import NameRegex, ParamFilter, ParamSpec, perturbed, select_parameters
 from overtrain.registry import PROBES
 from overtrain.seed import torch_generator
 
@@ -106,11 +106,11 @@ class SharpnessConfig(BaseConfig):
     """Which tensors form θ_S: ``trainable`` (requires_grad; on a PEFT model the LoRA factors), ``all``
     (frozen ones too), or ``matrices`` (every tensor with dim ≥ 2), then narrowed by include/exclude."""
 
-    include: str | None = None
+    include: NameRegex = None
     """Regex on parameter names (``re.search``): only matching tensors are in θ_S, e.g. ``lora_`` or
     ``layers\\.0\\.``."""
 
-    exclude: str | None = None
+    exclude: NameRegex = None
     """Regex on parameter names: matching tensors are left out of θ_S, e.g. ``embed|lm_head``."""
 
     top_k: int = Field(3, ge=0)
@@ -165,16 +165,6 @@ class SharpnessConfig(BaseConfig):
             raise ValueError("every rho must be a finite number >= 0")
         if len(set(value)) != len(value):
             raise ValueError("rho values must be distinct")
-        return value
-
-    @field_validator("include", "exclude")
-    @classmethod
-    def _regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a regular expression: {exc}") from None
         return value
 
     @model_validator(mode="after")
@@ -350,41 +340,6 @@ def select(model: nn.Module, params: ParamSpec = trainable) -> dict[str, nn.Para
             f"curvature needs float32 or float64 weights, the model has {', '.join(low)}: load it in float32"
         )
     return selected
-
-
-@contextlib.contextmanager
-def eager_attention(model: nn.Module) -> Iterator[None]:
-    """Within the block, the `transformers` model in `model` (PEFT-wrapped or not) uses eager attention,
-    which has a double backward; its previous implementation is restored on exit."""
-    hf = _hf_model(model)
-    previous = hf.config._attn_implementation if hf is not None else "eager"
-    if previous == "eager":
-        yield
-        return
-    _set_attention(hf, "eager")
-    try:
-        yield
-    finally:
-        _set_attention(hf, previous)
-
-
-def _hf_model(model: nn.Module) -> nn.Module | None:
-    """The outermost `transformers` model in `model` (a PEFT wrapper only forwards to it), else the first
-    module with a ``config._attn_implementation``, else None (nothing to switch)."""
-    from transformers import PreTrainedModel
-
-    modules = list(model.modules())
-    found = next((m for m in modules if isinstance(m, PreTrainedModel)), None)
-    if found is None:
-        found = next((m for m in modules if hasattr(getattr(m, "config", None), "_attn_implementation")), None)
-    return found
-
-
-def _set_attention(hf: nn.Module, implementation: str) -> None:
-    if hasattr(hf, "set_attn_implementation"):  # transformers >= 4.48: also updates sub-configs
-        hf.set_attn_implementation(implementation)
-    else:
-        hf.config._attn_implementation = implementation
 
 
 @contextlib.contextmanager

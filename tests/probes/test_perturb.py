@@ -260,3 +260,15 @@ def test_init_state_from_a_checkpoint_directory(tmp_path):
         init_scale(model, 1.0, init_state={})
     with pytest.raises(ValueError, match="gamma"):
         relative(model, -1.0)
+
+
+def test_parameter_name_regexes_are_checked_when_a_config_is_read():
+    from overtrain.config import validate
+    from overtrain.errors import ConfigError
+    from overtrain.probes.noise import NoiseSensitivityConfig
+    from overtrain.probes.sharpness import SharpnessConfig
+
+    for cls in (NoiseSensitivityConfig, SharpnessConfig):
+        assert validate(cls, {"include": "lora_", "exclude": None}).include == "lora_"
+        with pytest.raises(ConfigError, match="exclude: .*not a regular expression"):
+            validate(cls, {"exclude": "(unclosed"})

@@ -230,7 +230,8 @@ def analyse(cfg, store, ids: dict[str, list[str]]) -> OvertrainingResult:
                 float(np.mean(lead)) if lead else None, float(min(lead)) if lead else None,
                 float(max(lead)) if lead else None, "fires before T* in every seed",
                 _verdict(all(fired_before)) if testable else "N/A",
-                "; ".join(f"seed {r['seed']}: " + (f"fired at {r['fired_tokens']:,} tokens, lead {r['lead_doublings']:+.2f}"
+                "; ".join(f"seed {r['seed']}: " + (f"fired at {r['fired_tokens']:,} tokens (lead {r['lead_doublings']:+.2f}), "
+                                                   f"predicted minimum {r['predicted_min']:,.0f}"
                                                    if r["fired_tokens"] else "never fired") for r in rows)
                 + f"; T* = {inf.t_star:,.0f}" + ("" if testable else " (no U: nothing to warn about)")))
 
@@ -265,20 +266,24 @@ def monitor_leads(store, pretrain_ids, seed_of_parent, targets, min_rise) -> lis
     """One row per (seed, target): where the monitor fired and its lead over T* in doublings of tokens,
     log2(T* / fired tokens) — positive: it fired before T*; None: it never fired."""
     rows = query(
-        f"select run_id, tokens_seen, value from metrics where run_id in {_in(pretrain_ids)} "
-        "and name = 'monitor/warning' and value > 0 order by tokens_seen", store).to_pylist()
-    fired = {}
+        f"select run_id, tokens_seen, name, value from metrics where run_id in {_in(pretrain_ids)} "
+        "and name in ('monitor/warning', 'monitor/predicted_min') order by tokens_seen", store).to_pylist()
+    warned = {(r["run_id"], r["tokens_seen"]) for r in rows if r["name"] == "monitor/warning" and r["value"] > 0}
+    fired: dict[str, tuple[int, float]] = {}
     for r in rows:
-        fired.setdefault(r["run_id"], r["tokens_seen"])
+        if r["name"] == "monitor/predicted_min" and (r["run_id"], r["tokens_seen"]) in warned:
+            fired.setdefault(r["run_id"], (r["tokens_seen"], r["value"]))
     out = []
     for run_id in pretrain_ids:
-        t_fire = fired.get(run_id)
+        t_fire, t_hat = fired.get(run_id, (None, None))
         for target, inf in targets.items():
             if inf is None:
                 continue
             out.append({"seed": seed_of_parent.get(run_id), "target": target,
-                        "fired_tokens": t_fire, "t_star": inf.t_star, "t_star_is_u": inf.is_u(min_rise),
-                        "lead_doublings": math.log2(inf.t_star / t_fire) if t_fire else None})
+                        "fired_tokens": t_fire, "predicted_min": t_hat, "t_star": inf.t_star,
+                        "t_star_is_u": inf.is_u(min_rise),
+                        "lead_doublings": math.log2(inf.t_star / t_fire) if t_fire else None,
+                        "predicted_min_error_doublings": math.log2(t_hat / inf.t_star) if t_hat else None})
     return out
 
 

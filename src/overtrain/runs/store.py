@@ -273,6 +273,13 @@ class Run:
             return 0
         return data.count(b"\n")
 
+    def records(self, name: str) -> list[dict[str, Any]]:
+        """The records logged so far to ``<name>.jsonl`` (complete lines only)."""
+        path = self._path(name)
+        if path.name in self._files:
+            self._files[path.name].flush()
+        return read_jsonl(path)
+
     def truncate(self, name: str, n_lines: int) -> None:
         """Keep only the first `n_lines` complete lines of ``<name>.jsonl`` (atomically).
 

@@ -193,7 +193,8 @@ def _monitor_section(store, cfg, ids, seed_of, leads, x_label) -> list[Section]:
           "Early-warning monitor during pre-training (dashed: it warns)")
     ax.legend(fontsize=8)
     table = [{"seed": r["seed"], "target": r["target"], "fired at (tokens)": r["fired_tokens"],
-              "T*": r["t_star"], "T* is a U": r["t_star_is_u"], "lead (doublings)": r["lead_doublings"]}
+              "predicted minimum T̂": r.get("predicted_min"), "T*": r["t_star"], "T* is a U": r["t_star_is_u"],
+              "lead (doublings)": r["lead_doublings"], "log2(T̂ / T*)": r.get("predicted_min_error_doublings")}
              for r in leads]
     return [Section(
         "Early-warning monitor",
@@ -201,7 +202,8 @@ def _monitor_section(store, cfg, ids, seed_of, leads, x_label) -> list[Section]:
               f"{mc.eval_batches} batch(es) of {mc.batch_size} sequences with {mc.draws} noise draws, fits the "
               f"perturbed loss over its last {mc.window} checks against log tokens, and warns when the slope is "
               f"positive with {mc.confidence:.0%} one-sided confidence at {mc.patience} checks in a row. Lead = "
-              "log2(T* / tokens at the warning): positive means it warned before T*. The main line runs at a "
+              "log2(T* / tokens at the warning): positive means it warned before T*; T̂ is the minimum the warning "
+              "predicts (vertex of a quadratic fit in log tokens). The main line runs at a "
               "constant LR, T* is measured on cooled-down budget checkpoints."],
         figures=[Figure("overtraining_monitor", fig, "Monitor checks per seed, warnings and T*.")],
         tables=[Table(table, "Where the monitor warned, against the measured T*")],

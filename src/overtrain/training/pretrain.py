@@ -359,9 +359,7 @@ class _Job:
         for name, n in state["lines"].items():
             self.run.truncate(name, n)
         if self.monitor is not None:  # its state is a function of its logged checks: replay them
-            from overtrain.runs.store import read_jsonl
-
-            for r in read_jsonl(self.run.dir / "metrics.jsonl"):
+            for r in self.run.records("metrics"):
                 if r.get("line") == "monitor":
                     self.monitor.update(r["tokens_seen"], r["monitor/loss"], r["monitor/delta"])
         self.done_steps = state["done_steps"]

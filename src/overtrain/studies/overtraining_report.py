@@ -189,8 +189,8 @@ def _monitor_section(store, cfg, ids, seed_of, leads, x_label) -> list[Section]:
         if row:
             ax.axvline(row["t_star"], color="k", ls=style, lw=1, label=f"T* of the {target} (budget checkpoints)")
     ax.set_xscale("log")
-    label(ax, x_label, f"perturbed loss on the main line (nats/token; {mc.law} γ={mc.gamma:g})",
-          "Early-warning monitor during pre-training (dashed: it warns)")
+    label(ax, x_label, "perturbed loss, main line (nats/token)",
+          f"Early-warning monitor ({mc.law} noise, γ={mc.gamma:g}; dashed: it warns)")
     ax.legend(fontsize=8)
     table = [{"seed": r["seed"], "target": r["target"], "fired at (tokens)": r["fired_tokens"],
               "predicted minimum T̂": r.get("predicted_min"), "T*": r["t_star"], "T* is a U": r["t_star_is_u"],

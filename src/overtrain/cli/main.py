@@ -134,7 +134,7 @@ def _run_study(name: str, config, preset, overrides, workers: int, dry_run: bool
         out.print(f"report: {build_report(report_dir, name, store)}")
 
 
-PRESET = typer.Option(None, "--preset", help="demo, small, english or paper-like (configs/<study>/<preset>.yaml).")
+PRESET = typer.Option(None, "--preset", help="A preset in configs/<study>/<preset>.yaml (overtraining: demo, small, english, paper-like).")
 WORKERS = typer.Option(1, "--workers", "-j", min=1, help="Runs at once (processes).")
 REPORT = typer.Option(None, "--report", help="Also write the HTML report to this directory.")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from overtrain.cli.main import main
-from overtrain.data.tokenizer import byte_tokenizer, id_tokenizer
+from overtrain.data.tokenizer import id_tokenizer
 from overtrain.models.presets import ModelConfig, build_model
 from overtrain.registry import RUN_KINDS
 from overtrain.report.audit import audit_table
@@ -16,33 +16,6 @@ from overtrain.runs.kinds.audit import AuditConfig, training_position, with_fing
 from overtrain.runs.store import Store
 
 FAST = ["reference_loss", "noise", "induction"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(home):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def save_revisions(root, family: str, names, tokenizer=None, vocab=256):
-    """Save one tiny model per name; revision k has had k SGD steps on random bytes (distinct weights)."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(preset=f"{family}-nano"), vocab, 64)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    dirs = []
-    for k, name in enumerate(names):
-        if k:
-            x = torch.randint(0, vocab, (4, 32))
-            model(input_ids=x, labels=x).loss.backward()
-            opt.step()
-            opt.zero_grad()
-        path = root / name
-        model.save_pretrained(path, safe_serialization=True)
-        (tokenizer or byte_tokenizer()).save_pretrained(path)
-        dirs.append(path)
-    return dirs
 
 
 def test_training_position_from_names_and_meta(tmp_path):
@@ -53,7 +26,7 @@ def test_training_position_from_names_and_meta(tmp_path):
 
 
 @pytest.mark.parametrize("family", ["llama", "neox", "olmo2"])
-def test_audit_orders_revisions_and_runs_every_probe(tmp_path, family):
+def test_audit_orders_revisions_and_runs_every_probe(tmp_path, family, save_revisions):
     dirs = save_revisions(tmp_path, family, ["step20", "step0", "step10"])
     cfg = with_fingerprints(AuditConfig(models=dirs, probes=FAST, seq_len=32))
     store = Store()
@@ -68,7 +41,7 @@ def test_audit_orders_revisions_and_runs_every_probe(tmp_path, family):
     assert again.skipped
 
 
-def test_cli_audit_with_u_analysis_and_report(tmp_path, capsys):
+def test_cli_audit_with_u_analysis_and_report(tmp_path, capsys, save_revisions):
     dirs = save_revisions(tmp_path, "llama", [f"tokens{n}M" for n in (1, 2, 4, 8)])
     text = tmp_path / "ref.txt"
     text.write_text("To be, or not to be, that is the question. " * 40)
@@ -83,37 +56,29 @@ def test_cli_audit_with_u_analysis_and_report(tmp_path, capsys):
     assert (tmp_path / "rep" / "audit_probes.png").stat().st_size > 10_000
 
 
-def _fails(args, capsys, match):
-    with pytest.raises(SystemExit) as exc:
-        main(["audit", *args])
-    err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2, err
-    assert len(err.splitlines()) == 1 and match in err, err
-
-
-def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+def test_bad_inputs_are_one_line_errors(tmp_path, save_revisions, fails):
     (good,) = save_revisions(tmp_path, "llama", ["good"])
-    _fails([str(tmp_path / "missing")], capsys, "checkpoint not found")
+    fails([str(tmp_path / "missing")], "checkpoint not found")
     empty = tmp_path / "empty"
     empty.mkdir()
-    _fails([str(empty)], capsys, "no config.json")
+    fails([str(empty)], "no config.json")
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "config.json").write_text((good / "config.json").read_text())
     torch.save({}, pickled / "pytorch_model.bin")
-    _fails([str(pickled)], capsys, "refusing to unpickle")
+    fails([str(pickled)], "refusing to unpickle")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "config.json").write_text((good / "config.json").read_text())
     (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
-    _fails([str(corrupt)], capsys, "corrupt checkpoint")
+    fails([str(corrupt)], "corrupt checkpoint")
     (other,) = save_revisions(tmp_path / "o", "llama", ["other"], tokenizer=id_tokenizer(256))
-    _fails([str(good), str(other), "--probes", "reference_loss"], capsys, "another tokenizer")
-    _fails([str(good), "--probes", "nosie"], capsys, "nosie")
-    _fails([str(good), "--text", str(tmp_path / "nope.txt")], capsys, "reference text not found")
+    fails([str(good), str(other), "--probes", "reference_loss"], "another tokenizer")
+    fails([str(good), "--probes", "nosie"], "nosie")
+    fails([str(good), "--text", str(tmp_path / "nope.txt")], "reference text not found")
 
 
-def test_fingerprint_changes_when_weights_are_rewritten(tmp_path):
+def test_fingerprint_changes_when_weights_are_rewritten(tmp_path, save_revisions):
     (d,) = save_revisions(tmp_path, "llama", ["r"])
     a = with_fingerprints(AuditConfig(models=[d]))
     cfg = json.loads((d / "config.json").read_text())
@@ -124,7 +89,7 @@ def test_fingerprint_changes_when_weights_are_rewritten(tmp_path):
     assert a.fingerprints != b.fingerprints
 
 
-def test_audit_runs_the_curvature_probe_in_float32_under_bf16(tmp_path):
+def test_audit_runs_the_curvature_probe_in_float32_under_bf16(tmp_path, save_revisions):
     dirs = save_revisions(tmp_path, "olmo2", ["step0", "step1"])
     cfg = with_fingerprints(AuditConfig(models=dirs, probes=["sharpness"], seq_len=16, dtype="bfloat16",
                                         settings={"sharpness": {"hutchinson_samples": 2, "iterations": 4}}))

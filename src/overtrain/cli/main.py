@@ -188,12 +188,16 @@ def audit(
     probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated probes (default: all four)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (autocast)."),
+    lm_eval_tasks: Optional[list[Path]] = typer.Option(
+        None, "--lm-eval-tasks", help="lm-eval task YAML over local data, or a directory of them (repeatable; "
+        "needs overtrain[eval])."),
     report_dir: Optional[Path] = typer.Option(None, "--report", help="Also write the HTML report here."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Config override key=value (repeatable)."),
 ) -> None:
-    """Probe your own Hugging Face checkpoints: reference loss, sensitivity, sharpness, induction.
+    """Probe your own Hugging Face checkpoints: reference loss, sensitivity, sharpness, induction, and
+    optionally your lm-eval tasks.
 
-    Example: overtrain audit ckpts/pythia-70m-step* --text my.txt --report audit-report/
+    Example: overtrain audit ckpts/pythia-70m-step* --text my.txt --lm-eval-tasks my_tasks/ --report audit-report/
     """
     import pyarrow as pa
 
@@ -208,8 +212,10 @@ def audit(
     base: dict = {"models": [str(m) for m in models], "device": device, "dtype": dtype}
     if text is not None:
         base["text"] = str(text)
-    if probes:
-        base["probes"] = [p.strip() for p in probes.split(",") if p.strip()]
+    if probes is not None:
+        base["probes"] = [p.strip() for p in probes.split(",") if p.strip() and p.strip() != "none"]
+    if lm_eval_tasks:
+        base["lm_eval_tasks"] = [str(t) for t in lm_eval_tasks]
     cfg = with_fingerprints(build_config(AuditConfig, None, overrides or [], base=base))
     kind, store = RUN_KINDS.get("audit"), Store()
     with step_progress(f"audit {config_hash(cfg)}", len(cfg.models)) as on_progress:

@@ -16,7 +16,16 @@ import numpy as np
 
 from overtrain.report.html import Figure, Section, Table
 from overtrain.report.plots import label, new_figure
+from overtrain.report.plots import log_x as set_log_x
 from overtrain.runs.query import query
+
+MAX_HARNESS_PANELS = 6
+"""lm-eval metrics plotted (all of them are in the table)."""
+
+
+def lm_eval_column(r: dict[str, Any]) -> str:
+    """Column of an lm-eval result row: ``task metric``, with the filter when it is not ``none``."""
+    return f"{r['task']} {r['metric']}" + ("" if r.get("filter") in (None, "none") else f" ({r['filter']})")
 
 
 def audit_table(store, run_id: str) -> list[dict[str, Any]]:
@@ -38,9 +47,17 @@ def audit_table(store, run_id: str) -> list[dict[str, Any]]:
                     row[key] = r[key]
         elif probe == "induction" and r.get("scope") == "model":
             row["max prefix-matching"], row["copying gain"] = r["max_prefix_matching"], r["copying_gain"]
+        elif probe == "lm_eval":
+            row[lm_eval_column(r)] = r["value"]
     rows = list(by_dir.values())
     rows.sort(key=lambda r: (r["tokens"] is None, r["tokens"] or 0, r["step"] is None, r["step"] or 0, r["order"]))
     return rows
+
+
+def has_lm_eval(store, run_id: str) -> bool:
+    cols = query("select * from evals limit 0", store).column_names
+    return "task" in cols and bool(query(f"select 1 from evals where run_id = '{run_id}' and probe = 'lm_eval' "
+                                         "limit 1", store).num_rows)
 
 
 def audit_u(store, run_id: str, rows: list[dict[str, Any]]):
@@ -77,24 +94,34 @@ def audit_section(store) -> Section | None:
     rows = audit_table(store, run_id)
     text = [f"Audit run <code>{run_id}</code>: {len(rows)} checkpoints, probes on the reference text "
             f"{json.loads(runs[0]['config']).get('text') or '(packaged Shakespeare excerpt)'}. Losses in nats/token; "
-            "Δ = perturbed − base loss; init-scale noise uses config.initializer_range as the init std."]
-    figures = []
+            "Δ = perturbed − base loss; init-scale noise uses config.initializer_range as the init std. lm-eval "
+            "columns are the harness's metrics on the tasks given with --lm-eval-tasks."]
+    figures, panels = [], []
     x_key = "tokens" if all(r["tokens"] for r in rows) else ("step" if all(r["step"] is not None for r in rows) else None)
     if x_key and len(rows) >= 2:
         x = np.array([r[x_key] or 0 for r in rows], dtype=float)
-        panels = [("reference loss", "reference loss (nats/token)"),
-                  ([k for k in rows[0] if k.startswith("perturbed init_scale")], "perturbed loss, init-scale noise"),
-                  ("lambda_max", "top Hessian eigenvalue λ_max"),
-                  ("max prefix-matching", "max prefix-matching score (induction)")]
+        columns = {k for r in rows for k in r}
+        harness = sorted({lm_eval_column(r) for r in query(
+            f"select task, metric, filter from evals where run_id = '{run_id}' and probe = 'lm_eval'",
+            store).to_pylist()}) if has_lm_eval(store, run_id) else []
+        panels = [(keys, ylab) for keys, ylab in [
+            (["reference loss"], "reference loss (nats/token)"),
+            (sorted(k for k in columns if k.startswith("perturbed init_scale")), "perturbed loss, init-scale noise"),
+            (["lambda_max"], "top Hessian eigenvalue λ_max"),
+            (["max prefix-matching"], "max prefix-matching score (induction)"),
+            # one panel per harness metric: accuracies and perplexities share no scale
+            *[([h], f"lm-eval: {h}") for h in harness[:MAX_HARNESS_PANELS]]] if keys and set(keys) <= columns]
+    if x_key and len(rows) >= 2 and panels:
         fig, axes = new_figure(len(panels))
+        log_x = x.min() > 0
         for ax, (keys, ylab) in zip(axes, panels):
-            for key in [keys] if isinstance(keys, str) else keys:
+            for key in keys:
                 y = np.array([r.get(key, math.nan) for r in rows], dtype=float)
                 ax.plot(x, y, marker="o", ms=3, label=key)
-            if x.min() > 0:
-                ax.set_xscale("log")
-            label(ax, f"training {x_key} (log)", ylab, ylab)
-            if not isinstance(keys, str):
+            if log_x:
+                set_log_x(ax, x if len(x) <= 12 else None)
+            label(ax, f"training {x_key}" + (" (log)" if log_x else ""), ylab, ylab)
+            if len(keys) > 1:
                 ax.legend(fontsize=7)
         figures.append(Figure("audit_probes", fig, "Probes of every audited checkpoint, in training order."))
     inf, gamma = audit_u(store, run_id, rows)

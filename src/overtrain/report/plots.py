@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 
-def new_figure(ncols: int = 1, *, width: float = 5.2, height: float = 3.6):
-    """A figure with `ncols` axes side by side (returns ``(fig, axes_list)``)."""
+def new_figure(ncols: int = 1, *, width: float = 5.2, height: float = 3.6, per_row: int = 4):
+    """A figure with `ncols` panels, `per_row` to a row (returns ``(fig, axes_list)``, in reading order)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
-    for ax in axes[0]:
+    cols, rows = min(ncols, per_row), -(-ncols // per_row)
+    # constrained layout places labels at draw time, so panels of several rows do not overlap
+    fig, grid = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
+                             layout="constrained" if rows > 1 else None)
+    axes = list(grid.flat)
+    for ax in axes[ncols:]:
+        ax.set_visible(False)
+    for ax in axes[:ncols]:
         ax.grid(True, which="major", alpha=0.3)
         ax.grid(True, which="minor", alpha=0.1)
-    return fig, list(axes[0])
+    return fig, axes[:ncols]
 
 
 def label(ax, x: str, y: str, title: str | None = None) -> None:
@@ -22,3 +28,24 @@ def label(ax, x: str, y: str, title: str | None = None) -> None:
     ax.set_ylabel(y)
     if title:
         ax.set_title(title, fontsize=11)
+
+
+def compact(value: float) -> str:
+    """``2000000`` -> ``2M``: a count in k/M/B/T with up to three significant digits."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def log_x(ax, ticks=None) -> None:
+    """Log x axis; with `ticks` (e.g. the checkpoints' token counts), labelled exactly there, compactly
+    (matplotlib's own minor labels collide when the data span less than a decade)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    ax.set_xscale("log")
+    if ticks is not None:
+        ax.xaxis.set_major_locator(FixedLocator(sorted(set(float(t) for t in ticks))))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: compact(v)))
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from overtrain.config import BaseConfig, NotInId
 from overtrain.errors import CheckpointError, DataError
 from overtrain.registry import PROBES, RUN_KINDS
+from overtrain.runs.atomic import atomic_write_json
 from overtrain.runs.kinds import RunKind
 
 MIN_FOR_U = 4
@@ -65,10 +66,15 @@ class AuditConfig(BaseConfig):
     """Reference text (UTF-8); default: the packaged Shakespeare excerpt."""
 
     probes: list[str] = list(DEFAULT_PROBES)
-    """Registered probes to run (``overtrain ls probes``)."""
+    """Registered probes to run (``overtrain ls probes``); may be empty when `lm_eval_tasks` are given."""
+
+    lm_eval_tasks: list[Path] = []
+    """lm-evaluation-harness task YAMLs (files, or directories of them) over local data files, scored on
+    every checkpoint (`overtrain.probes.lm_harness`; needs ``overtrain[eval]``)."""
 
     settings: dict[str, dict[str, Any]] = {}
-    """Per-probe settings over `AUDIT_SETTINGS`, e.g. ``{noise: {draws: 8}}``."""
+    """Per-probe settings over `AUDIT_SETTINGS`, e.g. ``{noise: {draws: 8}}``; ``lm_eval`` takes
+    `overtrain.probes.lm_harness.LmEvalConfig` fields (``{lm_eval: {limit: 100}}``)."""
 
     seq_len: int = Field(128, ge=4)
     """Tokens per reference sequence (capped by the model's context)."""
@@ -84,9 +90,26 @@ class AuditConfig(BaseConfig):
     def _probes(cls, value: list[str]) -> list[str]:
         for name in value:
             PROBES.get(name)  # unknown names fail with a did-you-mean
-        if not value or len(set(value)) != len(value):
-            raise ValueError("give at least one probe, each once")
+        if len(set(value)) != len(value):
+            raise ValueError("give each probe once")
         return value
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> AuditConfig:
+        from overtrain.probes.lm_harness import LmEvalConfig
+
+        if not self.probes and not self.lm_eval_tasks:
+            raise ValueError("give at least one probe or lm-eval task")
+        for name in self.settings:
+            if name != "lm_eval" and name not in self.probes:
+                raise ValueError(f"settings for {name!r}, which is not among the probes {self.probes}")
+        LmEvalConfig.model_validate(self.settings.get("lm_eval", {}))
+        return self
+
+    def lm_eval_config(self):
+        from overtrain.probes.lm_harness import LmEvalConfig
+
+        return LmEvalConfig.model_validate(self.settings.get("lm_eval", {}))
 
     def probe_settings(self, name: str) -> dict[str, Any]:
         return {**AUDIT_SETTINGS.get(name, {}), **self.settings.get(name, {})}
@@ -98,8 +121,14 @@ def fingerprint(path: Path) -> str:
     return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file())
 
 
+def _file_print(files: list[Path]) -> str:
+    return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
 def with_fingerprints(cfg: AuditConfig) -> AuditConfig:
-    """`cfg` with every directory checked and fingerprinted (one-line errors for bad directories)."""
+    """`cfg` with every directory checked and fingerprinted, and every lm-eval task read and checked
+    to be local (one-line errors for bad inputs); task files and their data enter the fingerprints."""
+    from overtrain.probes import lm_harness
     from overtrain.training.checkpoint import check_model_dir
 
     for path in cfg.models:
@@ -107,7 +136,11 @@ def with_fingerprints(cfg: AuditConfig) -> AuditConfig:
     if cfg.text is not None and not cfg.text.is_file():
         raise DataError(f"reference text not found: {cfg.text}")
     models = [p.resolve() for p in cfg.models]
-    return cfg.model_copy(update={"models": models, "fingerprints": {str(p): fingerprint(p) for p in models}})
+    prints = {str(p): fingerprint(p) for p in models}
+    tasks = lm_harness.task_files(cfg.lm_eval_tasks) if cfg.lm_eval_tasks else []
+    for file in tasks:
+        prints[str(file)] = _file_print([file, *lm_harness.data_files_of(lm_harness.load_task(file))])
+    return cfg.model_copy(update={"models": models, "lm_eval_tasks": tasks, "fingerprints": prints})
 
 
 def training_position(path: Path, meta: dict[str, Any]) -> dict[str, int | None]:
@@ -144,6 +177,11 @@ def run_audit(cfg: AuditConfig, run) -> None:
     device = resolve_device(cfg.device)
     autocast = torch.bfloat16 if cfg.dtype == "bfloat16" else None
     digest, source = None, None
+    tasks = []
+    if cfg.lm_eval_tasks:
+        from overtrain.probes import lm_harness
+
+        tasks = [lm_harness.load_task(f, run.dir / "hf_datasets") for f in lm_harness.task_files(cfg.lm_eval_tasks)]
     for order, path in enumerate(cfg.models):
         model, tokenizer, meta = ckpt.load_checkpoint(path, device=str(device))
         if tokenizer is None:
@@ -169,6 +207,11 @@ def run_audit(cfg: AuditConfig, run) -> None:
                 run.log_probe(row)
             for row in result.summary_rows(**extra):
                 run.log_eval(row)
+        if tasks:
+            rows, results = lm_harness.evaluate_tasks(model, tokenizer, tasks, cfg.lm_eval_config())
+            for row in rows:
+                run.log_eval({"probe": "lm_eval", **row, **extra})
+            atomic_write_json(run.dir / "lm_eval" / f"{order:03d}-{path.name}.json", results)
         run.progress(order + 1, len(cfg.models))
         del model
     run.set_info(wall_s=time.perf_counter() - started, tokenizer=digest)

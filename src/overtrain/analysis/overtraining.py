@@ -12,24 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from overtrain.analysis.claims import Claim
 from overtrain.analysis.inflection import Inflection, inflection_point
 from overtrain.analysis.stats import spearman, spearman_ci
 from overtrain.config import config_hash
 from overtrain.runs.query import query
-
-
-@dataclass
-class Claim:
-    """One claim of the paper checked on stored results."""
-
-    claim: str
-    statistic: str
-    value: float | None
-    ci_low: float | None
-    ci_high: float | None
-    threshold: str
-    verdict: str  # PASS | FAIL | N/A
-    detail: str = ""
 
 
 @dataclass

@@ -125,9 +125,10 @@ def _run_study(name: str, config, preset, overrides, workers: int, dry_run: bool
         "select claim, verdict, round(value, 4) as value, round(ci_low, 4) as ci_low, round(ci_high, 4) as ci_high, "
         f"threshold from evals where run_id = '{study_id}' and record = 'claim'", store)
     out.print(format_table(claims, "table"))
-    rec = query(f"select text from evals where run_id = '{study_id}' and record = 'recommendation'", store)
-    for row in rec.to_pylist():
-        out.print(row["text"])
+    if "text" in query("select * from evals limit 0", store).column_names:
+        rec = query(f"select text from evals where run_id = '{study_id}' and record = 'recommendation'", store)
+        for row in rec.to_pylist():
+            out.print(row["text"])
     if report_dir is not None:
         from overtrain.report.build import build_report
 
@@ -151,6 +152,38 @@ def overtraining(
     """Catastrophic overtraining (Springer et al. 2025): pre-train at many budgets, fine-tune and perturb
     every checkpoint, find T* past which more pre-training hurts. Example: overtrain overtraining --preset demo"""
     _run_study("overtraining", config, preset, overrides, workers, dry_run, report_dir)
+
+
+SINGLE_RUN_STUDIES = {
+    "random-features": "Random-features double descent (Belkin et al. 2019, Nakkiran et al. 2020): model-wise and "
+                       "sample-wise curves, label noise, ridge, GD length.",
+    "dd-optimization": "The role of optimization in double descent (Liu & Flanigan 2023): the peak appears only when "
+                       "the optimizer reaches a low training loss.",
+    "mlp-double-descent": "Two-layer networks on digits (Nakkiran et al. 2020): width-wise and epoch-wise double "
+                          "descent with label noise.",
+    "samplewise-linear": "Sample-wise double descent of linear regression: more data hurts near n = d.",
+    "head-tuning": "Head tuning on HMM representations (Luo et al. 2024): risk vs head width p, peak at p = n, "
+                   "degenerate first descent.",
+}
+"""CLI commands of the single-run studies (`overtrain.studies.single_run`) and their help."""
+
+
+def _single_run_command(command: str, help_text: str):
+    def command_fn(
+        overrides: Optional[list[str]] = OVERRIDES,
+        config: Optional[Path] = CONFIG,
+        preset: Optional[str] = typer.Option(None, "--preset", help="A preset in configs/<study>/ (default: default)."),
+        report_dir: Optional[Path] = REPORT,
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
+    ) -> None:
+        _run_study(command.replace("-", "_"), config, preset, overrides, 1, dry_run, report_dir)
+
+    command_fn.__doc__ = f"{help_text} Example: overtrain {command} --report report/"
+    app.command(command)(command_fn)
+
+
+for _command, _help in SINGLE_RUN_STUDIES.items():
+    _single_run_command(_command, _help)
 
 
 @app.command()

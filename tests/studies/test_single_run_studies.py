@@ -1,0 +1,38 @@
+"""The head-tuning and sample-wise linear studies through the study interface (one run each)."""
+
+from __future__ import annotations
+
+import pytest
+
+from overtrain.registry import STUDIES
+from overtrain.report.build import build_report
+from overtrain.runs.store import Store
+
+
+@pytest.mark.parametrize("name, overrides, passing", [
+    ("head_tuning", ["trials=6", "repr_dim=300", "snrs=[0.25,1.0]"],
+     {"head-tuning risk peaks at p = n (double descent in model complexity)"}),
+    ("samplewise_linear", ["trials=12", "d=40"],
+     {"more data hurts: the test MSE at n = d exceeds that at n = d/2", "sample-wise test MSE peaks at n = d"}),
+])
+def test_study_runs_records_claims_and_reports(home, tmp_path, name, overrides, passing):
+    study = STUDIES.get(name)
+    cfg = study.load_config(None, None, overrides)
+    store = Store()
+    result, run_id = study.run(cfg, store, progress=False)
+    assert result.ok
+    rows = store.run_dir(name, run_id) / "evals.jsonl"
+    verdicts = {}
+    import json
+
+    for line in rows.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("record") == "claim":
+            verdicts[r["claim"]] = r["verdict"]
+    assert passing <= {c for c, v in verdicts.items() if v == "PASS"}, verdicts
+    manifest = store.manifest(name, run_id)
+    assert manifest["info"]["claims_total"] == len(verdicts)
+    html = build_report(tmp_path / "rep", name, store).read_text()
+    assert "claims pass" in html
+    again, _ = study.run(cfg, store, progress=False)
+    assert len(again.skipped) == 1 and not again.done

@@ -36,3 +36,18 @@ def test_study_runs_records_claims_and_reports(home, tmp_path, name, overrides, 
     assert "claims pass" in html
     again, _ = study.run(cfg, store, progress=False)
     assert len(again.skipped) == 1 and not again.done
+
+
+def test_optimization_study_claims_on_a_reduced_config(home):
+    study = STUDIES.get("dd_optimization")
+    cfg = study.load_config(None, None, ["seeds=[0]", "steps=[1e2,1e4,1e6]"])
+    cfg = cfg.model_copy(update={"settings": cfg.settings[:4]})
+    store = Store()
+    result, run_id = study.run(cfg, store, progress=False)
+    assert result.ok
+    import json
+
+    rows = [json.loads(x) for x in (store.run_dir("dd_optimization", run_id) / "evals.jsonl").read_text().splitlines()]
+    claims = {r["claim"]: r["verdict"] for r in rows if r["record"] == "claim"}
+    assert sum(v == "PASS" for v in claims.values()) >= 4, claims
+    assert {r["setting"] for r in rows if r["record"] == "setting"} >= {s.name for s in cfg.settings}

@@ -51,3 +51,17 @@ def test_optimization_study_claims_on_a_reduced_config(home):
     claims = {r["claim"]: r["verdict"] for r in rows if r["record"] == "claim"}
     assert sum(v == "PASS" for v in claims.values()) >= 4, claims
     assert {r["setting"] for r in rows if r["record"] == "setting"} >= {s.name for s in cfg.settings}
+
+
+def test_mlp_study_runs_both_parts_and_reports(home, tmp_path):
+    study = STUDIES.get("mlp_double_descent")
+    cfg = study.load_config(None, None, [
+        "modelwise.widths=[4,16,64]", "modelwise.steps=200", "modelwise.seeds=[0]", "modelwise.eval_every=100",
+        "epochwise.widths=[64]", "epochwise.steps=200", "epochwise.eval_every=50"])
+    store = Store()
+    result, run_id = study.run(cfg, store, progress=False)
+    assert result.ok
+    info = store.manifest("mlp_double_descent", run_id)["info"]
+    assert info["claims_total"] == 5 and info["modelwise_wall_s"] > 0
+    html = build_report(tmp_path / "rep", "mlp_double_descent", store).read_text()
+    assert "Two-layer networks on digits" in html and (tmp_path / "rep" / "mlp_epochwise.png").is_file()

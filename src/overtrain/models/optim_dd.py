@@ -813,7 +813,8 @@ def _run(cfg: OptimizationDDConfig, progress: Callable[[int, int], None] | None)
         fit = train_readouts(F, draws.Y, widths, st, F_test=Ft, Y_test=draws.Y_test, init=init,
                              order_seed=cfg.seeds[0], s_max=smax * scales, dtype=dtype)
         spec = {"optimizer": st.optimizer, "lr": st.lr, "lr_units": st.lr_units, "momentum": st.momentum,
-                "batch_size": st.batch_size, "epochs": st.epochs, "steps": st.steps(n),
+                # the batch as a number ("full" = n): a text value would turn the store-wide column to text
+                "batch_size": st.batch(n), "epochs": st.epochs, "steps": st.steps(n),
                 "init_scale": st.init_scale, "normalization": st.normalization}
         settings.append(SettingCurves(st.label(), "torch", spec, fit.train_loss, fit.test_loss, fit.norm,
                                       smax / smin, time.perf_counter() - ts))

@@ -1,0 +1,99 @@
+"""Two-layer networks on digits (Nakkiran et al. 2020, Belkin et al. 2019; science.md §7 tiny
+reproductions 3 and 4): width-wise and epoch-wise double descent with label noise.
+
+The numerics are `overtrain.models.mlp` (all widths and seeds of a sweep trained at once, exactly as if
+separately); this module makes them a study: one run holding the model-wise sweep (widths 2 … 256,
+trained to interpolation) and the epoch-wise run (one wide network, test error every 50 steps), their
+claims and the report.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from overtrain.config import BaseConfig
+from overtrain.models.mlp import MLPEpochwiseConfig, MLPSweepConfig, run_mlp_sweep
+from overtrain.studies.single_run import SingleRunStudy, claims_table, register
+
+
+class MLPDoubleDescentConfig(BaseConfig):
+    """The two-layer-network double-descent study (``overtrain mlp-double-descent``)."""
+
+    schema_version: int = 1
+    """Config schema version."""
+
+    modelwise: MLPSweepConfig | None = Field(default_factory=MLPSweepConfig)
+    """The width sweep (None: skip)."""
+
+    epochwise: MLPEpochwiseConfig | None = Field(default_factory=MLPEpochwiseConfig)
+    """The wide network trained for many steps (None: skip)."""
+
+
+def compute(cfg: MLPDoubleDescentConfig, progress=lambda done, total: None) -> tuple[list[dict], dict]:
+    parts = [(name, sub) for name, sub in (("modelwise", cfg.modelwise), ("epochwise", cfg.epochwise)) if sub]
+    rows, claims, info = [], [], {}
+    for i, (name, sub) in enumerate(parts):
+        result = run_mlp_sweep(sub, progress=lambda done, total, i=i: progress(i * total + done, len(parts) * total))
+        rows += [{"record": "curve", "study": name, **r} for r in result.rows()]
+        claims += result.claims()
+        info[f"{name}_wall_s"] = result.wall_s
+    return rows + [c.row() for c in claims], {"wall_s": sum(info.values()), **info}
+
+
+def _final(rows, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over seeds of `key` at each width's last step (model-wise rows)."""
+    last = max(r["step"] for r in rows)
+    by: dict[int, list[float]] = {}
+    for r in rows:
+        if r["step"] == last:
+            by.setdefault(r["n_params"], []).append(r[key])
+    x = np.array(sorted(by))
+    return x, np.array([np.mean(by[v]) for v in x])
+
+
+def report(store, cfg: MLPDoubleDescentConfig, rows: list[dict], run_id: str) -> list:
+    from overtrain.report.html import Figure, Section
+    from overtrain.report.plots import label, new_figure
+
+    figs = []
+    mw = [r for r in rows if r.get("record") == "curve" and r["study"] == "modelwise"]
+    if mw:
+        fig, axes = new_figure(2, width=5.0, height=3.6)
+        n, k = cfg.modelwise.data.n_train, 10
+        for key, name in (("test_error", "test error (clean labels)"), ("train_error", "train error (noisy labels)")):
+            x, y = _final(mw, key)
+            axes[0].plot(x, y, marker="o", ms=3, label=name)
+        x, y = _final(mw, "train_loss")
+        axes[1].plot(x, y, marker="o", ms=3, color="C2", label="train loss")
+        x, y = _final(mw, "test_loss")
+        axes[1].plot(x, y, marker="o", ms=3, color="C3", label="test loss")
+        for ax in axes:
+            ax.axvline(n * k, color="grey", ls=":", lw=1)
+            ax.set_xscale("log")
+            ax.legend(fontsize=7)
+        axes[1].set_yscale("log")
+        label(axes[0], "parameters (log; dotted: n·k)", "error", f"width-wise, {cfg.modelwise.steps} Adam steps")
+        label(axes[1], "parameters (log; dotted: n·k)", f"{cfg.modelwise.loss} loss", "losses at the last step")
+        figs.append(Figure("mlp_modelwise", fig, f"Two-layer nets on digits, n = {n}, "
+                           f"{cfg.modelwise.data.label_noise:.0%} label noise, mean over {len(cfg.modelwise.seeds)} "
+                           "seeds."))
+    ew = [r for r in rows if r.get("record") == "curve" and r["study"] == "epochwise"]
+    if ew:
+        fig, (ax,) = new_figure(1, width=6.0, height=3.6)
+        steps = sorted({r["step"] for r in ew})
+        for key, name in (("test_error", "test error"), ("train_error", "train error (noisy labels)"),
+                          ("memorised", "corrupted labels memorised")):
+            ax.plot(steps, [np.mean([r[key] for r in ew if r["step"] == s]) for s in steps], label=name)
+        ax.set_xscale("symlog", linthresh=100)
+        label(ax, "Adam steps (symlog)", "fraction", f"epoch-wise, width {max(cfg.epochwise.widths)}")
+        ax.legend(fontsize=7)
+        figs.append(Figure("mlp_epochwise", fig, "One wide network over training."))
+    table, passed = claims_table(rows, "Claims of Nakkiran et al. 2020 / Belkin et al. 2019 (two-layer nets)")
+    text = [f"{passed} Run <code>{run_id}</code>. Full-batch Adam, no weight decay; test labels are clean."]
+    return [Section("Two-layer networks on digits", text=text, figures=figs, tables=[table])]
+
+
+STUDY = register(SingleRunStudy(
+    name="mlp_double_descent", config_cls=MLPDoubleDescentConfig, compute=compute, report_fn=report,
+    presets=("default",), help="two-layer networks on digits: width-wise and epoch-wise double descent"))

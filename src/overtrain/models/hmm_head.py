@@ -42,10 +42,9 @@ is degenerate (best p < n/2 within 5% of p = 1) only at low SNR: min_{p<n/2} / r
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,22 +54,10 @@ from pydantic import Field, field_validator, model_validator
 from overtrain.analysis.claims import Claim, check
 from overtrain.config import BaseConfig, NotInId
 from overtrain.seed import numpy_rng
+from overtrain.threads import blas_threads
 
 PAPER_SNR = 1.0
 """The signal multiplier s of the paper's setting (science.md §4)."""
-
-
-@contextlib.contextmanager
-def blas_threads(threads: int) -> Iterator[None]:
-    """Limit numpy's BLAS to `threads` threads inside the block (no-op without threadpoolctl, which comes
-    with scikit-learn)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    with threadpool_limits(limits=threads, user_api="blas"):
-        yield
 
 
 def dense_grid(lo: int, hi: int, center: int, points: int = 30) -> list[int]:

@@ -59,10 +59,9 @@ two grid neighbours); (4) across every setting (closed form and torch), Spearman
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -77,6 +76,7 @@ from overtrain.data.regression import RegressionData, RegressionDataConfig, Teac
 from overtrain.errors import ConfigError
 from overtrain.models.random_features import FeatureConfig, fits, random_features, sweep_widths
 from overtrain.seed import numpy_rng, torch_generator
+from overtrain.threads import blas_threads
 
 Normalization = Literal["none", "standardize", "sqrt_p"]
 
@@ -702,19 +702,6 @@ def _describe(row: dict[str, Any]) -> str:
 
 
 # --- the experiment ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def blas_threads(threads: int) -> Iterator[None]:
-    """Limit numpy's BLAS to `threads` threads inside the block (no-op without threadpoolctl, which comes
-    with scikit-learn)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    with threadpool_limits(limits=threads, user_api="blas"):
-        yield
 
 
 @dataclass

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+)
 
 from overtrain.errors import ConfigError, UnknownNameError
 
@@ -49,6 +57,16 @@ def InIdWhenSet(**kwargs: Any) -> Any:
     """An optional `Field` (default None) that enters the run id only when set: adding such a field to a
     config leaves the ids of existing runs unchanged."""
     return Field(None, json_schema_extra={"identity": "when_set"}, **kwargs)
+
+
+def _unique_seeds(value: list[int]) -> list[int]:
+    if not value or len(set(value)) != len(value):
+        raise ValueError("give at least one seed, each once")
+    return value
+
+
+Seeds = Annotated[list[int], AfterValidator(_unique_seeds)]
+"""A list of seeds: at least one, none repeated (each seed is one independent replicate)."""
 
 
 # --- token counts -------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ from pydantic import Field, field_validator, model_validator
 
 from overtrain.analysis.claims import Claim, check
 from overtrain.analysis.stats import spearman, spearman_ci
-from overtrain.config import BaseConfig, NotInId, to_plain
+from overtrain.config import BaseConfig, NotInId, Seeds, to_plain
 from overtrain.data.regression import RegressionData, RegressionDataConfig, TeacherConfig
 from overtrain.errors import ConfigError
 from overtrain.models.random_features import FeatureConfig, fits, random_features, sweep_widths
@@ -205,7 +205,7 @@ class OptimizationDDConfig(BaseConfig):
     width_ratios: list[float] = Field(default_factory=lambda: list(DEFAULT_RATIOS))
     """Widths as P/n, rounded to integers (1.0, the interpolation threshold, is always added)."""
 
-    seeds: list[int] = [0, 1, 2]
+    seeds: Seeds = [0, 1, 2]
     """Seeds: each redraws the data sample, the features and the readout init. The mini-batch order is
     drawn once (from the first seed) and shared by every seed and width."""
 
@@ -238,13 +238,6 @@ class OptimizationDDConfig(BaseConfig):
         if any(not (r > 0 and math.isfinite(r)) for r in value):
             raise ValueError("width ratios P/n must be positive and finite")
         return sorted(set(value) | {1.0})
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, value: list[int]) -> list[int]:
-        if not value or len(set(value)) != len(value):
-            raise ValueError("give at least one seed, each once")
-        return value
 
     @field_validator("steps")
     @classmethod

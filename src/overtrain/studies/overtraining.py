@@ -25,7 +25,16 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from overtrain.config import BaseConfig, Registered, build_config, config_hash, identity, to_plain, validate
+from overtrain.config import (
+    BaseConfig,
+    Registered,
+    Seeds,
+    build_config,
+    config_hash,
+    identity,
+    to_plain,
+    validate,
+)
 from overtrain.models.linear import LinearTheoryConfig
 from overtrain.paths import repo_root
 from overtrain.probes.noise import NoiseSensitivityConfig
@@ -96,7 +105,7 @@ class OvertrainingConfig(BaseConfig):
     pretrain: PretrainConfig = PretrainConfig()
     """The pre-training run of every seed (its ``seed`` is replaced by each of `seeds`)."""
 
-    seeds: list[int] = [0, 1]
+    seeds: Seeds = [0, 1]
     """Model seeds: one pre-training run each; T* confidence intervals resample them."""
 
     finetune: FinetuneGridConfig = FinetuneGridConfig()
@@ -117,13 +126,6 @@ class OvertrainingConfig(BaseConfig):
     min_rise: float = Field(0.005, ge=0)
     """Relative rise (final / minimum − 1) below which a curve does not count as rising: 0.5% is about
     0.02 nats at these losses, the noise level science.md reports between single runs."""
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, value: list[int]) -> list[int]:
-        if not value or len(set(value)) != len(value):
-            raise ValueError("give at least one seed, each once")
-        return value
 
 
 # --- expansion into runs -----------------------------------------------------------------------------

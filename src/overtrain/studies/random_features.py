@@ -2,7 +2,7 @@
 
 For every dataset, feature map and seed, one draw of ``P_max`` random features is fitted at every
 width ``P = ratio·n`` of the grid by minimum-norm least squares, ridge and finite-step GD
-(`overtrain.models.random_features`: one spectral decomposition per width serves every fit). The
+(`overtrain.models.random_features`: one eigendecomposition per width serves every fit). The
 claims (science.md §7, §8):
 
 - the test squared loss, the 0-1 test error (classification data), the condition number κ(F) and the

@@ -24,7 +24,7 @@ so one decomposition per width serves every ridge value and every T (`_spectral_
 the smaller Gram matrix: ``FᵀF = V S² Vᵀ`` (P x P) below the interpolation threshold, ``F Fᵀ = U S² Uᵀ``
 (n x n) above it, the latter accumulated across widths (``F_P F_Pᵀ = F_{P'} F_{P'}ᵀ + Σ_{P'<j≤P} f_j f_jᵀ``),
 so the whole sweep touches every feature column once. Min-norm and ridge alone need no spectrum: one QR
-or Cholesky below the threshold serves every prefix and one Cholesky per width above it, ~6x cheaper than
+or Cholesky below the threshold serves every prefix and one Cholesky per width above it, ~5x cheaper than
 an eigendecomposition per width (`_factor_sweep`). The Gram squares the condition number; where
 s_r/s_1 < 1e-6 (near P = n) the width falls back to a direct SVD of ``F_P`` so min-norm stays exact.
 

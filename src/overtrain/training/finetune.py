@@ -161,6 +161,7 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     tc = cfg.train
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, 1e-8)
+    rule = cfg.method.step_rule(model, optimizer, cfg.seed)
     lr = _lr_schedule(tc)
     offset = cfg.seed << 32  # each seed reads its own stretch of the task's training stream
 
@@ -174,12 +175,12 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
     step, after = 0, {}
     for event in sorted(events):
         stats = train_segment(model, optimizer, batch_at, lr, step, event, grad_clip=tc.grad_clip or None,
-                              autocast_dtype=autocast, device=device)
+                              autocast_dtype=autocast, device=device, step_rule=rule)
         if not math.isfinite(stats.mean_loss):
             raise RunFailed(f"fine-tuning loss became {stats.mean_loss} between steps {step} and {event}")
         step = event
         record = {"step": step, "tokens_seen": step * tokens_per_step, "train/loss": stats.mean_loss,
-                  "train/lr": stats.lr, "train/grad_norm": stats.grad_norm}
+                  "train/lr": stats.lr, "train/grad_norm": stats.grad_norm, **rule.stats()}
         if step == tc.steps or (tc.eval_every and step % tc.eval_every == 0):
             after = evaluate(model)  # the last one is the run's final evaluation
             record.update(after)

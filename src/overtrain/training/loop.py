@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from overtrain.training.schedules import LR
+from overtrain.training.step_rules import StepRule
 
 Batches = Callable[[int], torch.Tensor]
 
@@ -68,10 +69,12 @@ def train_segment(
     grad_clip: float | None = 1.0,
     autocast_dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
+    step_rule: StepRule | None = None,
 ) -> SegmentStats:
     """Take steps ``start .. stop-1``: step ``s`` trains on ``batch_at(s)`` at rate ``lr_at(s)``.
 
-    The loss is the mean next-token cross-entropy (nats) of the causal LM on the batch.
+    The loss is the mean next-token cross-entropy (nats) of the causal LM on the batch; `step_rule`
+    turns it into gradients (default: one forward, one backward; `overtrain.training.step_rules`).
     """
     device = torch.device(device)
     model.train()
@@ -79,16 +82,21 @@ def train_segment(
     loss_sum = torch.zeros((), device=device)
     grad_norm = torch.zeros((), device=device)
     lr = float("nan")
+    rule = step_rule or StepRule(model)
     for step in range(start, stop):
         lr = lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         x = batch_at(step).to(device, non_blocking=True)
-        # One autocast context per step: autocast caches its low-precision copies of the weights until
-        # the context exits, so a context spanning optimizer steps would keep using stale weights.
-        with autocast_context(device, autocast_dtype):
-            loss = model(input_ids=x, labels=x, use_cache=False).loss
-        loss.backward()
+
+        def loss_fn(x=x):
+            # One autocast context per forward pass: autocast caches its low-precision copies of the
+            # weights until the context exits, so a context spanning steps (or the perturbed and
+            # unperturbed passes of a step rule) would keep using stale weights.
+            with autocast_context(device, autocast_dtype):
+                return model(input_ids=x, labels=x, use_cache=False).loss
+
+        loss = rule.forward_backward(loss_fn)
         if grad_clip:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
         optimizer.step()

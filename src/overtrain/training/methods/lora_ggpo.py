@@ -1,0 +1,138 @@
+"""LoRA-GGPO (Chang et al. 2025, arXiv 2502.14538 v1): LoRA trained at randomly perturbed merged weights,
+the noise scaled row by row by the merged weight's norm and its gradient's norm (science.md §2).
+
+Each training step draws, for every adapted layer, ε (d_out x d_in) with independent rows
+``ε_i ~ N(0, v_i I)``, adds it to the frozen W — so the forward pass sees ``W' + ε`` with
+``W' = W + s·B A`` — runs forward and backward there, and restores W bit for bit
+(`overtrain.probes.perturb.perturbed`). The noise is fresh every step, shared by the batch, and never
+enters the optimizer state. Per-row law:
+
+- ``std_form="paper"`` (default; Eq. 6–8 as a third-party trainer implements them):
+  ``v_i = (σ²/d)·(‖W'_i‖² + β‖∇_{W'_i}L‖²)``; β = 0 is Flat-LoRA (`flat_lora`) exactly;
+- ``std_form="kohya"`` (kohya-ss/sd-scripts): ``std_i = (σ‖W'_i‖ + β‖∇_{W'_i}L‖²)/√d`` — with the exact
+  merged row norm, where kohya approximates ‖W'_i‖² by w̄² + ‖(sBA)_i‖² (w̄ the mean row norm of W);
+
+with ``d = d_in`` (``norm_dim="in"``, the row length; default) or ``d_out`` (``"out"``, kohya's).
+
+**The gradient term** is the previous step's gradient w.r.t. the merged weight, taken at its perturbed
+point: on the steps that refresh it, the base weight requires grad during the backward pass (one extra
+weight-gradient product per adapted layer) and its row norms are kept, the gradient itself dropped. The
+first step uses 0. ``grad_every = k`` refreshes it every k-th step and reuses it in between (kohya's
+mitigation for its cost). Units: ``v_i`` in weight units², ``‖∇W'_i‖`` in nats (mean token loss) per
+weight unit, so β is not dimensionless (science.md §2 finding 3): with β = 0.01 the gradient term is
+typically a vanishing share of the variance. The logged ``ggpo/grad_share`` — the mean over rows of the
+gradient term's share of ``v_i`` (paper form) or of ``std_i`` (kohya form) — says how much it carries.
+
+Logged per training-loss record: ``noise/row_std`` (mean per-row std over every adapted row, weight
+units) and, with β > 0, ``ggpo/grad_share``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from overtrain.probes.perturb import perturbed
+from overtrain.registry import FINETUNE_METHODS
+from overtrain.seed import derive_seed
+from overtrain.training.methods.lora import LoraFinetune
+from overtrain.training.step_rules import LoraView, StepRule, lora_layers
+
+
+@FINETUNE_METHODS.register("lora_ggpo")
+class LoraGgpoFinetune(LoraFinetune):
+    """LoRA-GGPO: LoRA at merged weights perturbed by row-wise noise scaled by weight and gradient norms."""
+
+    name: Literal["lora_ggpo"] = "lora_ggpo"
+
+    sigma: float = Field(0.05, ge=0)
+    """σ: noise scale relative to the row norm (paper form: std_i = σ·‖W'_i‖/√d when β = 0)."""
+
+    beta: float = Field(0.01, ge=0)
+    """β: weight of the squared gradient row norm (0: Flat-LoRA)."""
+
+    std_form: Literal["paper", "kohya"] = "paper"
+    """``paper``: variance (σ²/d)(‖W'_i‖² + β‖∇_i‖²); ``kohya``: std (σ‖W'_i‖ + β‖∇_i‖²)/√d."""
+
+    norm_dim: Literal["in", "out"] = "in"
+    """d in the law: the row length d_in (paper) or d_out (kohya)."""
+
+    grad_every: int = Field(1, gt=0)
+    """Refresh the gradient row norms every this many steps (1: every step, the paper's rule)."""
+
+    def step_rule(self, model, optimizer, seed: int = 0):
+        return RowNoise(model, sigma=self.sigma, beta=self.beta, std_form=self.std_form,
+                        norm_dim=self.norm_dim, grad_every=self.grad_every, seed=seed)
+
+
+class RowNoise(StepRule):
+    """Row-wise Gaussian noise on the merged weight of every LoRA layer (module docstring)."""
+
+    def __init__(self, model, *, sigma: float, beta: float = 0.0, std_form: str = "paper", norm_dim: str = "in",
+                 grad_every: int = 1, seed: int = 0):
+        super().__init__(model)
+        self.layers = lora_layers(model)
+        self.sigma, self.beta, self.std_form, self.norm_dim, self.grad_every = sigma, beta, std_form, norm_dim, grad_every
+        self.grad_sq: dict[str, torch.Tensor] = {}
+        """‖∇_{W'_i} L‖² per row from the last refresh, by base weight name."""
+        device = self.layers[0].base.weight.device
+        self.generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "lora-row-noise"))
+        self.steps = 0
+        self.last_noise: dict[str, torch.Tensor] = {}
+        """The noise of the last perturbed step, by base weight name (for inspection and tests)."""
+
+    def row_std(self, layer: LoraView) -> tuple[torch.Tensor, torch.Tensor]:
+        """(std_i, the gradient term's share) for every row of `layer`, float32."""
+        w_sq = layer.merged().float().pow(2).sum(1)
+        g_sq = self.grad_sq.get(layer.weight_name)
+        g_sq = torch.zeros_like(w_sq) if g_sq is None else g_sq
+        d = layer.base.in_features if self.norm_dim == "in" else layer.base.out_features
+        if self.std_form == "paper":
+            var = w_sq + self.beta * g_sq
+            return self.sigma * (var / d).sqrt(), self.beta * g_sq / var.clamp_min(1e-30)
+        weight_term, grad_term = self.sigma * w_sq.sqrt(), self.beta * g_sq
+        return (weight_term + grad_term) / math.sqrt(d), grad_term / (weight_term + grad_term).clamp_min(1e-30)
+
+    def sample(self) -> dict[str, torch.Tensor]:
+        """One draw of ε for every adapted layer (base weight name -> d_out x d_in), recording its stats."""
+        noise, stds, shares = {}, [], []
+        for layer in self.layers:
+            std, share = self.row_std(layer)
+            W = layer.base.weight
+            eps = torch.randn(W.shape, generator=self.generator, device=W.device, dtype=W.dtype)
+            noise[layer.weight_name] = eps.mul_(std.to(W.dtype)[:, None])
+            stds.append(std)
+            shares.append(share)
+        self.record(**{"noise/row_std": torch.cat(stds).mean()})
+        if self.beta > 0:
+            self.record(**{"ggpo/grad_share": torch.cat(shares).mean()})
+        return noise
+
+    def forward_backward(self, loss_fn):
+        if not self.perturbing():
+            return super().forward_backward(loss_fn)
+        refresh = self.beta > 0 and self.steps % self.grad_every == 0
+        self.last_noise = noise = self.sample()
+        bases = [layer.base.weight for layer in self.layers]
+        with perturbed(self.model, noise):
+            try:
+                if refresh:
+                    for w in bases:
+                        w.requires_grad_(True)
+                loss = loss_fn()
+                loss.backward()
+                if refresh:
+                    for layer in self.layers:
+                        g = layer.base.weight.grad
+                        if g is not None:
+                            self.grad_sq[layer.weight_name] = g.detach().float().pow(2).sum(1)
+            finally:
+                if refresh:
+                    for w in bases:
+                        w.grad = None
+                        w.requires_grad_(False)
+        self.steps += 1
+        return loss.detach()

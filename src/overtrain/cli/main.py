@@ -164,6 +164,8 @@ SINGLE_RUN_STUDIES = {
     "samplewise-linear": "Sample-wise double descent of linear regression: more data hurts near n = d.",
     "head-tuning": "Head tuning on HMM representations (Luo et al. 2024): risk vs head width p, peak at p = n, "
                    "degenerate first descent.",
+    "lora-dd": "LoRA double descent and its cures (Chang et al. 2025): rank sweep of LoRA, Flat-LoRA, LoRA-GGPO, "
+               "LoRA-MGPO and SAM on a frozen digits MLP.",
 }
 """CLI commands of the single-run studies (`overtrain.studies.single_run`) and their help."""
 

@@ -1,0 +1,219 @@
+"""LoRA on a frozen pre-trained MLP: the rank-wise sweep of the lora-dd study, part (a) (science.md §2,
+"Tiny reproduction — measured").
+
+**Base.** A 64-H-H-10 GELU MLP (H = `hidden`) pre-trained by full-batch Adam on scikit-learn's digits of
+classes 0–4 (cross-entropy, to ~100% training accuracy), then frozen, head included.
+
+**Task B.** Digits of classes 5–9 relabelled 0–4: `n_train` training examples with a fraction
+`label_noise` of labels replaced by another class (drawn once), the rest of classes 5–9 as a clean test
+set. The model reads its first 5 outputs; the loss is the mean squared error against one-hot targets
+(science.md §2 finding 5: with cross-entropy the noise sharpness falls to ~0 once the data are fitted).
+Inputs are standardised with task B's training statistics.
+
+**Adaptation.** For each (method, rank r, seed): LoRA through PEFT on both hidden layers (α = r, so
+s = 1; r·(64 + 2H + H)... precisely ``r·(64 + H) + r·(H + H)`` trainable parameters), the method's step rule
+(`overtrain.training.step_rules`), Adam at `lr`, full batch, `steps` steps, no weight decay. The
+interpolation threshold in parameters is n·5 (one equation per training example and output):
+``r* = 5n / (64 + 3H)``.
+
+**Per cell**: the training loss every `curve_every` steps; at the end, train/test loss (MSE summed over
+the 5 outputs, mean over examples), test accuracy, the row-noise sharpness
+(`overtrain.probes.lora_sharpness.row_noise_sharpness`, ρ = `sharpness_rho`, on the training loss)
+and the top Hessian eigenvalue of the training loss over the LoRA factors.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from overtrain.config import BaseConfig, Registered, Seeds
+from overtrain.data.regression import _digits
+from overtrain.registry import FINETUNE_METHODS
+from overtrain.seed import derive_seed, numpy_rng
+
+INPUT_DIM, CLASSES = 64, 5
+
+
+def _default_methods():
+    get = FINETUNE_METHODS.get
+    return [get("lora")(), get("flat_lora")(sigma=0.05), get("lora_ggpo")(sigma=0.05, beta=0.01)]
+
+
+class LoraMlpConfig(BaseConfig):
+    """The rank-wise LoRA sweep on a frozen digits MLP (part (a) of ``overtrain lora-dd``)."""
+
+    hidden: int = Field(256, ge=4)
+    """Width H of the two hidden layers of the base MLP."""
+
+    pretrain_steps: int = Field(400, ge=1)
+    """Full-batch Adam steps (lr 1e-3) pre-training the base on classes 0–4."""
+
+    n_train: int = Field(256, ge=10, le=700)
+    """Task-B training examples (classes 5–9); the other examples of those classes are the test set."""
+
+    label_noise: float = Field(0.2, ge=0, lt=1)
+    """Fraction of task-B training labels replaced by another class."""
+
+    ranks: list[int] = [1, 2, 4, 8, 16, 32, 64]
+    """LoRA ranks r (α = r)."""
+
+    methods: list[Registered(FINETUNE_METHODS)] = Field(default_factory=_default_methods)
+    """Fine-tuning methods with their settings; their rank, alpha and target modules are set per cell."""
+
+    seeds: Seeds = [0, 1, 2]
+    """Seeds of the adapter initialisation and the methods' noise (the base and the data are fixed)."""
+
+    steps: int = Field(1000, ge=1)
+    """Full-batch Adam steps per cell."""
+
+    lr: float = Field(1e-2, gt=0)
+    """Adam learning rate (science.md §2: the rank-wise peak needs a high one)."""
+
+    curve_every: int = Field(25, ge=1)
+    """Steps between training-loss records."""
+
+    sharpness_rho: float = Field(0.05, ge=0)
+    """ρ of the row-noise sharpness proxy."""
+
+    sharpness_draws: int = Field(20, ge=1)
+    """Noise draws of the sharpness proxy."""
+
+    hessian_iterations: int = Field(20, ge=1)
+    """Lanczos steps for the top Hessian eigenvalue (0 would skip it)."""
+
+    data_seed: int = 0
+    """Seed of the base's initialisation and of the task-B split and label noise."""
+
+    @field_validator("ranks")
+    @classmethod
+    def _ranks(cls, ranks: list[int]) -> list[int]:
+        if not ranks or any(r < 1 for r in ranks):
+            raise ValueError("ranks must be a non-empty list of positive integers")
+        return sorted(set(ranks))
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: list) -> list:
+        names = [m.name for m in methods]
+        if not methods or len(set(names)) != len(names):
+            raise ValueError(f"methods must be a non-empty list without repeats, got {names}")
+        if "full" in names:
+            raise ValueError("methods: 'full' is not a LoRA method")
+        return methods
+
+    def threshold_rank(self) -> float:
+        """r* = 5n / (64 + 3H): the rank whose trainable parameters equal the training equations."""
+        return CLASSES * self.n_train / (INPUT_DIM + 3 * self.hidden)
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(a, dtype=torch.float32)
+
+
+def task_data(cfg: LoraMlpConfig) -> dict[str, torch.Tensor]:
+    """Pre-training data (classes 0–4) and task B (classes 5–9 → 0–4, noisy train, clean test)."""
+    X, y = _digits()
+    pre = y < 5
+    Xp, yp = X[pre], y[pre]
+    Xb, yb = X[~pre], y[~pre] - 5
+    order = numpy_rng("lora-mlp-split", cfg.data_seed).permutation(len(yb))
+    tr, te = order[: cfg.n_train], order[cfg.n_train:]
+    labels = yb[tr].copy()
+    rng = numpy_rng("lora-mlp-noise", cfg.data_seed)
+    flip = rng.random(len(labels)) < cfg.label_noise
+    labels[flip] = (labels[flip] + rng.integers(1, CLASSES, flip.sum())) % CLASSES
+    mean_p, std_p = Xp.mean(0), Xp.std(0) + 1e-6
+    mean_b, std_b = Xb[tr].mean(0), Xb[tr].std(0) + 1e-6
+    eye = np.eye(CLASSES)
+    return {"pre_x": _tensor((Xp - mean_p) / std_p), "pre_y": torch.as_tensor(yp),
+            "x": _tensor((Xb[tr] - mean_b) / std_b), "y": _tensor(eye[labels]), "labels": torch.as_tensor(labels),
+            "x_test": _tensor((Xb[te] - mean_b) / std_b), "y_test": _tensor(eye[yb[te]]),
+            "labels_test": torch.as_tensor(yb[te]), "noisy": torch.as_tensor(flip)}
+
+
+def pretrain_base(cfg: LoraMlpConfig, data: dict[str, torch.Tensor]) -> tuple[nn.Module, float]:
+    """The frozen base MLP and its training accuracy on classes 0–4."""
+    torch.manual_seed(derive_seed(cfg.data_seed, "lora-mlp-base"))
+    H = cfg.hidden
+    model = nn.Sequential(nn.Linear(INPUT_DIM, H), nn.GELU(), nn.Linear(H, H), nn.GELU(), nn.Linear(H, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(cfg.pretrain_steps):
+        loss = nn.functional.cross_entropy(model(data["pre_x"]), data["pre_y"])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        acc = float((model(data["pre_x"]).argmax(1) == data["pre_y"]).float().mean())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, acc
+
+
+def _mse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Squared error summed over the 5 task outputs, mean over examples."""
+    return (model(x)[:, :CLASSES] - y).pow(2).sum(1).mean()
+
+
+def adapt(cfg: LoraMlpConfig, base: nn.Module, data: dict[str, torch.Tensor], method, rank: int,
+          seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Fine-tune one (method, rank, seed) cell; returns its final row and its training-loss curve."""
+    from overtrain.probes.lora_sharpness import lora_hessian_top, row_noise_sharpness
+
+    torch.manual_seed(derive_seed(seed, "lora-mlp-adapter", rank))
+    method = method.model_copy(update={"rank": rank, "alpha": float(rank), "target_modules": ["0", "2"]})
+    model = method.apply(copy.deepcopy(base))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    rule = method.step_rule(model, optimizer, derive_seed(seed, "lora-mlp-noise", rank))
+    x, y = data["x"], data["y"]
+    curve, started = [], time.perf_counter()
+    model.train()
+    for step in range(1, cfg.steps + 1):
+        loss = rule.forward_backward(lambda: _mse(model, x, y))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % cfg.curve_every == 0 or step == 1:
+            curve.append({"step": step, "train_loss": float(loss), **rule.stats()})
+    seconds = time.perf_counter() - started
+    model.eval()
+    with torch.no_grad():
+        train_loss = float(_mse(model, x, y))
+        test_out = model(data["x_test"])[:, :CLASSES]
+        test_loss = float((test_out - data["y_test"]).pow(2).sum(1).mean())
+        test_acc = float((test_out.argmax(1) == data["labels_test"]).float().mean())
+        train_acc = float((model(x)[:, :CLASSES].argmax(1) == data["labels"]).float().mean())
+    # common random numbers: the same noise seed for every cell
+    sharp = row_noise_sharpness(model, lambda: _mse(model, x, y), cfg.sharpness_rho, cfg.sharpness_draws,
+                                seed=derive_seed(cfg.data_seed, "lora-mlp-sharpness"))
+    hess = lora_hessian_top(model, lambda: _mse(model, x, y), cfg.hessian_iterations, seed=seed)
+    row = {"method": method.name, "rank": rank, "seed": seed, "trainable_params": sum(p.numel() for p in params),
+           "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
+           "sharpness": sharp.mean, "sharpness_se": sharp.stderr, "hessian_top": hess, "train_seconds": seconds}
+    return row, curve
+
+
+def run_lora_mlp(cfg: LoraMlpConfig, progress: Callable[[int, int], None] = lambda d, t: None) -> tuple[list[dict], dict]:
+    """Every cell of the sweep: rows ``record='cell'`` and ``record='train_curve'``, and run info."""
+    started = time.perf_counter()
+    data = task_data(cfg)
+    base, base_acc = pretrain_base(cfg, data)
+    cells = [(m, r, s) for m in cfg.methods for r in cfg.ranks for s in cfg.seeds]
+    rows = []
+    for i, (method, rank, seed) in enumerate(cells):
+        row, curve = adapt(cfg, base, data, method, rank, seed)
+        rows.append({"record": "cell", "task": "mlp", **row})
+        rows += [{"record": "train_curve", "task": "mlp", "method": method.name, "rank": rank, "seed": seed, **c}
+                 for c in curve]
+        progress(i + 1, len(cells))
+    info = {"mlp_wall_s": time.perf_counter() - started, "mlp_base_train_acc": base_acc,
+            "mlp_n_train": int(len(data["y"])), "mlp_n_test": int(len(data["y_test"])),
+            "mlp_noisy_labels": int(data["noisy"].sum()), "mlp_threshold_rank": cfg.threshold_rank()}
+    return rows, info

@@ -1,0 +1,81 @@
+"""Sharpness of a LoRA fine-tune, for any loss closure (an MLP's MSE, an LM's cross-entropy).
+
+- **Row-noise sharpness** (science.md §2, tiny reproduction): ``S = E_ε[L(W' + ε)] − L(W')`` with
+  ``W' = W + s·B A`` of every adapted layer and independent rows ``ε_i ~ N(0, (ρ²/d_in)·‖W'_i‖² I)`` —
+  Flat-LoRA's law, so the proxy measures what Flat-LoRA and GGPO train against. Mean over `draws` draws,
+  with its standard error; units of the loss (nats for cross-entropy, squared target units for MSE).
+  Draw k is the same for every model with the same layer shapes and seed (common random numbers across
+  ranks and methods: W' differs, z does not). The weights are restored bit for bit.
+- **Top Hessian eigenvalue** of L over the LoRA factors (every A and B), by Lanczos on exact
+  Hessian-vector products (double backward; `overtrain.probes.sharpness.lanczos`), in loss units per unit
+  factor².
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from overtrain.probes.perturb import perturbed
+from overtrain.training.step_rules import lora_layers
+
+
+@dataclass(frozen=True)
+class RowNoiseSharpness:
+    """``mean`` ± ``stderr`` of L(W' + ε) − L(W') over ``draws`` draws; ``base`` = L(W')."""
+
+    mean: float
+    stderr: float
+    base: float
+    draws: int
+
+
+@torch.no_grad()
+def row_noise_sharpness(model: nn.Module, loss_fn: Callable[[], torch.Tensor], rho: float = 0.05,
+                        draws: int = 20, seed: int = 0) -> RowNoiseSharpness:
+    """Expected loss increase under Flat-LoRA's row-wise noise on every LoRA layer (module docstring).
+    `loss_fn` evaluates the loss of `model` on fixed data; the model is put in eval mode meanwhile."""
+    from overtrain.training.methods.lora_ggpo import RowNoise
+
+    was_training = model.training
+    model.eval()
+    try:
+        sampler = RowNoise(model, sigma=rho, seed=seed)
+        base = float(loss_fn())
+        deltas = []
+        for _ in range(draws):
+            with perturbed(model, sampler.sample()):
+                deltas.append(float(loss_fn()) - base)
+    finally:
+        model.train(was_training)
+    t = torch.tensor(deltas, dtype=torch.float64)
+    stderr = float(t.std() / math.sqrt(draws)) if draws > 1 else math.nan
+    return RowNoiseSharpness(float(t.mean()), stderr, base, draws)
+
+
+def lora_hessian_top(model: nn.Module, loss_fn: Callable[[], torch.Tensor], iterations: int = 20,
+                     seed: int = 0) -> float:
+    """Largest eigenvalue of the Hessian of `loss_fn` w.r.t. the LoRA factors (Lanczos, `iterations`
+    Hessian-vector products)."""
+    from overtrain.probes.sharpness import lanczos
+
+    factors = [t for layer in lora_layers(model) for t in (layer.A, layer.B)]
+    was_training = model.training
+    model.eval()
+    try:
+        grads = torch.autograd.grad(loss_fn(), factors, create_graph=True)
+        flat_grad = torch.cat([g.reshape(-1) for g in grads])
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            hv = torch.autograd.grad(flat_grad, factors, grad_outputs=v.to(flat_grad.dtype), retain_graph=True)
+            return torch.cat([h.reshape(-1) for h in hv]).to(torch.float64)
+
+        est = lanczos(matvec, flat_grad.numel(), 1, iterations=iterations,
+                      generator=torch.Generator().manual_seed(seed))
+    finally:
+        model.train(was_training)
+    return est.values[0]

@@ -11,7 +11,7 @@ set. The model reads its first 5 outputs; the loss is the mean squared error aga
 Inputs are standardised with task B's training statistics.
 
 **Adaptation.** For each (method, rank r, seed): LoRA through PEFT on both hidden layers (α = r, so
-s = 1; r·(64 + 2H + H)... precisely ``r·(64 + H) + r·(H + H)`` trainable parameters), the method's step rule
+s = 1; ``r·(64 + H) + r·(H + H) = r·(64 + 3H)`` trainable parameters), the method's step rule
 (`overtrain.training.step_rules`), Adam at `lr`, full batch, `steps` steps, no weight decay. The
 interpolation threshold in parameters is n·5 (one equation per training example and output):
 ``r* = 5n / (64 + 3H)``.
@@ -87,7 +87,7 @@ class LoraMlpConfig(BaseConfig):
     """Noise draws of the sharpness proxy."""
 
     hessian_iterations: int = Field(20, ge=1)
-    """Lanczos steps for the top Hessian eigenvalue (0 would skip it)."""
+    """Lanczos steps (Hessian-vector products) for the top Hessian eigenvalue."""
 
     data_seed: int = 0
     """Seed of the base's initialisation and of the task-B split and label noise."""
@@ -200,7 +200,8 @@ def adapt(cfg: LoraMlpConfig, base: nn.Module, data: dict[str, torch.Tensor], me
     return row, curve
 
 
-def run_lora_mlp(cfg: LoraMlpConfig, progress: Callable[[int, int], None] = lambda d, t: None) -> tuple[list[dict], dict]:
+def run_lora_mlp(cfg: LoraMlpConfig,
+                 progress: Callable[[int, int], None] = lambda d, t: None) -> tuple[list[dict], dict]:
     """Every cell of the sweep: rows ``record='cell'`` and ``record='train_curve'``, and run info."""
     started = time.perf_counter()
     data = task_data(cfg)

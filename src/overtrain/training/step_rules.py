@@ -101,7 +101,8 @@ def lora_layers(model: nn.Module) -> list[LoraView]:
             continue
         base = module.get_base_layer()
         adapter = module.active_adapters[0]
-        if not isinstance(base, nn.Linear) or getattr(module, "fan_in_fan_out", False) or adapter not in module.lora_A:
+        plain = isinstance(base, nn.Linear) and not getattr(module, "fan_in_fan_out", False)
+        if not plain or adapter not in module.lora_A:
             raise ConfigError(f"method: LoRA layer {name} is not a plain nn.Linear adapter; only those are supported")
         A, B = module.lora_A[adapter].weight, module.lora_B[adapter].weight
         out.append(LoraView(name, names[id(base.weight)], base, A, B, names[id(A)], names[id(B)],

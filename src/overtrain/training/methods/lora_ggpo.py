@@ -75,7 +75,8 @@ class RowNoise(StepRule):
                  grad_every: int = 1, seed: int = 0):
         super().__init__(model)
         self.layers = lora_layers(model)
-        self.sigma, self.beta, self.std_form, self.norm_dim, self.grad_every = sigma, beta, std_form, norm_dim, grad_every
+        self.sigma, self.beta, self.grad_every = sigma, beta, grad_every
+        self.std_form, self.norm_dim = std_form, norm_dim
         self.grad_sq: dict[str, torch.Tensor] = {}
         """‖∇_{W'_i} L‖² per row from the last refresh, by base weight name."""
         device = self.layers[0].base.weight.device

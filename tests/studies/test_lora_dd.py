@@ -4,16 +4,19 @@ and the pieces it measures with are right (data split, threshold, sharpness prox
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
+from overtrain.errors import ConfigError
+from overtrain.models.lora_lm import run_lora_lm
 from overtrain.models.lora_mlp import LoraMlpConfig, pretrain_base, task_data
 from overtrain.registry import FINETUNE_METHODS, STUDIES
 from overtrain.report.build import build_report
 from overtrain.runs.store import Store
 
-SMALL = ["mlp.hidden=32", "mlp.pretrain_steps=150", "mlp.ranks=[1,4,16]", "mlp.seeds=[0,1]", "mlp.steps=60",
+SMALL = ["lm=null", "mlp.hidden=32", "mlp.pretrain_steps=150", "mlp.ranks=[1,4,16]", "mlp.seeds=[0,1]", "mlp.steps=60",
          "mlp.curve_every=20", "mlp.sharpness_draws=4", "mlp.hessian_iterations=5"]
 
 
@@ -37,9 +40,53 @@ def test_study_trains_every_cell_and_reports(home, tmp_path):
     assert {r["step"] for r in curves} == {1, 20, 40, 60} and all("noise/row_std" in r for r in curves)
     claims = [r for r in rows if r["record"] == "claim"]
     assert len(claims) == 7 and {c["verdict"] for c in claims} <= {"PASS", "FAIL", "N/A"}
-    assert all(c["value"] is not None for c in claims)
+    assert all(c["value"] is not None and c["claim"].endswith("(digits MLP)") for c in claims)
     html = build_report(tmp_path / "rep", "lora_dd", store).read_text()
-    assert "LoRA double descent" in html and (tmp_path / "rep" / "lora_dd_rank.png").is_file()
+    assert "LoRA double descent" in html and (tmp_path / "rep" / "lora_dd_mlp_rank.png").is_file()
+
+
+LM_SMALL = ["mlp=null", "lm.model.preset=llama-nano", "lm.pretrain_steps=40", "lm.seq_len=16", "lm.n_train=4",
+            "lm.n_test=8", "lm.ranks=[1,4]", "lm.steps=30", "lm.curve_every=10", "lm.sharpness_draws=3",
+            "lm.hessian_iterations=4"]
+
+
+def test_language_model_part_adapts_a_pretrained_lm(home, tmp_path):
+    study = STUDIES.get("lora_dd")
+    cfg = study.load_config(None, None, LM_SMALL)
+    store = Store()
+    result, run_id = study.run(cfg, store, progress=False)
+    assert result.ok
+    run = store.run_dir("lora_dd", run_id)
+    rows = [json.loads(x) for x in (run / "evals.jsonl").read_text().splitlines()]
+    cells = [r for r in rows if r["record"] == "cell"]
+    assert {(r["method"], r["rank"], r["seed"]) for r in cells} == {
+        (m, r, s) for m in ("lora", "flat_lora", "lora_ggpo") for r in (1, 4) for s in (0, 1)}
+    info = json.loads((run / "manifest.json").read_text())["info"]
+    # llama-nano: 2 layers, q_proj and v_proj 16 -> 16: r·2·2·(16 + 16) trainable parameters
+    assert info["lm_params_per_rank"] == 128 and info["lm_train_targets"] == 4 * 15
+    assert info["lm_base_pretrain_loss"] < 0.98 * math.log(64)  # the base learned its language
+    first = {(r["method"], r["rank"], r["seed"]): r["train_loss"] for r in rows
+             if r["record"] == "train_curve" and r["step"] == 1}
+    for r in cells:
+        assert r["task"] == "lm" and r["trainable_params"] == 128 * r["rank"]
+        assert r["train_loss"] < first[r["method"], r["rank"], r["seed"]]  # it trained
+        assert r["test_loss"] > info["lm_task_floor"] - 0.2 and 0 <= r["test_acc"] <= 1
+        assert math.isfinite(r["hessian_top"]) and math.isfinite(r["sharpness"])
+    claims = [r for r in rows if r["record"] == "claim"]
+    assert len(claims) == 7 and all(c["claim"].endswith("(tiny LM)") for c in claims)
+    html = build_report(tmp_path / "rep", "lora_dd", store).read_text()
+    assert "Tiny LM" in html and (tmp_path / "rep" / "lora_dd_lm_curves.png").is_file()
+
+
+def test_parts_are_validated():
+    study = STUDIES.get("lora_dd")
+    with pytest.raises(ConfigError, match="both null"):
+        study.load_config(None, None, ["mlp=null", "lm=null"])
+    with pytest.raises(ConfigError, match="lm.methods"):
+        study.load_config(None, None, ["lm.methods=[full]"])
+    cfg = study.load_config(None, None, LM_SMALL + ["lm.target_modules=[nope]", "lm.pretrain_steps=1"])
+    with pytest.raises(ConfigError, match="match no linear layer"):
+        run_lora_lm(cfg.lm)
 
 
 def test_task_split_noise_and_threshold():

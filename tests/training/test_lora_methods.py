@@ -107,6 +107,19 @@ def test_gradient_term_is_the_merged_weights_gradient_at_the_perturbed_point():
     assert all(layer.base.weight.grad is None and not layer.base.weight.requires_grad for layer in rule.layers)
 
 
+def test_factor_gradient_source_is_kohyas_approximation_from_the_lora_gradients():
+    cfg, model = _mlp_lora("lora_ggpo", beta=1.0, grad_source="factors")
+    x, y = _data()
+    rule = cfg.step_rule(model, None, 0)
+    model.train()
+    rule.forward_backward(_loss_fn(model, x, y))
+    for layer in rule.layers:
+        A, B = layer.A.detach().double(), layer.B.detach().double()
+        G = layer.scaling * (B @ layer.A.grad.double() + layer.B.grad.double() @ A)
+        torch.testing.assert_close(rule.grad_sq[layer.weight_name].double(), G.pow(2).sum(1), rtol=1e-5, atol=1e-12)
+        assert layer.base.weight.grad is None and not layer.base.weight.requires_grad
+
+
 def test_beta_zero_is_flat_lora_and_weights_come_back_bit_exactly():
     flat_cfg, flat = _mlp_lora("flat_lora", sigma=0.2)
     ggpo_cfg, ggpo = _mlp_lora("lora_ggpo", sigma=0.2, beta=0.0)

@@ -165,7 +165,7 @@ SINGLE_RUN_STUDIES = {
     "head-tuning": "Head tuning on HMM representations (Luo et al. 2024): risk vs head width p, peak at p = n, "
                    "degenerate first descent.",
     "lora-dd": "LoRA double descent and its cures (Chang et al. 2025): rank sweep of LoRA, Flat-LoRA, LoRA-GGPO, "
-               "LoRA-MGPO and SAM on a frozen digits MLP.",
+               "LoRA-MGPO and SAM on a frozen digits MLP and a tiny pre-trained LM.",
 }
 """CLI commands of the single-run studies (`overtrain.studies.single_run`) and their help."""
 

@@ -10,9 +10,9 @@ set. The model reads its first 5 outputs; the loss is the mean squared error aga
 (science.md §2 finding 5: with cross-entropy the noise sharpness falls to ~0 once the data are fitted).
 Inputs are standardised with task B's training statistics.
 
-**Adaptation.** For each (method, rank r, seed): LoRA through PEFT on both hidden layers (α = r, so
-s = 1; ``r·(64 + H) + r·(H + H) = r·(64 + 3H)`` trainable parameters), the method's step rule
-(`overtrain.training.step_rules`), Adam at `lr`, full batch, `steps` steps, no weight decay. The
+**Adaptation.** For each (method, rank r, seed): LoRA on both hidden layers (α = r, so s = 1;
+``r·(64 + H) + r·(H + H) = r·(64 + 3H)`` trainable parameters) trained and measured by
+`overtrain.models.lora_sweep.adapt_cell` (the method's step rule, Adam at `lr`, full batch, `steps` steps). The
 interpolation threshold in parameters is n·5 (one equation per training example and output):
 ``r* = 5n / (64 + 3H)``.
 
@@ -24,7 +24,6 @@ and the top Hessian eigenvalue of the training loss over the LoRA factors.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,15 +35,17 @@ from torch import nn
 
 from overtrain.config import BaseConfig, Registered, Seeds
 from overtrain.data.regression import _digits
+from overtrain.models.lora_sweep import (
+    SweepSettings,
+    adapt_cell,
+    check_lora_methods,
+    check_ranks,
+    default_lora_methods,
+)
 from overtrain.registry import FINETUNE_METHODS
 from overtrain.seed import derive_seed, numpy_rng
 
 INPUT_DIM, CLASSES = 64, 5
-
-
-def _default_methods():
-    get = FINETUNE_METHODS.get
-    return [get("lora")(), get("flat_lora")(sigma=0.05), get("lora_ggpo")(sigma=0.05, beta=0.01)]
 
 
 class LoraMlpConfig(BaseConfig):
@@ -65,7 +66,7 @@ class LoraMlpConfig(BaseConfig):
     ranks: list[int] = [1, 2, 4, 8, 16, 32, 64]
     """LoRA ranks r (α = r)."""
 
-    methods: list[Registered(FINETUNE_METHODS)] = Field(default_factory=_default_methods)
+    methods: list[Registered(FINETUNE_METHODS)] = Field(default_factory=default_lora_methods)
     """Fine-tuning methods with their settings; their rank, alpha and target modules are set per cell."""
 
     seeds: Seeds = [0, 1, 2]
@@ -95,19 +96,12 @@ class LoraMlpConfig(BaseConfig):
     @field_validator("ranks")
     @classmethod
     def _ranks(cls, ranks: list[int]) -> list[int]:
-        if not ranks or any(r < 1 for r in ranks):
-            raise ValueError("ranks must be a non-empty list of positive integers")
-        return sorted(set(ranks))
+        return check_ranks(ranks)
 
     @field_validator("methods")
     @classmethod
     def _methods(cls, methods: list) -> list:
-        names = [m.name for m in methods]
-        if not methods or len(set(names)) != len(names):
-            raise ValueError(f"methods must be a non-empty list without repeats, got {names}")
-        if "full" in names:
-            raise ValueError("methods: 'full' is not a LoRA method")
-        return methods
+        return check_lora_methods(methods)
 
     def threshold_rank(self) -> float:
         """r* = 5n / (64 + 3H): the rank whose trainable parameters equal the training equations."""
@@ -165,39 +159,19 @@ def _mse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def adapt(cfg: LoraMlpConfig, base: nn.Module, data: dict[str, torch.Tensor], method, rank: int,
           seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Fine-tune one (method, rank, seed) cell; returns its final row and its training-loss curve."""
-    from overtrain.probes.lora_sharpness import lora_hessian_top, row_noise_sharpness
-
-    torch.manual_seed(derive_seed(seed, "lora-mlp-adapter", rank))
-    method = method.model_copy(update={"rank": rank, "alpha": float(rank), "target_modules": ["0", "2"]})
-    model = method.apply(copy.deepcopy(base))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr)
-    rule = method.step_rule(model, optimizer, derive_seed(seed, "lora-mlp-noise", rank))
     x, y = data["x"], data["y"]
-    curve, started = [], time.perf_counter()
-    model.train()
-    for step in range(1, cfg.steps + 1):
-        loss = rule.forward_backward(lambda: _mse(model, x, y))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % cfg.curve_every == 0 or step == 1:
-            curve.append({"step": step, "train_loss": float(loss), **rule.stats()})
-    seconds = time.perf_counter() - started
-    model.eval()
-    with torch.no_grad():
-        train_loss = float(_mse(model, x, y))
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
         test_out = model(data["x_test"])[:, :CLASSES]
-        test_loss = float((test_out - data["y_test"]).pow(2).sum(1).mean())
-        test_acc = float((test_out.argmax(1) == data["labels_test"]).float().mean())
-        train_acc = float((model(x)[:, :CLASSES].argmax(1) == data["labels"]).float().mean())
-    # common random numbers: the same noise seed for every cell
-    sharp = row_noise_sharpness(model, lambda: _mse(model, x, y), cfg.sharpness_rho, cfg.sharpness_draws,
-                                seed=derive_seed(cfg.data_seed, "lora-mlp-sharpness"))
-    hess = lora_hessian_top(model, lambda: _mse(model, x, y), cfg.hessian_iterations, seed=seed)
-    row = {"method": method.name, "rank": rank, "seed": seed, "trainable_params": sum(p.numel() for p in params),
-           "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-           "sharpness": sharp.mean, "sharpness_se": sharp.stderr, "hessian_top": hess, "train_seconds": seconds}
-    return row, curve
+        return {"train_loss": float(_mse(model, x, y)),
+                "train_acc": float((model(x)[:, :CLASSES].argmax(1) == data["labels"]).float().mean()),
+                "test_loss": float((test_out - data["y_test"]).pow(2).sum(1).mean()),
+                "test_acc": float((test_out.argmax(1) == data["labels_test"]).float().mean())}
+
+    settings = SweepSettings(cfg.steps, cfg.lr, cfg.curve_every, cfg.sharpness_rho, cfg.sharpness_draws,
+                             cfg.hessian_iterations, derive_seed(cfg.data_seed, "lora-mlp-sharpness"))
+    return adapt_cell(base, method, rank, seed, ["0", "2"], lambda model: _mse(model, x, y), evaluate, settings,
+                      "lora-mlp")
 
 
 def run_lora_mlp(cfg: LoraMlpConfig,

@@ -60,22 +60,25 @@ def row_noise_sharpness(model: nn.Module, loss_fn: Callable[[], torch.Tensor], r
 def lora_hessian_top(model: nn.Module, loss_fn: Callable[[], torch.Tensor], iterations: int = 20,
                      seed: int = 0) -> float:
     """Largest eigenvalue of the Hessian of `loss_fn` w.r.t. the LoRA factors (Lanczos, `iterations`
-    Hessian-vector products)."""
+    Hessian-vector products). A `transformers` model runs with eager attention meanwhile."""
+    from overtrain.models.attention import eager_attention
     from overtrain.probes.sharpness import lanczos
 
     factors = [t for layer in lora_layers(model) for t in (layer.A, layer.B)]
     was_training = model.training
     model.eval()
     try:
-        grads = torch.autograd.grad(loss_fn(), factors, create_graph=True)
-        flat_grad = torch.cat([g.reshape(-1) for g in grads])
+        with eager_attention(model):  # the fused sdpa kernels have no double backward
+            grads = torch.autograd.grad(loss_fn(), factors, create_graph=True)
+            flat_grad = torch.cat([g.reshape(-1) for g in grads])
 
-        def matvec(v: torch.Tensor) -> torch.Tensor:
-            hv = torch.autograd.grad(flat_grad, factors, grad_outputs=v.to(flat_grad.dtype), retain_graph=True)
-            return torch.cat([h.reshape(-1) for h in hv]).to(torch.float64)
+            def matvec(v: torch.Tensor) -> torch.Tensor:
+                hv = torch.autograd.grad(flat_grad, factors, grad_outputs=v.to(flat_grad.dtype),
+                                         retain_graph=True)
+                return torch.cat([h.reshape(-1) for h in hv]).to(torch.float64)
 
-        est = lanczos(matvec, flat_grad.numel(), 1, iterations=iterations,
-                      generator=torch.Generator().manual_seed(seed))
+            est = lanczos(matvec, flat_grad.numel(), 1, iterations=iterations,
+                          generator=torch.Generator().manual_seed(seed))
     finally:
         model.train(was_training)
     return est.values[0]

@@ -1,10 +1,15 @@
 """LoRA double descent and its cures (science.md §2): a rank sweep × fine-tuning methods × seeds.
 
-Part (a), built: a frozen pre-trained digits MLP adapted by LoRA to a new task with label noise
-(`overtrain.models.lora_mlp`; the threshold rank r* = 5n/(64 + 3H) ≈ 1.5 at the defaults). Part (b), a tiny
-pre-trained language model, is not built yet. One run holds every cell; the report shows test loss,
-accuracy, sharpness (row-noise proxy and top Hessian eigenvalue) vs rank per method, and the training-loss
-curves per rank. Claims (GGPO = ``lora_ggpo``, Flat = ``flat_lora``, LoRA = ``lora``):
+Two parts, each optional (``mlp: null`` or ``lm: null`` leaves one out):
+
+(a) ``mlp``: a frozen pre-trained digits MLP adapted by LoRA to a new task with label noise
+    (`overtrain.models.lora_mlp`; the threshold rank r* = 5n/(64 + 3H) ≈ 1.5 at the defaults);
+(b) ``lm``: a tiny language model pre-trained in the run on one HMM language, adapted by LoRA to a few
+    sequences of another (`overtrain.models.lora_lm`; cross-entropy on stochastic targets).
+
+One run holds every cell; the report shows, per part, test loss, accuracy, sharpness (row-noise proxy and
+top Hessian eigenvalue) vs rank per method, and the training-loss curves per rank. Claims, per part
+(GGPO = ``lora_ggpo``, Flat = ``flat_lora``, LoRA = ``lora``):
 
 1. S(GGPO) ≤ S(LoRA) in ≥ 80% of (rank, seed) cells (S: row-noise sharpness of the training loss);
 2. λ_max(GGPO) ≤ λ_max(LoRA) in ≥ 80% of cells (top Hessian eigenvalue over the LoRA factors);
@@ -18,15 +23,20 @@ curves per rank. Claims (GGPO = ``lora_ggpo``, Flat = ``flat_lora``, LoRA = ``lo
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from overtrain.analysis.claims import check
 from overtrain.config import BaseConfig
+from overtrain.models.lora_lm import LoraLmConfig, run_lora_lm
 from overtrain.models.lora_mlp import LoraMlpConfig, run_lora_mlp
 from overtrain.studies.single_run import SingleRunStudy, claims_table, register
+
+TASKS = {"mlp": "digits MLP", "lm": "tiny LM"}
+"""Parts of the study: config field / ``task`` column -> the name claims and figures use."""
 
 
 class LoraDDConfig(BaseConfig):
@@ -35,13 +45,35 @@ class LoraDDConfig(BaseConfig):
     schema_version: int = 1
     """Config schema version."""
 
-    mlp: LoraMlpConfig = Field(default_factory=LoraMlpConfig)
-    """Part (a): the rank sweep on a frozen digits MLP."""
+    mlp: LoraMlpConfig | None = Field(default_factory=LoraMlpConfig)
+    """Part (a): the rank sweep on a frozen digits MLP (null: skip)."""
+
+    lm: LoraLmConfig | None = Field(default_factory=LoraLmConfig)
+    """Part (b): the rank sweep on a tiny pre-trained language model (null: skip)."""
+
+    @model_validator(mode="after")
+    def _some_part(self) -> LoraDDConfig:
+        if self.mlp is None and self.lm is None:
+            raise ValueError("mlp and lm are both null: nothing to run")
+        return self
+
+    def parts(self) -> dict[str, LoraMlpConfig | LoraLmConfig]:
+        """The parts to run, by task name."""
+        return {task: part for task in TASKS if (part := getattr(self, task)) is not None}
 
 
 def compute(cfg: LoraDDConfig, progress=lambda done, total: None) -> tuple[list[dict], dict]:
-    rows, info = run_lora_mlp(cfg.mlp, progress)
-    return rows + [c.row() for c in claims(rows)], {"wall_s": info["mlp_wall_s"], **info}
+    parts = cfg.parts()
+    sizes = {t: len(p.methods) * len(p.ranks) * len(p.seeds) for t, p in parts.items()}
+    total, rows, info, done = sum(sizes.values()), [], {}, 0
+    for task, part in parts.items():
+        run = run_lora_mlp if task == "mlp" else run_lora_lm
+        part_rows, part_info = run(part, lambda d, _t, offset=done: progress(offset + d, total))
+        done += sizes[task]
+        rows += part_rows
+        info |= part_info
+        rows += [c.row() for c in claims(part_rows, task)]
+    return rows, {"wall_s": sum(info[f"{t}_wall_s"] for t in parts), **info}
 
 
 def _cells(rows, task="mlp") -> dict[tuple[str, int, int], dict]:
@@ -77,12 +109,12 @@ def _interior_peak(ranks, mean, se) -> tuple[float | None, int | None]:
     return best, at
 
 
-def _transient_rise(rows, method: str = "lora") -> tuple[float | None, int | None, bool]:
+def _transient_rise(rows, method: str = "lora", task: str = "mlp") -> tuple[float | None, int | None, bool]:
     """Largest relative rise of the seed-mean training loss above its running minimum, the rank where it
     happens, and whether the loss comes back within 10% of that minimum afterwards."""
     curves = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r.get("record") == "train_curve" and r["method"] == method:
+        if r.get("record") == "train_curve" and r["method"] == method and r["task"] == task:
             curves[r["rank"]][r["step"]].append(r["train_loss"])
     best = (None, None, False)
     for rank, by_step in curves.items():
@@ -96,8 +128,9 @@ def _transient_rise(rows, method: str = "lora") -> tuple[float | None, int | Non
     return best
 
 
-def claims(rows: list[dict]) -> list:
-    cells = _cells(rows)
+def claims(rows: list[dict], task: str = "mlp") -> list:
+    """The seven claims on one part's rows; each claim's name ends with the part, e.g. "(digits MLP)"."""
+    cells = _cells(rows, task)
     methods = {m for m, _, _ in cells}
     out = []
     have = {"lora", "lora_ggpo"} <= methods
@@ -141,30 +174,34 @@ def claims(rows: list[dict]) -> list:
         out.append(check("LoRA's test loss shows a rank-wise double descent",
                          "interior peak over the best smaller and larger ranks, in seed standard errors", z,
                          z is not None and z > 2, "> 2", detail=f"at r = {at}" if at else "needs ≥ 3 ranks"))
-        rise, rank, recovered = _transient_rise(rows)
+        rise, rank, recovered = _transient_rise(rows, task=task)
         out.append(check("LoRA's training loss converges, diverges, stabilises",
                          "largest rise of the seed-mean training loss above its running minimum", rise,
                          rise is not None and rise >= 0.1 and recovered, "≥ 0.1, then back within 10%",
                          detail=f"at r = {rank}, {'recovers' if recovered else 'does not recover'}"))
+    for c in out:
+        c.claim = f"{c.claim} ({TASKS[task]})"
     return out
 
 
-def report(store, cfg: LoraDDConfig, rows: list[dict], run_id: str) -> list:
-    from overtrain.report.html import Figure, Section
+def _figures(rows: list[dict], task: str, part, threshold: float | None) -> list:
+    from overtrain.report.html import Figure
     from overtrain.report.plots import label, log_x, new_figure
 
-    cells = _cells(rows)
-    methods = [m.name for m in cfg.mlp.methods]
-    ranks = cfg.mlp.ranks
+    cells = _cells(rows, task)
+    methods = [m.name for m in part.methods]
+    loss = "MSE, 5 outputs" if task == "mlp" else "nats/token"
     fig, axes = new_figure(4, width=4.2, height=3.4, per_row=2)
-    panels = [("test_loss", "test loss (MSE, 5 outputs)", False), ("test_acc", "test accuracy", False),
-              ("sharpness", "row-noise sharpness S (MSE)", True), ("hessian_top", "top Hessian eigenvalue", True)]
+    panels = [("test_loss", f"test loss ({loss})", False),
+              ("test_acc", "test accuracy" if task == "mlp" else "test top-1 next-token accuracy", False),
+              ("sharpness", f"row-noise sharpness S ({loss})", True), ("hessian_top", "top Hessian eigenvalue", True)]
     for ax, (key, ylabel, logy) in zip(axes, panels):
         for m in methods:
             x, mean, se = _by_rank(cells, m, key)
             ax.errorbar(x, mean, yerr=se, marker="o", ms=3, capsize=2, label=m)
-        ax.axvline(cfg.mlp.threshold_rank(), color="grey", ls=":", lw=1)
-        log_x(ax, ranks)
+        if threshold is not None:
+            ax.axvline(threshold, color="grey", ls=":", lw=1)
+        log_x(ax, part.ranks)
         if logy:
             ax.set_yscale("log")
         label(ax, "LoRA rank r", ylabel)
@@ -173,7 +210,7 @@ def report(store, cfg: LoraDDConfig, rows: list[dict], run_id: str) -> list:
     for ax, m in zip(curve_axes, methods):
         by = defaultdict(lambda: defaultdict(list))
         for r in rows:
-            if r.get("record") == "train_curve" and r["method"] == m:
+            if r.get("record") == "train_curve" and r["method"] == m and r["task"] == task:
                 by[r["rank"]][r["step"]].append(r["train_loss"])
         for rank in sorted(by):
             steps = sorted(by[rank])
@@ -181,17 +218,45 @@ def report(store, cfg: LoraDDConfig, rows: list[dict], run_id: str) -> list:
         ax.set_yscale("log")
         label(ax, "step", "training loss (seed mean)" if ax is curve_axes[0] else "", m)
     curve_axes[0].legend(fontsize=6, ncol=2)
-    table, passed = claims_table(rows, "Claims of LoRA-GGPO (Chang et al. 2025) on the digits MLP")
-    c = cfg.mlp
-    text = [f"{passed} Run <code>{run_id}</code>: a frozen 64-{c.hidden}-{c.hidden}-10 MLP pre-trained on digits "
-            f"0–4, adapted by LoRA (α = r) on both hidden layers to digits 5–9 with n = {c.n_train} and "
-            f"{c.label_noise:.0%} label noise; MSE, Adam lr {c.lr:g}, {c.steps} full-batch steps, seeds "
-            f"{list(c.seeds)}. The dotted line is the threshold rank r* = {c.threshold_rank():.2f} (trainable "
-            "parameters = training equations). Error bars: standard error over seeds. Part (b), a tiny "
-            "language model, is not built yet."]
-    return [Section("LoRA double descent and its cures", text=text, tables=[table], figures=[
-        Figure("lora_dd_rank", fig, "Test loss, accuracy and sharpness vs LoRA rank, per method."),
-        Figure("lora_dd_curves", curves_fig, "Training loss vs step for every rank (seed mean), per method.")])]
+    name = TASKS[task]
+    return [Figure(f"lora_dd_{task}_rank", fig, f"{name}: test loss, accuracy and sharpness vs LoRA rank, per "
+                   "method. Dotted: the threshold rank r*."),
+            Figure(f"lora_dd_{task}_curves", curves_fig, f"{name}: training loss vs step for every rank "
+                   "(seed mean), per method.")]
+
+
+def _description(task: str, part, info: dict) -> str:
+    if task == "mlp":
+        return (f"<b>Digits MLP.</b> A frozen 64-{part.hidden}-{part.hidden}-10 MLP pre-trained on digits 0–4, "
+                f"adapted by LoRA (α = r) on both hidden layers to digits 5–9 with n = {part.n_train} and "
+                f"{part.label_noise:.0%} label noise; MSE, Adam lr {part.lr:g}, {part.steps} full-batch steps, "
+                f"seeds {list(part.seeds)}. Threshold rank r* = {part.threshold_rank():.2f} (trainable parameters "
+                "= training equations).")
+    floor, base = info.get("lm_task_floor"), info.get("lm_base_task_test_loss")
+    extra = f" The task's Bayes floor is {floor:.3f} nats/token; the base model scores {base:.3f} on it." if (
+        floor is not None and base is not None) else ""
+    return (f"<b>Tiny LM.</b> A {part.model.preset} model pre-trained in the run ({part.pretrain_steps} steps) on "
+            f"an HMM language (V = {part.vocab_size}), adapted by LoRA (α = r) on {', '.join(part.target_modules)} "
+            f"to {part.n_train} sequences of {part.seq_len} tokens of another HMM, tested on {part.n_test} fresh "
+            f"ones; cross-entropy, Adam lr {part.lr:g}, {part.steps} full-batch steps, seeds {list(part.seeds)}. "
+            f"Nominal threshold rank r* = {info.get('lm_threshold_rank', float('nan')):.2f} (trainable parameters "
+            f"= training targets).{extra}")
+
+
+def report(store, cfg: LoraDDConfig, rows: list[dict], run_id: str) -> list:
+    from overtrain.report.html import Section
+    from overtrain.runs.query import query
+
+    found = query(f"select info from runs where run_id = '{run_id}'", store).to_pylist()
+    info = json.loads(found[0]["info"]) if found else {}
+    table, passed = claims_table(rows, "Claims of LoRA-GGPO (Chang et al. 2025), per part")
+    text = [f"{passed} Run <code>{run_id}</code>. Error bars: standard error over seeds."]
+    figures = []
+    for task, part in cfg.parts().items():
+        text.append(_description(task, part, info))
+        threshold = part.threshold_rank() if task == "mlp" else info.get("lm_threshold_rank")
+        figures += _figures(rows, task, part, threshold)
+    return [Section("LoRA double descent and its cures", text=text, tables=[table], figures=figures)]
 
 
 STUDY = register(SingleRunStudy(

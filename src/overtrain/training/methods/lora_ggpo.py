@@ -18,7 +18,12 @@ with ``d = d_in`` (``norm_dim="in"``, the row length; default) or ``d_out`` (``"
 point: on the steps that refresh it, the base weight requires grad during the backward pass (one extra
 weight-gradient product per adapted layer) and its row norms are kept, the gradient itself dropped. The
 first step uses 0. ``grad_every = k`` refreshes it every k-th step and reuses it in between (kohya's
-mitigation for its cost). Units: ``v_i`` in weight units², ``‖∇W'_i‖`` in nats (mean token loss) per
+mitigation for its cost). ``grad_source="factors"`` is kohya's cheaper approximation from the LoRA
+factors' own gradients, ``G ≈ s·(B ∇A + ∇B A)``, whose row norms ``‖G_i‖² = s²·c_i (D Dᵀ) c_iᵀ`` with
+``c_i = [B_i, ∇B_i]`` and ``D = [∇A; A]`` cost O(r²·(d_in + d_out)) per layer and need no base-weight
+gradient. It is not the merged gradient: since ``∇A = s·Bᵀ∇W'`` and ``∇B = s·∇W' Aᵀ`` it equals
+``s²·(B Bᵀ ∇W' + ∇W' Aᵀ A)``, the merged gradient seen through the adapter's row and column spaces, so
+its norms are smaller (and depend on the factors' scale). Units: ``v_i`` in weight units², ``‖∇W'_i‖`` in nats (mean token loss) per
 weight unit, so β is not dimensionless (science.md §2 finding 3): with β = 0.01 the gradient term is
 typically a vanishing share of the variance. The logged ``ggpo/grad_share`` — the mean over rows of the
 gradient term's share of ``v_i`` (paper form) or of ``std_i`` (kohya form) — says how much it carries.
@@ -63,19 +68,24 @@ class LoraGgpoFinetune(LoraFinetune):
     grad_every: int = Field(1, gt=0)
     """Refresh the gradient row norms every this many steps (1: every step, the paper's rule)."""
 
+    grad_source: Literal["merged", "factors"] = "merged"
+    """``merged``: the exact gradient w.r.t. W' (one extra weight-gradient product per layer on refresh
+    steps); ``factors``: kohya's approximation s·(B∇A + ∇B A) from the LoRA gradients (no extra product)."""
+
     def step_rule(self, model, optimizer, seed: int = 0):
         return RowNoise(model, sigma=self.sigma, beta=self.beta, std_form=self.std_form,
-                        norm_dim=self.norm_dim, grad_every=self.grad_every, seed=seed)
+                        norm_dim=self.norm_dim, grad_every=self.grad_every, grad_source=self.grad_source,
+                        seed=seed)
 
 
 class RowNoise(StepRule):
     """Row-wise Gaussian noise on the merged weight of every LoRA layer (module docstring)."""
 
     def __init__(self, model, *, sigma: float, beta: float = 0.0, std_form: str = "paper", norm_dim: str = "in",
-                 grad_every: int = 1, seed: int = 0):
+                 grad_every: int = 1, grad_source: str = "merged", seed: int = 0):
         super().__init__(model)
         self.layers = lora_layers(model)
-        self.sigma, self.beta, self.grad_every = sigma, beta, grad_every
+        self.sigma, self.beta, self.grad_every, self.grad_source = sigma, beta, grad_every, grad_source
         self.std_form, self.norm_dim = std_form, norm_dim
         self.grad_sq: dict[str, torch.Tensor] = {}
         """‖∇_{W'_i} L‖² per row from the last refresh, by base weight name."""
@@ -116,24 +126,38 @@ class RowNoise(StepRule):
         if not self.perturbing():
             return super().forward_backward(loss_fn)
         refresh = self.beta > 0 and self.steps % self.grad_every == 0
+        exact = refresh and self.grad_source == "merged"
         self.last_noise = noise = self.sample()
         bases = [layer.base.weight for layer in self.layers]
         with perturbed(self.model, noise):
             try:
-                if refresh:
+                if exact:
                     for w in bases:
                         w.requires_grad_(True)
                 loss = loss_fn()
                 loss.backward()
-                if refresh:
+                if exact:
                     for layer in self.layers:
                         g = layer.base.weight.grad
                         if g is not None:
                             self.grad_sq[layer.weight_name] = g.detach().float().pow(2).sum(1)
             finally:
-                if refresh:
+                if exact:
                     for w in bases:
                         w.grad = None
                         w.requires_grad_(False)
+        if refresh and not exact:
+            for layer in self.layers:
+                if layer.A.grad is not None and layer.B.grad is not None:
+                    self.grad_sq[layer.weight_name] = factor_grad_sq(layer)
         self.steps += 1
         return loss.detach()
+
+
+@torch.no_grad()
+def factor_grad_sq(layer: LoraView) -> torch.Tensor:
+    """Row norms² of kohya's approximate merged gradient ``G = s·(B ∇A + ∇B A)`` without forming it:
+    ``‖G_i‖² = s²·c_i (D Dᵀ) c_iᵀ`` with ``c_i = [B_i, ∇B_i]`` (1 x 2r) and ``D = [∇A; A]`` (2r x d_in)."""
+    C = torch.cat([layer.B, layer.B.grad], 1).float()
+    D = torch.cat([layer.A.grad, layer.A], 0).float()
+    return (C @ (D @ D.T) * C).sum(1).mul_(layer.scaling ** 2)

@@ -1,0 +1,138 @@
+"""The hyperfit study end to end on a byte-level nano model pre-trained on the packaged Shakespeare excerpt:
+wiring, stored rows, idempotence, the report, a user's local checkpoint as the base, and bad inputs."""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from overtrain.errors import CheckpointError, ConfigError, DataError, UserError
+from overtrain.registry import STUDIES
+from overtrain.report.build import build_report
+from overtrain.runs.query import query
+from overtrain.runs.store import Store, read_jsonl
+
+EXCERPT = Path(str(resources.files("overtrain.data").joinpath("fixtures/shakespeare_excerpt.txt")))
+TEXT = {"name": "text", "train": [str(EXCERPT)], "tokenizer": "byte"}
+
+TINY = {
+    "pretrain": {"data": TEXT, "model": {"preset": "llama-nano"},
+                 "train": {"tokens": [2048], "batch_size": 8, "seq_len": 32, "warmup_steps": 2, "lr": 1e-2},
+                 "eval": {"batches": 1}, "checkpoint": {"log_spaced": False, "step_zero": False}},
+    "train": {"sequences": 8, "batch_size": 4, "epochs": 4, "eval_every": 2, "lr": 1e-2},
+    "ablation_sequences": [4],
+    "eval": {"prompts": 6, "prompt_len": 8, "new_tokens": 16, "ttr_window": 12, "samples": 1,
+             "val_batches": 1, "val_batch_size": 6, "match_positions": 64, "batch_size": 4},
+    "bootstrap": 100,
+}
+
+
+def _overrides(cfg: dict) -> list[str]:
+    return [f"{key}={json.dumps(value)}" for key, value in cfg.items()]
+
+
+@pytest.fixture(scope="module")
+def study_store(tmp_path_factory):
+    """One study run shared by the tests of this module (a few seconds)."""
+    root = tmp_path_factory.mktemp("hyperfit") / "home"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OVERTRAIN_HOME", str(root))
+    study = STUDIES.get("hyperfit")
+    cfg = study.load_config(None, None, _overrides(TINY))
+    store = Store()
+    result, study_id = study.run(cfg, store, progress=False)
+    yield {"cfg": cfg, "store": store, "result": result, "study_id": study_id, "root": root}
+    mp.undo()
+
+
+def test_study_runs_every_run_and_stores_its_rows(study_store):
+    from overtrain.studies import hyperfit
+
+    cfg, store, study_id = study_store["cfg"], study_store["store"], study_store["study_id"]
+    assert study_store["result"].ok and len(study_store["result"].done) == 4  # pretrain, 2 hyperfits, study
+    kinds = [item.kind for item in hyperfit.plan(cfg).items]
+    assert kinds == ["pretrain", "hyperfit_train", "hyperfit_train", "hyperfit"]
+    ids = {n: run.run_id for n, run in zip((8, 4), hyperfit.plan(cfg).items[1:3])}
+    metrics = read_jsonl(store.run_dir("hyperfit_train", ids[8]) / "metrics.jsonl")
+    assert [m["epoch"] for m in metrics] == [0, 2, 4]
+    assert metrics[-1]["hyperfit/loss"] < metrics[0]["hyperfit/loss"]  # it trained on its sequences
+    probes = read_jsonl(store.run_dir("hyperfit_train", ids[8]) / "probes.jsonl")
+    gens = [r for r in probes if r["record"] == "generation"]
+    assert len(gens) == 6 * 3 + 6  # greedy at every evaluation, blocked at the end
+    blocked = [r for r in gens if r["setting"] == "greedy, citation blocked"]
+    assert all(r["longest_copy"] <= cfg.eval.block_longer_than and len(r["token_ids"]) == 16 for r in blocked)
+    assert sum(r["record"] == "train_sequence" for r in probes) == 8
+
+    rows = query(f"select * from evals where run_id = '{study_id}'", store).to_pylist()
+    comparison = {r["setting"]: r for r in rows if r["record"] == "comparison"}
+    assert list(comparison) == ["human", "base_greedy", "base_nucleus", "base_matched", "hyperfit", "blocked",
+                                "ablation_4"]
+    for r in comparison.values():
+        assert 0 < r["ttr"] <= 1 and r["ttr_ci_low"] <= r["ttr"] <= r["ttr_ci_high"] and r["base_nll"] > 0
+    temp = next(r for r in rows if r["record"] == "temperature")
+    assert comparison["base_matched"]["temperature"] == temp["tau"]
+    if temp["inside_range"]:
+        assert abs(temp["subset_entropy"] - temp["target_entropy"]) < 1e-3
+    claims = [r for r in rows if r["record"] == "claim"]
+    assert len(claims) == 8 and {c["verdict"] for c in claims} <= {"PASS", "FAIL", "N/A"}
+    assert all(c["value"] is not None for c in claims[:7])
+    samples = [r for r in rows if r["record"] == "sample"]
+    assert len(samples) == 4 * (1 + 7)
+
+
+def test_rerun_skips_and_report_renders(study_store, tmp_path):
+    study = STUDIES.get("hyperfit")
+    again, study_id = study.run(study_store["cfg"], study_store["store"], progress=False)
+    assert again.ok and not again.done and study_id == study_store["study_id"]
+    page = build_report(tmp_path / "rep", "hyperfit", study_store["store"]).read_text()
+    assert "Hyperfitting: claims" in page and (tmp_path / "rep" / "hyperfit_curves.png").is_file()
+    assert (tmp_path / "rep" / "hyperfit_settings.png").is_file()
+    texts = query(f"select text from evals where run_id = '{study_id}' and record = 'sample'",
+                  study_store["store"]).to_pylist()
+    from overtrain.studies.hyperfit_report import _text
+
+    assert all(html.escape(_text(r["text"])) in page for r in texts)  # generated text is escaped
+
+
+def test_a_local_checkpoint_can_be_the_base(study_store, tmp_path, monkeypatch):
+    """A user's HF directory (here: the pre-trained checkpoint copied out) replaces the pretrain run."""
+    from overtrain.studies import hyperfit
+
+    monkeypatch.setenv("OVERTRAIN_HOME", str(study_store["root"]))
+    pre = next(item for item in hyperfit.plan(study_store["cfg"]).items if item.kind == "pretrain")
+    model_dir = tmp_path / "my-model"
+    shutil.copytree(study_store["store"].run_dir("pretrain", pre.run_id) / "ckpt" / "budget_2048", model_dir)
+    study = STUDIES.get("hyperfit")
+    local = {**TINY, "base_model": str(model_dir), "data": {**TEXT, "tokenizer": "parent"},
+             "ablation_sequences": [], "train": {**TINY["train"], "epochs": 2}}
+    cfg = study.load_config(None, None, _overrides(local))
+    the_plan = hyperfit.plan(cfg)
+    assert [item.kind for item in the_plan.items] == ["hyperfit_train", "hyperfit"]
+    assert the_plan.items[-1].config.base_fingerprint  # a changed checkpoint would be a new run
+    result, study_id = study.run(cfg, study_store["store"], progress=False)
+    assert result.ok
+    claims = query(f"select claim, verdict from evals where run_id = '{study_id}' and record = 'claim'",
+                   study_store["store"]).to_pylist()
+    assert claims[-1]["verdict"] == "N/A"  # no ablation
+
+
+def test_bad_inputs_are_one_line_user_errors(home, tmp_path):
+    study = STUDIES.get("hyperfit")
+    from overtrain.studies import hyperfit
+
+    with pytest.raises(ConfigError, match="ablation_sequences"):
+        study.load_config(None, None, ["ablation_sequences=[4, 4]"])
+    with pytest.raises(ConfigError, match="exceeds the base model's context"):
+        study.load_config(None, None, [*_overrides(TINY), "eval.new_tokens=40"])
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        hyperfit.plan(study.load_config(None, None, [*_overrides(TINY), f"base_model={tmp_path / 'none'}",
+                                                     f"data={json.dumps({**TEXT, 'tokenizer': 'parent'})}"]))
+    with pytest.raises(UserError, match="base_model needs"):
+        hyperfit.plan(study.load_config(None, None, [*_overrides(TINY), f"base_model={tmp_path}"]))
+    with pytest.raises(DataError, match="overtrain data prepare shakespeare"):  # default preset, unprepared
+        hyperfit.plan(study.load_config())

@@ -24,7 +24,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-test-slow: $(STAMP)
+# the slow tests include the Ray executor's: Ray (~240 MB) is installed for them only, not for `make test`
+RAY_STAMP := $(VENV)/.ray-stamp
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check 'ray>=2.9'
+	touch $(RAY_STAMP)
+
+test-slow: $(STAMP) $(RAY_STAMP)
 	$(BIN)/python -m pytest -m slow
 
 bench: $(STAMP)

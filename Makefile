@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 TORCH  := torch==2.13.0
 export OVERTRAIN_HOME ?= $(CURDIR)/.overtrain
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench fault-injection clean
 
 install: $(STAMP)
 
@@ -35,6 +35,9 @@ test-slow: $(STAMP) $(RAY_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/pretrain_throughput.py
+
+fault-injection: $(STAMP)
+	$(BIN)/python bench/fault_injection.py
 
 clean:
 	rm -rf $(VENV) .overtrain .pytest_cache build src/*.egg-info

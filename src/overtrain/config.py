@@ -28,6 +28,7 @@ from pydantic import (
     Field,
     SerializeAsAny,
     ValidationError,
+    field_validator,
 )
 
 from overtrain.errors import ConfigError, UnknownNameError
@@ -36,9 +37,34 @@ C = TypeVar("C", bound="BaseConfig")
 
 SCHEMA_VERSION = 1
 
+INT_LIMIT = 2**63
+"""Integers in configs must lie in [-2**63, 2**63): seeds and sizes reach torch and numpy as int64."""
+
+FLOAT_LIMIT = 3.4028234663852886e38
+"""Largest float magnitude in configs (float32's): rates and scales end up in float32 tensors."""
+
+
+def _unrepresentable(value: Any) -> str | None:
+    """Why `value` (a validated field value) cannot reach the numerics intact, or None."""
+    if isinstance(value, bool) or value is None or isinstance(value, (str, BaseModel)):
+        return None
+    if isinstance(value, int):
+        return None if -INT_LIMIT <= value < INT_LIMIT else "integer out of range (must fit in 64 bits)"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "must be a finite number"
+        return None if abs(value) <= FLOAT_LIMIT else "number out of range (magnitude above 3.4e38)"
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return next((p for p in map(_unrepresentable, value) if p is not None), None)
+    return None
+
 
 class BaseConfig(BaseModel):
-    """Base of every config: unknown keys are errors; fields are documented by attribute docstrings."""
+    """Base of every config: unknown keys are errors; fields are documented by attribute docstrings;
+    numbers must be representable (finite, 64-bit integers, float32 range), so that a huge or non-finite
+    value is a config error rather than a crash or a silent NaN deep inside a run."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -46,6 +72,14 @@ class BaseConfig(BaseModel):
         validate_assignment=True,
         protected_namespaces=(),
     )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _representable(cls, value: Any) -> Any:
+        problem = _unrepresentable(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 def NotInId(default: Any = ..., **kwargs: Any) -> Any:

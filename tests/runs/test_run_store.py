@@ -350,3 +350,36 @@ def test_read_jsonl_rejects_two_objects_on_one_line(tmp_path):
     path.write_text('{"a": 1}, {"a": 2}\n{"a": 3}\n')
     with pytest.warns(UserWarning, match="line 1"):
         assert read_jsonl(path) == [{"a": 3}]
+
+
+def test_a_waiting_writer_skips_the_run_the_holder_finished(tmp_path):
+    """``wait=True`` (what sweep executors pass): block on the lock, then find the run done, and skip it."""
+    import threading
+
+    class LockyConfig(BaseConfig):
+        n: int = 7
+
+    script = tmp_path / "holder.py"
+    script.write_text(_HOLDER)
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    root = tmp_path / "runs"
+    holder = subprocess.Popen([sys.executable, str(script), str(root), str(flags)])
+    ran, outcome = [], []
+    try:
+        deadline = time.monotonic() + 60
+        while not (flags / "started").exists():
+            assert holder.poll() is None and time.monotonic() < deadline, "the holding process never started"
+            time.sleep(0.02)
+        kind = RunKind("locky", LockyConfig, lambda cfg, run: ran.append(1))
+        store = Store(root)
+        waiter = threading.Thread(
+            target=lambda: outcome.append(store.execute(kind, LockyConfig(), wait=True)))
+        waiter.start()
+        time.sleep(0.3)
+        assert waiter.is_alive() and not outcome  # waiting on the holder, not failing
+    finally:
+        (flags / "release").touch()
+        assert holder.wait(timeout=60) == 0
+    waiter.join(timeout=60)
+    assert outcome and outcome[0].skipped and not ran

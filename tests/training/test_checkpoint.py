@@ -100,3 +100,26 @@ def test_truncated_trainer_state_is_a_checkpoint_error(tmp_path, model):
     f.write_bytes(f.read_bytes()[:64])
     with pytest.raises(CheckpointError, match="corrupt resume state"):
         ckpt.load_trainer_state(tmp_path / "resume", model, optimizer)
+
+
+def test_a_bit_flip_is_caught_by_the_checksums(tmp_path, model):
+    path = ckpt.save_checkpoint(tmp_path / "c", model, None, {})
+    weights = path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-7] ^= 0x10  # inside a tensor: the file still parses, the model would load with one wrong weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors: sha256 mismatch"):
+        ckpt.load_checkpoint(path)
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path, model):
+    """transformers alone re-initialises a missing tensor at random and only logs a report."""
+    from safetensors.torch import load_file, save_file
+
+    path = ckpt.save_checkpoint(tmp_path / "c", model, None, {})
+    (path / "checksums.json").unlink()  # like a checkpoint written by another tool
+    tensors = load_file(str(path / "model.safetensors"))
+    tensors.pop("model.norm.weight")
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"weights do not fit config.json \(1 tensors .*model.norm.weight"):
+        ckpt.load_checkpoint(path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -54,6 +55,7 @@ def _console(stderr: bool = False):
 def _execute_one(kind_name: str, config: Optional[Path], overrides: list[str] | None, dry_run: bool) -> None:
     from overtrain.cli.progress import step_progress
     from overtrain.config import build_config, config_hash
+    from overtrain.distributed import world
     from overtrain.registry import RUN_KINDS
     from overtrain.runs.store import Store
 
@@ -70,9 +72,10 @@ def _execute_one(kind_name: str, config: Optional[Path], overrides: list[str] | 
     total = kind.total_steps(cfg) if kind.total_steps else None
     with step_progress(f"{kind.name} {run_id}", total) as on_progress:
         outcome = store.execute(kind, cfg, on_progress=on_progress)
-    verb = "already done" if outcome.skipped else "done"
-    out.print(f"{kind.name} run {run_id} {verb}: {run_dir}")
-    out.print(f'query it: overtrain query "select * from evals where run_id = \'{run_id}\'"')
+    if world().is_main:  # under `accelerate launch` every rank gets here; one says so
+        verb = "already done" if outcome.skipped else "done"
+        out.print(f"{kind.name} run {run_id} {verb}: {run_dir}")
+        out.print(f'query it: overtrain query "select * from evals where run_id = \'{run_id}\'"')
 
 
 @app.command()
@@ -154,6 +157,20 @@ def overtraining(
     _run_study("overtraining", config, preset, overrides, workers, dry_run, report_dir)
 
 
+@app.command()
+def hyperfit(
+    overrides: Optional[list[str]] = OVERRIDES,
+    config: Optional[Path] = CONFIG,
+    preset: Optional[str] = typer.Option(None, "--preset", help="A preset in configs/hyperfit/ (default: default)."),
+    workers: int = WORKERS,
+    report_dir: Optional[Path] = REPORT,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
+) -> None:
+    """Hyperfitting (Carlsson et al. 2025): over-fit a pre-trained LM on a few sequences, compare its greedy text
+    with the base's greedy, nucleus and entropy-matched sampling. Example: overtrain hyperfit --workers 2 --report report/"""
+    _run_study("hyperfit", config, preset, overrides, workers, dry_run, report_dir)
+
+
 SINGLE_RUN_STUDIES = {
     "random-features": "Random-features double descent (Belkin et al. 2019, Nakkiran et al. 2020): model-wise and "
                        "sample-wise curves, label noise, ridge, GD length.",
@@ -191,21 +208,32 @@ for _command, _help in SINGLE_RUN_STUDIES.items():
 @app.command()
 def sweep(
     file: Path = typer.Argument(..., help="Sweep YAML: kind, base, axes, zip, seeds."),
-    executor: str = typer.Option("local", "--executor", help="local (default) or another registered executor."),
-    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Runs at once (local: processes)."),
+    executor: str = typer.Option("local", "--executor", help="local (default), ray, or another registered executor."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1,
+                                          help="Runs at once (local: processes, default 1; ray: default no cap)."),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: a cluster to join (auto, host:6379, "
+                                          "ray://host:10001); default: start a local Ray instance."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
 ) -> None:
-    """Run every configuration of a sweep file in dependency order; finished runs are skipped."""
+    """Run every configuration of a sweep file in dependency order; finished runs are skipped.
+
+    Example: overtrain sweep configs/sweeps/demo.yaml --executor ray --address auto
+    """
     from overtrain.registry import EXECUTORS
     from overtrain.runs.plan import load_sweep
     from overtrain.runs.store import Store
 
+    if address is not None and executor != "ray":
+        raise UserError(f"--address is an option of the ray executor, not of {executor!r}")
     plan = load_sweep(file)
     store = Store()
     if dry_run:
         _print_rows(plan.summary(store), title=f"plan: {len(plan.items)} runs")
         return
-    result = EXECUTORS.get(executor)(plan, store, workers=workers, progress=True)
+    options = {"address": address} if address is not None else {}
+    if workers is not None or executor == "local":
+        options["workers"] = workers or 1
+    result = EXECUTORS.get(executor)(plan, store, progress=True, **options)
     _report_plan(result)
 
 
@@ -394,32 +422,56 @@ def _print_rows(rows: list[dict], title: str | None = None) -> None:
 # --- entry point ---------------------------------------------------------------------------------------
 
 
+_LINE_BREAKS = {ord(c): c.encode("unicode_escape").decode() for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def _one_line(text: str) -> str:
+    """`text` as one line: a line break inside a message (a path, a value) is shown escaped, never broken."""
+    return text.translate(_LINE_BREAKS)
+
+
+def _say(text: str) -> None:
+    # plain stderr, not rich: no markup, emoji codes or wrapping may change a message, and stderr's
+    # backslashreplace error handler prints any path, even one that is not valid UTF-8
+    sys.stderr.write(_one_line(text) + "\n")
+    sys.stderr.flush()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if category.__module__.startswith("overtrain"):  # ours are one line for the user, like the errors
+        _say(f"overtrain: warning: {message}")
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: map errors to exit codes and one-line messages."""
-    err = _console(stderr=True)
+    warnings.showwarning = _show_warning
     try:
         code = app(args=argv, prog_name="overtrain", standalone_mode=False)
     except UserError as exc:
-        err.print(f"overtrain: error: {exc}", markup=False)
+        _say(f"overtrain: error: {exc}")
         sys.exit(2)
     except OvertrainError as exc:
-        err.print(f"overtrain: {exc}", markup=False)
+        _say(f"overtrain: {exc}")
         sys.exit(exc.exit_code)
     except typer.Abort:
-        err.print("overtrain: aborted")
+        _say("overtrain: aborted")
         sys.exit(130)
     except click_exceptions.ClickException as exc:
-        err.print(f"overtrain: error: {exc.format_message()}", markup=False)
+        _say(f"overtrain: error: {exc.format_message()}")
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("overtrain: interrupted")
+        _say("overtrain: interrupted")
         sys.exit(130)
     except Exception as exc:  # a run that broke: its manifest holds the error; the traceback is opt-in
         if os.environ.get("OVERTRAIN_DEBUG"):
             raise
         message = " ".join(str(exc).split())
-        err.print(f"overtrain: failed: {type(exc).__name__}: {message} (OVERTRAIN_DEBUG=1 shows the traceback)",
-                  markup=False)
+        _say(f"overtrain: failed: {type(exc).__name__}: {message} (OVERTRAIN_DEBUG=1 shows the traceback)")
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 

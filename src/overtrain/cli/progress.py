@@ -19,10 +19,13 @@ def step_progress(description: str, total: int | None) -> Iterator[Callable[[int
         TimeRemainingColumn,
     )
 
+    from overtrain.distributed import world
+
     console = Console(stderr=True)
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), console=console, disable=not console.is_terminal, transient=False,
+        TimeRemainingColumn(), console=console, transient=False,
+        disable=not console.is_terminal or not world().is_main,  # one bar per launch, from rank 0
     )
     with progress:
         task = progress.add_task(description, total=total)

@@ -2,7 +2,9 @@
 
 Runs start in dependency order. A run already ``success`` in the store is skipped, so running the same
 plan again finishes what was left (a non-success run is redone and resumes from its own checkpoints).
-A failed run blocks every run that depends on it, directly or not; independent runs continue.
+A failed run blocks every run that depends on it, directly or not; independent runs continue. A run that
+another process is writing (a second sweep on the same store) is waited for, then skipped once that
+process has finished it: two sweeps sharing runs neither fail nor run anything twice.
 
 With ``workers=1`` runs execute in this process, under a `rich` progress display on stderr: an overall
 bar over runs and a bar over the current run's steps. With ``workers>1`` each run executes in a process
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from overtrain import distributed
 from overtrain.config import config_hash, to_plain
 from overtrain.errors import UserError
 from overtrain.registry import EXECUTORS, RUN_KINDS
@@ -173,6 +176,14 @@ class _Book:
         self.display.line("failed", "red", f"{item.kind}/{item.run_id}: {error}{where}")
 
 
+def refuse_under_launch() -> None:
+    """A plan is not executed by several launched processes at once: their runs would have to fail and skip
+    in lockstep. Data parallelism is per run (``accelerate launch ... pretrain``); plans scale over runs."""
+    if distributed.launched():
+        raise UserError("a plan of runs does not execute under accelerate launch/torchrun: launch one "
+                        "pretrain or finetune run at a time, and spread sweeps with --workers or --executor ray")
+
+
 def _lookup(kinds: Any, name: str) -> RunKind:
     kind = kinds.get(name)  # a Registry raises UnknownNameError; a Mapping returns None
     if kind is None:
@@ -223,6 +234,7 @@ def run_plan(
     """
     if workers < 1:
         raise UserError(f"workers must be >= 1, got {workers}")
+    refuse_under_launch()
     store = store or Store()
     kinds = RUN_KINDS if kinds is None else kinds
     ordered = plan.order(store)
@@ -247,7 +259,8 @@ def _run_inline(ordered: list[PlanItem], kind_of: dict[str, RunKind], store: Sto
         kind = kind_of[item.kind]
         task, on_progress = book.display.run_bar(item, _total_steps(kind, item.config))
         try:
-            outcome = store.execute(kind, item.config, on_progress=on_progress)
+            # wait=True: a run another sweep is writing is waited for, then skipped (or resumed)
+            outcome = store.execute(kind, item.config, on_progress=on_progress, wait=True)
         except Exception as exc:  # KeyboardInterrupt stops the plan; the store marked the run failed
             book.fail(item, one_line_error(exc), store)
         else:
@@ -284,7 +297,7 @@ def _execute_in_worker(kind_ref: str | RunKind, plain: dict[str, Any], run_id: s
                 f"config of {kind.name}/{run_id} changed in transit to the worker (hash {config_hash(cfg)}); "
                 "its to_plain() does not round-trip"
             )
-        outcome = Store(root).execute(kind, cfg)
+        outcome = Store(root).execute(kind, cfg, wait=True)  # another sweep's run: wait, then skip
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as data
         return {"ok": False, "error": one_line_error(exc)}
     return {"ok": True, "skipped": outcome.skipped, "wall_s": outcome.wall_s}

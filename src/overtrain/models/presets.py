@@ -8,6 +8,8 @@ them for a given vocabulary.
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -124,7 +126,29 @@ class ModelConfig(BaseConfig):
     def _known_overrides(self) -> ModelConfig:
         if self.overrides:
             build_hf_config(self, vocab_size=8, max_positions=8)  # raises ValueError on a bad key
+            # and on a bad value (a negative width, heads that do not divide it): a config error now,
+            # not a crash inside the run
+            _check_buildable(self.preset, json.dumps(self.overrides, sort_keys=True, default=str),
+                             self.attn_implementation)
         return self
+
+
+@functools.lru_cache(maxsize=256)
+def _check_buildable(preset: str, overrides: str, attn_implementation: str) -> None:
+    """Build the model with these overrides on the meta device (no memory, ~40 ms; cached per setting)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg = ModelConfig.model_construct(preset=preset, overrides=json.loads(overrides),
+                                      attn_implementation=attn_implementation)
+    hf = build_hf_config(cfg, vocab_size=8, max_positions=8)
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(hf, attn_implementation=attn_implementation)
+    except Exception as exc:  # torch and transformers raise many types for an impossible shape
+        message = " ".join(str(exc).split())
+        why = f"{type(exc).__name__}: {message[:200]}"
+        raise ValueError(f"overrides: the model cannot be built ({why})") from None
 
 
 def build_hf_config(cfg: ModelConfig, vocab_size: int, max_positions: int):
@@ -138,8 +162,8 @@ def build_hf_config(cfg: ModelConfig, vocab_size: int, max_positions: int):
         raise ValueError(f"unknown field {unknown[0]!r} in overrides for {type(hf).__name__} ({cfg.preset})")
     try:
         hf = preset.hf_config(vocab_size, max_positions, cfg.overrides)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"overrides: {exc}") from None
+    except Exception as exc:  # transformers' strict dataclass configs raise their own error types
+        raise ValueError(f"overrides: {' '.join(str(exc).split())}") from None
     hf._attn_implementation = cfg.attn_implementation
     return hf
 

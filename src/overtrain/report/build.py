@@ -21,12 +21,18 @@ def provenance_section(store: Store) -> Section:
     for row in rows:
         row["git_commit"] = (row["git_commit"] or "")[:10]
         row["finished_at"] = str(row["finished_at"] or "")[:19]
-    return Section(
-        "Provenance",
-        text=[f"Store: <code>{store.root}</code>. Each run's resolved config and manifest are in its directory; "
-              "query them with <code>overtrain query</code>."],
-        tables=[Table(rows, "Runs")],
-    )
+    failed = query(
+        "select kind, run_id, status, attempts, error from runs where status != 'success' "
+        "order by kind, run_id", store).to_pylist()
+    tables = [Table(rows, "Runs")]
+    text = [f"Store: <code>{store.root}</code>. Each run's resolved config and manifest are in its "
+            "directory; query them with <code>overtrain query</code>."]
+    if failed:
+        # a diverged (NaN/inf) or crashed run is part of the result: show it and why, never drop it silently
+        text.append(f"{len(failed)} run(s) did not finish successfully; their reasons are listed below "
+                    "(rerun the study or sweep to retry them).")
+        tables.insert(0, Table(failed, "Failed or unfinished runs"))
+    return Section("Provenance", text=text, tables=tables)
 
 
 def build_report(out_dir: str | Path, study: str | None = None, store: Store | None = None) -> Path:
@@ -45,7 +51,7 @@ def build_report(out_dir: str | Path, study: str | None = None, store: Store | N
     for name in names if study not in ("pretrain", "audit") else []:
         entry = STUDIES.get(name)  # unknown --study: UnknownNameError, exit 2
         sections.extend(entry.report(store))
-    if not sections:
+    if not sections and (study not in (None, "pretrain") or next(store.iter_runs(), None) is None):
         raise UserError(f"nothing to report in {store.root}: run a study or `overtrain pretrain` first")
     sections.append(provenance_section(store))
     title = f"overtrain report: {study}" if study else "overtrain report"

@@ -28,6 +28,15 @@ class ParentCheckpoint(BaseConfig):
             raise ValueError("must be a pre-training run id: 12 hex digits, optionally after 'pretrain/'")
         return f"pretrain/{run_id}"
 
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint(cls, value: str) -> str:
+        # a name inside the parent's ckpt/, never a path that could leave it
+        if not value or value in (".", "..") or value.startswith(".") or any(c in value for c in "/\\\0"):
+            raise ValueError("must be a checkpoint name in the parent's ckpt/ (budget_<tokens>, step_<N>), "
+                             "not a path")
+        return value
+
     @property
     def parent_id(self) -> str:
         return self.parent.split("/", 1)[1]

@@ -14,6 +14,10 @@ Layout (see docs/design.md, "Run directory contract")::
 The run id is `config_hash(cfg)`, so executing the same config twice is the same run: a run whose
 manifest says ``success`` is skipped, anything else is redone, and the kind's run function resumes
 from its newest complete checkpoint. ``success`` is written last, after every file is on disk.
+
+The ``success`` manifest lists the sha256 of every file of the run (``outputs``). Before a finished run
+is skipped its files are checked against that list; a run whose files are missing, truncated or altered
+is reported (`DamagedRunWarning`) and redone from scratch, never used as it is.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import time
@@ -36,10 +41,22 @@ from typing import IO, Any
 
 from filelock import FileLock, Timeout
 
-from overtrain import paths
+from overtrain import distributed, paths
 from overtrain.config import BaseConfig, config_hash, dump_yaml, to_plain
 from overtrain.errors import RunBusy, UserError
-from overtrain.runs.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, dumps_json
+from overtrain.runs.atomic import (
+    CHECKSUMS,
+    TMP_PREFIX,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    dumps_json,
+    fault_point,
+    read_checksums,
+    sha256_file,
+    tree_files,
+    verify_hashes,
+)
 from overtrain.runs.kinds import RunKind
 
 STATUSES = ("running", "success", "failed")
@@ -50,6 +67,13 @@ JSONL_FILES = ("metrics", "probes", "evals")
 
 ProgressCallback = Callable[[int, "int | None"], None]
 """``on_progress(completed, total)``: units of work done so far (steps) and the total if known."""
+
+NOT_OUTPUTS = ("manifest.json", "traceback.txt")
+"""Files of a run directory that its ``outputs`` hashes leave out (besides dot-names such as ``.lock``)."""
+
+
+class DamagedRunWarning(UserWarning):
+    """A finished run whose files no longer match the hashes in its manifest; it is being redone."""
 
 
 def now_iso() -> str:
@@ -188,7 +212,11 @@ class Run:
         dir: the run directory.
         config: the validated config.
         store: the `Store` the run belongs to.
+        writes: False for the handle of a rank other than 0 in a multi-process launch, which writes nothing
+            (`overtrain.runs.replicated.ReplicaRun`): a kind skips its own checkpoint writes then.
     """
+
+    writes = True
 
     def __init__(
         self,
@@ -224,7 +252,14 @@ class Run:
         if f is None:
             f = self._files[path.name] = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
         # one write call per line, then flush: a crash leaves at most one partial *last* line
-        f.write(dumps_json(dict(record)) + "\n")
+        line = dumps_json(dict(record)) + "\n"
+
+        def half_a_line(f: IO[str] = f) -> None:
+            f.write(line[: len(line) // 2])
+            f.flush()
+
+        fault_point("jsonl.partial_line", half_a_line)
+        f.write(line)
         f.flush()
 
     def log_metrics(self, record: Mapping[str, Any]) -> None:
@@ -435,10 +470,12 @@ class Store:
         *,
         on_progress: ProgressCallback | None = None,
         parents: Sequence[str | tuple[str, str]] | None = None,
+        wait: bool = False,
     ) -> RunOutcome:
         """Run `cfg` as a run of `kind` in its run directory, unless it already succeeded.
 
-        Steps: skip if the manifest says ``success``; take the run's lock (non-blocking); write
+        Steps: skip if the manifest says ``success`` and every file still matches its hash (a damaged
+        finished run is redone from scratch, with a `DamagedRunWarning`); take the run's lock; write
         ``config.yaml`` and a ``running`` manifest; call ``kind.run(cfg, run)``; on success fsync the
         record files and write the ``success`` manifest last. On any exception the manifest becomes
         ``failed`` with a one-line ``error`` (the traceback goes to ``traceback.txt``) and the exception
@@ -450,25 +487,47 @@ class Store:
             on_progress: ``on_progress(completed, total)``, called by `Run.progress`.
             parents: upstream runs as ``"kind/run_id"`` or ``(kind, run_id)``; default
                 ``kind.parents(cfg)``.
+            wait: when another process holds the run's lock, wait for it to let go (then skip the run if
+                that process finished it, or resume it) instead of raising `RunBusy`. Executors of
+                sweeps pass True, so two sweeps sharing runs neither fail nor run anything twice.
 
         Returns:
             A `RunOutcome`; ``skipped`` is True when the run was already a success.
 
+        Under a multi-process launch (``accelerate launch``, ``torchrun``) every process executes the run
+        and only rank 0 writes (`overtrain.runs.replicated`).
+
         Raises:
-            RunBusy: another process holds the run's lock.
+            RunBusy: another process holds the run's lock (and `wait` is False).
         """
         kind_obj = _resolve_kind(kind)
         cfg = _coerce_config(kind_obj, cfg)
+        if distributed.launched():
+            from overtrain.runs.replicated import execute_replicated
+
+            return execute_replicated(self, kind_obj, cfg, on_progress, parents)
+        return self._execute_here(kind_obj, cfg, on_progress, parents, wait=wait)
+
+    def _execute_here(
+        self,
+        kind_obj: RunKind,
+        cfg: BaseConfig,
+        on_progress: ProgressCallback | None,
+        parents: Sequence[str | tuple[str, str]] | None,
+        *,
+        wait: bool = False,
+    ) -> RunOutcome:
+        """`execute` in this one process."""
         run_id = config_hash(cfg)
         run_dir = self.run_dir(kind_obj.name, run_id)
 
         done = self.manifest(kind_obj.name, run_id)
-        if done is not None and done.get("status") == "success":
+        if done is not None and done.get("status") == "success" and not self._damage(run_dir, done):
             return RunOutcome(kind_obj.name, run_id, run_dir, "success", skipped=True)
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        # timeout=0: a second writer must fail fast (RunBusy), not queue behind a run of hours
-        lock = FileLock(str(run_dir / ".lock"), timeout=0)
+        # timeout=0 by default: a second writer must fail fast (RunBusy), not queue behind a run of hours
+        lock = FileLock(str(run_dir / ".lock"), timeout=-1 if wait else 0)
         try:
             lock.acquire()
         except Timeout:
@@ -477,10 +536,37 @@ class Store:
             # another process may have finished the run between our first look and the lock
             previous = self.manifest(kind_obj.name, run_id)
             if previous is not None and previous.get("status") == "success":
-                return RunOutcome(kind_obj.name, run_id, run_dir, "success", skipped=True)
+                damage = self._damage(run_dir, previous)
+                if not damage:
+                    return RunOutcome(kind_obj.name, run_id, run_dir, "success", skipped=True)
+                reason = "; ".join(damage[:3]) + (f"; and {len(damage) - 3} more" if len(damage) > 3 else "")
+                message = f"run {kind_obj.name}/{run_id} is damaged ({reason}); redoing it from scratch"
+                warnings.warn(DamagedRunWarning(message), stacklevel=3)
+                _discard_outputs(run_dir)
+                previous = {**previous, "redo_reason": reason}
+            _remove_temporaries(run_dir)
             return self._execute_locked(kind_obj, cfg, run_id, previous, on_progress, parents)
         finally:
             lock.release()
+
+    def _damage(self, run_dir: Path, manifest: dict[str, Any]) -> list[str]:
+        """Problems of a finished run's files against the ``outputs`` hashes of its manifest (none
+        recorded, as in runs finished before hashes were kept: nothing to check)."""
+        outputs = manifest.get("outputs")
+        if not isinstance(outputs, dict):
+            return []
+        return verify_hashes(run_dir, {str(k): str(v) for k, v in outputs.items()})
+
+    def verify(self, kind: str, run_id: str) -> list[str]:
+        """What is wrong with a run's files: ``"<path>: missing"`` / ``"<path>: sha256 mismatch"`` against
+        the hashes its ``success`` manifest recorded; ``["no manifest"]`` or ``["status is failed"]`` for
+        a run that never finished; empty for an intact finished run (or one finished before hashes)."""
+        manifest = self.manifest(kind, run_id)
+        if manifest is None:
+            return ["no manifest"]
+        if manifest.get("status") != "success":
+            return [f"status is {manifest.get('status')}"]
+        return self._damage(self.run_dir(kind, run_id), manifest)
 
     def _execute_locked(
         self,
@@ -514,6 +600,8 @@ class Store:
             # info survives a retry: a run may record facts (e.g. n_params) once, early
             "info": dict(previous.get("info") or {}),
         }
+        if previous.get("redo_reason"):
+            manifest["redo_reason"] = previous["redo_reason"]  # why a finished run is being redone
         atomic_write_text(run_dir / "config.yaml", dump_yaml(to_plain(cfg)))
         self._write_manifest(kind.name, run_id, manifest)
         stale_traceback = run_dir / "traceback.txt"
@@ -538,9 +626,60 @@ class Store:
                 atomic_write_text(run_dir / "traceback.txt", traceback.format_exc())
                 self._write_manifest(kind.name, run_id, manifest)
             raise
-        manifest.update(status="success", finished_at=now_iso(), wall_s=time.perf_counter() - t0)
+        fault_point("store.before_success")
+        outputs = _output_hashes(run_dir)  # what a later skip checks the files against
+        manifest.update(status="success", finished_at=now_iso(), wall_s=time.perf_counter() - t0,
+                        outputs=outputs)
         self._write_manifest(kind.name, run_id, manifest)
         return RunOutcome(kind.name, run_id, run_dir, "success", skipped=False, wall_s=manifest["wall_s"])
+
+
+def _output_hashes(run_dir: Path) -> dict[str, str]:
+    """sha256 of every file of a finished run (`tree_files`, less `NOT_OUTPUTS`). A checkpoint directory's
+    files take the hashes its ``checksums.json`` recorded as it was written (re-reading gigabytes of
+    weights would only repeat them); every other file, the sidecar included, is read and hashed."""
+    outputs: dict[str, str] = {}
+    sidecars: dict[str, dict[str, str]] = {}
+    for rel in tree_files(run_dir):
+        if rel in NOT_OUTPUTS:
+            continue
+        parent, _, name = rel.rpartition("/")
+        if parent and name != CHECKSUMS:
+            if parent not in sidecars:
+                try:
+                    sidecars[parent] = read_checksums(run_dir / parent) or {}
+                except ValueError:
+                    sidecars[parent] = {}
+            if name in sidecars[parent]:
+                outputs[rel] = sidecars[parent][name]
+                continue
+        outputs[rel] = sha256_file(run_dir / rel)
+    return outputs
+
+
+def _discard_outputs(run_dir: Path) -> None:
+    """Delete everything of a damaged finished run but its lock and manifest (both rewritten next)."""
+    for entry in run_dir.iterdir():
+        if entry.name in (".lock", "manifest.json"):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _remove_temporaries(run_dir: Path) -> None:
+    """Delete the ``.tmp-*`` files and dirs a killed writer left in the run dir (we hold its lock, so
+    nobody is writing them)."""
+    for dirpath, dirnames, filenames in os.walk(run_dir):
+        for name in [*dirnames, *filenames]:
+            if name.startswith(TMP_PREFIX):
+                path = Path(dirpath) / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        dirnames[:] = [d for d in dirnames if not d.startswith(TMP_PREFIX)]
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:

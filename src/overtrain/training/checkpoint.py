@@ -8,18 +8,26 @@
 
 Everything is written into a temporary directory and renamed into place, so a directory that exists is
 complete. Weights are read with safetensors only; pickle files are refused.
+
+Every directory written here carries ``checksums.json`` (sha256 of each file). Loading verifies it first:
+a truncated or altered file is a one-line `CheckpointError` naming the file, never a silently used
+checkpoint. A damaged resume state is moved aside (``ckpt/.damaged-resume-*``) as it is reported, so the
+run's next attempt starts over instead of failing on it again. Directories without the sidecar (written
+before hashes were kept, or by other tools) load as before, checked only by the safetensors reader.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from overtrain.errors import CheckpointError
-from overtrain.runs.atomic import atomic_dir, atomic_write_json
+from overtrain.runs.atomic import CHECKSUMS, atomic_dir, atomic_write_json, verify_checksums
 
 META = "meta.json"
 RESUME = "resume"
@@ -34,7 +42,7 @@ def _quiet_transformers() -> None:
 def save_checkpoint(path: Path, model, tokenizer, meta: dict[str, Any]) -> Path:
     """Write `model` (+ `tokenizer`, `meta`) as a `from_pretrained`-loadable directory at `path`."""
     _quiet_transformers()
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, checksums=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -42,8 +50,18 @@ def save_checkpoint(path: Path, model, tokenizer, meta: dict[str, Any]) -> Path:
     return path
 
 
+def verify_checkpoint(path: Path, what: str = "checkpoint") -> None:
+    """Raise a one-line `CheckpointError` naming the first file of `path` that does not match its
+    ``checksums.json`` (truncated, altered or missing); a directory without the sidecar passes."""
+    problems = verify_checksums(path)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"corrupt {what} {path}: {problems[0]}{more} (checked against its {CHECKSUMS})")
+
+
 def check_model_dir(path: Path) -> None:
-    """Raise `CheckpointError` unless `path` holds safetensors weights and a config."""
+    """Raise `CheckpointError` unless `path` holds safetensors weights and a config, intact by its
+    ``checksums.json`` when it has one."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -56,6 +74,7 @@ def check_model_dir(path: Path) -> None:
                 f"refusing to unpickle {pickled[0]} in {path}: convert the weights to safetensors"
             )
         raise CheckpointError(f"no safetensors weights in {path}")
+    verify_checkpoint(path)
 
 
 def load_checkpoint(
@@ -63,10 +82,14 @@ def load_checkpoint(
 ):
     """Load a causal LM saved by `save_checkpoint` (or any HF directory with safetensors weights).
 
+    Weights that do not fit the config (a missing tensor, a shape mismatch) are refused: transformers
+    would re-initialise them at random and only log a report.
+
     Returns:
         ``(model, tokenizer_or_None, meta_dict)``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     path = Path(path)
     check_model_dir(path)
@@ -76,10 +99,20 @@ def load_checkpoint(
         kwargs["attn_implementation"] = attn_implementation
     if dtype is not None:
         kwargs["dtype"] = dtype
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its multi-line load report goes to stderr; we raise one line instead
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+        model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
     except Exception as exc:  # transformers/safetensors raise many types for a damaged file
         raise CheckpointError(f"corrupt checkpoint {path}: {_one_line(exc)}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    unfit = sorted(info.get("missing_keys") or [])
+    unfit += sorted(str(k[0]) for k in info.get("mismatched_keys") or [])
+    if unfit:
+        raise CheckpointError(f"corrupt checkpoint {path}: weights do not fit config.json "
+                              f"({len(unfit)} tensors missing or misshapen, e.g. {unfit[0]})")
+    model = model.to(device)
     tokenizer = None
     if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
         try:
@@ -133,7 +166,7 @@ def save_trainer_state(path: Path, model, optimizer: torch.optim.Optimizer, stat
                 scalars.setdefault(str(idx), {})[key] = value
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, checksums=True) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         atomic_write_json(
@@ -142,11 +175,32 @@ def save_trainer_state(path: Path, model, optimizer: torch.optim.Optimizer, stat
         )
 
 
+def quarantine(path: Path, exc: CheckpointError) -> CheckpointError:
+    """Move a damaged resume state aside (``.damaged-<name>-<time>``, ignored by every listing) and return
+    `exc` with a note saying so: the run's next attempt finds no state and starts over."""
+    path = Path(path)
+    aside = path.with_name(f".damaged-{path.name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        return exc
+    return CheckpointError(f"{exc}; moved aside to {aside.name}: the next attempt starts the run over")
+
+
 def load_trainer_state(path: Path, model, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore what `save_trainer_state` wrote into `model` and `optimizer`; return the JSON state."""
+    """Restore what `save_trainer_state` wrote into `model` and `optimizer`; return the JSON state.
+
+    Raises:
+        CheckpointError: the state is damaged (checksum mismatch, truncated or unreadable file); it has
+            been moved aside (`quarantine`), so a retry starts the run over rather than failing again.
+    """
     from safetensors.torch import load_file, load_model
 
     path = Path(path)
+    try:
+        verify_checkpoint(path, "resume state")
+    except CheckpointError as exc:
+        raise quarantine(path, exc) from None
     try:
         record = json.loads((path / "trainer_state.json").read_text())
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
@@ -154,7 +208,7 @@ def load_trainer_state(path: Path, model, optimizer: torch.optim.Optimizer) -> d
             raise ValueError(f"weights do not fit the model (missing {missing[:2]}, unexpected {unexpected[:2]})")
         tensors = load_file(str(path / "optimizer.safetensors"))
     except Exception as exc:
-        raise CheckpointError(f"corrupt resume state {path}: {_one_line(exc)}") from None
+        raise quarantine(path, CheckpointError(f"corrupt resume state {path}: {_one_line(exc)}")) from None
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("state."):

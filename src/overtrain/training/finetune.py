@@ -13,13 +13,13 @@ truncated first) rather than resuming mid-way.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Literal
 
 import torch
 from pydantic import Field
 
+from overtrain import distributed
 from overtrain.config import BaseConfig, NotInId, Registered
 from overtrain.errors import DataError, RunFailed
 from overtrain.models.presets import count_params
@@ -27,7 +27,7 @@ from overtrain.registry import DATASETS, FINETUNE_METHODS
 from overtrain.runs.parent import ParentCheckpoint, resolve_parent
 from overtrain.seed import seed_everything
 from overtrain.training import checkpoint as ckpt
-from overtrain.training.loop import build_optimizer, evaluate_loss, train_segment
+from overtrain.training.loop import build_optimizer, divergence, evaluate_loss, train_segment
 from overtrain.training.schedules import LR, cosine, linear_decay, warmup_stable
 
 
@@ -162,6 +162,7 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
     tc = cfg.train
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, 1e-8)
     rule = cfg.method.step_rule(model, optimizer, cfg.seed)
+    train_model = distributed.wrap(model)  # DDP under a multi-process launch; the rule keeps the bare model
     lr = _lr_schedule(tc)
     offset = cfg.seed << 32  # each seed reads its own stretch of the task's training stream
 
@@ -174,10 +175,14 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
         events |= set(range(tc.eval_every, tc.steps + 1, tc.eval_every))
     step, after = 0, {}
     for event in sorted(events):
-        stats = train_segment(model, optimizer, batch_at, lr, step, event, grad_clip=tc.grad_clip or None,
+        stats = train_segment(train_model, optimizer, batch_at, lr, step, event,
+                              grad_clip=tc.grad_clip or None,
                               autocast_dtype=autocast, device=device, step_rule=rule)
-        if not math.isfinite(stats.mean_loss):
-            raise RunFailed(f"fine-tuning loss became {stats.mean_loss} between steps {step} and {event}")
+        reason = divergence(stats, step, event, "fine-tuning loss")
+        if reason is not None:  # stop now: the run is marked failed with the reason and the step
+            bad = stats.first_nonfinite_step
+            run.set_info(diverged_at_step=event if bad is None else bad)
+            raise RunFailed(reason)
         step = event
         record = {"step": step, "tokens_seen": step * tokens_per_step, "train/loss": stats.mean_loss,
                   "train/lr": stats.lr, "train/grad_norm": stats.grad_norm, **rule.stats()}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from overtrain import distributed
 from overtrain.training.schedules import LR
 from overtrain.training.step_rules import StepRule
 
@@ -29,12 +30,24 @@ class SegmentStats:
         mean_loss: mean training loss over them, nats per token.
         grad_norm: global gradient norm before clipping at the last step.
         lr: learning rate of the last step.
+        first_nonfinite_step: the first step whose loss was NaN or infinite (this process's), or None.
     """
 
     steps: int
     mean_loss: float
     grad_norm: float
     lr: float
+    first_nonfinite_step: int | None = None
+
+
+def divergence(stats: SegmentStats, start: int, stop: int, what: str = "training loss") -> str | None:
+    """None while the segment's mean loss is finite; else the one-line reason a run stops, with the step:
+    ``diverged: training loss became nan at step 13 (segment 10-20)``."""
+    if math.isfinite(stats.mean_loss):
+        return None
+    where = (f"at step {stats.first_nonfinite_step}" if stats.first_nonfinite_step is not None
+             else f"between steps {start} and {stop}")
+    return f"diverged: {what} became {stats.mean_loss} {where} (segment {start}-{stop})"
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None):
@@ -75,19 +88,25 @@ def train_segment(
 
     The loss is the mean next-token cross-entropy (nats) of the causal LM on the batch; `step_rule`
     turns it into gradients (default: one forward, one backward; `overtrain.training.step_rules`).
+
+    In a multi-process launch (`overtrain.distributed`) `model` is the DDP-wrapped model, each process
+    trains on its share of ``batch_at(s)`` and the mean loss is averaged over the processes.
     """
     device = torch.device(device)
+    if distributed.active() and not distributed.is_wrapped(model):
+        raise RuntimeError("train_segment under a multi-process launch needs the model from distributed.wrap")
     model.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     loss_sum = torch.zeros((), device=device)
     grad_norm = torch.zeros((), device=device)
     lr = float("nan")
     rule = step_rule or StepRule(model)
+    losses = []  # per-step losses, kept on the device; read only when the mean is not finite
     for step in range(start, stop):
         lr = lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x = batch_at(step).to(device, non_blocking=True)
+        x = distributed.shard(batch_at(step)).to(device, non_blocking=True)
 
         def loss_fn(x=x):
             # One autocast context per forward pass: autocast caches its low-precision copies of the
@@ -102,8 +121,14 @@ def train_segment(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss_sum += loss.detach().float()
+        losses.append(loss.detach())
     n = max(1, stop - start)
-    return SegmentStats(stop - start, (loss_sum / n).item(), float(grad_norm), lr)
+    mean = distributed.all_mean(loss_sum / n).item()
+    first_bad = None
+    if not math.isfinite(mean) and losses:
+        bad = (~torch.isfinite(torch.stack(losses).float())).nonzero()
+        first_bad = start + int(bad[0]) if len(bad) else None
+    return SegmentStats(stop - start, mean, float(grad_norm), lr, first_bad)
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
+from overtrain import distributed
 from overtrain.config import BaseConfig, Count, InIdWhenSet, NotInId, Registered
 from overtrain.data.base import TokenSource
 from overtrain.errors import DataError, RunFailed, UserError
@@ -35,7 +36,7 @@ from overtrain.models.presets import ModelConfig, build_model, count_params
 from overtrain.registry import DATASETS
 from overtrain.seed import seed_everything
 from overtrain.training import checkpoint as ckpt
-from overtrain.training.loop import build_optimizer, evaluate_loss, train_segment
+from overtrain.training.loop import build_optimizer, divergence, evaluate_loss, train_segment
 from overtrain.training.monitor import Monitor, MonitorConfig, MonitorProbe, announce
 from overtrain.training.schedules import (
     Budget,
@@ -197,8 +198,8 @@ class PretrainConfig(BaseConfig):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        base = value.split(":")[0]
-        if base not in ("cpu", "cuda", "mps", "auto"):
+        base, _, index = value.partition(":")
+        if base not in ("cpu", "cuda", "mps", "auto") or (index and not (base == "cuda" and index.isdigit())):
             raise ValueError("device must be cpu, cuda, cuda:N, mps or auto")
         return value
 
@@ -208,13 +209,21 @@ class PretrainConfig(BaseConfig):
         return self
 
 
+def _ppl(loss: float) -> float:
+    """exp(loss); infinite (null in JSON) past float range, as for a diverging run's evaluation."""
+    return math.inf if loss > 700 else math.exp(loss)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+        return distributed.device_for(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # fine-tuning, probe and audit configs take any string
+        raise UserError(f"device {name!r}: expected cpu, cuda, cuda:N, mps or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name} requested but no CUDA device is available")
-    return device
+    return distributed.device_for(device)  # a bare cuda is this process's own GPU under a launch
 
 
 def total_steps(cfg: PretrainConfig) -> int:
@@ -262,7 +271,7 @@ class _Job:
             self.monitor = Monitor(mc)
             self.monitor_probe = MonitorProbe(mc, batches, self.model)  # the model is still at its init
         self.optimizer = self.fresh_optimizer(self.model)
-        self.train_model = torch.compile(self.model) if cfg.compile else self.model
+        self.train_model = self.trainable(self.model)
         self.done_steps = 0
         self.total_steps = total_steps(cfg)
         self.acc = [0.0, 0]  # training-loss sum and step count since the last log record
@@ -274,6 +283,10 @@ class _Job:
         seed_everything(self.cfg.seed)
         return build_model(self.cfg.model, self.source.vocab_size, self.cfg.train.seq_len).to(self.device)
 
+    def trainable(self, model):
+        """The module the loop steps: compiled if asked, in DDP under a multi-process launch."""
+        return distributed.wrap(torch.compile(model) if self.cfg.compile else model)
+
     def fresh_optimizer(self, model):
         tc = self.cfg.train
         return build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, tc.eps)
@@ -284,13 +297,16 @@ class _Job:
     def segment(self, model, optimizer, lr, start: int, stop: int) -> None:
         if stop <= start:
             return
-        train_model = self.train_model if model is self.model else model
+        train_model = self.train_model if model is self.model else self.branch_model
         stats = train_segment(
             train_model, optimizer, self.batch_at, lr, start, stop,
             grad_clip=self.cfg.train.grad_clip or None, autocast_dtype=self.autocast, device=self.device,
         )
-        if not math.isfinite(stats.mean_loss):
-            raise RunFailed(f"training loss became {stats.mean_loss} between steps {start} and {stop}")
+        reason = divergence(stats, start, stop)
+        if reason is not None:  # stop now: the run is marked failed with the reason and the step
+            bad = stats.first_nonfinite_step
+            self.run.set_info(diverged_at_step=stop if bad is None else bad)
+            raise RunFailed(reason)
         self.acc[0] += stats.mean_loss * stats.steps
         self.acc[1] += stats.steps
         self.last = stats
@@ -329,18 +345,21 @@ class _Job:
             "n_params": self.n_params, "tokens_per_param": tokens / self.n_params,
             "schedule": self.cfg.train.schedule, "seed": self.cfg.seed,
         }
-        ckpt.save_checkpoint(self.run.ckpt_dir(name), model, self.tokenizer, {**meta, **metrics})
+        if self.run.writes:  # rank 0 only under a multi-process launch
+            ckpt.save_checkpoint(self.run.ckpt_dir(name), model, self.tokenizer, {**meta, **metrics})
         for split_key, loss in metrics.items():
             if not split_key.endswith("/loss"):
                 continue
             split = split_key.split("/")[0]
             floor = self.floor if split == "val" else None
             self.run.log_eval({
-                "checkpoint": name, **meta, "split": split, "loss": loss, "ppl": math.exp(loss), "loss_floor": floor,
+                "checkpoint": name, **meta, "split": split, "loss": loss, "ppl": _ppl(loss), "loss_floor": floor,
                 "excess_loss": None if floor is None else loss - floor,
             })
 
     def save_resume(self, line_index: int, step: int) -> None:
+        if not self.run.writes:
+            return
         self.run.sync()
         state = {
             "line_index": line_index, "step": step, "done_steps": self.done_steps,
@@ -381,7 +400,7 @@ class _Job:
         loss, delta = self.monitor_probe.measure(model, self.autocast)
         result = self.monitor.update(step * self.tps, loss, delta)
         self.run.log_metrics({"step": step, "tokens_seen": step * self.tps, "line": "monitor", **result.record()})
-        if result.warning:
+        if result.warning and self.run.writes:
             announce(result)
             self.run.set_info(monitor_warned_at_tokens=result.tokens, monitor_predicted_min=result.predicted_min)
 
@@ -423,6 +442,7 @@ class _Job:
     def branch(self, b: Budget) -> None:
         """WSD: decay a copy of the main line from its branch point to the budget's end."""
         model, optimizer = copy.deepcopy((self.model, self.optimizer))
+        self.branch_model = distributed.wrap(model)
         lr = linear_decay(self.lr_main, b.branch, b.decay, self.min_lr)
         acc = self.acc
         self.acc = [0.0, 0]
@@ -431,6 +451,7 @@ class _Job:
         self.save(model, b.name, b.steps, b.name, b.tokens)
         self.done_budgets.add(b.tokens)
         self.acc = acc
+        self.branch_model = None
 
     def run_wsd_or_constant(self, state: dict[str, Any] | None) -> None:
         last = self.budgets[-1]
@@ -454,7 +475,7 @@ class _Job:
             if not resumed and k > 0:
                 self.model = self.fresh_model()
                 self.optimizer = self.fresh_optimizer(self.model)
-                self.train_model = torch.compile(self.model) if self.cfg.compile else self.model
+                self.train_model = self.trainable(self.model)
             lr = cosine(tc.lr, tc.warmup_steps, b.steps, self.min_lr)
             is_last = k == len(self.budgets) - 1
             start = state["step"] if resumed else 0

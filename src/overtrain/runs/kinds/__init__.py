@@ -31,6 +31,9 @@ class RunKind:
         parents: ``parents(cfg) -> [(kind, run_id), ...]``, the upstream runs this one reads.
         total_steps: ``total_steps(cfg) -> int`` units of work, for the progress bar (None: unknown).
         help: one line for ``overtrain ls kinds``.
+        data_parallel: `run` may execute on every process of a multi-process launch (DDP): it shards
+            batches and wraps the model through `overtrain.distributed` and writes checkpoints only when
+            ``run.writes`` (`overtrain.runs.replicated`). Other kinds are refused under a launch.
     """
 
     name: str
@@ -39,3 +42,4 @@ class RunKind:
     parents: Callable[[Any], list[tuple[str, str]]] = field(default=_no_parents)
     total_steps: Callable[[Any], int] | None = None
     help: str = ""
+    data_parallel: bool = False

@@ -14,5 +14,6 @@ RUN_KINDS.register(
         parents=parents,
         total_steps=lambda cfg: cfg.train.steps,
         help="fine-tune one pre-training checkpoint on a task; measures task loss and forgetting",
+        data_parallel=True,
     ),
 )

@@ -12,5 +12,6 @@ RUN_KINDS.register(
         run=run_pretrain,
         total_steps=total_steps,
         help="pre-train one model to a list of token budgets (WSD branches or cosine runs)",
+        data_parallel=True,
     ),
 )

@@ -61,6 +61,16 @@ def test_exact_repeat_counts(fraction, repeats):
     assert np.all(beyond == -1)  # training past the budget is all unique
 
 
+@pytest.mark.parametrize(("fraction", "repeats"), [(0.1, 1), (0.1, 3), (0.3, 64), (0.01, 40)])
+def test_realised_fraction_is_f_up_to_rounding_of_the_subset(fraction, repeats):
+    """R / N = round(f·N/E)·E / N lies within E/(2N) of f: the subset size is the only rounding."""
+    src = build(fraction=fraction, repeats=repeats)
+    ids = all_ids(src, 64, 4000 // 64 + 1)[:4000]
+    realised = (ids >= 0).mean()
+    assert realised == src.layout(T).repeated / 4000
+    assert abs(realised - fraction) <= repeats / (2 * 4000) + 1e-12
+
+
 def test_positions_do_not_depend_on_batch_size():
     src = build()
     assert np.array_equal(all_ids(src, 40, 10), all_ids(src, 8, 50))

@@ -157,6 +157,21 @@ def overtraining(
     _run_study("overtraining", config, preset, overrides, workers, dry_run, report_dir)
 
 
+@app.command("repeated-data")
+def repeated_data(
+    overrides: Optional[list[str]] = OVERRIDES,
+    config: Optional[Path] = CONFIG,
+    preset: Optional[str] = typer.Option(None, "--preset", help="A preset in configs/repeated_data/ (default, small)."),
+    workers: int = WORKERS,
+    report_dir: Optional[Path] = REPORT,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
+) -> None:
+    """Repeated data (Hernandez et al. 2022): a subset repeated E times at fixed total tokens; held-out loss
+    peaks at an intermediate E, copying suffers, the model behaves like a smaller one.
+    Example: overtrain repeated-data --workers 2 --report report/"""
+    _run_study("repeated_data", config, preset, overrides, workers, dry_run, report_dir)
+
+
 @app.command()
 def hyperfit(
     overrides: Optional[list[str]] = OVERRIDES,

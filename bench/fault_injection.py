@@ -12,7 +12,7 @@ kills it with SIGKILL one to three times, then runs it again until it finishes. 
   uniform over 5-95% of the uninterrupted run's wall time (5-60% for a later kill, which lands in a
   resumed attempt with less left to do);
 - ``fault``: ``OVERTRAIN_FAULT=<point>@<n>`` makes a process kill itself the n-th time it reaches a
-  fault point (`overtrain.runs.atomic.FAULT_POINTS`): inside a checkpoint directory that is half
+  fault point (`overtrain.core.atomic.FAULT_POINTS`): inside a checkpoint directory that is half
   written (``atomic_dir.filled``) or complete but not yet renamed into place (``atomic_dir.rename``),
   before a file's rename (``atomic_write.rename``), after half a JSONL line (``jsonl.partial_line``),
   or after a run's work but before its ``success`` manifest (``store.before_success``). n is drawn from

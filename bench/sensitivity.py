@@ -83,11 +83,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from overtrain.core.evaluate import evaluate_loss
+from overtrain.core.perturb import init_scale, relative, sample_noise, select_parameters
 from overtrain.data.hmm import HMMConfig
 from overtrain.models.presets import ModelConfig, build_model, count_params
 from overtrain.probes.noise import NoiseSensitivityConfig, noise_sensitivity
-from overtrain.probes.perturb import init_scale, relative, sample_noise, select_parameters
-from overtrain.training.loop import evaluate_loss
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RTOL = 1e-5

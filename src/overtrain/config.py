@@ -305,9 +305,15 @@ def _identity_value(value: Any) -> Any:
     return value
 
 
-def config_hash(cfg: BaseModel, length: int = 12) -> str:
-    """Short sha256 of the canonical JSON of the config's identity: the run id."""
+def config_hash(cfg: BaseModel, length: int = 12, *, version: str | None = None) -> str:
+    """Short sha256 of the canonical JSON of the config's identity: the run id.
+
+    `version` (a run kind's code version, e.g. the digest of the code that decides a study's verdicts)
+    enters the hash when given, so a run of new code is a new run; without it the id is the config's
+    alone, as it always was."""
     text = json.dumps(identity(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    if version is not None:
+        text += "\nversion:" + version
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 

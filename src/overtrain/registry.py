@@ -25,12 +25,13 @@ class Registry(Generic[T]):
 
     Args:
         kind: what the entries are, for messages (``"dataset"``).
-        package: dotted package whose submodules hold the built-in entries; imported on first lookup.
+        package: dotted package (or packages) whose submodules and subpackages hold the built-in
+            entries; imported on first lookup.
     """
 
-    def __init__(self, kind: str, package: str | None = None) -> None:
+    def __init__(self, kind: str, package: str | tuple[str, ...] | None = None) -> None:
         self.kind = kind
-        self.package = package
+        self.packages = (package,) if isinstance(package, str) else tuple(package or ())
         self._entries: dict[str, T | str] = {}
         self._help: dict[str, str] = {}
         self._loaded = package is None
@@ -38,14 +39,18 @@ class Registry(Generic[T]):
     def register(self, name: str, obj: T | str | None = None, *, help: str | None = None):
         """Register `obj` under `name`; without `obj`, return a decorator.
 
-        `obj` may be a ``"module:attr"`` string, imported on first `get`.
+        `obj` may be a ``"module:attr"`` string, imported on first `get`, or a bare ``"module"`` whose
+        import registers the real entry under `name` (a study folder announces its study and run kinds
+        this way, so listing them imports nothing heavy). A lazy entry may be replaced by the object it
+        stands for.
         """
         if name != name.lower() or not name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"{self.kind} names are lowercase words with - or _: {name!r}")
 
         def add(target: T | str) -> T | str:
             old = self._entries.get(name)
-            if old is not None and old is not target:
+            replaces_lazy = isinstance(old, str) and not isinstance(target, str)
+            if old is not None and old is not target and old != target and not replaces_lazy:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = target
             if help is not None:
@@ -61,10 +66,11 @@ class Registry(Generic[T]):
         if self._loaded:
             return
         self._loaded = True
-        pkg = importlib.import_module(self.package)
-        for info in pkgutil.iter_modules(pkg.__path__, prefix=pkg.__name__ + "."):
-            if not info.name.rsplit(".", 1)[-1].startswith("_"):
-                importlib.import_module(info.name)
+        for package in self.packages:
+            pkg = importlib.import_module(package)
+            for info in pkgutil.iter_modules(pkg.__path__, prefix=pkg.__name__ + "."):
+                if not info.name.rsplit(".", 1)[-1].startswith("_"):
+                    importlib.import_module(info.name)
 
     def get(self, name: str) -> T:
         """The entry called `name`; an unknown name raises `UnknownNameError` listing the choices."""
@@ -77,8 +83,14 @@ class Registry(Generic[T]):
         entry = self._entries[name]
         if isinstance(entry, str):
             module, _, attr = entry.partition(":")
-            entry = getattr(importlib.import_module(module), attr)
-            self._entries[name] = entry
+            imported = importlib.import_module(module)
+            if attr:
+                entry = getattr(imported, attr)
+                self._entries[name] = entry
+            else:
+                entry = self._entries[name]
+                if isinstance(entry, str):
+                    raise ValueError(f"importing {module} did not register the {self.kind} {name!r}")
         return entry  # type: ignore[return-value]
 
     def names(self) -> list[str]:
@@ -108,11 +120,12 @@ DATASETS: Registry[type] = Registry("dataset", "overtrain.data")
 MODELS: Registry = Registry("model preset", "overtrain.models")
 """Model size presets (`overtrain.models.presets.Preset`) by name."""
 
-RUN_KINDS: Registry = Registry("run kind", "overtrain.runs.kinds")
-"""Run kinds (`overtrain.runs.kinds.RunKind`): config class + run function, e.g. ``pretrain``."""
+RUN_KINDS: Registry = Registry("run kind", ("overtrain.runs.kinds", "overtrain.studies"))
+"""Run kinds (`overtrain.runs.kinds.RunKind`): config class + run function, e.g. ``pretrain``; a study
+registers its own kinds (its analysis, its computations) in its folder."""
 
 EXECUTORS: Registry[Callable] = Registry("executor", "overtrain.executors")
-"""Executors that carry out a plan of runs (``local``; ``ray`` later)."""
+"""Executors that carry out a plan of runs (``local``, ``ray``)."""
 
 PROBES: Registry = Registry("probe", "overtrain.probes")
 """Checkpoint probes (noise sensitivity, sharpness, induction, ...)."""
@@ -121,7 +134,8 @@ FINETUNE_METHODS: Registry = Registry("fine-tuning method", "overtrain.training.
 """Fine-tuning methods (full, lora, lora_ggpo, ...)."""
 
 STUDIES: Registry = Registry("study", "overtrain.studies")
-"""Studies: a config and a function that expands into runs and writes results."""
+"""Studies (`overtrain.studies.base.Study`), one folder each under ``overtrain/studies/``; the CLI's study
+commands are generated from this registry."""
 
 REGISTRIES: dict[str, Registry] = {
     "datasets": DATASETS,

@@ -16,12 +16,10 @@ import pytest
 import torch
 from scipy.stats import chi2
 
-from overtrain.data.hmm import HMMConfig
-from overtrain.models.presets import ModelConfig, build_model
-from overtrain.probes.perturb import (
+from overtrain.core.perturb import (
     init_scale,
     is_matrix,
-    load_init_state,
+    load_weights,
     param_filter,
     perturbed,
     relative,
@@ -29,6 +27,8 @@ from overtrain.probes.perturb import (
     select_parameters,
     standard_normal,
 )
+from overtrain.data.hmm import HMMConfig
+from overtrain.models.presets import ModelConfig, build_model
 from overtrain.training.loop import build_optimizer, train_segment
 
 VOCAB, SEQ = 16, 16
@@ -253,7 +253,7 @@ def test_peft_lora_filter_restore_and_init_lookup():
 def test_init_state_from_a_checkpoint_directory(tmp_path):
     model = _model()
     model.save_pretrained(tmp_path, safe_serialization=True)
-    state = load_init_state(tmp_path)
+    state = load_weights(tmp_path)
     assert init_scale(model, 1.5, init_state=tmp_path) == init_scale(model, 1.5, init_state=state)
     assert init_scale(model, 1.5, init_state=tmp_path) == init_scale(model, 1.5, init_state=model)
     with pytest.raises(ValueError, match="no tensor"):

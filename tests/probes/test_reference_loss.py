@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from overtrain.config import validate
+from overtrain.core.evaluate import evaluate_loss
 from overtrain.data.hmm import HMMConfig
 from overtrain.errors import ConfigError, DataError
 from overtrain.models.presets import ModelConfig, build_model
@@ -25,7 +26,6 @@ from overtrain.probes.reference_loss import (
     reference_loss,
 )
 from overtrain.registry import PROBES, RUN_KINDS
-from overtrain.training.loop import evaluate_loss
 
 VOCAB, SEQ = 16, 16
 

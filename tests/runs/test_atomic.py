@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from overtrain.runs import atomic
-from overtrain.runs.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from overtrain.core import atomic
+from overtrain.core.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def _names(path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from overtrain.runs import atomic
+from overtrain.core import atomic
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "fault_injection.py"
 
@@ -40,7 +40,7 @@ def test_a_bad_fault_spec_is_refused(monkeypatch):
 
 
 def test_a_fault_point_kills_its_process_at_the_nth_hit(tmp_path):
-    code = ("from overtrain.runs.atomic import fault_point\n"
+    code = ("from overtrain.core.atomic import fault_point\n"
             "for i in range(5):\n    fault_point('atomic_dir.filled')\n    print(i, flush=True)\n")
     env = {**os.environ, "OVERTRAIN_FAULT": "atomic_dir.filled@3"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

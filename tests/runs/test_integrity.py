@@ -13,9 +13,9 @@ import warnings
 import pytest
 
 from overtrain.config import BaseConfig, config_hash, validate
+from overtrain.core.atomic import CHECKSUMS, atomic_dir, sha256_file, verify_checksums
 from overtrain.errors import CheckpointError
 from overtrain.registry import RUN_KINDS
-from overtrain.runs.atomic import CHECKSUMS, atomic_dir, sha256_file, verify_checksums
 from overtrain.runs.kinds import RunKind
 from overtrain.runs.store import DamagedRunWarning, Store, read_jsonl
 from overtrain.training import checkpoint as ckpt

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from overtrain.config import BaseConfig, Count, NotInId, config_hash
+from overtrain.core.atomic import atomic_dir
 from overtrain.errors import RunBusy, UserError
-from overtrain.runs.atomic import atomic_dir
 from overtrain.runs.kinds import RunKind
 from overtrain.runs.store import Store, read_jsonl
 

@@ -7,7 +7,9 @@ import pytest
 from overtrain.cli.main import main
 from overtrain.registry import RUN_KINDS, STUDIES
 from overtrain.runs.store import Store
-from overtrain.studies.random_features import RandomFeaturesConfig, compute
+from overtrain.studies.random_features.analysis import claims as rf_claims
+from overtrain.studies.random_features.config import RandomFeaturesConfig
+from overtrain.studies.random_features.engine import compute
 
 SMALL = {
     "datasets": [{"name": "teacher", "n_train": 60, "n_test": 300},
@@ -23,8 +25,9 @@ SMALL = {
 
 
 def test_every_claim_of_the_reduced_study_holds_on_fixed_seeds():
-    rows, info = compute(RandomFeaturesConfig.model_validate(SMALL))
-    claims = {r["claim"]: r for r in rows if r["record"] == "claim"}
+    cfg = RandomFeaturesConfig.model_validate(SMALL)
+    rows, info = compute(cfg)
+    claims = {c.claim: c.row() for c in rf_claims(cfg, rows)}
     assert len(claims) == 8 and info["curves"] == 9
     failed = {k: (v["value"], v["detail"]) for k, v in claims.items() if v["verdict"] != "PASS"}
     assert not failed
@@ -50,7 +53,8 @@ def test_study_runs_from_the_cli_and_reports(tmp_path, home, capsys, monkeypatch
     # the study's run is content-addressed: a rerun is skipped
     study = STUDIES.get("random_features")
     result, run_id = study.run(study.load_config(cfg), Store(), progress=False)
-    assert result.ok and Store().status("random_features", run_id) == "success"
+    assert result.ok and result.skipped and not result.done
+    assert Store().status("random_features_analysis", run_id) == "success"
     assert RUN_KINDS.get("random_features").config_cls is RandomFeaturesConfig
 
 

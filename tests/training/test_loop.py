@@ -7,8 +7,9 @@ import copy
 import pytest
 import torch
 
+from overtrain.core.evaluate import evaluate_loss
 from overtrain.models.presets import ModelConfig, build_model
-from overtrain.training.loop import build_optimizer, evaluate_loss, train_segment
+from overtrain.training.loop import build_optimizer, train_segment
 
 
 def _setup():

@@ -12,10 +12,11 @@ import yaml
 from torch import nn
 
 from overtrain.config import validate
+from overtrain.core.lora import lora_layers
 from overtrain.errors import ConfigError
 from overtrain.registry import FINETUNE_METHODS, RUN_KINDS
 from overtrain.runs.store import read_jsonl
-from overtrain.training.step_rules import StepRule, lora_layers
+from overtrain.training.step_rules import StepRule
 
 
 def _mlp_lora(method: str = "lora", seed: int = 0, **kw):

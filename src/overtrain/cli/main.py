@@ -29,6 +29,7 @@ app = typer.Typer(
         "  overtrain finetune parent=<run_id> checkpoint=budget_1050000 data.seed=1 data.vocab_size=64\n\n"
         "  overtrain sweep configs/sweeps/demo.yaml --dry-run\n\n"
         "  overtrain query \"select kind, status, count(*) from runs group by all\"\n\n"
+        "  overtrain random-features --report report/\n\n"
         "  overtrain ls presets"
     ),
     add_completion=False,
@@ -54,7 +55,7 @@ def _console(stderr: bool = False):
 
 def _execute_one(kind_name: str, config: Optional[Path], overrides: list[str] | None, dry_run: bool) -> None:
     from overtrain.cli.progress import step_progress
-    from overtrain.config import build_config, config_hash
+    from overtrain.config import build_config
     from overtrain.distributed import world
     from overtrain.registry import RUN_KINDS
     from overtrain.runs.store import Store
@@ -62,7 +63,7 @@ def _execute_one(kind_name: str, config: Optional[Path], overrides: list[str] | 
     kind = RUN_KINDS.get(kind_name)
     cfg = build_config(kind.config_cls, config, overrides or [])
     store = Store()
-    run_id = config_hash(cfg)
+    run_id = kind.run_id(cfg)
     run_dir = store.run_dir(kind.name, run_id)
     out = _console()
     status = store.status(kind.name, run_id)
@@ -108,9 +109,10 @@ def probe(
     _execute_one("probe", config, overrides, dry_run)
 
 
-def _run_study(name: str, config, preset, overrides, workers: int, dry_run: bool, report_dir) -> None:
+def _run_study(name: str, config, preset, overrides, workers: int, dry_run: bool, report_dir,
+               redo_analysis: bool = False) -> None:
     from overtrain.registry import STUDIES
-    from overtrain.runs.query import format_table, query
+    from overtrain.runs.query import Reader, format_table
     from overtrain.runs.store import Store
 
     study = STUDIES.get(name)
@@ -120,104 +122,88 @@ def _run_study(name: str, config, preset, overrides, workers: int, dry_run: bool
         plan = study.plan(cfg)
         _print_rows(plan.summary(store), title=f"{name}: {len(plan.items)} runs")
         return
-    result, study_id = study.run(cfg, store, workers=workers)
+    result, study_id = study.run(cfg, store, workers=workers, redo_analysis=redo_analysis)
     if not result.ok:
         raise typer.Exit(result.exit_code)
     out = _console()
-    claims = query(
-        "select claim, verdict, round(value, 4) as value, round(ci_low, 4) as ci_low, round(ci_high, 4) as ci_high, "
-        f"threshold from evals where run_id = '{study_id}' and record = 'claim'", store)
-    out.print(format_table(claims, "table"))
-    if "text" in query("select * from evals limit 0", store).column_names:
-        rec = query(f"select text from evals where run_id = '{study_id}' and record = 'recommendation'", store)
-        for row in rec.to_pylist():
-            out.print(row["text"])
+    with Reader(store) as reader:
+        claims = reader.query(
+            "select claim, verdict, round(value, 4) as value, round(ci_low, 4) as ci_low, "
+            "round(ci_high, 4) as ci_high, threshold from evals where run_id = ? and record = 'claim'", [study_id])
+        out.print(format_table(claims, "table"))
+        if "text" in reader.columns("evals"):
+            for row in reader.rows("select text from evals where run_id = ? and record = 'recommendation'",
+                                   [study_id]):
+                out.print(row["text"])
     if report_dir is not None:
         from overtrain.report.build import build_report
 
         out.print(f"report: {build_report(report_dir, name, store)}")
 
 
-PRESET = typer.Option(None, "--preset", help="A preset in configs/<study>/<preset>.yaml (overtraining: demo, small, english, paper-like).")
-WORKERS = typer.Option(1, "--workers", "-j", min=1, help="Runs at once (processes).")
+WORKERS = typer.Option(1, "--workers", "-j", min=1, help="Runs at once (processes; a single-run study runs one).")
 REPORT = typer.Option(None, "--report", help="Also write the HTML report to this directory.")
+REDO_ANALYSIS = typer.Option(False, "--redo-analysis", help="Redo the study's analysis run even if it is done "
+                             "(its training runs are reused).")
 
 
-@app.command()
-def overtraining(
-    overrides: Optional[list[str]] = OVERRIDES,
-    config: Optional[Path] = CONFIG,
-    preset: Optional[str] = PRESET,
-    workers: int = WORKERS,
-    report_dir: Optional[Path] = REPORT,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
-) -> None:
-    """Catastrophic overtraining (Springer et al. 2025): pre-train at many budgets, fine-tune and perturb
-    every checkpoint, find T* past which more pre-training hurts. Example: overtrain overtraining --preset demo"""
-    _run_study("overtraining", config, preset, overrides, workers, dry_run, report_dir)
+def _presets(name: str) -> list[str]:
+    from overtrain.paths import repo_root
+
+    folder = (repo_root() or Path.cwd()) / "configs" / name
+    return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
-@app.command("repeated-data")
-def repeated_data(
-    overrides: Optional[list[str]] = OVERRIDES,
-    config: Optional[Path] = CONFIG,
-    preset: Optional[str] = typer.Option(None, "--preset", help="A preset in configs/repeated_data/ (default, small)."),
-    workers: int = WORKERS,
-    report_dir: Optional[Path] = REPORT,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
-) -> None:
-    """Repeated data (Hernandez et al. 2022): a subset repeated E times at fixed total tokens; held-out loss
-    peaks at an intermediate E, copying suffers, the model behaves like a smaller one.
-    Example: overtrain repeated-data --workers 2 --report report/"""
-    _run_study("repeated_data", config, preset, overrides, workers, dry_run, report_dir)
+def _study_command(name: str, help_text: str):
+    """A command for the registered study `name` (no study module is imported until it runs)."""
+    command = name.replace("_", "-")
+    presets = _presets(name)
 
-
-@app.command()
-def hyperfit(
-    overrides: Optional[list[str]] = OVERRIDES,
-    config: Optional[Path] = CONFIG,
-    preset: Optional[str] = typer.Option(None, "--preset", help="A preset in configs/hyperfit/ (default: default)."),
-    workers: int = WORKERS,
-    report_dir: Optional[Path] = REPORT,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
-) -> None:
-    """Hyperfitting (Carlsson et al. 2025): over-fit a pre-trained LM on a few sequences, compare its greedy text
-    with the base's greedy, nucleus and entropy-matched sampling. Example: overtrain hyperfit --workers 2 --report report/"""
-    _run_study("hyperfit", config, preset, overrides, workers, dry_run, report_dir)
-
-
-SINGLE_RUN_STUDIES = {
-    "random-features": "Random-features double descent (Belkin et al. 2019, Nakkiran et al. 2020): model-wise and "
-                       "sample-wise curves, label noise, ridge, GD length.",
-    "dd-optimization": "The role of optimization in double descent (Liu & Flanigan 2023): the peak appears only when "
-                       "the optimizer reaches a low training loss.",
-    "mlp-double-descent": "Two-layer networks on digits (Nakkiran et al. 2020): width-wise and epoch-wise double "
-                          "descent with label noise.",
-    "samplewise-linear": "Sample-wise double descent of linear regression: more data hurts near n = d.",
-    "head-tuning": "Head tuning on HMM representations (Luo et al. 2024): risk vs head width p, peak at p = n, "
-                   "degenerate first descent.",
-    "lora-dd": "LoRA double descent and its cures (Chang et al. 2025): rank sweep of LoRA, Flat-LoRA, LoRA-GGPO, "
-               "LoRA-MGPO and SAM on a frozen digits MLP and a tiny pre-trained LM.",
-}
-"""CLI commands of the single-run studies (`overtrain.studies.single_run`) and their help."""
-
-
-def _single_run_command(command: str, help_text: str):
     def command_fn(
         overrides: Optional[list[str]] = OVERRIDES,
         config: Optional[Path] = CONFIG,
-        preset: Optional[str] = typer.Option(None, "--preset", help="A preset in configs/<study>/ (default: default)."),
+        preset: Optional[str] = typer.Option(
+            None, "--preset", help=f"A preset in configs/{name}/ ({', '.join(presets) or 'none shipped'})."),
+        workers: int = WORKERS,
         report_dir: Optional[Path] = REPORT,
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
+        redo_analysis: bool = REDO_ANALYSIS,
     ) -> None:
-        _run_study(command.replace("-", "_"), config, preset, overrides, 1, dry_run, report_dir)
+        _run_study(name, config, preset, overrides, workers, dry_run, report_dir, redo_analysis)
 
     command_fn.__doc__ = f"{help_text} Example: overtrain {command} --report report/"
     app.command(command)(command_fn)
 
 
-for _command, _help in SINGLE_RUN_STUDIES.items():
-    _single_run_command(_command, _help)
+def _add_study_commands() -> None:
+    from overtrain.registry import STUDIES
+
+    for name in STUDIES.names():
+        _study_command(name, STUDIES.describe(name))
+
+
+_add_study_commands()
+
+
+@app.command()
+def redo(run: str = typer.Argument(..., help="A run id (or a unique prefix, or kind/prefix).")) -> None:
+    """Run one finished run again from scratch with its stored config (e.g. a study's analysis after you
+    changed a claim). Example: overtrain redo 3f2a9c"""
+    from overtrain.cli.progress import step_progress
+    from overtrain.config import build_config
+    from overtrain.registry import RUN_KINDS
+    from overtrain.runs.store import Store
+
+    store = Store()
+    kind_name, run_id = store.find(run)
+    kind = RUN_KINDS.get(kind_name)
+    cfg = build_config(kind.config_cls, store.run_dir(kind_name, run_id) / "config.yaml")
+    new_id = kind.run_id(cfg)
+    total = kind.total_steps(cfg) if kind.total_steps else None
+    with step_progress(f"{kind_name} {new_id}", total) as on_progress:
+        outcome = store.execute(kind, cfg, on_progress=on_progress, redo=True)
+    note = "" if new_id == run_id else f" (the code changed since {run_id}: this is a new run)"
+    _console().print(f"{kind_name} run {outcome.run_id} redone{note}: {outcome.run_dir}")
 
 
 @app.command()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from overtrain import distributed
-from overtrain.config import config_hash, to_plain
+from overtrain.config import to_plain
 from overtrain.errors import UserError
 from overtrain.registry import EXECUTORS, RUN_KINDS
 from overtrain.runs.kinds import RunKind
@@ -260,7 +260,7 @@ def _run_inline(ordered: list[PlanItem], kind_of: dict[str, RunKind], store: Sto
         task, on_progress = book.display.run_bar(item, _total_steps(kind, item.config))
         try:
             # wait=True: a run another sweep is writing is waited for, then skipped (or resumed)
-            outcome = store.execute(kind, item.config, on_progress=on_progress, wait=True)
+            outcome = store.execute(kind, item.config, on_progress=on_progress, wait=True, redo=item.redo)
         except Exception as exc:  # KeyboardInterrupt stops the plan; the store marked the run failed
             book.fail(item, one_line_error(exc), store)
         else:
@@ -283,7 +283,8 @@ def _kind_ref(kind: RunKind, kinds: Any) -> str | RunKind:
     return kind
 
 
-def _execute_in_worker(kind_ref: str | RunKind, plain: dict[str, Any], run_id: str, root: str) -> dict:
+def _execute_in_worker(kind_ref: str | RunKind, plain: dict[str, Any], run_id: str, root: str,
+                       redo: bool = False) -> dict:
     """Worker side: rebuild the kind and config, execute, and return plain data (never an exception).
 
     Exceptions are flattened to their one-line message here because arbitrary exception objects do not
@@ -292,12 +293,12 @@ def _execute_in_worker(kind_ref: str | RunKind, plain: dict[str, Any], run_id: s
     try:
         kind = RUN_KINDS.get(kind_ref) if isinstance(kind_ref, str) else kind_ref
         cfg = kind.config_cls.model_validate(plain)
-        if config_hash(cfg) != run_id:
+        if kind.run_id(cfg) != run_id:
             raise RuntimeError(
-                f"config of {kind.name}/{run_id} changed in transit to the worker (hash {config_hash(cfg)}); "
+                f"config of {kind.name}/{run_id} changed in transit to the worker (hash {kind.run_id(cfg)}); "
                 "its to_plain() does not round-trip"
             )
-        outcome = Store(root).execute(kind, cfg, wait=True)  # another sweep's run: wait, then skip
+        outcome = Store(root).execute(kind, cfg, wait=True, redo=redo)  # another sweep's run: wait, then skip
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as data
         return {"ok": False, "error": one_line_error(exc)}
     return {"ok": True, "skipped": outcome.skipped, "wall_s": outcome.wall_s}
@@ -342,6 +343,7 @@ def _run_pool(
                         to_plain(item.config),
                         item.run_id,
                         str(Path(store.root).absolute()),
+                        item.redo,
                     )
                     running[future] = item
             if not running:

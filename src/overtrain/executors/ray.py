@@ -62,7 +62,8 @@ def gpus_needed(config: Any, cluster_has_gpus: bool) -> int:
     return 1 if device == "auto" and cluster_has_gpus else 0
 
 
-def _task(kind_ref: str | RunKind, plain: dict[str, Any], run_id: str, root: str, threads: int) -> dict:
+def _task(kind_ref: str | RunKind, plain: dict[str, Any], run_id: str, root: str, threads: int,
+          redo: bool = False) -> dict:
     """Ray task body: give torch the task's CPUs, check the store is visible, run (errors come back as
     data)."""
     import socket
@@ -73,7 +74,7 @@ def _task(kind_ref: str | RunKind, plain: dict[str, Any], run_id: str, root: str
     if not Path(root).is_dir():
         return {"ok": False, "error": f"StoreNotVisible: the run store {root} does not exist on node "
                 f"{socket.gethostname()}; put OVERTRAIN_HOME on a filesystem shared by every node"}
-    return _execute_in_worker(kind_ref, plain, run_id, root)
+    return _execute_in_worker(kind_ref, plain, run_id, root, redo)
 
 
 def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
@@ -155,7 +156,7 @@ def run_plan(
                            "max_retries": max_retries, "name": f"{item.kind}/{item.run_id}",
                            "runtime_env": env}
                 return task.options(**options).remote(
-                    refs[item.kind], to_plain(item.config), item.run_id, str(root), cpus_per_run)
+                    refs[item.kind], to_plain(item.config), item.run_id, str(root), cpus_per_run, item.redo)
 
             _schedule(ray, ordered, book, store, submit, workers)
         if progress:

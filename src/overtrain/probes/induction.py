@@ -41,11 +41,11 @@ from pydantic import Field
 from torch import nn
 
 from overtrain.config import BaseConfig, NotInId
+from overtrain.core.evaluate import autocast_context
 from overtrain.errors import ConfigError
 from overtrain.models.attention import eager_attention
 from overtrain.registry import PROBES
 from overtrain.seed import torch_generator
-from overtrain.training.loop import autocast_context
 
 MAX_DEFAULT_BLOCK_LEN = 64
 """Longest block the probe picks by itself (``block_len: null``); longer blocks cost memory as (2L)²."""

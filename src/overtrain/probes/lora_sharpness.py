@@ -20,8 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from overtrain.probes.perturb import perturbed
-from overtrain.training.step_rules import lora_layers
+from overtrain.core.lora import lora_layers, row_noise_generator, row_std, sample_row_noise
+from overtrain.core.perturb import perturbed
+from overtrain.models.attention import eager_attention
+from overtrain.probes.sharpness import lanczos
 
 
 @dataclass(frozen=True)
@@ -39,16 +41,17 @@ def row_noise_sharpness(model: nn.Module, loss_fn: Callable[[], torch.Tensor], r
                         draws: int = 20, seed: int = 0) -> RowNoiseSharpness:
     """Expected loss increase under Flat-LoRA's row-wise noise on every LoRA layer (module docstring).
     `loss_fn` evaluates the loss of `model` on fixed data; the model is put in eval mode meanwhile."""
-    from overtrain.training.methods.lora_ggpo import RowNoise
-
     was_training = model.training
     model.eval()
     try:
-        sampler = RowNoise(model, sigma=rho, seed=seed)
+        layers = lora_layers(model)
+        generator = row_noise_generator(layers, seed)
         base = float(loss_fn())
         deltas = []
         for _ in range(draws):
-            with perturbed(model, sampler.sample()):
+            noise = {layer.weight_name: sample_row_noise(layer, row_std(layer, sigma=rho)[0], generator)
+                     for layer in layers}
+            with perturbed(model, noise):
                 deltas.append(float(loss_fn()) - base)
     finally:
         model.train(was_training)
@@ -61,9 +64,6 @@ def lora_hessian_top(model: nn.Module, loss_fn: Callable[[], torch.Tensor], iter
                      seed: int = 0) -> float:
     """Largest eigenvalue of the Hessian of `loss_fn` w.r.t. the LoRA factors (Lanczos, `iterations`
     Hessian-vector products). A `transformers` model runs with eager attention meanwhile."""
-    from overtrain.models.attention import eager_attention
-    from overtrain.probes.sharpness import lanczos
-
     factors = [t for layer in lora_layers(model) for t in (layer.A, layer.B)]
     was_training = model.training
     model.eval()

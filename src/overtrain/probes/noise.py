@@ -1,7 +1,7 @@
 """Noise sensitivity: how much the loss rises when Gaussian noise is added to the weights.
 
 Estimator (Springer et al. 2025 §3; science.md §1). For a model θ, held-out batches with N predicted
-tokens, a noise law with per-tensor stds ``s_t = γ · scale_t`` (`overtrain.probes.perturb`) and K draws
+tokens, a noise law with per-tensor stds ``s_t = γ · scale_t`` (`overtrain.core.perturb`) and K draws
 ``ε_1..ε_K``:
 
     L0      = L(θ)                               mean next-token cross-entropy, nats/token
@@ -61,7 +61,8 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from overtrain.config import BaseConfig, NotInId
-from overtrain.probes.perturb import (
+from overtrain.core.evaluate import autocast_context, evaluate_loss
+from overtrain.core.perturb import (
     InitState,
     NameRegex,
     init_scale,
@@ -74,7 +75,6 @@ from overtrain.probes.perturb import (
 )
 from overtrain.registry import PROBES
 from overtrain.seed import derive_seed
-from overtrain.training.loop import autocast_context, evaluate_loss
 
 Law = Literal["init_scale", "relative"]
 
@@ -156,7 +156,7 @@ class NoiseSensitivityConfig(BaseConfig):
         return ("init_scale", "relative") if self.law == "both" else (self.law,)
 
     def param_filter(self):
-        """The parameter filter these settings describe (`overtrain.probes.perturb.param_filter`)."""
+        """The parameter filter these settings describe (`overtrain.core.perturb.param_filter`)."""
         return param_filter(self.params, self.include, self.exclude)
 
 
@@ -336,7 +336,7 @@ def perturbed_losses(
         model: a causal LM called as ``model(input_ids=x, use_cache=False).logits``.
         batches: int64 token batches ``(B, T)``; every token after the first of a row is predicted.
         perturbations: the noisy models; each names the same tensors.
-        seed: the noise stream (`overtrain.probes.perturb.standard_normal`).
+        seed: the noise stream (`overtrain.core.perturb.standard_normal`).
         vectorize: ``auto`` | True | False (see `NoiseSensitivityConfig.vectorize`).
         tokens_per_forward: token budget of a draw-batched forward, or ``auto``.
         autocast_dtype: evaluate under autocast to this dtype (None: the parameters' dtype).

@@ -30,9 +30,9 @@ from pydantic import Field
 from torch import nn
 
 from overtrain.config import BaseConfig
+from overtrain.core.evaluate import evaluate_loss
 from overtrain.errors import DataError
 from overtrain.registry import PROBES
-from overtrain.training.loop import evaluate_loss
 
 
 class ReferenceLossConfig(BaseConfig):

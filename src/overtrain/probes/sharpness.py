@@ -41,7 +41,7 @@ with the other parameters fixed. ``g = ∇_S L`` and ``H = ∇²_S L`` (n × n, 
   layers make the loss scale-invariant in them, so absolute curvature is not comparable across
   checkpoints by itself; Dinh et al. 2017). The estimate may be negative when ρ is far beyond the region
   the gradient describes (the true maximum is ≥ 0: δ = 0 is feasible). Weights are restored bit for bit
-  (`overtrain.probes.perturb.perturbed`).
+  (`overtrain.core.perturb.perturbed`).
 
 **Why eager attention.** The fused scaled-dot-product-attention kernels behind the ``sdpa`` default
 have no double backward (on CPU: "derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward
@@ -80,10 +80,10 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from overtrain.config import BaseConfig
+from overtrain.core import perturb
+from overtrain.core.perturb import NameRegex, ParamFilter, ParamSpec, perturbed, select_parameters
 from overtrain.errors import ConfigError
 from overtrain.models.attention import eager_attention
-from overtrain.probes import perturb
-from overtrain.probes.perturb import NameRegex, ParamFilter, ParamSpec, perturbed, select_parameters
 from overtrain.registry import PROBES
 from overtrain.seed import torch_generator
 

@@ -9,21 +9,19 @@ from overtrain.registry import STUDIES
 from overtrain.report.audit import audit_section
 from overtrain.report.html import Section, Table, write_report
 from overtrain.report.pretrain import pretrain_section
-from overtrain.runs.query import query
+from overtrain.runs.query import Reader
 from overtrain.runs.store import Store
 
 
-def provenance_section(store: Store) -> Section:
-    rows = query(
-        "select kind, run_id, status, git_commit, git_dirty, wall_s, finished_at from runs order by kind, run_id",
-        store,
-    ).to_pylist()
+def provenance_section(reader: Reader) -> Section:
+    store = reader.store
+    rows = reader.rows(
+        "select kind, run_id, status, git_commit, git_dirty, wall_s, finished_at from runs order by kind, run_id")
     for row in rows:
         row["git_commit"] = (row["git_commit"] or "")[:10]
         row["finished_at"] = str(row["finished_at"] or "")[:19]
-    failed = query(
-        "select kind, run_id, status, attempts, error from runs where status != 'success' "
-        "order by kind, run_id", store).to_pylist()
+    failed = reader.rows("select kind, run_id, status, attempts, error from runs where status != 'success' "
+                         "order by kind, run_id")
     tables = [Table(rows, "Runs")]
     text = [f"Store: <code>{store.root}</code>. Each run's resolved config and manifest are in its "
             "directory; query them with <code>overtrain query</code>."]
@@ -36,23 +34,32 @@ def provenance_section(store: Store) -> Section:
 
 
 def build_report(out_dir: str | Path, study: str | None = None, store: Store | None = None) -> Path:
-    """Write the report for `study` (or everything in the store) to ``out_dir/index.html``."""
+    """Write the report for `study` (or everything in the store) to ``out_dir/index.html``.
+
+    One `Reader` (one DuckDB snapshot of the store) serves every section; sections only read."""
     store = store or Store()
+    with Reader(store) as reader:
+        sections = _sections(reader, study)
+    title = f"overtrain report: {study}" if study else "overtrain report"
+    return write_report(out_dir, title, sections)
+
+
+def _sections(reader: Reader, study: str | None) -> list[Section]:
+    store = reader.store
     sections: list[Section] = []
     if study is None or study == "pretrain":
-        section = pretrain_section(store)
+        section = pretrain_section(reader)
         if section is not None:
             sections.append(section)
     if study in (None, "audit"):
-        section = audit_section(store)
+        section = audit_section(reader)
         if section is not None:
             sections.append(section)
     names = STUDIES.names() if study in (None, "pretrain") else [study]
     for name in names if study not in ("pretrain", "audit") else []:
         entry = STUDIES.get(name)  # unknown --study: UnknownNameError, exit 2
-        sections.extend(entry.report(store))
+        sections.extend(entry.sections(reader))
     if not sections and (study not in (None, "pretrain") or next(store.iter_runs(), None) is None):
         raise UserError(f"nothing to report in {store.root}: run a study or `overtrain pretrain` first")
-    sections.append(provenance_section(store))
-    title = f"overtrain report: {study}" if study else "overtrain report"
-    return write_report(out_dir, title, sections)
+    sections.append(provenance_section(reader))
+    return sections

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from overtrain.runs.atomic import atomic_write_bytes, atomic_write_text
+from overtrain.core.atomic import atomic_write_bytes, atomic_write_text
 
 _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; max-width: 1100px; margin: 2em auto;

@@ -6,26 +6,22 @@ import json
 
 from overtrain.report.html import Figure, Section, Table
 from overtrain.report.plots import label, new_figure
-from overtrain.runs.query import query
-from overtrain.runs.store import Store
+from overtrain.runs.query import Reader
 
 
-def pretrain_section(store: Store, run_ids: list[str] | None = None) -> Section | None:
+def pretrain_section(reader: Reader, run_ids: list[str] | None = None) -> Section | None:
     """Validation loss of every (or the given) pre-training run against tokens seen, with budgets marked."""
-    where = "kind = 'pretrain' and status = 'success'"
-    if run_ids:
-        where += " and run_id in (" + ", ".join(f"'{r}'" for r in run_ids) + ")"
-    runs = query(f"select run_id, config, info from runs where {where} order by run_id", store).to_pylist()
+    runs = [r for r in reader.runs("pretrain", run_ids) if r["status"] == "success"]
     if not runs:
         return None
-    curves = query(
-        f"select run_id, tokens_seen, value from metrics where name = 'val/loss' "
-        f"and tags->>'line' = 'main' and run_id in (select run_id from runs where {where}) "
-        "order by run_id, tokens_seen", store).to_pylist()
-    budgets = query(
-        f"select run_id, budget, tokens_seen, tokens_per_param, loss, loss_floor, excess_loss from evals "
-        f"where kind = 'pretrain' and budget is not null and split = 'val' "
-        f"and run_id in (select run_id from runs where {where}) order by run_id, tokens_seen", store).to_pylist()
+    ids = [r["run_id"] for r in runs]
+    curves = reader.rows(
+        "select run_id, tokens_seen, value from metrics where name = 'val/loss' and tags->>'line' = 'main' "
+        "and list_contains(?, run_id) order by run_id, tokens_seen", [ids])
+    budgets = reader.rows(
+        "select run_id, budget, tokens_seen, tokens_per_param, loss, loss_floor, excess_loss from evals "
+        "where kind = 'pretrain' and budget is not null and split = 'val' and list_contains(?, run_id) "
+        "order by run_id, tokens_seen", [ids]) if {"budget", "split"} <= reader.columns("evals") else []
     fig, (ax,) = new_figure(1, width=7.0, height=4.2)
     floors = set()
     for run in runs:

@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, model_validator
 
-from overtrain.config import BaseConfig, build_config, config_hash, identity, load_yaml, validate
+from overtrain.config import BaseConfig, build_config, identity, load_yaml, validate
 from overtrain.errors import ConfigError, UnknownNameError, UserError
 from overtrain.runs.store import Store
 
@@ -40,10 +40,11 @@ class PlanItem:
     Attributes:
         kind: the run kind's name.
         config: the validated config.
-        run_id: ``config_hash(config)``.
+        run_id: ``kind.run_id(config)`` (the config's hash, with the kind's code version if it has one).
         deps: run ids that must be a success before this run starts.
         label: short description (a sweep's ``key=value`` combination); `Plan.summary` derives one
             from the fields that vary across the plan when empty.
+        redo: run it again from scratch even if it already succeeded (``--redo-analysis``).
     """
 
     kind: str
@@ -51,12 +52,13 @@ class PlanItem:
     run_id: str
     deps: list[str] = field(default_factory=list)
     label: str = ""
+    redo: bool = False
 
     @classmethod
     def from_config(cls, kind: Any, config: BaseConfig, label: str = "") -> PlanItem:
         """An item for `config` of `kind` (a `RunKind`), with deps from ``kind.parents(config)``."""
         deps = list(dict.fromkeys(run_id for _kind, run_id in kind.parents(config)))
-        return cls(kind.name, config, config_hash(config), deps, label)
+        return cls(kind.name, config, kind.run_id(config), deps, label)
 
 
 class Plan:

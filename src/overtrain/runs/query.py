@@ -26,7 +26,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -294,12 +294,15 @@ def connect(store: Store | None = None) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def query(sql: str, store: Store | None = None) -> pa.Table:
-    """Run one SQL statement over the store's tables.
+def query(sql: str, store: Store | None = None, params: Sequence[Any] | None = None) -> pa.Table:
+    """Run one SQL statement over the store's tables (one snapshot, one connection; for several queries
+    over one snapshot use a `Reader`).
 
     Args:
-        sql: a DuckDB SQL query over ``runs``, ``metrics``, ``probes``, ``evals``.
+        sql: a DuckDB SQL query over ``runs``, ``metrics``, ``probes``, ``evals``; values go in `params`
+            as ``?`` placeholders, never into the text.
         store: the run store; default ``Store()``.
+        params: values of the ``?`` placeholders.
 
     Returns:
         The result as an Arrow table (a statement such as CREATE gives DuckDB's status table).
@@ -307,17 +310,103 @@ def query(sql: str, store: Store | None = None) -> pa.Table:
     Raises:
         UserError: the SQL does not parse or does not bind (message: DuckDB's first line).
     """
-    import duckdb
+    with Reader(store) as reader:
+        return reader.query(sql, params)
 
-    con = connect(store)
-    try:
-        relation = con.sql(sql)
-        return relation.to_arrow_table() if relation is not None else pa.table({})
-    except duckdb.Error as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise UserError(f"query failed: {first}") from None
-    finally:
-        con.close()
+
+class Reader:
+    """The read layer: one DuckDB connection over one snapshot of the store, shared by every query of a
+    report (or of one command), with the lookups reports make.
+
+    Example:
+        >>> with Reader() as r:
+        ...     run = r.latest("overtraining")
+        ...     claims = r.evals(run["run_id"], record="claim")
+    """
+
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store or Store()
+        self.con = connect(self.store)
+        self._columns: dict[str, set[str]] = {}
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        """`sql` with ``?`` placeholders bound to `params`, as an Arrow table (errors: `UserError`)."""
+        import duckdb
+
+        try:
+            relation = self.con.sql(sql, params=list(params)) if params else self.con.sql(sql)
+            return relation.to_arrow_table() if relation is not None else pa.table({})
+        except duckdb.Error as exc:
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise UserError(f"query failed: {first}") from None
+
+    def rows(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        """`query` as a list of dicts."""
+        return self.query(sql, params).to_pylist()
+
+    def columns(self, table: str) -> set[str]:
+        """The column names of `table` (the wide tables' columns depend on what the runs logged)."""
+        if table not in TABLES:
+            raise ValueError(f"no table {table!r}")
+        if table not in self._columns:
+            self._columns[table] = set(self.query(f"select * from {table} limit 0").column_names)
+        return self._columns[table]
+
+    def latest(self, kind: str) -> dict[str, Any] | None:
+        """The newest successful run of `kind` (its ``runs`` row, config as JSON text), or None."""
+        rows = self.rows("select * from runs where kind = ? and status = 'success' "
+                         "order by finished_at desc, run_id limit 1", [kind])
+        return rows[0] if rows else None
+
+    def runs(self, kind: str | None = None, run_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """``runs`` rows of `kind` and/or with ids in `run_ids`, ordered by kind and id."""
+        where, params = _where(kind=kind, run_ids=run_ids)
+        return self.rows(f"select * from runs{where} order by kind, run_id", params)
+
+    def evals(self, run_ids: str | Iterable[str], record: str | None = None) -> list[dict[str, Any]]:
+        """``evals`` rows of one run or several (in the order logged), optionally of one ``record``."""
+        if record is not None and "record" not in self.columns("evals"):
+            return []
+        where, params = _where(run_ids=[run_ids] if isinstance(run_ids, str) else run_ids, record=record)
+        return self.rows(f"select * from evals{where}", params)
+
+    def probes(self, run_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """``probes`` rows of the runs `run_ids`."""
+        where, params = _where(run_ids=run_ids)
+        return self.rows(f"select * from probes{where}", params)
+
+    def metrics(self, run_ids: Iterable[str], names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """``metrics`` rows of the runs `run_ids`, optionally only the metrics `names`, by run and step."""
+        where, params = _where(run_ids=run_ids, names=names)
+        return self.rows(f"select * from metrics{where} order by run_id, step", params)
+
+
+def _where(*, kind: str | None = None, run_ids: Iterable[str] | None = None, record: str | None = None,
+           names: Iterable[str] | None = None) -> tuple[str, list[Any]]:
+    """A parameterised WHERE clause over the given filters (None: no filter)."""
+    terms, params = [], []
+    if kind is not None:
+        terms.append("kind = ?")
+        params.append(kind)
+    if run_ids is not None:
+        terms.append("list_contains(?, run_id)")
+        params.append(list(run_ids))
+    if record is not None:
+        terms.append("record = ?")
+        params.append(record)
+    if names is not None:
+        terms.append("list_contains(?, name)")
+        params.append(list(names))
+    return (" where " + " and ".join(terms) if terms else ""), params
 
 
 # --- formatting ----------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import dataclasses
 from typing import Any
 
 from overtrain import distributed
-from overtrain.config import BaseConfig, config_hash
+from overtrain.config import BaseConfig
 from overtrain.errors import OvertrainError, RunBusy, RunFailed, UserError
 from overtrain.runs.kinds import RunKind
 from overtrain.runs.store import ProgressCallback, Run, RunOutcome, Store, one_line_error
@@ -60,7 +60,7 @@ def execute_replicated(
         raise UserError(f"run kind {kind.name!r} does not run data-parallel over {w.size} processes; "
                         "launch it without accelerate/torchrun (pretrain and finetune do)")
     distributed.init(str(getattr(cfg, "device", "cpu")))
-    run_id = config_hash(cfg)
+    run_id = kind.run_id(cfg)
     if w.is_main:
         return _lead(store, kind, cfg, on_progress, parents)
     return _follow(store, kind, cfg, run_id)

@@ -11,7 +11,7 @@ Layout (see docs/design.md, "Run directory contract")::
         ckpt/<name>/     checkpoints (written with `atomic_dir` by the run kind)
         .lock            held (flock) by the one process writing the run
 
-The run id is `config_hash(cfg)`, so executing the same config twice is the same run: a run whose
+The run id is ``kind.run_id(cfg)`` (`config_hash`, with the code version of kinds that have one), so executing the same config twice is the same run: a run whose
 manifest says ``success`` is skipped, anything else is redone, and the kind's run function resumes
 from its newest complete checkpoint. ``success`` is written last, after every file is on disk.
 
@@ -42,9 +42,8 @@ from typing import IO, Any
 from filelock import FileLock, Timeout
 
 from overtrain import distributed, paths
-from overtrain.config import BaseConfig, config_hash, dump_yaml, to_plain
-from overtrain.errors import RunBusy, UserError
-from overtrain.runs.atomic import (
+from overtrain.config import BaseConfig, dump_yaml, to_plain
+from overtrain.core.atomic import (
     CHECKSUMS,
     TMP_PREFIX,
     atomic_write_bytes,
@@ -57,6 +56,7 @@ from overtrain.runs.atomic import (
     tree_files,
     verify_hashes,
 )
+from overtrain.errors import RunBusy, UserError
 from overtrain.runs.kinds import RunKind
 
 STATUSES = ("running", "success", "failed")
@@ -471,6 +471,7 @@ class Store:
         on_progress: ProgressCallback | None = None,
         parents: Sequence[str | tuple[str, str]] | None = None,
         wait: bool = False,
+        redo: bool = False,
     ) -> RunOutcome:
         """Run `cfg` as a run of `kind` in its run directory, unless it already succeeded.
 
@@ -490,6 +491,8 @@ class Store:
             wait: when another process holds the run's lock, wait for it to let go (then skip the run if
                 that process finished it, or resume it) instead of raising `RunBusy`. Executors of
                 sweeps pass True, so two sweeps sharing runs neither fail nor run anything twice.
+            redo: run it again from scratch even if it succeeded (its files are deleted first; the
+                manifest records ``redo_reason: requested``).
 
         Returns:
             A `RunOutcome`; ``skipped`` is True when the run was already a success.
@@ -506,7 +509,7 @@ class Store:
             from overtrain.runs.replicated import execute_replicated
 
             return execute_replicated(self, kind_obj, cfg, on_progress, parents)
-        return self._execute_here(kind_obj, cfg, on_progress, parents, wait=wait)
+        return self._execute_here(kind_obj, cfg, on_progress, parents, wait=wait, redo=redo)
 
     def _execute_here(
         self,
@@ -516,13 +519,14 @@ class Store:
         parents: Sequence[str | tuple[str, str]] | None,
         *,
         wait: bool = False,
+        redo: bool = False,
     ) -> RunOutcome:
         """`execute` in this one process."""
-        run_id = config_hash(cfg)
+        run_id = kind_obj.run_id(cfg)
         run_dir = self.run_dir(kind_obj.name, run_id)
 
         done = self.manifest(kind_obj.name, run_id)
-        if done is not None and done.get("status") == "success" and not self._damage(run_dir, done):
+        if not redo and done is not None and done.get("status") == "success" and not self._damage(run_dir, done):
             return RunOutcome(kind_obj.name, run_id, run_dir, "success", skipped=True)
 
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -535,7 +539,10 @@ class Store:
         try:
             # another process may have finished the run between our first look and the lock
             previous = self.manifest(kind_obj.name, run_id)
-            if previous is not None and previous.get("status") == "success":
+            if redo and previous is not None:
+                _discard_outputs(run_dir)
+                previous = {**previous, "redo_reason": "requested"}
+            elif previous is not None and previous.get("status") == "success":
                 damage = self._damage(run_dir, previous)
                 if not damage:
                     return RunOutcome(kind_obj.name, run_id, run_dir, "success", skipped=True)
@@ -600,6 +607,8 @@ class Store:
             # info survives a retry: a run may record facts (e.g. n_params) once, early
             "info": dict(previous.get("info") or {}),
         }
+        if kind.version is not None:
+            manifest["version"] = kind.version()  # the code version that entered the run id
         if previous.get("redo_reason"):
             manifest["redo_reason"] = previous["redo_reason"]  # why a finished run is being redone
         atomic_write_text(run_dir / "config.yaml", dump_yaml(to_plain(cfg)))

@@ -168,8 +168,8 @@ def resolve(cfg: HyperfitConfig) -> HyperfitConfig:
         data.documents()  # DataError naming the prepare command when it is not prepared
     if cfg.base_model is None:
         return cfg
+    from overtrain.core.weights import check_model_dir
     from overtrain.runs.kinds.audit import fingerprint
-    from overtrain.training.checkpoint import check_model_dir
 
     check_model_dir(cfg.base_model)
     path = cfg.base_model.resolve()

@@ -325,8 +325,8 @@ def subset_curves(cfg: RepeatedDataConfig, store, which: dict[str, list[int]]) -
     """Loss on the repeated subset at every checkpoint of the runs of `which` (size -> repeat counts)."""
     import torch
 
+    from overtrain.core.evaluate import evaluate_loss
     from overtrain.training import checkpoint as ckpt
-    from overtrain.training.loop import evaluate_loss
 
     rows = []
     mc = cfg.memorisation

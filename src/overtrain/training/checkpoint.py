@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
+from overtrain.core.atomic import atomic_dir, atomic_write_json
+from overtrain.core.weights import check_model_dir, verify_checkpoint
 from overtrain.errors import CheckpointError
-from overtrain.runs.atomic import CHECKSUMS, atomic_dir, atomic_write_json, verify_checksums
 
 META = "meta.json"
 RESUME = "resume"
@@ -48,33 +49,6 @@ def save_checkpoint(path: Path, model, tokenizer, meta: dict[str, Any]) -> Path:
             tokenizer.save_pretrained(tmp)
         (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
     return path
-
-
-def verify_checkpoint(path: Path, what: str = "checkpoint") -> None:
-    """Raise a one-line `CheckpointError` naming the first file of `path` that does not match its
-    ``checksums.json`` (truncated, altered or missing); a directory without the sidecar passes."""
-    problems = verify_checksums(path)
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise CheckpointError(f"corrupt {what} {path}: {problems[0]}{more} (checked against its {CHECKSUMS})")
-
-
-def check_model_dir(path: Path) -> None:
-    """Raise `CheckpointError` unless `path` holds safetensors weights and a config, intact by its
-    ``checksums.json`` when it has one."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"not a model checkpoint (no config.json): {path}")
-    if not any(path.glob("*.safetensors")):
-        pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
-        if pickled:
-            raise CheckpointError(
-                f"refusing to unpickle {pickled[0]} in {path}: convert the weights to safetensors"
-            )
-        raise CheckpointError(f"no safetensors weights in {path}")
-    verify_checkpoint(path)
 
 
 def load_checkpoint(

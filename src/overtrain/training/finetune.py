@@ -21,13 +21,14 @@ from pydantic import Field
 
 from overtrain import distributed
 from overtrain.config import BaseConfig, NotInId, Registered
+from overtrain.core.evaluate import evaluate_loss
 from overtrain.errors import DataError, RunFailed
 from overtrain.models.presets import count_params
 from overtrain.registry import DATASETS, FINETUNE_METHODS
-from overtrain.runs.parent import ParentCheckpoint, resolve_parent
 from overtrain.seed import seed_everything
 from overtrain.training import checkpoint as ckpt
-from overtrain.training.loop import build_optimizer, divergence, evaluate_loss, train_segment
+from overtrain.training.loop import build_optimizer, divergence, train_segment
+from overtrain.training.parent import ParentCheckpoint, resolve_parent
 from overtrain.training.schedules import LR, cosine, linear_decay, warmup_stable
 
 

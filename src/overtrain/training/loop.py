@@ -7,14 +7,14 @@ The mean training loss of a segment is accumulated on the device and read once a
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from overtrain import distributed
+from overtrain.core.evaluate import autocast_context
 from overtrain.training.schedules import LR
 from overtrain.training.step_rules import StepRule
 
@@ -48,12 +48,6 @@ def divergence(stats: SegmentStats, start: int, stop: int, what: str = "training
     where = (f"at step {stats.first_nonfinite_step}" if stats.first_nonfinite_step is not None
              else f"between steps {start} and {stop}")
     return f"diverged: {what} became {stats.mean_loss} {where} (segment {start}-{stop})"
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def build_optimizer(
@@ -129,29 +123,3 @@ def train_segment(
         bad = (~torch.isfinite(torch.stack(losses).float())).nonzero()
         first_bad = start + int(bad[0]) if len(bad) else None
     return SegmentStats(stop - start, mean, float(grad_norm), lr, first_bad)
-
-
-@torch.no_grad()
-def evaluate_loss(
-    model: torch.nn.Module,
-    batches: Iterable[torch.Tensor],
-    *,
-    autocast_dtype: torch.dtype | None = None,
-    device: torch.device | str = "cpu",
-) -> float:
-    """Mean next-token cross-entropy in nats over every predicted token of `batches`."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    with autocast_context(device, autocast_dtype):
-        for x in batches:
-            x = x.to(device)
-            logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
-            target = x[:, 1:]
-            total += torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="sum"
-            ).item()
-            count += target.numel()
-    model.train(was_training)
-    return total / count if count else math.nan

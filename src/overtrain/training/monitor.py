@@ -49,7 +49,7 @@ class MonitorConfig(BaseConfig):
     """Checks per doubling of the step count (log-spaced: the U is in log tokens)."""
 
     law: Literal["init_scale", "relative"] = "init_scale"
-    """Noise law (see `overtrain.probes.perturb`): ``init_scale`` is the paper's canonical one."""
+    """Noise law (see `overtrain.core.perturb`): ``init_scale`` is the paper's canonical one."""
 
     gamma: float = Field(4.0, gt=0)
     """Noise scale γ."""
@@ -189,7 +189,7 @@ class MonitorProbe:
     """Computes L and Δ of a model on the monitor's batches (the sensitivity estimate of a check)."""
 
     def __init__(self, cfg: MonitorConfig, batches: Sequence[torch.Tensor], init_model: torch.nn.Module) -> None:
-        from overtrain.probes.perturb import init_scale
+        from overtrain.core.perturb import init_scale
 
         self.cfg = cfg
         self.batches = list(batches)
@@ -198,8 +198,8 @@ class MonitorProbe:
 
     def measure(self, model: torch.nn.Module, autocast_dtype: torch.dtype | None = None) -> tuple[float, float]:
         """``(L, Δ)`` in nats/token."""
+        from overtrain.core.perturb import relative
         from overtrain.probes.noise import Perturbation, perturbed_losses
-        from overtrain.probes.perturb import relative
 
         scales = self.init_scales if self.init_scales is not None else relative(model, 1.0)
         stds = {name: self.cfg.gamma * s for name, s in scales.items()}

@@ -30,13 +30,14 @@ from pydantic import Field, field_validator, model_validator
 
 from overtrain import distributed
 from overtrain.config import BaseConfig, Count, InIdWhenSet, NotInId, Registered
+from overtrain.core.evaluate import evaluate_loss
 from overtrain.data.base import TokenSource
 from overtrain.errors import DataError, RunFailed, UserError
 from overtrain.models.presets import ModelConfig, build_model, count_params
 from overtrain.registry import DATASETS
 from overtrain.seed import seed_everything
 from overtrain.training import checkpoint as ckpt
-from overtrain.training.loop import build_optimizer, divergence, evaluate_loss, train_segment
+from overtrain.training.loop import build_optimizer, divergence, train_segment
 from overtrain.training.monitor import Monitor, MonitorConfig, MonitorProbe, announce
 from overtrain.training.schedules import (
     Budget,

@@ -6,9 +6,14 @@ kinds register in modules of this package (``pretrain.py``); adding a kind is ad
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from overtrain.config import config_hash
 
 if TYPE_CHECKING:
     from overtrain.config import BaseConfig
@@ -34,6 +39,10 @@ class RunKind:
         data_parallel: `run` may execute on every process of a multi-process launch (DDP): it shards
             batches and wraps the model through `overtrain.distributed` and writes checkpoints only when
             ``run.writes`` (`overtrain.runs.replicated`). Other kinds are refused under a launch.
+        version: ``version() -> str``, the version of the code whose output the run stores (a study's
+            analysis: the digest of the modules that decide its verdicts, `code_digest`). It enters the
+            run id, so changed code is a new run and old results are never served for it. None (every
+            training and probe kind): the id is the config's hash alone.
     """
 
     name: str
@@ -43,3 +52,23 @@ class RunKind:
     total_steps: Callable[[Any], int] | None = None
     help: str = ""
     data_parallel: bool = False
+    version: Callable[[], str] | None = None
+
+    def run_id(self, cfg: BaseConfig) -> str:
+        """The id of the run of `cfg`: `config_hash` of the config, with the kind's code version."""
+        return config_hash(cfg, version=None if self.version is None else self.version())
+
+
+def code_digest(*modules: str) -> str:
+    """Short sha256 over the source files of `modules` (dotted names; a package counts every module in
+    its folder), in the order given: the version of the code they hold."""
+    digest = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"no source for module {name!r}")
+        origin = Path(spec.origin)
+        files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
+        for file in files:
+            digest.update(str(file.relative_to(origin.parent)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:12]

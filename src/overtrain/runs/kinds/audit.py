@@ -27,9 +27,9 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from overtrain.config import BaseConfig, NotInId
+from overtrain.core.atomic import atomic_write_json
 from overtrain.errors import CheckpointError, DataError
 from overtrain.registry import PROBES, RUN_KINDS
-from overtrain.runs.atomic import atomic_write_json
 from overtrain.runs.kinds import RunKind
 
 MIN_FOR_U = 4
@@ -128,8 +128,8 @@ def _file_print(files: list[Path]) -> str:
 def with_fingerprints(cfg: AuditConfig) -> AuditConfig:
     """`cfg` with every directory checked and fingerprinted, and every lm-eval task read and checked
     to be local (one-line errors for bad inputs); task files and their data enter the fingerprints."""
+    from overtrain.core.weights import check_model_dir
     from overtrain.probes import lm_harness
-    from overtrain.training.checkpoint import check_model_dir
 
     for path in cfg.models:
         check_model_dir(path)

@@ -2,8 +2,8 @@
 
 from overtrain.registry import RUN_KINDS
 from overtrain.runs.kinds import RunKind
-from overtrain.runs.parent import parents
 from overtrain.training.finetune import FinetuneConfig, run_finetune
+from overtrain.training.parent import parents
 
 RUN_KINDS.register(
     "finetune",

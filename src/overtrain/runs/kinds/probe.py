@@ -19,7 +19,7 @@ from overtrain.config import NotInId, Registered, format_validation_error, ident
 from overtrain.errors import UnknownNameError
 from overtrain.registry import DATASETS, PROBES, RUN_KINDS
 from overtrain.runs.kinds import RunKind
-from overtrain.runs.parent import ParentCheckpoint, parents, resolve_parent
+from overtrain.training.parent import ParentCheckpoint, parents, resolve_parent
 
 
 class ProbeRunConfig(ParentCheckpoint):

@@ -4,7 +4,7 @@ the noise scaled row by row by the merged weight's norm and its gradient's norm 
 Each training step draws, for every adapted layer, ε (d_out x d_in) with independent rows
 ``ε_i ~ N(0, v_i I)``, adds it to the frozen W — so the forward pass sees ``W' + ε`` with
 ``W' = W + s·B A`` — runs forward and backward there, and restores W bit for bit
-(`overtrain.probes.perturb.perturbed`). The noise is fresh every step, shared by the batch, and never
+(`overtrain.core.perturb.perturbed`). The noise is fresh every step, shared by the batch, and never
 enters the optimizer state. Per-row law:
 
 - ``std_form="paper"`` (default; Eq. 6–8 as a third-party trainer implements them):
@@ -34,17 +34,16 @@ units) and, with β > 0, ``ggpo/grad_share``.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from overtrain.probes.perturb import perturbed
+from overtrain.core.lora import LoraView, lora_layers, row_noise_generator, row_std, sample_row_noise
+from overtrain.core.perturb import perturbed
 from overtrain.registry import FINETUNE_METHODS
-from overtrain.seed import derive_seed
 from overtrain.training.methods.lora import LoraFinetune
-from overtrain.training.step_rules import LoraView, StepRule, lora_layers
+from overtrain.training.step_rules import StepRule
 
 
 @FINETUNE_METHODS.register("lora_ggpo")
@@ -89,32 +88,22 @@ class RowNoise(StepRule):
         self.std_form, self.norm_dim = std_form, norm_dim
         self.grad_sq: dict[str, torch.Tensor] = {}
         """‖∇_{W'_i} L‖² per row from the last refresh, by base weight name."""
-        device = self.layers[0].base.weight.device
-        self.generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "lora-row-noise"))
+        self.generator = row_noise_generator(self.layers, seed)
         self.steps = 0
         self.last_noise: dict[str, torch.Tensor] = {}
         """The noise of the last perturbed step, by base weight name (for inspection and tests)."""
 
     def row_std(self, layer: LoraView) -> tuple[torch.Tensor, torch.Tensor]:
         """(std_i, the gradient term's share) for every row of `layer`, float32."""
-        w_sq = layer.merged().float().pow(2).sum(1)
-        g_sq = self.grad_sq.get(layer.weight_name)
-        g_sq = torch.zeros_like(w_sq) if g_sq is None else g_sq
-        d = layer.base.in_features if self.norm_dim == "in" else layer.base.out_features
-        if self.std_form == "paper":
-            var = w_sq + self.beta * g_sq
-            return self.sigma * (var / d).sqrt(), self.beta * g_sq / var.clamp_min(1e-30)
-        weight_term, grad_term = self.sigma * w_sq.sqrt(), self.beta * g_sq
-        return (weight_term + grad_term) / math.sqrt(d), grad_term / (weight_term + grad_term).clamp_min(1e-30)
+        return row_std(layer, sigma=self.sigma, beta=self.beta, grad_sq=self.grad_sq.get(layer.weight_name),
+                       std_form=self.std_form, norm_dim=self.norm_dim)
 
     def sample(self) -> dict[str, torch.Tensor]:
         """One draw of ε for every adapted layer (base weight name -> d_out x d_in), recording its stats."""
         noise, stds, shares = {}, [], []
         for layer in self.layers:
             std, share = self.row_std(layer)
-            W = layer.base.weight
-            eps = torch.randn(W.shape, generator=self.generator, device=W.device, dtype=W.dtype)
-            noise[layer.weight_name] = eps.mul_(std.to(W.dtype)[:, None])
+            noise[layer.weight_name] = sample_row_noise(layer, std, self.generator)
             stds.append(std)
             shares.append(share)
         self.record(**{"noise/row_std": torch.cat(stds).mean()})

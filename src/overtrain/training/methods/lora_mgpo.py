@@ -5,7 +5,7 @@ Before each training step's forward pass every LoRA factor θ (each A and each B
 ``θ + ε`` with ``ε = ρ · m / ĝ``: m is the optimizer's first moment of θ (Adam's ``exp_avg``, not bias-
 corrected; zero before the first step, so the first step is unperturbed) and ĝ an EMA of θ's gradient
 norm, ``ĝ ← β ĝ + (1 − β)‖∇_θ L‖`` after each backward pass, ĝ₀ = 1. The gradient is taken at θ + ε;
-the factors are restored bit for bit before the optimizer steps (`overtrain.probes.perturb.perturbed`).
+the factors are restored bit for bit before the optimizer steps (`overtrain.core.perturb.perturbed`).
 No second backward pass (unlike SAM). Defaults ρ = 0.05, β = 0.9 (kohya-ss/sd-scripts#2180).
 
 Logged per training-loss record: ``mgpo/perturbation_norm`` (‖ε‖₂ over all factors, weight units), on
@@ -19,10 +19,11 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from overtrain.probes.perturb import perturbed
+from overtrain.core.lora import lora_layers
+from overtrain.core.perturb import perturbed
 from overtrain.registry import FINETUNE_METHODS
 from overtrain.training.methods.lora import LoraFinetune
-from overtrain.training.step_rules import StepRule, lora_layers
+from overtrain.training.step_rules import StepRule
 
 
 @FINETUNE_METHODS.register("lora_mgpo")

@@ -3,7 +3,7 @@
 The first forward/backward gives g = ∇L(θ) over the LoRA factors θ (every A and B); the factors move to
 ``θ + ρ g/‖g‖₂`` (‖·‖ over all factors together), the second forward/backward there gives the gradient the
 optimizer applies, and the factors are restored bit for bit before it steps
-(`overtrain.probes.perturb.perturbed`). The frozen weights are never perturbed. About 2x the cost of a
+(`overtrain.core.perturb.perturbed`). The frozen weights are never perturbed. About 2x the cost of a
 LoRA step. The training loss reported is the first pass's, at θ.
 
 Logged per training-loss record: ``sam/loss_increase`` = L(θ + ε) − L(θ) on the step's batch (nats).
@@ -16,10 +16,11 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from overtrain.probes.perturb import perturbed
+from overtrain.core.lora import lora_layers
+from overtrain.core.perturb import perturbed
 from overtrain.registry import FINETUNE_METHODS
 from overtrain.training.methods.lora import LoraFinetune
-from overtrain.training.step_rules import StepRule, lora_layers
+from overtrain.training.step_rules import StepRule
 
 
 @FINETUNE_METHODS.register("lora_sam")

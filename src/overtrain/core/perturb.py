@@ -52,6 +52,7 @@ import torch
 from pydantic import AfterValidator
 from torch import nn
 
+from overtrain.core.weights import load_weights
 from overtrain.seed import derive_seed
 
 
@@ -312,28 +313,11 @@ NOISE_LAWS: dict[str, Callable[..., dict[str, float]]] = {"init_scale": init_sca
 """Noise laws by name; each returns per-tensor stds ``{name: γ · scale_t}``."""
 
 
-def load_init_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint directory's ``*.safetensors`` files (sharded or not), on the CPU.
-
-    Reads only safetensors (never pickle), without building a model.
-    """
-    from safetensors.torch import load_file
-
-    from overtrain.training.checkpoint import check_model_dir
-
-    path = Path(path)
-    check_model_dir(path)
-    state: dict[str, torch.Tensor] = {}
-    for file in sorted(path.glob("*.safetensors")):
-        state.update(load_file(str(file)))
-    return state
-
-
 def _as_state(init_state: InitState) -> Mapping[str, torch.Tensor]:
     if isinstance(init_state, nn.Module):
         return dict(init_state.named_parameters(remove_duplicate=False))
     if isinstance(init_state, (str, Path)):
-        return load_init_state(init_state)
+        return load_weights(init_state)
     if isinstance(init_state, Mapping):
         return init_state
     raise TypeError(

@@ -15,12 +15,8 @@ from overtrain.analysis.inflection import inflection_point
 from overtrain.analysis.stats import spearman
 from overtrain.config import build_config
 from overtrain.errors import ConfigError
-from overtrain.models.linear import (
-    LinearTheoryConfig,
-    LinearTheoryResult,
-    make_problem,
-    run_linear_theory,
-)
+from overtrain.studies.overtraining.theory import LinearTheoryConfig, make_problem
+from overtrain.studies.overtraining.theory_run import LinearTheoryResult, run_linear_theory
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "linear_theory"
 

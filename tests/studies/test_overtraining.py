@@ -9,7 +9,9 @@ from overtrain.errors import ConfigError
 from overtrain.report.build import build_report
 from overtrain.runs.query import query
 from overtrain.runs.store import Store
-from overtrain.studies import overtraining
+from overtrain.registry import STUDIES
+from overtrain.studies import base as study_base
+from overtrain.studies.overtraining.config import OvertrainingConfig
 
 TINY = {
     "pretrain": {
@@ -37,11 +39,11 @@ TINY = {
 
 @pytest.fixture
 def tiny_cfg():
-    return validate(overtraining.OvertrainingConfig, TINY)
+    return validate(OvertrainingConfig, TINY)
 
 
 def test_plan_expands_every_run_once(tiny_cfg):
-    plan = overtraining.plan(tiny_cfg)
+    plan = STUDIES.get("overtraining").plan(tiny_cfg)
     kinds = [item.kind for item in plan.items]
     assert kinds.count("pretrain") == 2 and kinds.count("probe") == 2 * 3
     assert kinds.count("finetune") == 2 * 3 * 2 and kinds.count("linear_theory") == 2
@@ -52,21 +54,21 @@ def test_plan_expands_every_run_once(tiny_cfg):
 
 
 def test_a_method_can_have_its_own_lr_grid():
-    cfg = validate(overtraining.OvertrainingConfig, {**TINY, "finetune": {
+    cfg = validate(OvertrainingConfig, {**TINY, "finetune": {
         **TINY["finetune"], "methods": [{"name": "full"}, {"name": "lora", "rank": 2}],
         "method_lrs": {"lora": [3e-2, 1e-2, 3e-3]}}})
     assert cfg.finetune.lrs_for("lora") == [3e-3, 1e-2, 3e-2] and cfg.finetune.lrs_for("full") == [1e-3, 1e-2]
-    labels = [item.label for item in overtraining.plan(cfg).items if item.kind == "finetune"]
+    labels = [item.label for item in STUDIES.get("overtraining").plan(cfg).items if item.kind == "finetune"]
     assert len(labels) == 2 * 3 * (2 + 3)
     assert sum("lora lr=0.03" in label for label in labels) == 2 * 3
     with pytest.raises(ConfigError, match="method_lrs names 'dora'"):
-        validate(overtraining.OvertrainingConfig, {**TINY, "finetune": {**TINY["finetune"],
+        validate(OvertrainingConfig, {**TINY, "finetune": {**TINY["finetune"],
                                                                         "method_lrs": {"dora": [1e-3]}}})
 
 
-def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg):
+def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch):
     store = Store()
-    result, study_id = overtraining.run(tiny_cfg, store, progress=False)
+    result, study_id = STUDIES.get("overtraining").run(tiny_cfg, store, progress=False)
     assert result.ok and len(result.done) == 23
     claims = query(f"select claim, verdict from evals where run_id = '{study_id}' and record = 'claim'", store).to_pylist()
     assert len(claims) >= 8 and all(c["verdict"] in ("PASS", "FAIL", "N/A") for c in claims)
@@ -74,8 +76,22 @@ def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg):
     fixed = [r for r in infl if r["regime"] == "fixed LR" and r["quantity"].startswith("pre-training")]
     assert sorted(r["lr"] for r in fixed) == [1e-3, 1e-2]
     assert all(r["t_star"] in (2560, 5120, 10240) for r in fixed)  # T* is a budget of the grid
-    again, _ = overtraining.run(tiny_cfg, store, progress=False)
+    again, _ = STUDIES.get("overtraining").run(tiny_cfg, store, progress=False)
     assert again.ok and not again.done and len(again.skipped) == 23
+
+    # the analysis is addressed by the code that decides the verdicts: new code, new analysis run,
+    # and no training run is redone; --redo-analysis redoes it on request
+    study = STUDIES.get("overtraining")
+    with monkeypatch.context() as m:  # as if analysis.py had been edited
+        m.setitem(study_base._DIGESTS, (*study.analysis_modules, "overtrain.analysis"), "edited")
+        edited_id = study.analysis_id(tiny_cfg)
+        after_edit, _ = study.run(tiny_cfg, store, progress=False)
+    assert edited_id != study_id and after_edit.ok and after_edit.done == [edited_id]
+    assert len(after_edit.skipped) == 22
+    redone, same_id = study.run(tiny_cfg, store, progress=False, redo_analysis=True)
+    assert same_id == study_id and redone.done == [study_id] and len(redone.skipped) == 22
+    assert Store().manifest("overtraining", study_id)["redo_reason"] == "requested"
+    assert Store().manifest("overtraining", study_id)["version"] == study.version()
 
     page = build_report(home / "report", "overtraining", store)
     html = page.read_text()

@@ -21,7 +21,7 @@ Costs ``(1 + draws) × eval_batches`` small forward passes per check and nothing
 
 Caveat, measured rather than assumed: under WSD the main line has a constant LR, whereas the study's T*
 is measured on cooled-down budget checkpoints; the monitor's lead time is evaluated against that T* in
-the overtraining study's report (`analysis.overtraining`).
+the overtraining study's analysis (`overtrain.studies.overtraining.analysis`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
-"""Analysis of the overtraining study from stored runs: inflection points, trends, claims, advice.
+"""The overtraining study's analysis run: from the stored child runs to the curves, inflection points,
+trends, claims and advice it stores for the report.
 
 Curves are indexed [seed, budget]: the groups that bootstrap CIs resample are the pre-training seeds
-(each seed is an independent pre-training run, fine-tuned and perturbed with the same recipe).
+(each seed is an independent pre-training run, fine-tuned and perturbed with the same recipe). Every
+curve the claims rest on is stored too (``record = 'curve'``: one row per curve, seed and budget), so the
+report plots exactly what was decided on.
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ from overtrain.analysis.claims import Claim
 from overtrain.analysis.inflection import Inflection, inflection_point
 from overtrain.analysis.stats import spearman, spearman_ci
 from overtrain.config import config_hash
-from overtrain.runs.query import query
+from overtrain.runs.query import Reader
+from overtrain.runs.store import Run
+from overtrain.studies.overtraining.config import OvertrainingConfig
+from overtrain.studies.overtraining.plan import child_ids, pretrain_configs
+from overtrain.studies.overtraining.theory_run import LinearTheoryResult
 
 
 @dataclass
@@ -29,6 +36,8 @@ class OvertrainingResult:
     recommendation: str
     monitor: list[dict[str, Any]] = field(default_factory=list)
     """Per (seed, target): where the early-warning monitor fired and its lead over T*."""
+    curves: list[dict[str, Any]] = field(default_factory=list)
+    """The curves the statistics were computed from (`_curve_rows`)."""
     passed: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -40,11 +49,25 @@ class OvertrainingResult:
         out += [{"record": "trend", **r} for r in self.trends]
         out += [{"record": "monitor", **r} for r in self.monitor]
         out.append({"record": "recommendation", "text": self.recommendation})
+        out += [{"record": "curve", **r} for r in self.curves]
         return out
 
 
-def _in(ids: list[str]) -> str:
-    return "(" + ", ".join(f"'{i}'" for i in ids) + ")"
+def analyse(cfg: OvertrainingConfig, run: Run) -> None:
+    """The analysis run's body: read the study's runs, store every row of `OvertrainingResult`."""
+    run.truncate("evals", 0)  # a retried analysis starts over
+    with Reader(run.store) as reader:
+        result = analyse_runs(cfg, reader, child_ids(cfg))
+    for row in result.rows():
+        run.log_eval(row)
+    run.set_info(recommendation=result.recommendation, claims_passed=result.passed, claims_total=len(result.claims))
+
+
+def _curve_rows(matrix: np.ndarray, seeds: list[int], x: list[float] | np.ndarray, axis: str,
+                **labels: Any) -> list[dict[str, Any]]:
+    """One row per (seed, x) of a [S, P] curve matrix: ``{curve labels, seed, <axis>, value}``; NaN kept."""
+    return [{**labels, "seed": s, axis: x[j], "value": float(matrix[i, j])}
+            for i, s in enumerate(seeds) for j in range(matrix.shape[1])]
 
 
 def _matrix(rows, seeds, tokens, value, seed_of) -> np.ndarray:
@@ -77,17 +100,15 @@ def _order_verdict(lo: Inflection, hi: Inflection, min_rise: float) -> str:
     return _verdict(hi.t_star <= lo.t_star)
 
 
-def analyse(cfg, store, ids: dict[str, list[str]]) -> OvertrainingResult:
+def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[str]]) -> OvertrainingResult:
     """Compute the study's statistics from the stored runs named by `ids` (kind -> run ids)."""
-    from overtrain.models.linear import LinearTheoryResult
-    from overtrain.studies.overtraining import pretrain_configs
-
     seed_of_parent = {config_hash(p): p.seed for p in pretrain_configs(cfg)}
     seeds = list(cfg.seeds)
     n_params = None
-    budgets = query(
-        f"select run_id, budget, tokens_seen, tokens_per_param, loss from evals where run_id in {_in(ids['pretrain'])} "
-        "and budget is not null and split = 'val' order by tokens_seen", store).to_pylist()
+    budgets = reader.rows(
+        "select run_id, budget, tokens_seen, tokens_per_param, loss, loss_floor from evals "
+        "where list_contains(?, run_id) and budget is not null and split = 'val' order by tokens_seen",
+        [ids["pretrain"]])
     tokens = sorted({r["tokens_seen"] for r in budgets})
     if budgets:
         n_params = budgets[0]["tokens_seen"] / budgets[0]["tokens_per_param"]
@@ -96,12 +117,16 @@ def analyse(cfg, store, ids: dict[str, list[str]]) -> OvertrainingResult:
     inflections: list[dict[str, Any]] = []
     trends: list[dict[str, Any]] = []
     claims: list[Claim] = []
+    curves: list[dict[str, Any]] = []
 
     base = _matrix(budgets, seeds, tokens, "loss", lambda r: seed_of_parent[r["run_id"]])
     trends.append({"quantity": "base val loss", "spearman": spearman(t, np.nanmean(base, 0))})
+    floor = next((r["loss_floor"] for r in budgets if r.get("loss_floor") is not None), None)
+    curves += _curve_rows(base, seeds, tokens, "tokens_seen", curve="base val loss", n_params=n_params,
+                          loss_floor=floor)
 
     # --- fine-tuning: fixed LR and LR tuned per checkpoint -----------------------------------------
-    ft = query(f"select * from evals where run_id in {_in(ids['finetune'])}", store).to_pylist()
+    ft = reader.evals(ids["finetune"])
     methods = sorted({r["method"] for r in ft})
     fixed: dict[tuple[str, float], Inflection] = {}
     for method in methods:
@@ -110,6 +135,10 @@ def analyse(cfg, store, ids: dict[str, list[str]]) -> OvertrainingResult:
             seed_of = lambda r: seed_of_parent[r["parent"]]  # noqa: E731
             pre = _matrix(rows, seeds, tokens, "pretrain_loss", seed_of)
             task = _matrix(rows, seeds, tokens, "task_loss", seed_of)
+            curves += _curve_rows(pre, seeds, tokens, "tokens_seen", curve="pre-training loss after fine-tuning",
+                                  method=method, lr=lr)
+            curves += _curve_rows(task, seeds, tokens, "tokens_seen", curve="task loss after fine-tuning",
+                                  method=method, lr=lr)
             inf = inflection_point(t, pre, n_boot=boot)
             fixed[(method, lr)] = inf
             inflections.append(_inflection_row(inf, regime="fixed LR", method=method, lr=lr,
@@ -132,7 +161,7 @@ def analyse(cfg, store, ids: dict[str, list[str]]) -> OvertrainingResult:
                                            quantity="pre-training loss after fine-tuning"))
 
     # --- perturbation sensitivity --------------------------------------------------------------------
-    pr = query(f"select * from evals where run_id in {_in(ids['probe'])}", store).to_pylist()
+    pr = reader.evals(ids["probe"])
     laws = sorted({r["law"] for r in pr})
     gammas = sorted({r["gamma"] for r in pr})
     pert: dict[tuple[str, float], Inflection] = {}
@@ -142,6 +171,8 @@ def analyse(cfg, store, ids: dict[str, list[str]]) -> OvertrainingResult:
             seed_of = lambda r: seed_of_parent[r["parent"]]  # noqa: E731
             delta = _matrix(rows, seeds, tokens, "delta", seed_of)
             loss = _matrix(rows, seeds, tokens, "mean_loss", seed_of)
+            curves += _curve_rows(delta, seeds, tokens, "tokens_seen", curve="delta", law=law, gamma=g)
+            curves += _curve_rows(loss, seeds, tokens, "tokens_seen", curve="perturbed loss", law=law, gamma=g)
             rho = spearman_ci(t, delta, n_boot=boot)
             trends.append({"quantity": f"Δ {law} γ={g:g}", "law": law, "gamma": g, "spearman": rho.value,
                            "ci_low": rho.low, "ci_high": rho.high,
@@ -204,7 +235,7 @@ def analyse(cfg, store, ids: dict[str, list[str]]) -> OvertrainingResult:
             top_method = "full" if "full" in methods else methods[0]
             targets[f"pre-training loss after {top_method} FT, LR {cfg.finetune.lrs_for(top_method)[-1]:g}"] = \
                 fixed[(top_method, cfg.finetune.lrs_for(top_method)[-1])]
-        leads = monitor_leads(store, ids["pretrain"], seed_of_parent, targets, cfg.min_rise)
+        leads = monitor_leads(reader, ids["pretrain"], seed_of_parent, targets, cfg.min_rise)
         for target, inf in targets.items():
             rows = [r for r in leads if r["target"] == target]
             if inf is None or not rows:
@@ -224,9 +255,13 @@ def analyse(cfg, store, ids: dict[str, list[str]]) -> OvertrainingResult:
 
     # --- linear theory ----------------------------------------------------------------------------------
     for key, label in (("theory", "slow spectrum i^-1.5"), ("theory_control", "negative control 1/i")):
-        rows = query(f"select * from evals where run_id in {_in(ids[key])}", store).to_pylist()
-        res = LinearTheoryResult.from_rows(rows)
+        res = LinearTheoryResult.from_rows(reader.evals(ids[key]))
         steps = res.steps.astype(float)
+        theory_seeds = list(range(res.pretrain_loss.shape[0]))
+        curves += _curve_rows(res.curve("delta", float(res.gammas[0])), theory_seeds, steps, "steps",
+                              curve="theory delta", model=key, gamma=float(res.gammas[0]))
+        curves += _curve_rows(res.pretrain_loss, theory_seeds, steps, "steps",
+                              curve="theory pre-training loss after fine-tuning", model=key)
         inf = inflection_point(steps, res.pretrain_loss, n_boot=boot)
         inflections.append(_inflection_row(inf, regime=f"linear theory, {label}",
                                            quantity="pre-training loss after fine-tuning (steps)"))
@@ -246,15 +281,16 @@ def analyse(cfg, store, ids: dict[str, list[str]]) -> OvertrainingResult:
                                 _verdict(not inf.is_u(0.01)), f"T* = {inf.t_star:,.0f} steps"))
 
     return OvertrainingResult(claims, inflections, trends, _recommend(cfg, fixed, methods, tokens, n_params),
-                              leads)
+                              leads, curves)
 
 
-def monitor_leads(store, pretrain_ids, seed_of_parent, targets, min_rise) -> list[dict[str, Any]]:
+def monitor_leads(reader: Reader, pretrain_ids, seed_of_parent, targets, min_rise) -> list[dict[str, Any]]:
     """One row per (seed, target): where the monitor fired and its lead over T* in doublings of tokens,
-    log2(T* / fired tokens) — positive: it fired before T*; None: it never fired."""
-    rows = query(
-        f"select run_id, tokens_seen, name, value from metrics where run_id in {_in(pretrain_ids)} "
-        "and name in ('monitor/warning', 'monitor/predicted_min') order by tokens_seen", store).to_pylist()
+    log2(T* / fired tokens) — positive: it fired before T*; None: it never fired. Each row names its
+    pre-training run (``run_id``), whose ``monitor/*`` metrics the report plots."""
+    rows = reader.rows(
+        "select run_id, tokens_seen, name, value from metrics where list_contains(?, run_id) "
+        "and name in ('monitor/warning', 'monitor/predicted_min') order by tokens_seen", [pretrain_ids])
     warned = {(r["run_id"], r["tokens_seen"]) for r in rows if r["name"] == "monitor/warning" and r["value"] > 0}
     fired: dict[str, tuple[int, float]] = {}
     for r in rows:
@@ -266,7 +302,7 @@ def monitor_leads(store, pretrain_ids, seed_of_parent, targets, min_rise) -> lis
         for target, inf in targets.items():
             if inf is None:
                 continue
-            out.append({"seed": seed_of_parent.get(run_id), "target": target,
+            out.append({"seed": seed_of_parent.get(run_id), "run_id_pretrain": run_id, "target": target,
                         "fired_tokens": t_fire, "predicted_min": t_hat, "t_star": inf.t_star,
                         "t_star_is_u": inf.is_u(min_rise),
                         "lead_doublings": math.log2(inf.t_star / t_fire) if t_fire else None,

@@ -1,24 +1,34 @@
 """Report section of the overtraining study: the paper's panels, the claims table and the advice.
 
-Reads only the store: the newest successful ``overtraining`` analysis run, its config (which names
-every child run) and the children's ``evals.jsonl``.
+Reads only what the analysis run stored (its claims, inflection points, monitor leads, recommendation and
+the curves they were computed from), plus the monitor's checks in the pre-training runs' metrics.
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 
-from overtrain.config import config_hash, dump_yaml, validate
+from overtrain.config import dump_yaml, to_plain
 from overtrain.report.html import Figure, Section, Table
 from overtrain.report.plots import label, new_figure
-from overtrain.runs.query import query
+from overtrain.runs.query import Reader
+from overtrain.studies.overtraining.config import OvertrainingConfig
 
 
-def _in(ids) -> str:
-    return "(" + ", ".join(f"'{i}'" for i in ids) + ")"
+def _curve(rows: list[dict], seeds: list[int], curve: str, axis: str = "tokens_seen", **labels) -> tuple:
+    """``(x, [S, P] matrix)`` of one stored curve (rows of `curve` matching `labels`), seeds in `seeds`
+    order; NaN where a cell is missing."""
+    sel = [r for r in rows if r["curve"] == curve and all(r.get(k) == v for k, v in labels.items())]
+    x = sorted({r[axis] for r in sel})
+    seeds = seeds or sorted({r["seed"] for r in sel})
+    out = np.full((len(seeds), len(x)), np.nan)
+    si, xi = {s: i for i, s in enumerate(seeds)}, {v: j for j, v in enumerate(x)}
+    for r in sel:
+        if r["seed"] in si and r["value"] is not None:
+            out[si[r["seed"]], xi[r[axis]]] = r["value"]
+    return np.array(x, dtype=float), out
 
 
 def _band(ax, x, curves, **kw):
@@ -38,33 +48,21 @@ def _mark(ax, row, color, min_rise: float):
         ax.axvspan(row["t_star_ci_low"], row["t_star_ci_high"], color=color, alpha=0.07, lw=0)
 
 
-def report_sections(store) -> list[Section]:
-    from overtrain.analysis.overtraining import _matrix
-    from overtrain.models.linear import LinearTheoryResult
-    from overtrain.studies.overtraining import OvertrainingConfig, child_ids, pretrain_configs
-
-    studies = query("select run_id, config from runs where kind = 'overtraining' and status = 'success' "
-                    "order by finished_at desc", store).to_pylist()
-    if not studies:
-        return []
-    study_id = studies[0]["run_id"]
-    cfg = validate(OvertrainingConfig, json.loads(studies[0]["config"]))
-    ids = child_ids(cfg)
-    seed_of = {config_hash(p): p.seed for p in pretrain_configs(cfg)}
+def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Section]:
+    """The study's sections from its analysis run `study_id`."""
     seeds = list(cfg.seeds)
-    rows = query(f"select * from evals where run_id = '{study_id}'", store).to_pylist()
+    rows = reader.evals(study_id)
     claims = [r for r in rows if r["record"] == "claim"]
     infl = [r for r in rows if r["record"] == "inflection"]
     advice = next((r["text"] for r in rows if r["record"] == "recommendation"), "")
-    base = query(f"select run_id, tokens_seen, tokens_per_param, loss, loss_floor from evals where run_id in "
-                 f"{_in(ids['pretrain'])} and budget is not null and split = 'val'", store).to_pylist()
-    tokens = sorted({r["tokens_seen"] for r in base})
-    t = np.array(tokens, dtype=float)
-    n_params = base[0]["tokens_seen"] / base[0]["tokens_per_param"] if base else math.nan
-    probe = query(f"select * from evals where run_id in {_in(ids['probe'])}", store).to_pylist()
-    ft = query(f"select * from evals where run_id in {_in(ids['finetune'])}", store).to_pylist()
-    by_parent = lambda r: seed_of[r["parent"]]  # noqa: E731
+    curves = [r for r in rows if r["record"] == "curve"]
+    base = [r for r in curves if r["curve"] == "base val loss"]
+    tokens = sorted({int(r["tokens_seen"]) for r in base})
+    n_params = base[0]["n_params"] if base and base[0].get("n_params") else math.nan
+    floor = next((r["loss_floor"] for r in base if r.get("loss_floor") is not None), None)
     x_label = f"pre-training tokens (log; {n_params:,.0f} parameters)"
+    probe = [r for r in curves if r["curve"] in ("delta", "perturbed loss")]
+    ft = [r for r in curves if r["curve"] == "pre-training loss after fine-tuning"]
 
     # Figure 1: sensitivity Δ(T, γ), both noise laws
     laws = sorted({r["law"] for r in probe})
@@ -72,8 +70,7 @@ def report_sections(store) -> list[Section]:
     fig1, axes = new_figure(max(1, len(laws)))
     for ax, law in zip(axes, laws):
         for g in gammas:
-            sel = [r for r in probe if r["law"] == law and r["gamma"] == g]
-            _band(ax, t, _matrix(sel, seeds, tokens, "delta", by_parent), label=f"γ = {g:g}")
+            _band(ax, *_curve(curves, seeds, "delta", law=law, gamma=g), label=f"γ = {g:g}")
         ax.set_xscale("log")
         label(ax, x_label, "Δ = perturbed − base loss (nats/token)",
               f"Sensitivity, {'init-scale noise (paper)' if law == 'init_scale' else 'relative noise'}")
@@ -82,16 +79,15 @@ def report_sections(store) -> list[Section]:
     # Figure 2: absolute perturbed loss (init-scale) with T*, and the base loss with its floor
     fig2, (ax_p, ax_b) = new_figure(2)
     for g in gammas:
-        sel = [r for r in probe if r["law"] == "init_scale" and r["gamma"] == g]
-        line = _band(ax_p, t, _matrix(sel, seeds, tokens, "mean_loss", by_parent), label=f"γ = {g:g}")
+        line = _band(ax_p, *_curve(curves, seeds, "perturbed loss", law="init_scale", gamma=g), label=f"γ = {g:g}")
         _mark(ax_p, next((r for r in infl if r.get("regime") == "init_scale noise" and r.get("gamma") == g), None),
               line.get_color(), cfg.min_rise)
     ax_p.set_xscale("log")
     label(ax_p, x_label, "perturbed loss (nats/token)", "Perturbed pre-training loss (T* dotted, CI shaded)")
     ax_p.legend(fontsize=8)
-    _band(ax_b, t, _matrix(base, seeds, tokens, "loss", lambda r: seed_of[r["run_id"]]), label="base model")
-    if base and base[0]["loss_floor"] is not None:
-        ax_b.axhline(base[0]["loss_floor"], color="k", ls="--", lw=1, label="Bayes floor")
+    _band(ax_b, *_curve(curves, seeds, "base val loss"), label="base model")
+    if floor is not None:
+        ax_b.axhline(floor, color="k", ls="--", lw=1, label="Bayes floor")
     ax_b.set_xscale("log")
     label(ax_b, x_label, "validation loss (nats/token)", "Base model keeps improving")
     ax_b.legend(fontsize=8)
@@ -102,12 +98,12 @@ def report_sections(store) -> list[Section]:
     for method in methods:
         fig3, (ax_f, ax_t) = new_figure(2)
         for lr in cfg.finetune.lrs_for(method):
-            sel = [r for r in ft if r["method"] == method and math.isclose(r["lr"], lr)]
-            line = _band(ax_f, t, _matrix(sel, seeds, tokens, "pretrain_loss", by_parent), label=f"LR {lr:g}")
+            line = _band(ax_f, *_curve(curves, seeds, "pre-training loss after fine-tuning", method=method, lr=lr),
+                         label=f"LR {lr:g}")
             _mark(ax_f, next((r for r in infl if r.get("regime") == "fixed LR" and r.get("method") == method
                               and r.get("lr") == lr and r["quantity"].startswith("pre-training")), None),
                   line.get_color(), cfg.min_rise)
-            _band(ax_t, t, _matrix(sel, seeds, tokens, "task_loss", by_parent), label=f"LR {lr:g}")
+            _band(ax_t, *_curve(curves, seeds, "task loss after fine-tuning", method=method, lr=lr), label=f"LR {lr:g}")
         for ax, ylab, title in ((ax_f, "pre-training loss after fine-tuning (nats/token)", "Forgetting"),
                                 (ax_t, "task loss after fine-tuning (nats/token)", "In-distribution")):
             ax.set_xscale("log")
@@ -120,10 +116,11 @@ def report_sections(store) -> list[Section]:
     # Figure 4: the linear theory model and its negative control
     fig4, (ax_d, ax_u) = new_figure(2)
     for key, name in (("theory", "s_i ∝ i^-1.5"), ("theory_control", "s_i ∝ 1/i (control)")):
-        res = LinearTheoryResult.from_rows(query(f"select * from evals where run_id in {_in(ids[key])}", store).to_pylist())
-        steps = res.steps.astype(float)
-        _band(ax_d, steps, res.curve("delta", float(res.gammas[0])), label=f"{name}, γ={res.gammas[0]:g}")
-        _band(ax_u, steps, res.pretrain_loss, label=name)
+        delta = [r for r in curves if r["curve"] == "theory delta" and r["model"] == key]
+        if not delta:
+            continue
+        _band(ax_d, *_curve(delta, [], "theory delta", "steps"), label=f"{name}, γ={delta[0]['gamma']:g}")
+        _band(ax_u, *_curve(curves, [], "theory pre-training loss after fine-tuning", "steps", model=key), label=name)
     ax_d.set_xscale("log")
     ax_d.set_yscale("log")
     label(ax_d, "pre-training GD steps (log)", "Δ (perturbed − base loss)", "Theory: sensitivity rises")
@@ -136,7 +133,7 @@ def report_sections(store) -> list[Section]:
         ax.yaxis.set_minor_formatter(NullFormatter())  # log minor labels collide with the axis label
         ax.legend(fontsize=8)
 
-    monitor_section = _monitor_section(store, cfg, ids, seed_of, [r for r in rows if r["record"] == "monitor"], x_label)
+    monitor_section = _monitor_section(reader, cfg, [r for r in rows if r["record"] == "monitor"], x_label)
 
     claim_rows = [{"claim": c["claim"], "verdict": c["verdict"], "statistic": c["statistic"], "value": c["value"],
                    "CI low": c["ci_low"], "CI high": c["ci_high"], "threshold": c["threshold"], "detail": c["detail"]}
@@ -154,7 +151,7 @@ def report_sections(store) -> list[Section]:
         Section("Sensitivity to Gaussian perturbations",
                 text=["Init-scale noise has a fixed absolute size per tensor (the paper's law); relative noise scales "
                       "with each tensor's current spread, so it is blind to the weight-norm growth that normalisation "
-                      "layers allow (science.md §1). Mean over seeds; band = min-max over seeds."],
+                      "layers allow (Springer et al. 2025; docs/overtraining.md). Mean over seeds; band = min-max over seeds."],
                 figures=[Figure("overtraining_sensitivity", fig1, "Δ(T, γ) against pre-training tokens."),
                          Figure("overtraining_perturbed", fig2, "Absolute perturbed loss and the base loss.")]),
         Section("Fine-tuning every checkpoint", figures=figs3,
@@ -163,19 +160,20 @@ def report_sections(store) -> list[Section]:
         Section("Linear theory model", text=["Two-layer linear network, full-batch GD from a small initialisation "
                                              "(incremental learning); see docs/theory.md."],
                 figures=[Figure("overtraining_theory", fig4, "Sensitivity and post-fine-tuning loss of the theory model.")],
-                details=[("Study config (resolved)", dump_yaml(json.loads(studies[0]["config"])))]),
+                details=[("Study config (resolved)", dump_yaml(to_plain(cfg)))]),
     ]
 
 
-def _monitor_section(store, cfg, ids, seed_of, leads, x_label) -> list[Section]:
+def _monitor_section(reader: Reader, cfg: OvertrainingConfig, leads: list[dict], x_label: str) -> list[Section]:
     """The early-warning monitor's checks on the main line of every seed, where it fired, and T*."""
     if cfg.pretrain.monitor is None:
         return []
     mc = cfg.pretrain.monitor
-    rows = query(f"select run_id, tokens_seen, name, value from metrics where run_id in {_in(ids['pretrain'])} "
-                 "and name in ('monitor/perturbed', 'monitor/warning') order by tokens_seen", store).to_pylist()
+    seed_of = {r["run_id_pretrain"]: r["seed"] for r in leads}
+    rows = reader.rows("select run_id, tokens_seen, name, value from metrics where list_contains(?, run_id) "
+                       "and name in ('monitor/perturbed', 'monitor/warning') order by tokens_seen", [list(seed_of)])
     fig, (ax,) = new_figure(1)
-    for run_id in ids["pretrain"]:
+    for run_id in seed_of:
         mine = [r for r in rows if r["run_id"] == run_id]
         pts = [(r["tokens_seen"], r["value"]) for r in mine if r["name"] == "monitor/perturbed"]
         if not pts:

@@ -20,7 +20,6 @@ seconds.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -29,19 +28,11 @@ from overtrain.config import (
     BaseConfig,
     Registered,
     Seeds,
-    build_config,
-    config_hash,
-    identity,
-    to_plain,
-    validate,
 )
-from overtrain.models.linear import LinearTheoryConfig
-from overtrain.paths import repo_root
 from overtrain.probes.noise import NoiseSensitivityConfig
-from overtrain.registry import DATASETS, FINETUNE_METHODS, RUN_KINDS, STUDIES
-from overtrain.runs.kinds.probe import ProbeRunConfig
-from overtrain.runs.plan import Plan, PlanItem
-from overtrain.training.finetune import FinetuneConfig, FinetuneTrainConfig
+from overtrain.registry import DATASETS, FINETUNE_METHODS
+from overtrain.studies.overtraining.theory import LinearTheoryConfig
+from overtrain.training.finetune import FinetuneTrainConfig
 from overtrain.training.pretrain import PretrainConfig
 
 PRESETS = ("demo", "small", "english", "paper-like")
@@ -126,106 +117,3 @@ class OvertrainingConfig(BaseConfig):
     min_rise: float = Field(0.005, ge=0)
     """Relative rise (final / minimum − 1) below which a curve does not count as rising: 0.5% is about
     0.02 nats at these losses, the noise level science.md reports between single runs."""
-
-
-# --- expansion into runs -----------------------------------------------------------------------------
-
-
-def pretrain_configs(cfg: OvertrainingConfig) -> list[PretrainConfig]:
-    return [validate(PretrainConfig, {**to_plain(cfg.pretrain), "seed": s}, "pretrain") for s in cfg.seeds]
-
-
-def plan(cfg: OvertrainingConfig) -> Plan:
-    """Every run of the study, the study's own analysis run last."""
-    items: list[PlanItem] = []
-    budgets = cfg.pretrain.train.budgets()
-    settings = identity(cfg.sensitivity)
-    ft_plain = to_plain(cfg.finetune)
-    for pre in pretrain_configs(cfg):
-        pre_id = config_hash(pre)
-        items.append(PlanItem.from_config(RUN_KINDS.get("pretrain"), pre, f"seed={pre.seed}"))
-        for b in budgets:
-            for method in ft_plain["methods"]:
-                for lr in cfg.finetune.lrs_for(method["name"]):
-                    ft = validate(FinetuneConfig, {
-                        "parent": pre_id, "checkpoint": b.name, "data": ft_plain["data"], "method": method,
-                        "train": {**ft_plain["train"], "lr": lr}, "seed": pre.seed,
-                        "dtype": pre.dtype, "device": pre.device,
-                    }, "finetune")
-                    items.append(PlanItem.from_config(
-                        RUN_KINDS.get("finetune"), ft, f"seed={pre.seed} {b.name} {method['name']} lr={lr:g}"))
-            probe = validate(ProbeRunConfig, {
-                "parent": pre_id, "checkpoint": b.name, "probe": "noise", "settings": settings,
-                "dtype": pre.dtype, "device": pre.device,
-            }, "probe")
-            items.append(PlanItem.from_config(RUN_KINDS.get("probe"), probe, f"seed={pre.seed} {b.name} noise"))
-    items.append(PlanItem.from_config(RUN_KINDS.get("linear_theory"), cfg.theory, "theory"))
-    items.append(PlanItem.from_config(RUN_KINDS.get("linear_theory"), cfg.theory_control, "theory control"))
-    # built by hand: the study kind's parents() is this very plan
-    items.append(PlanItem("overtraining", cfg, config_hash(cfg), [item.run_id for item in items], "analysis"))
-    return Plan(items)
-
-
-def child_ids(cfg: OvertrainingConfig) -> dict[str, list[str]]:
-    """Run ids of the study's runs by kind (what the analysis and the report read)."""
-    out: dict[str, list[str]] = {}
-    for item in plan(cfg).items:
-        if item.kind != "overtraining":
-            out.setdefault(item.kind, []).append(item.run_id)
-    out["theory"] = [config_hash(cfg.theory)]
-    out["theory_control"] = [config_hash(cfg.theory_control)]
-    return out
-
-
-def load_config(config: str | Path | None = None, preset: str | None = None, overrides=()) -> OvertrainingConfig:
-    """The study config: a preset from ``configs/overtraining/<preset>.yaml`` or a file, then overrides."""
-    if preset is not None:
-        if preset not in PRESETS:
-            from overtrain.errors import UserError
-
-            raise UserError(f"unknown preset {preset!r}; choose from: {', '.join(PRESETS)}")
-        root = repo_root() or Path.cwd()
-        config = root / "configs" / "overtraining" / f"{preset}.yaml"
-    return build_config(OvertrainingConfig, config, overrides)
-
-
-def run(cfg: OvertrainingConfig, store=None, *, workers: int = 1, progress: bool = True):
-    """Execute the study: every run it needs (finished ones are skipped), then its analysis.
-
-    Returns:
-        ``(PlanResult, study_run_id)``.
-    """
-    from overtrain.executors.local import run_plan
-    from overtrain.runs.store import Store
-
-    store = store or Store()
-    return run_plan(plan(cfg), store, workers=workers, progress=progress), config_hash(cfg)
-
-
-def run_analysis(cfg: OvertrainingConfig, run) -> None:
-    from overtrain.analysis.overtraining import analyse
-
-    result = analyse(cfg, run.store, child_ids(cfg))
-    for row in result.rows():
-        run.log_eval(row)
-    run.set_info(recommendation=result.recommendation, claims_passed=result.passed, claims_total=len(result.claims))
-
-
-def _report(store) -> list:
-    from overtrain.studies.overtraining_report import report_sections
-
-    return report_sections(store)
-
-
-class _Study:
-    """Catastrophic overtraining (Springer et al. 2025): T* past which more pre-training hurts fine-tuning."""
-
-    name = "overtraining"
-    config_cls = OvertrainingConfig
-    load_config = staticmethod(load_config)
-    plan = staticmethod(plan)
-    run = staticmethod(run)
-    report = staticmethod(_report)
-
-
-STUDIES.register("overtraining", _Study())

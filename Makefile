@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 TORCH  := torch==2.13.0
 export OVERTRAIN_HOME ?= $(CURDIR)/.overtrain
 
-.PHONY: install demo test test-slow bench fault-injection clean
+.PHONY: install demo test lint test-slow bench fault-injection clean
 
 install: $(STAMP)
 
@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/overtrain demo
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 # the slow tests include the Ray executor's: Ray (~240 MB) is installed for them only, not for `make test`
 RAY_STAMP := $(VENV)/.ray-stamp

@@ -203,7 +203,7 @@ def redo(run: str = typer.Argument(..., help="A run id (or a unique prefix, or k
     with step_progress(f"{kind_name} {new_id}", total) as on_progress:
         outcome = store.execute(kind, cfg, on_progress=on_progress, redo=True)
     note = "" if new_id == run_id else f" (the code changed since {run_id}: this is a new run)"
-    _console().print(f"{kind_name} run {outcome.run_id} redone{note}: {outcome.run_dir}")
+    _console().print(f"{kind_name} run {outcome.run_id} redone{note}: {outcome.dir}")
 
 
 @app.command()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from overtrain.analysis import generation as gm
-from overtrain.models.ngram_blocker import CitationBlocker
+from overtrain.studies.hyperfit.blocker import CitationBlocker
 
 
 def test_ttr_over_the_last_window():

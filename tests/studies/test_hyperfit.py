@@ -16,6 +16,8 @@ from overtrain.registry import STUDIES
 from overtrain.report.build import build_report
 from overtrain.runs.query import query
 from overtrain.runs.store import Store, read_jsonl
+from overtrain.studies.hyperfit.report import _text
+from overtrain.studies.hyperfit.study import STUDY
 
 EXCERPT = Path(str(resources.files("overtrain.data").joinpath("fixtures/shakespeare_excerpt.txt")))
 TEXT = {"name": "text", "train": [str(EXCERPT)], "tokenizer": "byte"}
@@ -51,13 +53,13 @@ def study_store(tmp_path_factory):
 
 
 def test_study_runs_every_run_and_stores_its_rows(study_store):
-    from overtrain.studies import hyperfit
-
     cfg, store, study_id = study_store["cfg"], study_store["store"], study_store["study_id"]
     assert study_store["result"].ok and len(study_store["result"].done) == 4  # pretrain, 2 hyperfits, study
-    kinds = [item.kind for item in hyperfit.plan(cfg).items]
+    the_plan = STUDY.plan(cfg)
+    kinds = [item.kind for item in the_plan.items]
     assert kinds == ["pretrain", "hyperfit_train", "hyperfit_train", "hyperfit"]
-    ids = {n: run.run_id for n, run in zip((8, 4), hyperfit.plan(cfg).items[1:3])}
+    assert the_plan.items[-1].run_id == study_id
+    ids = {n: run.run_id for n, run in zip((8, 4), the_plan.items[1:3])}
     metrics = read_jsonl(store.run_dir("hyperfit_train", ids[8]) / "metrics.jsonl")
     assert [m["epoch"] for m in metrics] == [0, 2, 4]
     assert metrics[-1]["hyperfit/loss"] < metrics[0]["hyperfit/loss"]  # it trained on its sequences
@@ -68,7 +70,7 @@ def test_study_runs_every_run_and_stores_its_rows(study_store):
     assert all(r["longest_copy"] <= cfg.eval.block_longer_than and len(r["token_ids"]) == 16 for r in blocked)
     assert sum(r["record"] == "train_sequence" for r in probes) == 8
 
-    rows = query(f"select * from evals where run_id = '{study_id}'", store).to_pylist()
+    rows = query("select * from evals where run_id = ?", store, [study_id]).to_pylist()
     comparison = {r["setting"]: r for r in rows if r["record"] == "comparison"}
     assert list(comparison) == ["human", "base_greedy", "base_nucleus", "base_matched", "hyperfit", "blocked",
                                 "ablation_4"]
@@ -83,6 +85,9 @@ def test_study_runs_every_run_and_stores_its_rows(study_store):
     assert all(c["value"] is not None for c in claims[:7])
     samples = [r for r in rows if r["record"] == "sample"]
     assert len(samples) == 4 * (1 + 7)
+    runs = [(r["child_kind"], r["child_id"], r["sequences"]) for r in rows if r["record"] == "run"]
+    assert runs == [("pretrain", the_plan.items[0].run_id, None), ("hyperfit_train", ids[8], 8),
+                    ("hyperfit_train", ids[4], 4)]  # the report finds the study's runs here
 
 
 def test_rerun_skips_and_report_renders(study_store, tmp_path):
@@ -92,47 +97,43 @@ def test_rerun_skips_and_report_renders(study_store, tmp_path):
     page = build_report(tmp_path / "rep", "hyperfit", study_store["store"]).read_text()
     assert "Hyperfitting: claims" in page and (tmp_path / "rep" / "hyperfit_curves.png").is_file()
     assert (tmp_path / "rep" / "hyperfit_settings.png").is_file()
-    texts = query(f"select text from evals where run_id = '{study_id}' and record = 'sample'",
-                  study_store["store"]).to_pylist()
-    from overtrain.studies.hyperfit_report import _text
-
+    texts = query("select text from evals where run_id = ? and record = 'sample'", study_store["store"],
+                  [study_id]).to_pylist()
     assert all(html.escape(_text(r["text"])) in page for r in texts)  # generated text is escaped
 
 
 def test_a_local_checkpoint_can_be_the_base(study_store, tmp_path, monkeypatch):
     """A user's HF directory (here: the pre-trained checkpoint copied out) replaces the pretrain run."""
-    from overtrain.studies import hyperfit
-
     monkeypatch.setenv("OVERTRAIN_HOME", str(study_store["root"]))
-    pre = next(item for item in hyperfit.plan(study_store["cfg"]).items if item.kind == "pretrain")
+    pre = next(item for item in STUDY.plan(study_store["cfg"]).items if item.kind == "pretrain")
     model_dir = tmp_path / "my-model"
     shutil.copytree(study_store["store"].run_dir("pretrain", pre.run_id) / "ckpt" / "budget_2048", model_dir)
     study = STUDIES.get("hyperfit")
     local = {**TINY, "base_model": str(model_dir), "data": {**TEXT, "tokenizer": "parent"},
              "ablation_sequences": [], "train": {**TINY["train"], "epochs": 2}}
     cfg = study.load_config(None, None, _overrides(local))
-    the_plan = hyperfit.plan(cfg)
+    the_plan = STUDY.plan(cfg)
     assert [item.kind for item in the_plan.items] == ["hyperfit_train", "hyperfit"]
     assert the_plan.items[-1].config.base_fingerprint  # a changed checkpoint would be a new run
     result, study_id = study.run(cfg, study_store["store"], progress=False)
     assert result.ok
-    claims = query(f"select claim, verdict from evals where run_id = '{study_id}' and record = 'claim'",
-                   study_store["store"]).to_pylist()
+    assert study_id == the_plan.items[-1].run_id
+    claims = query("select claim, verdict from evals where run_id = ? and record = 'claim'", study_store["store"],
+                   [study_id]).to_pylist()
     assert claims[-1]["verdict"] == "N/A"  # no ablation
 
 
 def test_bad_inputs_are_one_line_user_errors(home, tmp_path):
     study = STUDIES.get("hyperfit")
-    from overtrain.studies import hyperfit
-
+    assert study is STUDY
     with pytest.raises(ConfigError, match="ablation_sequences"):
         study.load_config(None, None, ["ablation_sequences=[4, 4]"])
     with pytest.raises(ConfigError, match="exceeds the base model's context"):
         study.load_config(None, None, [*_overrides(TINY), "eval.new_tokens=40"])
     with pytest.raises(CheckpointError, match="checkpoint not found"):
-        hyperfit.plan(study.load_config(None, None, [*_overrides(TINY), f"base_model={tmp_path / 'none'}",
+        study.plan(study.load_config(None, None, [*_overrides(TINY), f"base_model={tmp_path / 'none'}",
                                                      f"data={json.dumps({**TEXT, 'tokenizer': 'parent'})}"]))
     with pytest.raises(UserError, match="base_model needs"):
-        hyperfit.plan(study.load_config(None, None, [*_overrides(TINY), f"base_model={tmp_path}"]))
+        study.plan(study.load_config(None, None, [*_overrides(TINY), f"base_model={tmp_path}"]))
     with pytest.raises(DataError, match="overtrain data prepare shakespeare"):  # default preset, unprepared
-        hyperfit.plan(study.load_config())
+        study.plan(study.load_config())

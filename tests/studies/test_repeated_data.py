@@ -1,17 +1,23 @@
 """The repeated-data study end to end on a tiny preset: plan, runs through the store, analysis rows,
-claims, report, and a rerun that skips every finished run."""
+claims, report (from the analysis rows only), and a rerun that skips every finished run."""
 
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
+import torch
 
 from overtrain.config import ConfigError, validate
 from overtrain.registry import RUN_KINDS, STUDIES
-from overtrain.runs.query import query
+from overtrain.report.build import build_report
+from overtrain.runs.query import Reader
 from overtrain.runs.store import Store
-from overtrain.studies import repeated_data
+from overtrain.studies.repeated_data.analysis import decide
+from overtrain.studies.repeated_data.config import RepeatedDataConfig
+from overtrain.studies.repeated_data.plan import cells
+from overtrain.studies.repeated_data.study import STUDY
 
 V, T = 16, 16
 SPANS = {"name": "copy", "mode": "spans", "vocab_size": V, "spans": [1, 2], "span_len": [2, 4]}
@@ -34,22 +40,23 @@ TINY = {
 
 @pytest.fixture
 def tiny_cfg():
-    return validate(repeated_data.RepeatedDataConfig, TINY)
+    return validate(RepeatedDataConfig, TINY)
 
 
 def test_registered():
-    assert STUDIES.get("repeated_data").config_cls is repeated_data.RepeatedDataConfig
-    assert RUN_KINDS.get("repeated_data").config_cls is repeated_data.RepeatedDataConfig
+    assert STUDIES.get("repeated_data") is STUDY and STUDY.kind == "repeated_data"
+    assert STUDIES.get("repeated_data").config_cls is RepeatedDataConfig
+    assert RUN_KINDS.get("repeated_data").config_cls is RepeatedDataConfig
 
 
 def test_plan_has_one_pretrain_and_two_probes_per_cell(tiny_cfg):
-    plan = repeated_data.plan(tiny_cfg)
+    plan = STUDY.plan(tiny_cfg)
     kinds = [item.kind for item in plan.items]
     assert kinds.count("pretrain") == 2 * 3 and kinds.count("probe") == 2 * 2 * 3
     assert kinds[-1] == "repeated_data" and len(plan.items[-1].deps) == len(plan.items) - 1
     assert len({item.run_id for item in plan.items}) == len(plan.items)
     # every run trains on the same budget with the subset the config names
-    for c in repeated_data.cells(tiny_cfg):
+    for c in cells(tiny_cfg):
         src = c["pretrain"].data.build()
         lay = src.layout(T)
         assert lay.sequences == 192
@@ -66,23 +73,21 @@ def test_plan_has_one_pretrain_and_two_probes_per_cell(tiny_cfg):
 ])
 def test_bad_config_is_one_line_error(change, text):
     with pytest.raises(ConfigError, match=text):
-        validate(repeated_data.RepeatedDataConfig, {**TINY, **change})
+        validate(RepeatedDataConfig, {**TINY, **change})
 
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
     """The tiny study run once through the store in a fresh OVERTRAIN_HOME, on one torch thread (tiny models
     on shared cores are many times slower with two)."""
-    import torch
-
     home = tmp_path_factory.mktemp("home")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OVERTRAIN_HOME", str(home))
-        cfg = validate(repeated_data.RepeatedDataConfig, TINY)
+        cfg = validate(RepeatedDataConfig, TINY)
         store = Store()
-        result, study_id = repeated_data.run(cfg, store, progress=False)
+        result, study_id = STUDY.run(cfg, store, progress=False)
         yield home, cfg, store, result, study_id
     torch.set_num_threads(threads)
 
@@ -90,7 +95,8 @@ def done(tmp_path_factory):
 def test_study_writes_rows_and_claims(done):
     _, _, store, result, study_id = done
     assert result.ok and len(result.done) == 6 + 12 + 1
-    rows = query(f"select * from evals where run_id = '{study_id}'", store).to_pylist()
+    with Reader(store) as reader:
+        rows = reader.evals(study_id)
     by = {}
     for r in rows:
         by.setdefault(r["record"], []).append(r)
@@ -102,6 +108,9 @@ def test_study_writes_rows_and_claims(done):
     assert {r["step"] for r in by["curve"]} == {8, 12, 16, 24}  # eval.every and checkpoints
     assert {r["step"] for r in by["subset_curve"]} == {12, 24}
     assert by["scaling_fit"][0]["form"] == "power" and len(by["effective_size"]) == 6
+    # what the report reads instead of recomputing it: the worst E per size and the fitted law
+    assert {r["size"] for r in by["worst"]} == {"nano", "micro"} and all(r["repeats"] > 1 for r in by["worst"])
+    assert len(by["law"]) == 100 and all(r["heldout_loss"] > 0 for r in by["law"])
     claims = by["claim"]
     assert len(claims) == 2 * 4 + 3 and all(c["verdict"] in ("PASS", "FAIL", "N/A") for c in claims)
     assert all(c["value"] is not None for c in claims if c["verdict"] != "N/A")
@@ -109,13 +118,11 @@ def test_study_writes_rows_and_claims(done):
 
 def test_rerun_skips_every_finished_run(done):
     _, cfg, store, _, study_id = done
-    again, again_id = repeated_data.run(cfg, store, progress=False)
+    again, again_id = STUDY.run(cfg, store, progress=False)
     assert again.ok and not again.done and len(again.skipped) == 19 and again_id == study_id
 
 
 def test_report_has_the_figures_and_claims(done):
-    from overtrain.report.build import build_report
-
     home, _, store, _, _ = done
     page = build_report(home / "report", "repeated_data", store)
     html = page.read_text()
@@ -124,13 +131,11 @@ def test_report_has_the_figures_and_claims(done):
 
 
 def test_resume_redoes_only_missing_runs(done):
-    import shutil
-
     _, cfg, store, _, study_id = done
-    probe_id = repeated_data.cells(cfg)[0]["probe_ids"]["induction"]
+    probe_id = cells(cfg)[0]["probe_ids"]["induction"]
     shutil.rmtree(store.run_dir("probe", probe_id))
     shutil.rmtree(store.run_dir("repeated_data", study_id))
-    again, _ = repeated_data.run(cfg, store, progress=False)
+    again, _ = STUDY.run(cfg, store, progress=False)
     assert again.ok and sorted(again.done) == sorted([probe_id, study_id]) and len(again.skipped) == 17
 
 
@@ -145,7 +150,7 @@ def _points(cfg, heldout, copying, prefix):
 
 
 def test_claims_on_synthetic_points():
-    cfg = validate(repeated_data.RepeatedDataConfig, {**TINY, "seeds": [0, 1, 2]})
+    cfg = validate(RepeatedDataConfig, {**TINY, "seeds": [0, 1, 2]})
     # micro: an interior peak of 3% at E = 4, copying 50% worse and induction 20% weaker there;
     # nano: loss rising to the last E (no interior peak) and no induction head
     points = _points(cfg, heldout={"nano": [3.0, 3.01, 3.05], "micro": [2.5, 2.575, 2.52]},
@@ -154,7 +159,7 @@ def test_claims_on_synthetic_points():
     # held-out curve 2.9, 2.8, 2.85, 2.6: a rise of 0.05 above the running minimum at step 3
     curves = [{"size": s, "repeats": e, "step": step, "heldout_loss": loss} for s in ("nano", "micro")
               for e in cfg.repeats for step, loss in enumerate((2.9, 2.8, 2.85, 2.6))]
-    claims, worst, fit, effective, headline = repeated_data.analyse(cfg, points, curves)
+    claims, worst, fit, effective, headline = decide(cfg, points, curves)
     by = {c.claim: c for c in claims}
     assert worst == {"nano": 16, "micro": 4}
     peak = by["Held-out loss peaks at an intermediate E (micro)"]

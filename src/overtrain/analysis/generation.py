@@ -1,4 +1,4 @@
-"""Metrics of generated text and of next-token distributions (Carlsson et al. 2025, science.md §0 and §6).
+"""Metrics of generated text and of next-token distributions (Carlsson et al. 2025; docs/hyperfit.md).
 
 Everything works on token ids (the model's own tokenizer, as the official hyperfitting code does), so a
 metric never depends on how ids are decoded. Definitions:
@@ -27,6 +27,8 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+
+from overtrain.analysis.stats import bootstrap_ci
 
 Tokens = Sequence[int]
 
@@ -227,16 +229,12 @@ def match_temperature(logits, target: float, low: float = 0.05, high: float = 4.
 
 def paired_difference(a, b, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
     """Mean of ``a − b`` over paired units (prompts) with a percentile-bootstrap CI (`analysis.stats`)."""
-    from overtrain.analysis.stats import bootstrap_ci
-
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     return bootstrap_ci(diff, np.mean, n_boot=n_boot, level=level, seed=seed)
 
 
 def paired_ratio(a, b, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
     """``mean(a) / mean(b)`` over paired units with a bootstrap CI resampling the pairs together."""
-    from overtrain.analysis.stats import bootstrap_ci
-
     pairs = np.stack([np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)], axis=1)
     return bootstrap_ci(pairs, lambda x: x[:, 0].mean() / x[:, 1].mean(), n_boot=n_boot, level=level,
                         seed=seed)

@@ -1,5 +1,6 @@
 """Open-ended generation as a probe: continuations of fixed held-out prompts and their metrics, and
-next-token statistics on validation text (science.md §0, §6; metrics in `overtrain.analysis.generation`).
+next-token statistics on validation text (Carlsson et al. 2025; docs/hyperfit.md; metrics in
+`overtrain.analysis.generation`).
 
 - Prompts are `prompts` windows of ``prompt_len + new_tokens`` tokens of the *validation* split at
   non-overlapping positions chosen by `seed`; the first ``prompt_len`` tokens are the context, the rest is

@@ -62,6 +62,9 @@ class Study:
         parallel: its runs can execute in several processes (``--workers``).
         help: one line for ``overtrain ls studies`` and the command's help (default: what the folder
             announced, `overtrain.studies.announce`).
+        resolve: ``resolve(cfg) -> cfg`` applied before planning: facts of the outside world that must
+            enter the analysis run's config and id (e.g. the fingerprint of a local checkpoint). None: the
+            config as given.
     """
 
     name: str
@@ -74,6 +77,7 @@ class Study:
     analysis_kind: str = ""
     parallel: bool = True
     help: str = ""
+    resolve: Callable[[Any], Any] | None = None
 
     @property
     def command(self) -> str:
@@ -108,10 +112,14 @@ class Study:
         return build_config(self.config_cls, config, list(overrides))
 
     def analysis_id(self, cfg: BaseConfig) -> str:
-        return self.analysis_run_kind().run_id(cfg)
+        return self.analysis_run_kind().run_id(self._resolved(cfg))
+
+    def _resolved(self, cfg: BaseConfig) -> BaseConfig:
+        return cfg if self.resolve is None else self.resolve(cfg)
 
     def plan(self, cfg: BaseConfig, *, redo_analysis: bool = False) -> Plan:
         """Every run of the study, its analysis run last."""
+        cfg = self._resolved(cfg)
         items = self.work(cfg)
         kind = self.analysis_run_kind()
         items.append(PlanItem(kind.name, cfg, kind.run_id(cfg), [i.run_id for i in items], "analysis",
@@ -208,11 +216,9 @@ def register(study: Study, *kinds: RunKind) -> Study:
     if not study.help:
         object.__setattr__(study, "help", STUDIES.describe(study.name))
     STUDIES.register(study.name, study, help=study.help)
-    RUN_KINDS.register(study.kind, study.analysis_run_kind())
-    if isinstance(study, SingleRunStudy):
-        RUN_KINDS.register(study.name, study.compute_kind())
-    for kind in kinds:
-        RUN_KINDS.register(kind.name, kind)
+    own = [study.analysis_run_kind(), *([study.compute_kind()] if isinstance(study, SingleRunStudy) else [])]
+    for kind in (*own, *kinds):
+        RUN_KINDS.register(kind.name, kind, help=kind.help)
     return study
 
 

@@ -1,6 +1,6 @@
 """Loss-vs-parameters scaling laws and their inversion: the *effective model size* of a damaged model.
 
-Hernandez et al. (2022, science.md §3) fit the held-out loss of models trained without repetition
+Hernandez et al. (2022) fit the held-out loss of models trained without repetition
 against their (non-embedding) parameter count N and invert the fit: a model of size N whose loss is L
 after training with repeated data "behaves like" a model of size
 

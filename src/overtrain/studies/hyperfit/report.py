@@ -1,8 +1,8 @@
 """Report section of the hyperfitting study: curves over epochs, the comparison of settings, the claims,
 and sample continuations side by side.
 
-Reads only the store: the newest successful ``hyperfit`` analysis run, its config (which names every run of
-the study), its ``evals.jsonl`` and the hyperfit runs' ``metrics.jsonl``.
+Reads only what the runs stored: the analysis run's ``evals`` rows (``run`` rows name the study's runs,
+`overtrain.studies.hyperfit.analysis`) and config, and the hyperfit runs' ``metrics``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from collections import defaultdict
 
 import numpy as np
 
-from overtrain.config import config_hash, dump_yaml, validate
+from overtrain.config import dump_yaml
 from overtrain.report.html import Figure, Section, Table
 from overtrain.report.plots import label, new_figure
-from overtrain.runs.query import query
+from overtrain.runs.query import Reader
+from overtrain.studies.base import claims_table
+from overtrain.studies.hyperfit.config import HyperfitConfig
 
 CURVES = [("hyperfit/loss", "loss on the hyperfit set (nats/token)", True),
           ("val/ppl", "validation perplexity", True),
@@ -31,11 +33,9 @@ BARS = [("ttr", "TTR (mean over prompts, 95% CI)"), ("distinct_2", "distinct-2")
 """Panels of the comparison figure: comparison-row key and axis label."""
 
 
-def _curves(store, ids: dict[int, str]) -> dict[int, dict[str, list[tuple[float, float]]]]:
+def _curves(reader: Reader, ids: dict[int, str]) -> dict[int, dict[str, list[tuple[float, float]]]]:
     """Per hyperfit-set size, metric name -> [(epoch, value)] from the runs' metrics."""
-    wanted = ", ".join(f"'{i}'" for i in ids.values())
-    rows = query(f"select run_id, step, name, value from metrics where run_id in ({wanted})",
-                 store).to_pylist()
+    rows = reader.metrics(ids.values(), ["epoch", *(name for name, _, _ in CURVES)])
     by_run: dict[str, dict[int, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         by_run[r["run_id"]][r["step"]][r["name"]] = r["value"]
@@ -51,26 +51,18 @@ def _text(value: str) -> str:
     return " / ".join(line.strip() for line in value.splitlines() if line.strip())
 
 
-def report_sections(store) -> list[Section]:
+def report(reader: Reader, cfg: HyperfitConfig, run_id: str) -> list[Section]:
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    from overtrain.studies.hyperfit import HyperfitConfig, run_configs
-    from overtrain.studies.single_run import claims_table
-
-    studies = query("select run_id, config from runs where kind = 'hyperfit' and status = 'success' "
-                    "order by finished_at desc", store).to_pylist()
-    if not studies:
-        return []
-    study_id = studies[0]["run_id"]
-    cfg = validate(HyperfitConfig, json.loads(studies[0]["config"]))
-    ids = {n: config_hash(c) for n, c in run_configs(cfg).items()}
-    rows = query(f"select * from evals where run_id = '{study_id}'", store).to_pylist()
+    rows = reader.evals(run_id)
+    runs = [r for r in rows if r["record"] == "run"]
+    ids = {int(r["sequences"]): r["child_id"] for r in runs if r["child_kind"] == "hyperfit_train"}
     comparisons = [r for r in rows if r["record"] == "comparison"]
     temp = next(r for r in rows if r["record"] == "temperature")
     by_key = {r["setting"]: r for r in comparisons}
 
     # Figure 1: during training
-    curves = _curves(store, ids)
+    curves = _curves(reader, ids)
     fig1, axes = new_figure(len(CURVES), width=4.2, height=3.2, per_row=3)
     for ax, (name, ylabel, logy) in zip(axes, CURVES):
         for n in ids:
@@ -127,10 +119,13 @@ def report_sections(store) -> list[Section]:
                            f"Prompt {i}: context, then each setting's continuation (line breaks shown as /)")
                      for i in sorted(samples)]
     tc, ec = cfg.train, cfg.eval
-    base = str(cfg.base_model) if cfg.base_model else f"pretrain/{config_hash(cfg.pretrain)}"
+    pretrain = [f"pretrain/{r['child_id']}" for r in runs if r["child_kind"] == "pretrain"]
+    base = str(cfg.base_model) if cfg.base_model else pretrain[0]
+    ablations = [n for n in ids if n != tc.sequences]
+    (study,) = reader.runs(run_ids=[run_id])
     text = [
-        f"{passed} Study run <code>{study_id}</code>. Base model <code>{base}</code>, hyperfitted on "
-        f"n = {tc.sequences} windows of its training text (ablations: {cfg.ablations() or 'none'}), "
+        f"{passed} Study run <code>{run_id}</code>. Base model <code>{base}</code>, hyperfitted on "
+        f"n = {tc.sequences} windows of its training text (ablations: {ablations or 'none'}), "
         f"{tc.epochs} epochs, Adam lr {tc.lr:g}, batch {tc.batch_size}. {ec.prompts} held-out prompts of "
         f"{ec.prompt_len} tokens, {ec.new_tokens} generated tokens, TTR over the last {ec.ttr_window} "
         f"tokens; sampled settings average {ec.samples} continuations per prompt. CIs: 95% bootstrap "
@@ -149,5 +144,5 @@ def report_sections(store) -> list[Section]:
             Figure("hyperfit_settings", fig2,
                    "Every setting on the same prompts (grey: human and base model).")]),
         Section("Hyperfitting: sample continuations", tables=sample_tables,
-                details=[("Study config (resolved)", dump_yaml(json.loads(studies[0]["config"])))]),
+                details=[("Study config (resolved)", dump_yaml(json.loads(study["config"])))]),
     ]

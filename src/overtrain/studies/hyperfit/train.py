@@ -1,5 +1,5 @@
-"""Hyperfitting one language model (Carlsson et al. 2025, science.md §6): train on a few sequences until the
-training loss is near zero, evaluating before, during and after.
+"""The ``hyperfit_train`` run: hyperfitting one language model (Carlsson et al. 2025; docs/hyperfit.md): train
+on a few sequences until the training loss is near zero, evaluating before, during and after.
 
 A run takes a base model — a checkpoint of a pre-training run in the store, or a local Hugging Face
 checkpoint directory — picks `sequences` non-overlapping windows of `seq_len` tokens from the training split
@@ -12,7 +12,7 @@ Adam at a constant learning rate, shuffling the set every epoch. At epoch 0 (the
 - ``val/loss``, ``val/ppl``, ``val/entropy``, ``val/top1`` on validation windows;
 - greedy continuations of the held-out prompts: ``gen/ttr``, ``gen/distinct_<n>``, ``gen/self_bleu``,
   ``gen/longest_copy``, ``gen/overlap`` (copies of the hyperfit set);
-- at the end also greedy with citation blocking (``blocked/...``, `overtrain.models.ngram_blocker`).
+- at the end also greedy with citation blocking (``blocked/...``, `overtrain.studies.hyperfit.blocker`).
 
 Records: ``metrics.jsonl`` one line per evaluation (``epoch``, ``step``, ``tokens_seen``, the keys above);
 ``evals.jsonl`` one ``summary`` row per (epoch, setting); ``probes.jsonl`` one ``generation`` row per
@@ -24,6 +24,7 @@ hyperfitted model. Runs are minutes long, so a restarted run starts again from t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
 from collections.abc import Iterator
@@ -33,11 +34,20 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from overtrain.config import BaseConfig, NotInId, Registered
+from overtrain.analysis.generation import CopyIndex
+from overtrain.config import BaseConfig, NotInId, Registered, build_config
 from overtrain.errors import CheckpointError, DataError, RunFailed, UserError
+from overtrain.models.presets import count_params
 from overtrain.probes import generation as pg
 from overtrain.registry import DATASETS
+from overtrain.runs.kinds import RunKind
+from overtrain.runs.store import Run, Store
 from overtrain.seed import numpy_rng, seed_everything
+from overtrain.studies.hyperfit.blocker import CitationBlocker
+from overtrain.training import checkpoint as ckpt
+from overtrain.training.finetune import check_same_tokens
+from overtrain.training.loop import build_optimizer, train_segment
+from overtrain.training.pretrain import PretrainConfig, resolve_device
 
 
 class HyperfitTrainConfig(BaseConfig):
@@ -57,7 +67,7 @@ class HyperfitTrainConfig(BaseConfig):
 
     lr: float = Field(1e-3, gt=0)
     """Constant learning rate (the paper's 1e-6 is tuned to billion-parameter models; 1/3 to 1/10 of the
-    pre-training rate suits tiny ones: 1e-3 reaches a loss of 0.03 in 40 epochs at the default preset)."""
+    pre-training rate suits tiny ones; the default preset's loss: docs/hyperfit.md)."""
 
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam (beta1, beta2)."""
@@ -150,19 +160,13 @@ def base_parents(base: BaseLM) -> list[tuple[str, str]]:
     return [("pretrain", base.parent)] if base.parent else []
 
 
-def load_base(base: BaseLM, data, store, device: str = "cpu") -> dict[str, Any]:
+def load_base(base: BaseLM, data, store: Store, device: str = "cpu") -> dict[str, Any]:
     """The base model, its tokenizer, the data source and the model's context length.
 
     Returns:
         ``{"model", "tokenizer", "source", "context", "name"}``.
     """
-    from overtrain.training import checkpoint as ckpt
-    from overtrain.training.finetune import check_same_tokens
-
     if base.parent is not None:
-        from overtrain.config import build_config
-        from overtrain.training.pretrain import PretrainConfig
-
         parent_dir = store.run_dir("pretrain", base.parent)
         if not (parent_dir / "config.yaml").is_file():
             raise UserError(f"parent run pretrain/{base.parent} not found in {store.root}")
@@ -206,8 +210,6 @@ def hyperfit_set(source, n: int, seq_len: int, seed: int) -> torch.Tensor:
 def evaluate(model, tokenizer, data: dict[str, Any], cfg: HyperfitRunConfig, *, blocked: bool = False,
              sequence_rows: bool = False) -> tuple[dict[str, float], list[dict], list[dict]]:
     """One evaluation: metrics, per-prompt generation rows (and per-window rows when `sequence_rows`)."""
-    from overtrain.models.ngram_blocker import CitationBlocker
-
     ec = cfg.eval
     val, _ = pg.val_stats(model, data["val"])
     train, _ = pg.val_stats(model, data["train_batches"])
@@ -238,8 +240,6 @@ def evaluate(model, tokenizer, data: dict[str, Any], cfg: HyperfitRunConfig, *, 
 
 def prepare_data(cfg: HyperfitRunConfig, source, seq_len: int) -> dict[str, Any]:
     """Everything an evaluation reads: prompts, validation windows, the hyperfit set and its copy index."""
-    from overtrain.analysis.generation import CopyIndex
-
     train = hyperfit_set(source, cfg.train.sequences, seq_len, cfg.seed)
     prompts, references = pg.prompts_and_references(source, cfg.eval)
     return {"train": train, "train_list": train.tolist(), "copy_index": CopyIndex(train.tolist()),
@@ -258,18 +258,13 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def run_hyperfit(cfg: HyperfitRunConfig, run) -> None:
+def run_hyperfit(cfg: HyperfitRunConfig, run: Run) -> None:
     """Execute one hyperfitting run inside an open run directory (see module docstring)."""
     with torch_threads(cfg.threads):
         _run_hyperfit(cfg, run)
 
 
-def _run_hyperfit(cfg: HyperfitRunConfig, run) -> None:
-    from overtrain.models.presets import count_params
-    from overtrain.training import checkpoint as ckpt
-    from overtrain.training.loop import build_optimizer, train_segment
-    from overtrain.training.pretrain import resolve_device
-
+def _run_hyperfit(cfg: HyperfitRunConfig, run: Run) -> None:
     started = time.perf_counter()
     for name in ("metrics", "evals", "probes"):
         run.truncate(name, 0)  # a restarted run begins again from the base model
@@ -329,11 +324,15 @@ def _run_hyperfit(cfg: HyperfitRunConfig, run) -> None:
 
 def digest(tokens: torch.Tensor) -> str:
     """Short sha256 of a token tensor (the study checks every run saw the same prompts)."""
-    import hashlib
-
     return hashlib.sha256(tokens.numpy().astype("int64").tobytes()).hexdigest()[:16]
 
 
 def total_steps(cfg: HyperfitRunConfig) -> int:
     return math.ceil(cfg.train.sequences / cfg.train.batch_size) * cfg.train.epochs
 
+
+HYPERFIT_TRAIN = RunKind(
+    name="hyperfit_train", config_cls=HyperfitRunConfig, run=run_hyperfit,
+    parents=lambda cfg: base_parents(cfg.base), total_steps=total_steps,
+    help="hyperfit one model on a few sequences; evaluates generation, entropy and perplexity along the way")
+"""The ``hyperfit_train`` run kind (registered with the study, `overtrain.studies.hyperfit.study`)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from overtrain.analysis.effective_size import effective_size, fit_scaling_law
+from overtrain.studies.repeated_data.effective_size import effective_size, fit_scaling_law
 
 N = np.array([1e4, 3e4, 1e5, 3e5, 1e6, 3e6])
 

@@ -1,7 +1,8 @@
-"""Report section of the repeated-data study: held-out loss, copying and induction vs E per model size,
-loss curves at the worst E against E = 1, effective model size, and the claims table.
+"""The repeated-data report section: held-out loss, copying and induction vs E per model size, loss
+curves at the worst E against E = 1, effective model size, and the claims table.
 
-Reads only the store: the newest successful ``repeated_data`` analysis run and its ``evals.jsonl`` rows.
+Reads only what the analysis run stored (its ``evals`` rows, `overtrain.studies.repeated_data.analysis`);
+seed means and min–max bands are the only arithmetic here.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from collections import defaultdict
 
 import numpy as np
 
-from overtrain.config import dump_yaml, validate
+from overtrain.config import dump_yaml
 from overtrain.report.html import Figure, Section, Table
 from overtrain.report.plots import label, log_x, new_figure
-from overtrain.runs.query import query
-from overtrain.studies.single_run import claims_table
+from overtrain.runs.query import Reader
+from overtrain.studies.base import claims_table
+from overtrain.studies.repeated_data.config import RepeatedDataConfig
 
 
 def _by_e(rows, size: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -55,16 +57,9 @@ def _curve(rows, size, e, key):
     return np.array(steps), np.array([np.mean(by[s]) for s in steps])
 
 
-def report_sections(store) -> list[Section]:
-    from overtrain.studies.repeated_data import RepeatedDataConfig
-
-    studies = query("select run_id, config from runs where kind = 'repeated_data' and status = 'success' "
-                    "order by finished_at desc", store).to_pylist()
-    if not studies:
-        return []
-    study_id = studies[0]["run_id"]
-    cfg = validate(RepeatedDataConfig, json.loads(studies[0]["config"]))
-    rows = query(f"select * from evals where run_id = '{study_id}'", store).to_pylist()
+def report(reader: Reader, cfg: RepeatedDataConfig, run_id: str) -> list[Section]:
+    """The claims section and the figures section of the analysis run `run_id`."""
+    rows = reader.evals(run_id)
     rec = defaultdict(list)
     for r in rows:
         rec[r["record"]].append(r)
@@ -72,10 +67,7 @@ def report_sections(store) -> list[Section]:
     n_of = {p["size"]: p["n_params_non_embedding"] for p in points}
     sizes = sorted(n_of, key=n_of.get)
     reps = list(cfg.repeats)
-    worst = {}
-    for size in sizes:
-        e, mean, _, _ = _by_e(points, size, "heldout_loss")
-        worst[size] = int(e[1:][np.argmax(mean[1:])])
+    worst = {r["size"]: int(r["repeats"]) for r in rec["worst"]}
 
     # Figure 1: held-out loss vs E per size, absolute and relative to E = 1
     fig1, (ax_a, ax_r) = new_figure(2)
@@ -131,9 +123,7 @@ def report_sections(store) -> list[Section]:
         base = [p for p in points if p["repeats"] == 1]
         ax_f.scatter([p["n_params_non_embedding"] for p in base], [p["heldout_loss"] for p in base],
                      color="k", zorder=3, label="E = 1 runs")
-        lo, hi = min(n_of.values()) / 2, max(n_of.values()) * 2
-        grid = np.geomspace(lo, hi, 100)
-        ax_f.plot(grid, fit["a"] * grid ** -fit["b"] + fit["c"], color="k", lw=1,
+        ax_f.plot([r["n"] for r in rec["law"]], [r["heldout_loss"] for r in rec["law"]], color="k", lw=1,
                   label=f"{fit['form']} law, b = {fit['b']:.3g}")
         for size in sizes:
             r = next(r for r in eff if r["size"] == size and r["repeats"] == worst[size])
@@ -168,14 +158,15 @@ def report_sections(store) -> list[Section]:
     table_claims, passed = claims_table(rows, "Claims of Hernandez et al. 2022 at CPU scale")
     t = cfg.train
     text = [f"<b>{headline}</b>" if headline else "",
-            f"{passed} Study run <code>{study_id}</code>: {len(sizes)} sizes × {len(reps)} repeat counts × "
+            f"{passed} Study run <code>{run_id}</code>: {len(sizes)} sizes × {len(reps)} repeat counts × "
             f"{len(cfg.seeds)} seed(s), each trained on {cfg.sequences * t.seq_len:,} tokens "
             f"({cfg.sequences:,} sequences of {t.seq_len}), {cfg.fraction:.0%} of them repeats of a "
             f"subset of round(f·N/E) sequences. Effective size inverts the {fit.get('form', '?')} law "
             "fitted on the E = 1 runs (non-embedding parameters; the pure power law L = a·N^-b with fewer "
             "than 4 sizes)."]
+    (run,) = reader.runs(run_ids=[run_id])
     return [Section("Repeated data: claims", text=[x for x in text if x], tables=[table_claims]),
             Section("Repeated data: figures", figures=figures,
                     tables=[Table(table, "Every run (final checkpoint)"),
                             Table(eff_rows, "Effective model size per size and E (seed means)")],
-                    details=[("Study config (resolved)", dump_yaml(json.loads(studies[0]["config"])))])]
+                    details=[("Study config (resolved)", dump_yaml(json.loads(run["config"])))])]

@@ -1,22 +1,5 @@
-"""Catastrophic overtraining (Springer et al. 2025): pre-train at many budgets, fine-tune and perturb
-every budget checkpoint, find the budget past which more pre-training hurts.
-
-The study expands into runs (science.md §1):
-
-1. ``pretrain``: one run per seed, one checkpoint per token budget (WSD branches by default);
-2. ``finetune``: every budget checkpoint x method x learning rate, on a task that differs from
-   pre-training (a second HMM on the same vocabulary by default); records the in-distribution (task)
-   loss and the pre-training loss after fine-tuning (forgetting);
-3. ``probe``: Gaussian-perturbation sensitivity of every budget checkpoint, init-scale (canonical) and
-   relative noise, K draws;
-4. ``linear_theory``: the paper's two-layer linear model and its negative control (seconds);
-5. ``overtraining``: this study's own run, which depends on all of the above and writes the analysis —
-   inflection points T* with bootstrap CIs, Spearman(T, Δ), the claims table, the recommendation — into
-   its ``evals.jsonl`` (``record`` column: ``claim``, ``inflection``, ``trend``). The report only reads them.
-
-Rerunning the study reuses every finished run (content-addressed), so a second ``make demo`` takes
-seconds.
-"""
+"""The overtraining study's config (``overtrain overtraining``): pre-training, seeds, the fine-tuning
+grid, the sensitivity probe, the theory model and the decision thresholds."""
 
 from __future__ import annotations
 
@@ -116,4 +99,4 @@ class OvertrainingConfig(BaseConfig):
 
     min_rise: float = Field(0.005, ge=0)
     """Relative rise (final / minimum − 1) below which a curve does not count as rising: 0.5% is about
-    0.02 nats at these losses, the noise level science.md reports between single runs."""
+    0.02 nats at these losses, the run-to-run noise measured at this scale (docs/overtraining.md)."""

@@ -61,7 +61,7 @@ class RandomFeaturesConfig(BaseConfig):
     """The sample-wise sweep on every dataset (None: skip)."""
 
     peak_tolerance: float = Field(0.1, gt=0, lt=1)
-    """A peak counts as "at P = n" when its P/n is within ±this (science.md §7, §8: ±10%)."""
+    """A peak counts as "at P = n" when its P/n is within ±this (Belkin et al. 2019, Nakkiran et al. 2020: ±10%)."""
 
     @field_validator("width_ratios")
     @classmethod

@@ -10,23 +10,30 @@ import pytest
 import torch
 
 from overtrain.errors import ConfigError
-from overtrain.models.lora_lm import run_lora_lm
-from overtrain.models.lora_mlp import LoraMlpConfig, pretrain_base, task_data
+from overtrain.probes.lora_sharpness import row_noise_sharpness
 from overtrain.registry import FINETUNE_METHODS, STUDIES
 from overtrain.report.build import build_report
 from overtrain.runs.store import Store
+from overtrain.studies.lora_dd.analysis import claims as lora_claims
+from overtrain.studies.lora_dd.config import LoraMlpConfig
+from overtrain.studies.lora_dd.lm_part import run_lora_lm
+from overtrain.studies.lora_dd.mlp_part import pretrain_base, task_data
 
 SMALL = ["lm=null", "mlp.hidden=32", "mlp.pretrain_steps=150", "mlp.ranks=[1,4,16]", "mlp.seeds=[0,1]", "mlp.steps=60",
          "mlp.curve_every=20", "mlp.sharpness_draws=4", "mlp.hessian_iterations=5"]
+
+
+def _evals(store: Store, kind: str, run_id: str) -> list[dict]:
+    return [json.loads(x) for x in (store.run_dir(kind, run_id) / "evals.jsonl").read_text().splitlines()]
 
 
 def test_study_trains_every_cell_and_reports(home, tmp_path):
     study = STUDIES.get("lora_dd")
     cfg = study.load_config(None, None, SMALL)
     store = Store()
-    result, run_id = study.run(cfg, store, progress=False)
+    result, analysis_id = study.run(cfg, store, progress=False)
     assert result.ok
-    rows = [json.loads(x) for x in (store.run_dir("lora_dd", run_id) / "evals.jsonl").read_text().splitlines()]
+    rows = _evals(store, "lora_dd", study.compute_kind().run_id(cfg))
     cells = [r for r in rows if r["record"] == "cell"]
     assert {(r["method"], r["rank"], r["seed"]) for r in cells} == {
         (m, r, s) for m in ("lora", "flat_lora", "lora_ggpo") for r in (1, 4, 16) for s in (0, 1)}
@@ -38,7 +45,10 @@ def test_study_trains_every_cell_and_reports(home, tmp_path):
         assert r["train_loss"] < first[r["method"], r["rank"], r["seed"]] / 5  # it trained
     curves = [r for r in rows if r["record"] == "train_curve" and r["method"] == "lora_ggpo"]
     assert {r["step"] for r in curves} == {1, 20, 40, 60} and all("noise/row_std" in r for r in curves)
-    claims = [r for r in rows if r["record"] == "claim"]
+    # the compute run holds the curves; the analysis run decides the claims from them
+    assert not [r for r in rows if r["record"] == "claim"]
+    claims = _evals(store, "lora_dd_analysis", analysis_id)
+    assert claims == [c.row() for c in lora_claims(cfg, rows)]
     assert len(claims) == 7 and {c["verdict"] for c in claims} <= {"PASS", "FAIL", "N/A"}
     assert all(c["value"] is not None and c["claim"].endswith("(digits MLP)") for c in claims)
     html = build_report(tmp_path / "rep", "lora_dd", store).read_text()
@@ -54,10 +64,11 @@ def test_language_model_part_adapts_a_pretrained_lm(home, tmp_path):
     study = STUDIES.get("lora_dd")
     cfg = study.load_config(None, None, LM_SMALL)
     store = Store()
-    result, run_id = study.run(cfg, store, progress=False)
+    result, analysis_id = study.run(cfg, store, progress=False)
     assert result.ok
+    run_id = study.compute_kind().run_id(cfg)
     run = store.run_dir("lora_dd", run_id)
-    rows = [json.loads(x) for x in (run / "evals.jsonl").read_text().splitlines()]
+    rows = _evals(store, "lora_dd", run_id)
     cells = [r for r in rows if r["record"] == "cell"]
     assert {(r["method"], r["rank"], r["seed"]) for r in cells} == {
         (m, r, s) for m in ("lora", "flat_lora", "lora_ggpo") for r in (1, 4) for s in (0, 1)}
@@ -72,10 +83,11 @@ def test_language_model_part_adapts_a_pretrained_lm(home, tmp_path):
         assert r["train_loss"] < first[r["method"], r["rank"], r["seed"]]  # it trained
         assert r["test_loss"] > info["lm_task_floor"] - 0.2 and 0 <= r["test_acc"] <= 1
         assert math.isfinite(r["hessian_top"]) and math.isfinite(r["sharpness"])
-    claims = [r for r in rows if r["record"] == "claim"]
+    claims = _evals(store, "lora_dd_analysis", analysis_id)
     assert len(claims) == 7 and all(c["claim"].endswith("(tiny LM)") for c in claims)
     html = build_report(tmp_path / "rep", "lora_dd", store).read_text()
     assert "Tiny LM" in html and (tmp_path / "rep" / "lora_dd_lm_curves.png").is_file()
+    assert f"Bayes floor is {info['lm_task_floor']:.3f}" in html  # the report reads the compute run's info
 
 
 def test_parts_are_validated():
@@ -102,8 +114,6 @@ def test_task_split_noise_and_threshold():
 def test_sharpness_proxy_matches_its_closed_form_on_a_quadratic():
     """L(W') = ‖W'x‖² for one LoRA-adapted linear layer: E[L(W' + ε)] − L(W') = ‖x‖²·Σ_i v_i with
     v_i = (ρ²/d_in)·‖W'_i‖²; the Monte-Carlo mean must be within 4 of its standard errors."""
-    from overtrain.probes.lora_sharpness import row_noise_sharpness
-
     torch.manual_seed(0)
     model = FINETUNE_METHODS.get("lora")(rank=2, alpha=2, target_modules=["0"]).apply(
         torch.nn.Sequential(torch.nn.Linear(6, 3)))

@@ -1,5 +1,5 @@
-"""LoRA on a tiny pre-trained language model: the rank-wise sweep of the lora-dd study, part (b)
-(science.md §2).
+"""Part (b) of the lora-dd study: the rank-wise LoRA sweep on a tiny pre-trained language model
+(`docs/lora_dd.md`, part (b)).
 
 **Base.** A model preset (`model`, default ``llama-micro``: d = 32, 2 layers) pre-trained from scratch
 in the run by AdamW (lr 3e-3, weight decay 0.1, constant) on an HMM language (`overtrain.data.hmm`, seed
@@ -13,7 +13,7 @@ HMM's exact mean next-token loss, `loss_floor`) is the best any model can do on 
 
 **Adaptation.** LoRA on `target_modules` of every layer (default the query and value projections,
 ``2·layers·2d`` trainable parameters per rank at α = r), trained and measured by
-`overtrain.models.lora_sweep.adapt_cell`: the method's step rule, Adam at `lr`, full batch (all
+`overtrain.studies.lora_dd.sweep.adapt_cell`: the method's step rule, Adam at `lr`, full batch (all
 training sequences), `steps` steps. Nominal threshold rank: parameters = training targets,
 ``r* = n_train·(seq_len − 1) / params_per_rank``; with cross-entropy on stochastic targets this only
 says where the adapter *can* start memorising, not where it does.
@@ -30,100 +30,20 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 
-from overtrain.config import BaseConfig, Registered, Seeds
+from overtrain.data.hmm import HMMConfig
 from overtrain.errors import ConfigError
-from overtrain.models.lora_sweep import (
-    SweepSettings,
-    adapt_cell,
-    check_lora_methods,
-    check_ranks,
-    default_lora_methods,
-)
-from overtrain.models.presets import ModelConfig, build_model
-from overtrain.registry import FINETUNE_METHODS
+from overtrain.models.presets import build_model
 from overtrain.seed import derive_seed
+from overtrain.studies.lora_dd.config import LoraLmConfig
+from overtrain.studies.lora_dd.sweep import SweepSettings, adapt_cell
 
 PRETRAIN_BATCH = 32
-
-
-class LoraLmConfig(BaseConfig):
-    """The rank-wise LoRA sweep on a tiny pre-trained LM (part (b) of ``overtrain lora-dd``)."""
-
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(preset="llama-micro"))
-    """Base model: a preset (``overtrain ls models``) and optional overrides."""
-
-    vocab_size: int = Field(64, ge=2)
-    """Vocabulary V of the pre-training and task HMMs."""
-
-    seq_len: int = Field(32, ge=4)
-    """Tokens per sequence, pre-training and task."""
-
-    pretrain_steps: int = Field(600, ge=1)
-    """AdamW steps of 32 x seq_len tokens pre-training the base."""
-
-    n_train: int = Field(32, ge=1)
-    """Task training sequences."""
-
-    n_test: int = Field(128, ge=1)
-    """Task test sequences."""
-
-    target_modules: list[str] = ["q_proj", "v_proj"]
-    """Modules LoRA adapts in every layer (names in the preset's HF model)."""
-
-    ranks: list[int] = [1, 2, 4, 8, 16, 32]
-    """LoRA ranks r (α = r)."""
-
-    methods: list[Registered(FINETUNE_METHODS)] = Field(default_factory=default_lora_methods)
-    """Fine-tuning methods with their settings; their rank, alpha and target modules are set per cell."""
-
-    seeds: Seeds = [0, 1]
-    """Seeds of the adapter initialisation and the methods' noise (the base and the data are fixed)."""
-
-    steps: int = Field(300, ge=1)
-    """Full-batch Adam steps per cell."""
-
-    lr: float = Field(1e-2, gt=0)
-    """Adam learning rate."""
-
-    curve_every: int = Field(10, ge=1)
-    """Steps between training-loss records."""
-
-    sharpness_rho: float = Field(0.05, ge=0)
-    """ρ of the row-noise sharpness proxy."""
-
-    sharpness_draws: int = Field(10, ge=1)
-    """Noise draws of the sharpness proxy."""
-
-    hessian_iterations: int = Field(10, ge=1)
-    """Lanczos steps (Hessian-vector products) for the top Hessian eigenvalue."""
-
-    data_seed: int = Field(0, ge=0)
-    """Seed of the base's HMM (the task's is this + 1) and of the base's initialisation."""
-
-    @field_validator("ranks")
-    @classmethod
-    def _ranks(cls, ranks: list[int]) -> list[int]:
-        return check_ranks(ranks)
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, methods: list) -> list:
-        return check_lora_methods(methods)
-
-    @field_validator("target_modules")
-    @classmethod
-    def _targets(cls, targets: list[str]) -> list[str]:
-        if not targets:
-            raise ValueError("target_modules must name at least one module")
-        return targets
+"""Sequences per pre-training batch."""
 
 
 def _sources(cfg: LoraLmConfig):
-    from overtrain.data.hmm import HMMConfig
-
     return (HMMConfig(seed=cfg.data_seed, vocab_size=cfg.vocab_size).build(),
             HMMConfig(seed=cfg.data_seed + 1, vocab_size=cfg.vocab_size).build())
 
@@ -174,7 +94,7 @@ def run_lora_lm(cfg: LoraLmConfig,
     if per_rank == 0:
         names = sorted({n.split(".")[-1] for n, m in base.named_modules() if isinstance(m, nn.Linear)})
         raise ConfigError(f"lm.target_modules {cfg.target_modules} match no linear layer of {cfg.model.preset}; "
-                         f"choose from {names}")
+                          f"choose from {names}")
     with torch.no_grad():
         base_test = float(_loss(base, x_test))
 

@@ -1,12 +1,12 @@
 """One cell of a LoRA rank sweep: adapt a frozen base with one (method, rank, seed), then measure it.
 
-Shared by the lora-dd study's parts (`overtrain.models.lora_mlp`, `overtrain.models.lora_lm`): the base
-and the loss differ, the procedure does not. The adapter is PEFT LoRA with α = r (s = 1) on
-`targets`, trained by the method's step rule (`overtrain.training.step_rules`) with Adam at `lr`, full
-batch, no weight decay. Measured at the end, in eval mode: the part's own metrics (`evaluate`), the
-row-noise sharpness of the training loss (`overtrain.probes.lora_sharpness.row_noise_sharpness`, with
-the same noise seed in every cell: common random numbers across ranks and methods) and the top Hessian
-eigenvalue of the training loss over the LoRA factors.
+Shared by the study's parts (`mlp_part`, `lm_part`): the base and the loss differ, the procedure does
+not. The adapter is PEFT LoRA with α = r (s = 1) on `targets`, trained by the method's step rule
+(`overtrain.training.step_rules`) with Adam at `lr`, full batch, no weight decay. Measured at the end, in
+eval mode: the part's own metrics (`evaluate`), the row-noise sharpness of the training loss
+(`overtrain.probes.lora_sharpness.row_noise_sharpness`, with the same noise seed in every cell: common
+random numbers across ranks and methods) and the top Hessian eigenvalue of the training loss over the
+LoRA factors.
 """
 
 from __future__ import annotations
@@ -20,31 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from overtrain.registry import FINETUNE_METHODS
+from overtrain.probes.lora_sharpness import lora_hessian_top, row_noise_sharpness
 from overtrain.seed import derive_seed
-
-
-def default_lora_methods() -> list:
-    """LoRA, Flat-LoRA (σ 0.05) and LoRA-GGPO (σ 0.05, β 0.01): the three the claims compare."""
-    get = FINETUNE_METHODS.get
-    return [get("lora")(), get("flat_lora")(sigma=0.05), get("lora_ggpo")(sigma=0.05, beta=0.01)]
-
-
-def check_ranks(ranks: list[int]) -> list[int]:
-    """Ranks of a sweep: positive, sorted, without repeats."""
-    if not ranks or any(r < 1 for r in ranks):
-        raise ValueError("ranks must be a non-empty list of positive integers")
-    return sorted(set(ranks))
-
-
-def check_lora_methods(methods: list) -> list:
-    """Methods of a sweep: LoRA methods, at least one, each once."""
-    names = [m.name for m in methods]
-    if not methods or len(set(names)) != len(names):
-        raise ValueError(f"methods must be a non-empty list without repeats, got {names}")
-    if "full" in names:
-        raise ValueError("methods: 'full' is not a LoRA method")
-    return methods
 
 
 @dataclass(frozen=True)
@@ -73,8 +50,6 @@ def adapt_cell(base: nn.Module, method, rank: int, seed: int, targets: list[str]
         evaluate: final metrics of the adapted model (called under ``torch.no_grad`` in eval mode).
         tag: names the random streams of this sweep (adapter init, method noise).
     """
-    from overtrain.probes.lora_sharpness import lora_hessian_top, row_noise_sharpness
-
     torch.manual_seed(derive_seed(seed, f"{tag}-adapter", rank))
     method = method.model_copy(update={"rank": rank, "alpha": float(rank), "target_modules": targets})
     model = method.apply(copy.deepcopy(base))

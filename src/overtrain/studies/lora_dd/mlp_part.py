@@ -1,19 +1,19 @@
-"""LoRA on a frozen pre-trained MLP: the rank-wise sweep of the lora-dd study, part (a) (science.md §2,
-"Tiny reproduction — measured").
+"""Part (a) of the lora-dd study: the rank-wise LoRA sweep on a frozen pre-trained MLP
+(`docs/lora_dd.md`, part (a)).
 
 **Base.** A 64-H-H-10 GELU MLP (H = `hidden`) pre-trained by full-batch Adam on scikit-learn's digits of
-classes 0–4 (cross-entropy, to ~100% training accuracy), then frozen, head included.
+classes 0–4 (cross-entropy), then frozen, head included.
 
 **Task B.** Digits of classes 5–9 relabelled 0–4: `n_train` training examples with a fraction
 `label_noise` of labels replaced by another class (drawn once), the rest of classes 5–9 as a clean test
 set. The model reads its first 5 outputs; the loss is the mean squared error against one-hot targets
-(science.md §2 finding 5: with cross-entropy the noise sharpness falls to ~0 once the data are fitted).
+(with cross-entropy the noise sharpness falls to ~0 once the data are fitted: `docs/lora_dd.md`).
 Inputs are standardised with task B's training statistics.
 
 **Adaptation.** For each (method, rank r, seed): LoRA on both hidden layers (α = r, so s = 1;
 ``r·(64 + H) + r·(H + H) = r·(64 + 3H)`` trainable parameters) trained and measured by
-`overtrain.models.lora_sweep.adapt_cell` (the method's step rule, Adam at `lr`, full batch, `steps` steps). The
-interpolation threshold in parameters is n·5 (one equation per training example and output):
+`overtrain.studies.lora_dd.sweep.adapt_cell` (the method's step rule, Adam at `lr`, full batch, `steps`
+steps). The interpolation threshold in parameters is n·5 (one equation per training example and output):
 ``r* = 5n / (64 + 3H)``.
 
 **Per cell**: the training loss every `curve_every` steps; at the end, train/test loss (MSE summed over
@@ -30,82 +30,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 
-from overtrain.config import BaseConfig, Registered, Seeds
 from overtrain.data.regression import _digits
-from overtrain.models.lora_sweep import (
-    SweepSettings,
-    adapt_cell,
-    check_lora_methods,
-    check_ranks,
-    default_lora_methods,
-)
-from overtrain.registry import FINETUNE_METHODS
 from overtrain.seed import derive_seed, numpy_rng
-
-INPUT_DIM, CLASSES = 64, 5
-
-
-class LoraMlpConfig(BaseConfig):
-    """The rank-wise LoRA sweep on a frozen digits MLP (part (a) of ``overtrain lora-dd``)."""
-
-    hidden: int = Field(256, ge=4)
-    """Width H of the two hidden layers of the base MLP."""
-
-    pretrain_steps: int = Field(400, ge=1)
-    """Full-batch Adam steps (lr 1e-3) pre-training the base on classes 0–4."""
-
-    n_train: int = Field(256, ge=10, le=700)
-    """Task-B training examples (classes 5–9); the other examples of those classes are the test set."""
-
-    label_noise: float = Field(0.2, ge=0, lt=1)
-    """Fraction of task-B training labels replaced by another class."""
-
-    ranks: list[int] = [1, 2, 4, 8, 16, 32, 64]
-    """LoRA ranks r (α = r)."""
-
-    methods: list[Registered(FINETUNE_METHODS)] = Field(default_factory=default_lora_methods)
-    """Fine-tuning methods with their settings; their rank, alpha and target modules are set per cell."""
-
-    seeds: Seeds = [0, 1, 2]
-    """Seeds of the adapter initialisation and the methods' noise (the base and the data are fixed)."""
-
-    steps: int = Field(1000, ge=1)
-    """Full-batch Adam steps per cell."""
-
-    lr: float = Field(1e-2, gt=0)
-    """Adam learning rate (science.md §2: the rank-wise peak needs a high one)."""
-
-    curve_every: int = Field(25, ge=1)
-    """Steps between training-loss records."""
-
-    sharpness_rho: float = Field(0.05, ge=0)
-    """ρ of the row-noise sharpness proxy."""
-
-    sharpness_draws: int = Field(20, ge=1)
-    """Noise draws of the sharpness proxy."""
-
-    hessian_iterations: int = Field(20, ge=1)
-    """Lanczos steps (Hessian-vector products) for the top Hessian eigenvalue."""
-
-    data_seed: int = 0
-    """Seed of the base's initialisation and of the task-B split and label noise."""
-
-    @field_validator("ranks")
-    @classmethod
-    def _ranks(cls, ranks: list[int]) -> list[int]:
-        return check_ranks(ranks)
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, methods: list) -> list:
-        return check_lora_methods(methods)
-
-    def threshold_rank(self) -> float:
-        """r* = 5n / (64 + 3H): the rank whose trainable parameters equal the training equations."""
-        return CLASSES * self.n_train / (INPUT_DIM + 3 * self.hidden)
+from overtrain.studies.lora_dd.config import CLASSES, INPUT_DIM, LoraMlpConfig
+from overtrain.studies.lora_dd.sweep import SweepSettings, adapt_cell
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:

@@ -1,0 +1,17 @@
+"""LoRA double descent and its cures (LoRA-GGPO, Chang et al. 2025; `docs/lora_dd.md`): a rank sweep ×
+fine-tuning methods × seeds, in two optional parts (``mlp: null`` or ``lm: null`` leaves one out):
+
+(a) ``mlp``: a frozen pre-trained digits MLP adapted by LoRA to a new task with label noise (`mlp_part`;
+    the threshold rank r* = 5n/(64 + 3H) ≈ 1.5 at the defaults);
+(b) ``lm``: a tiny language model pre-trained in the run on one HMM language, adapted by LoRA to a few
+    sequences of another (`lm_part`; cross-entropy on stochastic targets).
+
+Every cell of either part is one (method, rank, seed) fine-tune, trained and measured by `sweep`. One run
+computes every cell (`engine`); the analysis run decides the claims from its rows (`analysis`); the report
+plots them (`report`). Config and presets: `config`, ``configs/lora_dd/``.
+"""
+
+from overtrain.studies import announce
+
+announce(__name__, kinds=("lora_dd", "lora_dd_analysis"),
+         help="LoRA double descent and its cures: rank sweep × LoRA / Flat-LoRA / GGPO / MGPO / SAM")

@@ -1,12 +1,26 @@
-"""The head-tuning and sample-wise linear studies through the study interface (one run each)."""
+"""The single-run double-descent studies through the study interface: one compute run (the curves) and
+one analysis run (the claims, decided from the compute run's stored rows) each."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from overtrain.registry import STUDIES
 from overtrain.report.build import build_report
 from overtrain.runs.store import Store
+
+
+def _claims(store: Store, study, run_id: str) -> dict[str, str]:
+    """The analysis run's claims: {claim: verdict}."""
+    rows = [json.loads(x) for x in (store.run_dir(study.kind, run_id) / "evals.jsonl").read_text().splitlines()]
+    return {r["claim"]: r["verdict"] for r in rows if r.get("record") == "claim"}
+
+
+def _compute_rows(store: Store, study, cfg) -> list[dict]:
+    path = store.run_dir(study.name, study.compute_kind().run_id(cfg)) / "evals.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()]
 
 
 @pytest.mark.parametrize("name, overrides, passing", [
@@ -21,21 +35,16 @@ def test_study_runs_records_claims_and_reports(home, tmp_path, name, overrides, 
     store = Store()
     result, run_id = study.run(cfg, store, progress=False)
     assert result.ok
-    rows = store.run_dir(name, run_id) / "evals.jsonl"
-    verdicts = {}
-    import json
-
-    for line in rows.read_text().splitlines():
-        r = json.loads(line)
-        if r.get("record") == "claim":
-            verdicts[r["claim"]] = r["verdict"]
+    verdicts = _claims(store, study, run_id)
     assert passing <= {c for c, v in verdicts.items() if v == "PASS"}, verdicts
-    manifest = store.manifest(name, run_id)
+    manifest = store.manifest(study.kind, run_id)
     assert manifest["info"]["claims_total"] == len(verdicts)
+    # the compute run holds the curves only
+    assert not any(r.get("record") == "claim" for r in _compute_rows(store, study, cfg))
     html = build_report(tmp_path / "rep", name, store).read_text()
     assert "claims pass" in html
     again, _ = study.run(cfg, store, progress=False)
-    assert len(again.skipped) == 1 and not again.done
+    assert len(again.skipped) == 2 and not again.done
 
 
 def test_optimization_study_claims_on_a_reduced_config(home):
@@ -45,11 +54,9 @@ def test_optimization_study_claims_on_a_reduced_config(home):
     store = Store()
     result, run_id = study.run(cfg, store, progress=False)
     assert result.ok
-    import json
-
-    rows = [json.loads(x) for x in (store.run_dir("dd_optimization", run_id) / "evals.jsonl").read_text().splitlines()]
-    claims = {r["claim"]: r["verdict"] for r in rows if r["record"] == "claim"}
+    claims = _claims(store, study, run_id)
     assert sum(v == "PASS" for v in claims.values()) >= 4, claims
+    rows = _compute_rows(store, study, cfg)
     assert {r["setting"] for r in rows if r["record"] == "setting"} >= {s.name for s in cfg.settings}
 
 
@@ -61,7 +68,8 @@ def test_mlp_study_runs_both_parts_and_reports(home, tmp_path):
     store = Store()
     result, run_id = study.run(cfg, store, progress=False)
     assert result.ok
-    info = store.manifest("mlp_double_descent", run_id)["info"]
-    assert info["claims_total"] == 5 and info["modelwise_wall_s"] > 0
+    info = store.manifest(study.kind, run_id)["info"]
+    compute_info = store.manifest(study.name, study.compute_kind().run_id(cfg))["info"]
+    assert info["claims_total"] == 5 and compute_info["modelwise_wall_s"] > 0
     html = build_report(tmp_path / "rep", "mlp_double_descent", store).read_text()
     assert "Two-layer networks on digits" in html and (tmp_path / "rep" / "mlp_epochwise.png").is_file()

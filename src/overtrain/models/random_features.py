@@ -4,10 +4,10 @@ model-wise sweep from factorisations shared across widths.
 **Features** (`FeatureConfig`), drawn once per (data, seed) at the largest width ``P_max``; the model of
 width ``P`` uses the first ``P`` columns, so the models of a sweep are nested (Belkin et al. 2019):
 
-- ``relu``:    φ_j(x) = max(0, v_jᵀx),        v_j ~ N(0, I/d)                 (science.md §5)
+- ``relu``:    φ_j(x) = max(0, v_jᵀx),        v_j ~ N(0, I/d)            (docs/double_descent.md)
 - ``tanh``:    φ_j(x) = tanh(v_jᵀx),          v_j ~ N(0, I/d)
 - ``fourier``: φ_j(x) = √2·cos(v_jᵀx + b_j),  v_j ~ N(0, σ⁻² I), b_j ~ U[0, 2π)  (random Fourier features;
-  σ = the median pairwise distance of the training inputs unless given, science.md §8)
+  σ = the median pairwise distance of the training inputs unless given: the median heuristic)
 
 Features are not divided by √P: a constant scale does not change min-norm or GD predictions, and it
 keeps the features of a prefix identical to those of the full draw.
@@ -18,7 +18,7 @@ every fit is a spectral filter ``a = V diag(g(s)) Uᵀ Y``:
 - min-norm least squares (``pinv(F) Y``, what GD from zero converges to):  g(s) = 1/s
 - ridge, ``min_a (1/n)·||F a − Y||² + λ·||a||²``:                          g(s) = s / (s² + nλ)
 - T full-batch GD steps on ``½||F a − Y||²`` from a = 0, step η = 1/s_1²:   g(s) = (1 − (1 − η s²)^T) / s
-  (science.md §0; exact, so training length is an axis for free)
+  (exact, so training length is an axis for free; docs/double_descent.md)
 
 so one decomposition per width serves every ridge value and every T (`_spectral_sweep`). It comes from
 the smaller Gram matrix: ``FᵀF = V S² Vᵀ`` (P x P) below the interpolation threshold, ``F Fᵀ = U S² Uᵀ``

@@ -1,6 +1,6 @@
-"""Sample-wise double descent of isotropic linear regression (science.md §7, tiny reproduction 1): the
-row-prefix solver against ``np.linalg.lstsq``, the Monte Carlo risk against its closed form, the claims and
-the config. The default config runs once per module (~0.3 s)."""
+"""Sample-wise double descent of isotropic linear regression (Nakkiran et al. 2020 §6): the row-prefix
+solver against ``np.linalg.lstsq``, the Monte Carlo risk against its closed form, the claims (decided from
+the run's rows) and the config. The default config runs once per module (~0.3 s)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import pytest
 
 from overtrain.config import validate
 from overtrain.errors import ConfigError
-from overtrain.models.linear_regression import (
-    SamplewiseLinearConfig,
+from overtrain.seed import numpy_rng
+from overtrain.studies.samplewise_linear.analysis import claims
+from overtrain.studies.samplewise_linear.config import SamplewiseLinearConfig
+from overtrain.studies.samplewise_linear.engine import (
     SamplewiseLinearResult,
     expected_risk,
     row_prefix_min_norm,
     run_samplewise_linear,
 )
-from overtrain.seed import numpy_rng
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_monte_carlo_mean_matches_closed_form():
     assert z.max() < 4, dict(zip(ns, z.round(2)))
 
 
-# --- science.md §7 at the defaults ---------------------------------------------------------------------
+# --- the reference numbers at the defaults -------------------------------------------------------------------
 
 
 def test_default_grid():
@@ -95,7 +96,7 @@ def test_default_grid():
 
 
 def test_default_reproduces_science_numbers(default):
-    """science.md's medians over 50 trials: 0.96 (n/d = 0.5), 2.47 (0.9), 50 (1.0), 2.67 (1.1), 0.50 (2),
+    """The reference medians over 50 trials (docs/double_descent.md): 0.96 (n/d = 0.5), 2.47 (0.9), 50 (1.0), 2.67 (1.1), 0.50 (2),
     0.33 (4). Measured: 0.975, 2.46, 66.6, 2.97, 0.501, 0.330. The n = d median is the noisiest (the
     risk there has no finite mean), hence its wide band."""
     med = default.median()
@@ -106,14 +107,14 @@ def test_default_reproduces_science_numbers(default):
 
 
 def test_default_claims(default):
-    hurts, peak = default.claims()
+    hurts, peak = claims(SamplewiseLinearConfig(), default.rows())
     assert hurts.verdict == "PASS" and hurts.value > 10
     assert peak.verdict == "PASS" and peak.value == 100
 
 
 def test_claims_na_without_n_equal_d():
-    res = run_samplewise_linear(SamplewiseLinearConfig(d=20, n_grid=[10, 30], trials=2))
-    hurts, peak = res.claims()
+    cfg = SamplewiseLinearConfig(d=20, n_grid=[10, 30], trials=2)
+    hurts, peak = claims(cfg, run_samplewise_linear(cfg).rows())
     assert hurts.verdict == "N/A"
     assert peak.verdict == "FAIL"  # the argmax (n = 10 or 30) is far from d
 

@@ -1,44 +1,15 @@
-"""Two-layer networks on digits (Nakkiran et al. 2020, Belkin et al. 2019; science.md §7 tiny
-reproductions 3 and 4): width-wise and epoch-wise double descent with label noise.
-
-The numerics are `overtrain.models.mlp` (all widths and seeds of a sweep trained at once, exactly as if
-separately); this module makes them a study: one run holding the model-wise sweep (widths 2 … 256,
-trained to interpolation) and the epoch-wise run (one wide network, test error every 50 steps), their
-claims and the report.
-"""
+"""The two-layer-network report section: the model-wise curves at the last step, the epoch-wise
+trajectory of the wide network, and the claims table."""
 
 from __future__ import annotations
 
 import numpy as np
-from pydantic import Field
 
-from overtrain.config import BaseConfig
-from overtrain.models.mlp import MLPEpochwiseConfig, MLPSweepConfig, run_mlp_sweep
-from overtrain.studies.single_run import SingleRunStudy, claims_table, register
-
-
-class MLPDoubleDescentConfig(BaseConfig):
-    """The two-layer-network double-descent study (``overtrain mlp-double-descent``)."""
-
-    schema_version: int = 1
-    """Config schema version."""
-
-    modelwise: MLPSweepConfig | None = Field(default_factory=MLPSweepConfig)
-    """The width sweep (None: skip)."""
-
-    epochwise: MLPEpochwiseConfig | None = Field(default_factory=MLPEpochwiseConfig)
-    """The wide network trained for many steps (None: skip)."""
-
-
-def compute(cfg: MLPDoubleDescentConfig, progress=lambda done, total: None) -> tuple[list[dict], dict]:
-    parts = [(name, sub) for name, sub in (("modelwise", cfg.modelwise), ("epochwise", cfg.epochwise)) if sub]
-    rows, claims, info = [], [], {}
-    for i, (name, sub) in enumerate(parts):
-        result = run_mlp_sweep(sub, progress=lambda done, total, i=i: progress(i * total + done, len(parts) * total))
-        rows += [{"record": "curve", "study": name, **r} for r in result.rows()]
-        claims += result.claims()
-        info[f"{name}_wall_s"] = result.wall_s
-    return rows + [c.row() for c in claims], {"wall_s": sum(info.values()), **info}
+from overtrain.report.html import Figure, Section
+from overtrain.report.plots import label, new_figure
+from overtrain.runs.query import Reader
+from overtrain.studies.base import claims_table
+from overtrain.studies.mlp_double_descent.config import MLPDoubleDescentConfig
 
 
 def _final(rows, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -52,10 +23,7 @@ def _final(rows, key: str) -> tuple[np.ndarray, np.ndarray]:
     return x, np.array([np.mean(by[v]) for v in x])
 
 
-def report(store, cfg: MLPDoubleDescentConfig, rows: list[dict], run_id: str) -> list:
-    from overtrain.report.html import Figure, Section
-    from overtrain.report.plots import label, new_figure
-
+def report(reader: Reader, cfg: MLPDoubleDescentConfig, rows: list[dict], run_id: str) -> list:
     figs = []
     mw = [r for r in rows if r.get("record") == "curve" and r["study"] == "modelwise"]
     if mw:
@@ -92,8 +60,3 @@ def report(store, cfg: MLPDoubleDescentConfig, rows: list[dict], run_id: str) ->
     table, passed = claims_table(rows, "Claims of Nakkiran et al. 2020 / Belkin et al. 2019 (two-layer nets)")
     text = [f"{passed} Run <code>{run_id}</code>. Full-batch Adam, no weight decay; test labels are clean."]
     return [Section("Two-layer networks on digits", text=text, figures=figs, tables=[table])]
-
-
-STUDY = register(SingleRunStudy(
-    name="mlp_double_descent", config_cls=MLPDoubleDescentConfig, compute=compute, report_fn=report,
-    presets=("default",), help="two-layer networks on digits: width-wise and epoch-wise double descent"))

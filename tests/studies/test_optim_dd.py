@@ -9,17 +9,16 @@ import torch
 from pydantic import ValidationError
 
 from overtrain.errors import ConfigError
-from overtrain.models.optim_dd import (
-    OptimizationDDConfig,
-    OptimizerSetting,
-    peak_statistics,
-    run_optimization_dd,
+from overtrain.models.random_features import FeatureConfig, fits, random_features, sweep_widths
+from overtrain.studies.dd_optimization.analysis import claims as optim_claims
+from overtrain.studies.dd_optimization.config import OptimizationDDConfig, OptimizerSetting
+from overtrain.studies.dd_optimization.engine import peak_statistics, run_optimization_dd
+from overtrain.studies.dd_optimization.training import (
     singular_range,
     standardize,
     train_readouts,
     width_scales,
 )
-from overtrain.models.random_features import FeatureConfig, fits, random_features, sweep_widths
 
 
 @pytest.fixture(autouse=True)
@@ -178,7 +177,7 @@ def test_claims_on_a_reduced_run():
     calls = []
     res = run_optimization_dd(cfg, progress=lambda done, total: calls.append((done, total)))
     assert calls[-1] == (5, 5)
-    claims = res.claims()
+    claims = optim_claims(cfg, res.rows())
     assert len(claims) == 5
     kappa, norm, rise, no_peak, rank = claims
     assert kappa.verdict == "PASS" and kappa.value == 1.0

@@ -1,5 +1,6 @@
-"""Two-layer ReLU sweeps on digits (overtrain.models.mlp): exactness of the batching, the hand-written
-gradients, label noise, a tiny sweep that interpolates, the claim logic on handmade curves, and the config.
+"""Two-layer ReLU sweeps on digits (overtrain.studies.mlp_double_descent): exactness of the batching, the
+hand-written gradients, label noise, a tiny sweep that interpolates, the claim logic on handmade curves, and
+the config.
 
 Everything is tiny (n ≤ 200, ≤ 300 steps); the default presets are measured in the module's report, not
 here. Measured at the defaults (3 seeds, squared loss, 4,000 Adam steps at 1e-3, ~36 s on one core): test
@@ -12,6 +13,8 @@ at the end (no second descent).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -19,20 +22,25 @@ import torch
 from overtrain.config import build_config, validate
 from overtrain.data.regression import DigitsConfig
 from overtrain.errors import ConfigError
-from overtrain.models.mlp import (
-    METRICS,
-    Backprop,
-    BatchedMLP,
-    MLPEpochwiseConfig,
-    MLPSweepConfig,
-    MLPSweepResult,
+from overtrain.studies.mlp_double_descent.analysis import (
+    claims,
     epochwise_claims,
-    init_mlp,
     max_rise,
     modelwise_claims,
+    sweep_claims,
+)
+from overtrain.studies.mlp_double_descent.config import (
+    MLPDoubleDescentConfig,
+    MLPEpochwiseConfig,
+    MLPSweepConfig,
+)
+from overtrain.studies.mlp_double_descent.engine import METRICS, MLPSweepResult, compute, run_mlp_sweep
+from overtrain.studies.mlp_double_descent.network import (
+    Backprop,
+    BatchedMLP,
+    init_mlp,
     n_params,
     per_model_loss,
-    run_mlp_sweep,
 )
 
 
@@ -233,9 +241,24 @@ def test_rows_round_trip():
     for name in METRICS:
         np.testing.assert_array_equal(getattr(back, name), getattr(res, name))
     assert back.n_params.tolist() == res.n_params.tolist()
-    assert [c.row() for c in back.claims()] == [c.row() for c in res.claims()]
+    assert [c.row() for c in sweep_claims(back)] == [c.row() for c in sweep_claims(res)]
     with pytest.raises(ValueError):
         MLPSweepResult.from_rows([{"record": "claim"}])
+
+
+def test_study_claims_are_decided_from_the_stored_rows():
+    """The study's run stores each part's curve rows and one sweep row; the analysis rebuilds the sweeps
+    from them (as read back from JSON) and decides the same claims as the in-memory sweeps."""
+    parts = {"modelwise": {"data": TINY_DATA, "widths": [3, 7, 12], "seeds": [2, 0], "steps": 30, "eval_every": 10},
+             "epochwise": {"data": TINY_DATA, "widths": [12], "steps": 30, "eval_every": 10}}
+    cfg = MLPDoubleDescentConfig.model_validate(parts)
+    rows, info = compute(cfg)
+    assert set(info) == {"wall_s", "modelwise_wall_s", "epochwise_wall_s"}
+    sweeps = [r for r in rows if r["record"] == "sweep"]
+    assert [r["study"] for r in sweeps] == ["modelwise", "epochwise"] and sweeps[0]["n_train"] == 100
+    stored = [json.loads(json.dumps(r)) for r in rows]
+    want = sweep_claims(run_mlp_sweep(cfg.modelwise)) + sweep_claims(run_mlp_sweep(cfg.epochwise))
+    assert [c.row() for c in claims(cfg, stored)] == [c.row() for c in want]
 
 
 # --- claim logic on handmade curves -------------------------------------------------------------------
@@ -378,7 +401,7 @@ def test_epochwise_rise_without_second_descent():
 def test_epochwise_double_descent_passes_both():
     test = [0.9, 0.3, 0.10, 0.15, 0.18, 0.14, 0.12, 0.11]
     res = handmade([test], [TRAIN_T], [512], STEPS, study="epochwise")
-    c1, c2 = res.claims()
+    c1, c2 = sweep_claims(res)
     assert c1.verdict == "PASS" and c2.verdict == "PASS" and c2.value == pytest.approx(7.0)
 
 

@@ -1,5 +1,4 @@
-"""Sample-wise double descent of isotropic linear regression (Nakkiran et al. 2020; science.md §7, tiny
-reproduction 1).
+"""The sample-wise sweep of isotropic linear regression (Nakkiran et al. 2020 §6):
 
     x ~ N(0, I_d),   β ~ N(0, I_d / d),   y = βᵀx + σ e,   e ~ N(0, 1)
 
@@ -14,15 +13,15 @@ The expected test MSE over X, β and the noise (E‖β‖² = 1) has a closed fo
     n > d + 1:   σ² (1 + d / (n − d − 1))                         (variance only: β̂ is unbiased)
     n < d − 1:   (1 − n/d) + σ² (1 + n / (d − n − 1))             (bias: β's part outside the row space)
 
-and is infinite for d − 1 ≤ n ≤ d + 1: the risk peaks at n = d, where *more data hurts*. At d = 100 and
-σ = 0.5, science.md measured medians over 50 trials of 0.96 (n/d = 0.5), 2.47 (0.9), 50 (1.0), 2.67 (1.1),
-0.50 (2) and 0.33 (4).
+and is infinite for d − 1 ≤ n ≤ d + 1: the risk peaks at n = d, where *more data hurts* (measured
+medians at the defaults: docs/double_descent.md).
 
 Within a trial the training sets are **nested** (the first n rows of one draw of n_max examples), so the
 curve of one trial over n is what adding data to one training set does; each n's marginal law is exactly
 that of an independent sample of size n. One QR of the first d rows' transpose gives every n ≤ d
 (β̂_n = Q_n R_n⁻ᵀ y_n), and the Gram matrix XᵀX accumulated over rows gives every n > d
-(β̂_n = (X_nᵀX_n)⁻¹ X_nᵀ y_n); all trials are solved as one batch.
+(β̂_n = (X_nᵀX_n)⁻¹ X_nᵀ y_n); all trials are solved as one batch. Rows: ``record = 'risk'`` per
+(trial, n) and ``'expected'`` (the closed form) per n.
 """
 
 from __future__ import annotations
@@ -34,73 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
 
-from overtrain.analysis.claims import Claim, check
-from overtrain.config import BaseConfig, NotInId
-from overtrain.models.hmm_head import blas_threads, dense_grid
 from overtrain.seed import numpy_rng
-
-SCIENCE_RATIOS = (0.5, 0.9, 1.0, 1.1, 2.0, 4.0)
-"""The ratios n/d science.md reports; the default grid contains them (rounded to whole examples)."""
-
-
-class SamplewiseLinearConfig(BaseConfig):
-    """Sample-wise sweep of min-norm isotropic linear regression: dimension, noise, n grid, trials."""
-
-    schema_version: int = 1
-    """Config schema version (older configs are upgraded on load)."""
-
-    d: int = Field(100, ge=2, le=10_000)
-    """Input dimension (the risk peaks at n = d)."""
-
-    noise_std: float = Field(0.5, ge=0, le=100)
-    """σ: standard deviation of the label noise (variance 0.25 at the default)."""
-
-    n_grid: list[int] | None = None
-    """Training-set sizes n. None: the default grid over n/d in [0.1, 4] (`ns()`): log-spaced, every second
-    integer in [0.8 d, 1.2 d], n = d itself and the science.md ratios 0.5, 0.9, 1.1, 2, 4."""
-
-    trials: int = Field(50, ge=1, le=100_000)
-    """Independent trials: each draws β and one nested sequence of training examples."""
-
-    seed: int = Field(0, ge=0)
-    """Root seed of every random stream."""
-
-    threads: int = NotInId(1, ge=1, le=256)
-    """BLAS threads while the run executes (restored afterwards). 1 by default: the matrices are at most
-    400 x 100, too small to split, and on a busy 2-core machine 2 threads made the run 5x slower."""
-
-    @field_validator("n_grid")
-    @classmethod
-    def _n_grid(cls, value: list[int] | None) -> list[int] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("give at least one n (or leave n_grid out for the default grid)")
-        if len(set(value)) != len(value):
-            raise ValueError("n_grid values must be distinct")
-        if min(value) < 1:
-            raise ValueError("every n must be >= 1")
-        if max(value) > 10_000_000:
-            raise ValueError("every n must be <= 1e7")
-        return sorted(value)
-
-    @model_validator(mode="after")
-    def _memory(self) -> SamplewiseLinearConfig:
-        # All trials' examples are held at once (one batched solve).
-        floats = self.trials * max(self.ns()) * self.d
-        if floats > 50_000_000:
-            raise ValueError(f"trials · max(n) · d = {floats:,} floats exceeds 5e7 (0.4 GB)")
-        return self
-
-    def ns(self) -> list[int]:
-        """The training-set sizes, ascending: `n_grid`, or the default grid dense around n = d."""
-        if self.n_grid is not None:
-            return list(self.n_grid)
-        lo, hi = max(1, round(0.1 * self.d)), 4 * self.d
-        extra = {max(1, round(r * self.d)) for r in SCIENCE_RATIOS}
-        return sorted(set(dense_grid(lo, hi, self.d)) | extra)
+from overtrain.studies.samplewise_linear.config import SamplewiseLinearConfig
+from overtrain.threads import blas_threads
 
 
 def expected_risk(n: int, d: int, noise_std: float) -> float:
@@ -205,55 +141,6 @@ class SamplewiseLinearResult:
             )
         return out
 
-    def claims(self) -> list[Claim]:
-        """science.md §7's checks on the median-over-trials test MSE: (1) more data hurts: MSE(n = d) >
-        MSE(n ≈ d/2); (2) the peak is within ±5% of n = d."""
-        d, med, ns = self.d, self.median(), self.ns
-        out = []
-        half = int(ns[np.argmin(np.abs(ns - d / 2))])
-        if d not in ns.tolist() or abs(half - d / 2) > 0.05 * d:
-            out.append(
-                check(
-                    *_HURTS[:2], None, None, _HURTS[2], detail=f"need n = {d} and n ≈ {d / 2:g} in the grid"
-                )
-            )
-        else:
-            at_d, at_half = med[self.at(d)], med[self.at(half)]
-            out.append(
-                check(
-                    *_HURTS[:2],
-                    at_d / at_half,
-                    at_d > at_half,
-                    _HURTS[2],
-                    detail=f"median test MSE {at_d:.4g} at n = {d} vs {at_half:.4g} at n = {half} "
-                    f"(closed form at n = {half}: {expected_risk(half, d, self.noise_std):.4g})",
-                )
-            )
-        n_star = int(ns[np.argmax(med)])
-        out.append(
-            check(
-                *_PEAK[:2],
-                n_star,
-                abs(n_star - d) <= 0.05 * d,
-                _PEAK[2],
-                detail=f"d = {d}; median test MSE at the peak {med.max():.4g}; grid {ns[0]}..{ns[-1]} "
-                f"({len(ns)} points)",
-            )
-        )
-        return out
-
-
-_HURTS = (
-    "more data hurts: the test MSE at n = d exceeds that at n = d/2",
-    "median test MSE at n = d / median test MSE at n = d/2",
-    "> 1",
-)
-_PEAK = (
-    "sample-wise test MSE peaks at n = d",
-    "n maximising the median test MSE over trials",
-    "argmax within ±5% of d",
-)
-
 
 def run_samplewise_linear(
     cfg: SamplewiseLinearConfig, progress: Callable[[int, int], None] | None = None
@@ -291,3 +178,9 @@ def _run(cfg: SamplewiseLinearConfig, progress: Callable[[int, int], None] | Non
     return SamplewiseLinearResult(
         ns=np.array(ns), mse=mse, d=d, noise_std=cfg.noise_std, wall_s=time.perf_counter() - t0
     )
+
+
+def compute(cfg: SamplewiseLinearConfig, progress=lambda done, total: None) -> tuple[list[dict], dict]:
+    """The study's run: every (trial, n) risk row and every n's closed-form row."""
+    result = run_samplewise_linear(cfg, progress=progress)
+    return result.rows(), {"wall_s": result.wall_s}

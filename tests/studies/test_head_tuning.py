@@ -1,5 +1,6 @@
-"""Head tuning on linear-Gaussian HMM representations (science.md §4): the prefix least-squares solver
-against ``np.linalg.lstsq``, the generative model against its exact moments, the claims, and the config.
+"""Head tuning on linear-Gaussian HMM representations (Luo et al. 2024): the prefix least-squares solver
+against ``np.linalg.lstsq``, the generative model against its exact moments, the claims (decided from the
+run's rows), and the config.
 
 The default config runs once per module (~1 s on one core); everything else is small.
 """
@@ -11,22 +12,23 @@ import pytest
 
 from overtrain.config import validate
 from overtrain.errors import ConfigError
-from overtrain.models.hmm_head import (
-    HeadTuningConfig,
+from overtrain.models.grids import dense_grid
+from overtrain.seed import numpy_rng
+from overtrain.studies.head_tuning.analysis import RiskCurves, claims, claims_at
+from overtrain.studies.head_tuning.config import HeadTuningConfig
+from overtrain.studies.head_tuning.engine import (
     HeadTuningResult,
-    blas_threads,
-    dense_grid,
     make_world,
     prefix_min_norm,
     run_head_tuning,
     sample,
 )
-from overtrain.seed import numpy_rng
+from overtrain.threads import blas_threads
 
 SCIENCE_S = 0.74
-"""The signal multiplier at which this model reproduces science.md §4's numbers (null risk 0.78, i.e.
-Var(θᵀz_{T+1}) ≈ 0.53): its A (a Gaussian matrix rescaled to spectral radius 0.9) is non-normal, which
-makes the signal variance ≈ 0.95 at s = 1 rather than science.md's ≈ 0.53 (see the module docstring)."""
+"""The signal multiplier at which this model reproduces the reference numbers of docs/double_descent.md
+(null risk 0.78, i.e. Var(θᵀz_{T+1}) ≈ 0.53): its A (a Gaussian matrix rescaled to spectral radius 0.9) is
+non-normal, which makes the signal variance ≈ 0.95 at s = 1 rather than ≈ 0.53 (docs/double_descent.md)."""
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +38,17 @@ def default() -> HeadTuningResult:
     return run_head_tuning(cfg)
 
 
+SMALL = HeadTuningConfig(n_train=40, repr_dim=240, n_test=500, trials=10, snrs=[0.5, 1.0])
+
+
 @pytest.fixture(scope="module")
 def small() -> HeadTuningResult:
-    cfg = HeadTuningConfig(n_train=40, repr_dim=240, n_test=500, trials=10, snrs=[0.5, 1.0])
-    return run_head_tuning(cfg)
+    return run_head_tuning(SMALL)
+
+
+def curves(result: HeadTuningResult) -> RiskCurves:
+    """The analysis' view of a run: its median curves, from its rows."""
+    return RiskCurves.from_rows(result.rows(), result.n_train)
 
 
 # --- prefix least squares ------------------------------------------------------------------------------
@@ -149,16 +158,16 @@ def test_snr_settings_share_every_draw():
     assert np.allclose(alone.null_risk[0], together.null_risk[1], rtol=1e-12)
 
 
-# --- science.md §4 at the defaults ---------------------------------------------------------------------
+# --- the reference numbers at the defaults -------------------------------------------------------------------
 
 
 def test_default_reproduces_science_numbers(default):
-    """At s = 0.74 (science.md's SNR, see SCIENCE_S) the median curve has science.md's shape and size:
+    """At s = 0.74 (the reference SNR, see SCIENCE_S) the median curve has the reference shape and size:
     ≈ 0.74–0.77 for p ≤ 20, 176 at p = n, 0.58 at p = 6n, null 0.78.
 
     Measured: 0.771 (p = 1), 0.73–0.78 for p ≤ 20, 143 at p = 100, 0.577 at p = 600, null 0.769.
     """
-    med = default.median_risk(SCIENCE_S)
+    med = curves(default).median_risk(SCIENCE_S)
     ps = default.ps.tolist()
     null = float(np.median(default.null_risk[default.snr_index(SCIENCE_S)]))
     assert 0.7 < null < 0.85
@@ -172,29 +181,34 @@ def test_default_claims(default):
     """At the paper's multiplier s = 1 (actual SNR ≈ 3.9 here): the peak is at p = n and p = 6n beats every
     p < n. The first descent is *not* degenerate at this SNR (measured ratio 0.898 at p = 22: FAIL); it is at
     s = 0.25 (ratio 1.000, best p = 1), and the ratio falls as the SNR grows (1.000, 0.945, 0.898, 0.797 at
-    s = 0.25, 0.74, 1, 4): not degenerate even at science.md's SNR by this threshold."""
-    peak, first, wide = default.claims()
+    s = 0.25, 0.74, 1, 4): not degenerate even at the reference SNR by this threshold."""
+    c = curves(default)
+    peak, first, wide = claims_at(c)
     assert peak.verdict == "PASS" and peak.value == 100
     assert wide.verdict == "PASS" and wide.value < 0.9
-    assert first.value == default.first_descent(1.0)[0]
+    assert first.value == c.first_descent(1.0)[0]
     assert 0.85 < first.value < 0.95 and first.verdict == "FAIL"
     for s in ("s=0.25", "s=0.74", "s=1", "s=4"):
         assert s in first.detail
-    ratios = [default.first_descent(s)[0] for s in default.snrs]
-    assert ratios[0] >= 0.95 and default.claims(snr=0.25)[1].verdict == "PASS"
+    ratios = [c.first_descent(s)[0] for s in default.snrs]
+    assert ratios[0] >= 0.95 and claims_at(c, snr=0.25)[1].verdict == "PASS"
     assert all(a > b for a, b in zip(ratios, ratios[1:])), ratios
 
 
 def test_reduced_config_claims_pass(small):
     """n = 40, D = 6n, 10 trials: the peak at p = n and the win of the widest head hold at both SNRs."""
     for s in (0.5, 1.0):
-        peak, _, wide = small.claims(snr=s)
+        peak, _, wide = claims_at(curves(small), snr=s)
         assert peak.verdict == "PASS" and peak.value == 40, s
         assert wide.verdict == "PASS", s
+    # the study's claims: all three at s = 1, then the first descent again at the lowest multiplier
+    study = claims(SMALL, small.rows())
+    assert [c.row() for c in study[:3]] == [c.row() for c in claims_at(curves(small), 1.0)]
+    assert len(study) == 4 and "low SNR: multiplier 0.5" in study[3].claim
 
 
 def test_claims_na_without_the_snr(small):
-    assert [c.verdict for c in small.claims(snr=3.0)] == ["N/A"] * 3
+    assert [c.verdict for c in claims_at(curves(small), snr=3.0)] == ["N/A"] * 3
 
 
 def test_rows(small):

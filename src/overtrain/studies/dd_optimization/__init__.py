@@ -1,0 +1,12 @@
+"""The role of optimization in double descent (Liu & Flanigan 2023): the model-wise peak appears only
+when the optimizer reaches a low enough training loss.
+
+One run trains random-feature readouts at every width by exact GD for T steps (closed form, T = 10² … ∞)
+and by torch optimizer settings (`engine`, `training`); the analysis run decides the claims from its rows
+(`analysis`); the report plots them (`report`). Config and presets: `config`, ``configs/dd_optimization/``.
+"""
+
+from overtrain.studies import announce
+
+announce(__name__, kinds=("dd_optimization", "dd_optimization_analysis"),
+         help="role of optimization in double descent: the peak needs a low training loss")

@@ -1,0 +1,12 @@
+"""Head tuning on HMM representations (Luo et al. 2024): the risk of a linear head fitted by minimum-norm
+least squares on the first p features of a linear-Gaussian HMM's representation.
+
+One run computes every trial's risk curve at every SNR multiplier (`engine`); the analysis run decides the
+claims from its rows (`analysis`); the report plots them (`report`). Config and presets: `config`,
+``configs/head_tuning/``.
+"""
+
+from overtrain.studies import announce
+
+announce(__name__, kinds=("head_tuning", "head_tuning_analysis"),
+         help="head tuning on HMM representations: risk vs head width, peak at p = n, degenerate first descent")

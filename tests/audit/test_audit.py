@@ -12,7 +12,8 @@ from overtrain.data.tokenizer import id_tokenizer
 from overtrain.models.presets import ModelConfig, build_model
 from overtrain.registry import RUN_KINDS
 from overtrain.report.audit import audit_table
-from overtrain.runs.kinds.audit import AuditConfig, training_position, with_fingerprints
+from overtrain.runs.kinds.audit import AuditConfig, inflection_row, training_position, with_fingerprints
+from overtrain.runs.query import Reader
 from overtrain.runs.store import Store
 
 FAST = ["reference_loss", "noise", "induction"]
@@ -31,7 +32,9 @@ def test_audit_orders_revisions_and_runs_every_probe(tmp_path, family, save_revi
     cfg = with_fingerprints(AuditConfig(models=dirs, probes=FAST, seq_len=32))
     store = Store()
     out = store.execute(RUN_KINDS.get("audit"), cfg)
-    rows = audit_table(store, out.run_id)
+    with Reader(store) as reader:
+        rows = audit_table(reader, out.run_id)
+        assert reader.evals(out.run_id, record="inflection") == []  # steps only: no token counts, no U
     assert [r["checkpoint"] for r in rows] == ["step0", "step10", "step20"]
     for r in rows:
         assert r["reference loss"] > 0 and r["Δ init_scale γ=4"] > 0 and 0 <= r["max prefix-matching"] <= 1
@@ -53,6 +56,13 @@ def test_cli_audit_with_u_analysis_and_report(tmp_path, capsys, save_revisions):
     assert "tokens1M" in out and "reference loss" in out
     html = (tmp_path / "rep" / "index.html").read_text()
     assert "Audit of Hugging Face checkpoints" in html and "T* =" in html
+    # the U is computed by the audit run and stored as one evals row; the report only reads it
+    with Reader(Store()) as reader:
+        run = reader.latest("audit")
+        (inf,) = reader.evals(run["run_id"], record="inflection")
+    assert inf["law"] == "init_scale" and inf["checkpoints"] == 4 and inf["draws"] == 4
+    assert 1e6 <= inf["ci_low"] <= inf["t_star"] <= inf["ci_high"] <= 8e6
+    assert isinstance(inf["is_u"], bool) and inf["min_rise"] == 0.005
     assert (tmp_path / "rep" / "audit_probes.png").stat().st_size > 10_000
 
 
@@ -94,5 +104,23 @@ def test_audit_runs_the_curvature_probe_in_float32_under_bf16(tmp_path, save_rev
     cfg = with_fingerprints(AuditConfig(models=dirs, probes=["sharpness"], seq_len=16, dtype="bfloat16",
                                         settings={"sharpness": {"hutchinson_samples": 2, "iterations": 4}}))
     store = Store()
-    rows = audit_table(store, store.execute(RUN_KINDS.get("audit"), cfg).run_id)
+    with Reader(store) as reader:
+        rows = audit_table(reader, store.execute(RUN_KINDS.get("audit"), cfg).run_id)
     assert all(r["lambda_max"] > 0 and "trace" in r for r in rows)
+
+
+def test_inflection_row_follows_the_perturbed_loss():
+    """A U-shaped init-scale perturbed loss over four token counts gives an interior T* and is_u; too few
+    checkpoints with tokens, or only relative noise, give no row."""
+    checkpoints = [{"model_dir": f"d{i}", "tokens": t, "step": None, "order": o}
+                   for i, (t, o) in enumerate([(8e6, 0), (1e6, 1), (4e6, 2), (2e6, 3)])]
+    loss = {1e6: 3.0, 2e6: 2.5, 4e6: 2.6, 8e6: 2.9}  # the minimum at 2M tokens
+    rows = [{"law": law, "gamma": g, "draw": k, "loss": loss[c["tokens"]] + 0.01 * k + (g == 1.0),
+             "model_dir": c["model_dir"]}
+            for c in checkpoints for law in ("init_scale", "relative") for g in (1.0, 2.0) for k in range(3)]
+    row = inflection_row(checkpoints, rows)
+    assert row["record"] == "inflection" and row["gamma"] == 2.0 and row["draws"] == 3
+    assert row["t_star"] == 2e6 and row["is_u"] and row["interior"]
+    assert row["rise"] == pytest.approx(2.91 / 2.51 - 1)  # mean over the draws: +0.01
+    assert inflection_row(checkpoints[:3], rows) is None
+    assert inflection_row(checkpoints, [r for r in rows if r["law"] == "relative"]) is None

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from overtrain.cli.main import main
-from overtrain.runs.store import read_jsonl
+from overtrain.runs.jsonl import read_jsonl
 
 
 def cli(capsys, *argv):

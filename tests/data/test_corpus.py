@@ -16,17 +16,10 @@ import pytest
 import torch
 
 from overtrain.config import validate
-from overtrain.data import corpus
+from overtrain.data import corpus, tokenized
 from overtrain.data.base import TokenSource
-from overtrain.data.corpus import (
-    HFDatasetConfig,
-    JsonlConfig,
-    ShakespeareConfig,
-    TextConfig,
-    prepare_shakespeare,
-    split_documents,
-    strip_gutenberg,
-)
+from overtrain.data.corpus import HFDatasetConfig, JsonlConfig, ShakespeareConfig, TextConfig, split_documents
+from overtrain.data.shakespeare import prepare_shakespeare, strip_gutenberg
 from overtrain.errors import ConfigError, DataError
 from overtrain.registry import DATASETS
 
@@ -98,7 +91,7 @@ def test_cache_is_reused_and_atomic(home, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the cache should have been reused")
 
-    monkeypatch.setattr(corpus, "_write_cache", fail)
+    monkeypatch.setattr(tokenized, "_write_cache", fail)
     again = TextConfig(train=[EXCERPT]).build()
     assert again.cache_dir == first.cache_dir
     assert torch.equal(again.batch("val", 2, 4, 32), first.batch("val", 2, 4, 32))

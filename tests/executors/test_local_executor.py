@@ -10,9 +10,10 @@ import pytest
 from overtrain.config import BaseConfig, Count, config_hash
 from overtrain.errors import UserError
 from overtrain.executors.local import PlanResult, run_plan
+from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.kinds import RunKind
 from overtrain.runs.plan import Plan, PlanItem
-from overtrain.runs.store import Store, read_jsonl
+from overtrain.runs.store import Store
 
 
 class UpConfig(BaseConfig):

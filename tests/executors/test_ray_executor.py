@@ -19,8 +19,9 @@ from overtrain.executors import local
 from overtrain.executors.ray import gpus_needed
 from overtrain.executors.ray import run_plan as ray_run_plan
 from overtrain.registry import EXECUTORS, RUN_KINDS
+from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.plan import Plan, PlanItem
-from overtrain.runs.store import Store, read_jsonl
+from overtrain.runs.store import Store
 from overtrain.training.finetune import FinetuneConfig
 from overtrain.training.pretrain import PretrainConfig
 

@@ -284,8 +284,9 @@ def test_bad_settings_are_config_errors():
 
 
 def test_probe_run_kind_on_a_pretraining_checkpoint(home, tiny_pretrain):
+    from overtrain.runs.jsonl import read_jsonl
     from overtrain.runs.kinds.probe import ProbeRunConfig
-    from overtrain.runs.store import Store, read_jsonl
+    from overtrain.runs.store import Store
     from overtrain.training.pretrain import PretrainConfig
 
     store = Store()

@@ -18,7 +18,7 @@ from scipy.stats import t as student_t
 
 from overtrain.data.hmm import HMMConfig
 from overtrain.models.presets import ModelConfig, build_model
-from overtrain.probes import noise as noise_mod
+from overtrain.probes import draw_batching
 from overtrain.probes.noise import NoiseSensitivityConfig, NoiseSensitivityProbe, noise_sensitivity, summarize
 from overtrain.registry import PROBES, RUN_KINDS
 from overtrain.training.loop import build_optimizer, train_segment
@@ -202,12 +202,12 @@ def test_norm_weights_fall_back_to_the_loop(trained, batches):
 def test_self_check_catches_a_wrong_batched_forward(trained, batches, monkeypatch):
     """A draw-batched Linear that used draw 0's weights for every block must not go unnoticed."""
     model, init = trained
-    right = noise_mod._grouped_linear
+    right = draw_batching._grouped_linear
 
     def wrong(module, k, weight, bias, x):
         return right(module, k, None if weight is None else weight[:1].expand_as(weight), bias, x)
 
-    monkeypatch.setattr(noise_mod, "_grouped_linear", wrong)
+    monkeypatch.setattr(draw_batching, "_grouped_linear", wrong)
     with pytest.warns(UserWarning, match="disagrees"):
         res = noise_sensitivity(model, batches, _cfg(), init_state=init)
     assert res.method == "loop"

@@ -122,8 +122,9 @@ def _text(seed: int, chars: int = 4000) -> str:
 def test_probe_run_kind_on_the_parent_data_and_on_a_user_file(home, tiny_pretrain, tmp_path):
     """A byte-level text model probed on its own val split, then on another text file (`data`)."""
     from overtrain.data.corpus import TextConfig
+    from overtrain.runs.jsonl import read_jsonl
     from overtrain.runs.kinds.probe import ProbeRunConfig
-    from overtrain.runs.store import Store, read_jsonl
+    from overtrain.runs.store import Store
     from overtrain.training.checkpoint import load_checkpoint
     from overtrain.training.pretrain import PretrainConfig
 

@@ -21,20 +21,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from overtrain.models.attention import eager_attention
 from overtrain.models.presets import ModelConfig, build_model
-from overtrain.probes import sharpness as sh
-from overtrain.probes.sharpness import (
-    SharpnessConfig,
-    SharpnessProbe,
-    hessian_eigenvalues,
-    hutchinson,
-    hutchinson_trace,
-    hvp,
-    lanczos,
-    power_iteration,
-    sam_sharpness,
-    sharpness,
-)
+from overtrain.probes.hessian import hessian_eigenvalues, hutchinson_trace, hvp, sam_sharpness, select
+from overtrain.probes.sharpness import SharpnessConfig, SharpnessProbe, sharpness
+from overtrain.probes.spectrum import hutchinson, lanczos, power_iteration
 from overtrain.registry import PROBES, RUN_KINDS
 from overtrain.seed import torch_generator
 
@@ -62,7 +53,7 @@ def _batches(n: int = 2, batch: int = 4, seq: int = SEQ, seed: int = 0):
 
 def exact_hessian(model, batches, params) -> tuple[list[str], torch.Tensor]:
     """(names, H) over the selected tensors, flattened in `named_parameters` order."""
-    selected = sh.select(model, params)
+    selected = select(model, params)
     names = list(selected)
     shapes = [selected[n].shape for n in names]
     sizes = [selected[n].numel() for n in names]
@@ -81,7 +72,7 @@ def exact_hessian(model, batches, params) -> tuple[list[str], torch.Tensor]:
     flat = torch.cat([selected[n].detach().reshape(-1) for n in names])
     was_training = model.training
     model.eval()
-    with sh.eager_attention(model):
+    with eager_attention(model):
         hess = torch.autograd.functional.hessian(loss, flat)
     model.train(was_training)
     return names, (hess + hess.T) / 2  # symmetric to rounding; make it exactly so for eigvalsh
@@ -269,7 +260,7 @@ def _grads(model, batches, names):
     params = dict(model.named_parameters())
     model.eval()
     tokens = sum(x[:, 1:].numel() for x in batches)
-    with sh.eager_attention(model):
+    with eager_attention(model):
         loss = sum(
             torch.nn.functional.cross_entropy(
                 model(input_ids=x).logits[:, :-1].reshape(-1, VOCAB), x[:, 1:].reshape(-1), reduction="sum"
@@ -419,7 +410,7 @@ def test_rows_and_summary(exact):
     assert summary["trace_se"] == res.trace.se and summary["n_params_selected"] == 72
     assert summary["sam/0.01"] == res.sam[0].value and summary["sam/0.1"] == res.sam[1].value
     assert summary["tokens"] == 2 * 4 * (SEQ - 1) and summary["step"] == 7
-    with sh.eager_attention(model):  # the attention the loss was measured with (sdpa differs at ~1e-9)
+    with eager_attention(model):  # the attention the loss was measured with (sdpa differs at ~1e-9)
         want = sum(torch.nn.functional.cross_entropy(model(input_ids=x).logits[:, :-1].reshape(-1, VOCAB),
                                                      x[:, 1:].reshape(-1), reduction="sum").item()
                    for x in batches) / summary["tokens"]
@@ -465,8 +456,9 @@ def test_registered_probe_and_its_batches():
 def test_probe_run_kind_on_a_pretraining_checkpoint(home, tiny_pretrain):
     from overtrain.config import validate
     from overtrain.errors import ConfigError
+    from overtrain.runs.jsonl import read_jsonl
     from overtrain.runs.kinds.probe import ProbeRunConfig
-    from overtrain.runs.store import Store, read_jsonl
+    from overtrain.runs.store import Store
     from overtrain.training.pretrain import PretrainConfig
 
     store = Store()

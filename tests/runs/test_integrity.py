@@ -16,8 +16,9 @@ from overtrain.config import BaseConfig, config_hash, validate
 from overtrain.core.atomic import CHECKSUMS, atomic_dir, sha256_file, verify_checksums
 from overtrain.errors import CheckpointError
 from overtrain.registry import RUN_KINDS
+from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.kinds import RunKind
-from overtrain.runs.store import DamagedRunWarning, Store, read_jsonl
+from overtrain.runs.store import DamagedRunWarning, Store
 from overtrain.training import checkpoint as ckpt
 from overtrain.training.finetune import FinetuneConfig
 from overtrain.training.pretrain import PretrainConfig, _Job

@@ -9,8 +9,9 @@ import pytest
 from overtrain.config import validate
 from overtrain.errors import ConfigError
 from overtrain.registry import RUN_KINDS
+from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.kinds.probe import ProbeRunConfig
-from overtrain.runs.store import Store, read_jsonl
+from overtrain.runs.store import Store
 from overtrain.training.pretrain import PretrainConfig
 
 

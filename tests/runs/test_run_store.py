@@ -15,8 +15,9 @@ import yaml
 from overtrain.config import BaseConfig, Count, NotInId, config_hash
 from overtrain.core.atomic import atomic_dir
 from overtrain.errors import RunBusy, UserError
+from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.kinds import RunKind
-from overtrain.runs.store import Store, read_jsonl
+from overtrain.runs.store import Store
 
 
 class ToyConfig(BaseConfig):

@@ -14,8 +14,9 @@ import pytest
 from overtrain.errors import CheckpointError, ConfigError, DataError, UserError
 from overtrain.registry import STUDIES
 from overtrain.report.build import build_report
+from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.query import query
-from overtrain.runs.store import Store, read_jsonl
+from overtrain.runs.store import Store
 from overtrain.studies.hyperfit.report import _text
 from overtrain.studies.hyperfit.study import STUDY
 

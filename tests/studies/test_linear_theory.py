@@ -248,8 +248,9 @@ def test_config_grid_and_validation():
 
 
 def test_run_kind_writes_long_rows_that_rebuild_the_result(tmp_path):
+    from overtrain.runs.jsonl import read_jsonl
     from overtrain.runs.query import query
-    from overtrain.runs.store import Store, read_jsonl
+    from overtrain.runs.store import Store
 
     cfg = LinearTheoryConfig(dim=6, checkpoints=[10, 100, 300], draws=3, gammas=[0.01, 0.1], seeds=[1, 2])
     store = Store(tmp_path / "runs")

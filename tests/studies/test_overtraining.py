@@ -6,10 +6,10 @@ import pytest
 
 from overtrain.config import validate
 from overtrain.errors import ConfigError
+from overtrain.registry import STUDIES
 from overtrain.report.build import build_report
 from overtrain.runs.query import query
 from overtrain.runs.store import Store
-from overtrain.registry import STUDIES
 from overtrain.studies import base as study_base
 from overtrain.studies.overtraining.config import OvertrainingConfig
 

@@ -31,8 +31,9 @@ from overtrain.config import config_hash, validate
 from overtrain.errors import UserError
 from overtrain.executors.local import run_plan
 from overtrain.registry import RUN_KINDS
+from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.plan import Plan, PlanItem
-from overtrain.runs.store import Store, read_jsonl
+from overtrain.runs.store import Store
 from overtrain.training.finetune import FinetuneConfig
 from overtrain.training.pretrain import PretrainConfig, _Job
 

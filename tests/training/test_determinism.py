@@ -12,8 +12,9 @@ import json
 
 from overtrain.config import validate
 from overtrain.registry import RUN_KINDS
+from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.kinds.probe import ProbeRunConfig
-from overtrain.runs.store import Store, read_jsonl
+from overtrain.runs.store import Store
 from overtrain.training.finetune import FinetuneConfig
 from overtrain.training.pretrain import PretrainConfig
 

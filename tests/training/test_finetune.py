@@ -10,7 +10,8 @@ import pytest
 from overtrain.config import validate
 from overtrain.errors import CheckpointError, ConfigError, UserError
 from overtrain.registry import RUN_KINDS
-from overtrain.runs.store import Store, read_jsonl
+from overtrain.runs.jsonl import read_jsonl
+from overtrain.runs.store import Store
 from overtrain.training.finetune import FinetuneConfig
 from overtrain.training.pretrain import PretrainConfig
 

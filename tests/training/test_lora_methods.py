@@ -15,7 +15,7 @@ from overtrain.config import validate
 from overtrain.core.lora import lora_layers
 from overtrain.errors import ConfigError
 from overtrain.registry import FINETUNE_METHODS, RUN_KINDS
-from overtrain.runs.store import read_jsonl
+from overtrain.runs.jsonl import read_jsonl
 from overtrain.training.step_rules import StepRule
 
 

@@ -11,7 +11,8 @@ import pytest
 from overtrain.config import config_hash, validate
 from overtrain.errors import ConfigError
 from overtrain.registry import RUN_KINDS
-from overtrain.runs.store import Store, read_jsonl
+from overtrain.runs.jsonl import read_jsonl
+from overtrain.runs.store import Store
 from overtrain.training.monitor import Monitor, MonitorConfig, _ols_slope
 from overtrain.training.pretrain import PretrainConfig, _Job
 

@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from overtrain.config import validate
 from overtrain.registry import RUN_KINDS
-from overtrain.runs.store import Store, read_jsonl
+from overtrain.runs.jsonl import read_jsonl
+from overtrain.runs.store import Store
 from overtrain.training import checkpoint as ckpt
 from overtrain.training.pretrain import PretrainConfig, _Job
 

@@ -270,7 +270,7 @@ def audit(
     from overtrain.registry import RUN_KINDS
     from overtrain.report.audit import audit_table
     from overtrain.runs.kinds.audit import AuditConfig, with_fingerprints
-    from overtrain.runs.query import format_table
+    from overtrain.runs.query import Reader, format_table
     from overtrain.runs.store import Store
 
     base: dict = {"models": [str(m) for m in models], "device": device, "dtype": dtype}
@@ -284,7 +284,8 @@ def audit(
     kind, store = RUN_KINDS.get("audit"), Store()
     with step_progress(f"audit {config_hash(cfg)}", len(cfg.models)) as on_progress:
         outcome = store.execute(kind, cfg, on_progress=on_progress)
-    rows = audit_table(store, outcome.run_id)
+    with Reader(store) as reader:
+        rows = audit_table(reader, outcome.run_id)
     out = _console()
     out.print(format_table(pa.Table.from_pylist(rows)), end="", markup=False)
     out.print(f"audit run {outcome.run_id}: {store.run_dir(kind.name, outcome.run_id)}")

@@ -13,11 +13,12 @@ on exit; buffers are never touched.
 module, each shared tensor once under the first name ``named_parameters()`` gives it (a tied input
 embedding / LM head is perturbed once). The default of the noise laws is `is_matrix`: every parameter
 with ``dim() >= 2`` — attention and MLP projections, the input embedding and the LM head — and no norm
-weights or biases, as science.md §1 prescribes ("noise on every matrix"). `param_filter` adds a regex on
-the name (only LoRA factors: ``include="lora_"``; one layer: ``include=r"layers\\.3\\."``).
+weights or biases (the noise on the weights of Springer et al. 2025 §3; docs/overtraining.md, "The
+quantities"). `param_filter` adds a regex on the name (only LoRA factors: ``include="lora_"``; one layer:
+``include=r"layers\\.3\\."``).
 
-**Noise laws** (science.md §1, "Gaussian perturbation"). Per selected tensor ``t`` the noise is
-``ε_t ~ N(0, s_t² I)`` with ``s_t = γ · scale_t``:
+**Noise laws** (the Gaussian perturbation of Springer et al. 2025 §3). Per selected tensor ``t`` the
+noise is ``ε_t ~ N(0, s_t² I)`` with ``s_t = γ · scale_t``:
 
 - `init_scale` (canonical; Springer et al. 2025 §3): ``scale_t = σ_init(t)``, the standard deviation of
   the tensor's entries at initialisation, so the absolute noise is the same for every checkpoint of a
@@ -29,7 +30,8 @@ the name (only LoRA factors: ``include="lora_"``; one layer: ``include=r"layers\
   selecting them is an error.
 - `relative` (non-canonical, scale-invariant): ``scale_t = std(θ_t)``, the current std of the tensor's
   entries. Invariant to the weight-norm growth that normalisation layers allow, which the absolute law
-  is not (science.md §1, tiny reproduction C, findings 1–2).
+  is not (docs/overtraining.md, "Presets": without weight decay the weight norms keep growing and
+  init-scale sensitivity falls).
 
 Stds are population stds (``correction=0``) computed in float64.
 

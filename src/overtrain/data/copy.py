@@ -2,7 +2,7 @@
 
 Two modes:
 
-- ``repeat`` — the pure induction task (science.md §0): a block of ``L = ceil(T/2)`` uniformly random
+- ``repeat`` — the pure induction task (Olsson et al. 2022): a block of ``L = ceil(T/2)`` uniformly random
   tokens followed by the same block, cut to ``T`` tokens (for odd ``T`` the copy is one token short).
   Tokens ``1..L-1`` of the block are unpredictable (``log V`` nats each) and every token of the copy is
   determined by the context (0 nats), so the Bayes-optimal mean loss over positions ``1..T-1`` is
@@ -11,7 +11,7 @@ Two modes:
 
   which is ``log V / 2`` for odd ``T`` and slightly less for even ``T``. Its validation split is what
   `copy_eval_batch` returns for copying-loss and prefix-matching probes.
-- ``spans`` — the repeated-data study's "unique" language (science.md §3): a Zipf bigram background
+- ``spans`` — the repeated-data study's "unique" language (docs/repeated_data.md, "The setup"): a Zipf bigram background
   (token ``a`` is followed by the token of rank ``r`` in its own random permutation of the vocabulary
   with probability ``∝ r^-zipf``) into which a few random spans are copied from earlier in the same
   sequence, so in-context copying lowers the loss. `loss_floor` is None here: the Bayes-optimal

@@ -9,7 +9,7 @@ row of the emission matrix ``E`` from ``Dirichlet(emission_alpha * 1_V)``; small
 rows peaked, so the language has learnable structure. Sequences start from the stationary distribution
 ``pi`` (``pi A = pi``), so every position has the same token marginal ``pi E``.
 
-*Topics* (science.md §1, tiny reproduction C): a mixture of ``M`` independent HMMs, each sequence drawn
+*Topics*: a mixture of ``M`` independent HMMs, each sequence drawn
 from one of them with Zipf frequencies ``w_m ∝ (m + 1)^(-topic_zipf)``, so rare topics are learned late.
 It is implemented as one HMM with ``M·K`` states, block-diagonal transitions (a sequence never leaves its
 topic) and start distribution ``(w_1 pi_1, ..., w_M pi_M)``; sampling and the forward algorithm need no

@@ -7,10 +7,10 @@ one-hot targets with the squared loss); regression data (teacher) has ``k = 1`` 
 - **digits** (`DigitsConfig`): the 1,797 8x8 images bundled inside scikit-learn (nothing is downloaded),
   64 pixel features standardised with the training split's mean and std, a seeded split into ``n_train``
   training and ``n_test`` test examples.
-- **teacher** (`TeacherConfig`, science.md §5): ``x ~ N(0, I_d)``, ``y = tanh(2·wᵀx) + 0.5·sin(x_1) + ε``,
+- **teacher** (`TeacherConfig`; docs/double_descent.md, "Data"): ``x ~ N(0, I_d)``, ``y = tanh(2·wᵀx) + 0.5·sin(x_1) + ε``,
   ``w ~ N(0, I/d)``, ``ε ~ N(0, noise_std²)`` on the training targets only.
 
-**Label noise** (Nakkiran et al., science.md §0): with probability ``label_noise`` a training label is
+**Label noise** (Nakkiran et al. 2020): with probability ``label_noise`` a training label is
 replaced by a uniformly drawn *incorrect* class, once (fixed for every epoch and every model of a sweep);
 test labels stay clean. ``noisy`` marks the corrupted training examples.
 """
@@ -127,7 +127,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 class TeacherConfig(BaseConfig):
-    """Synthetic regression (science.md §5): y = tanh(2·wᵀx) + 0.5·sin(x₁) + noise, x ~ N(0, I_d)."""
+    """Synthetic regression (docs/double_descent.md, "Data"): y = tanh(2·wᵀx) + 0.5·sin(x₁) + noise, x ~ N(0, I_d)."""
 
     name: Literal["teacher"] = "teacher"
     """Dataset name."""
@@ -142,7 +142,7 @@ class TeacherConfig(BaseConfig):
     """Test examples (noise-free targets)."""
 
     noise_std: float = Field(0.3, ge=0)
-    """Std of the Gaussian noise on training targets (0.3: variance 0.09, as in science.md §5)."""
+    """Std of the Gaussian noise on training targets (0.3: variance 0.09; docs/double_descent.md, "Data")."""
 
     seed: int = 0
     """Seed of the teacher, the inputs and the noise."""

@@ -1,7 +1,7 @@
 """Repeated-data mixer: a fraction of the training sequences comes from a small subset seen many times.
 
-The construction of Hernandez et al. (2022), science.md §3. With a training budget of ``N =
-total_tokens // seq_len`` sequences, a repeated fraction ``f`` and ``E`` repeats, the subset holds
+The construction of Hernandez et al. (2022; docs/repeated_data.md, "The setup"). With a training budget of
+``N = total_tokens // seq_len`` sequences, a repeated fraction ``f`` and ``E`` repeats, the subset holds
 
     S = round(f·N / E) sequences, each placed exactly E times,
 
@@ -60,7 +60,7 @@ class RepeatConfig(DataConfig):
 
     base: Registered(DATASETS) = Field(default_factory=lambda: CopyConfig(mode="spans"))
     """The source of unique and subset sequences, chosen by name (``{name: hmm, seed: 3}``). Default:
-    the copy-spans language of science.md §3."""
+    the copy-spans language (docs/repeated_data.md, "The setup")."""
 
     fraction: float = Field(0.1, gt=0, lt=1)
     """Fraction f of training sequences that are repeats of the subset."""

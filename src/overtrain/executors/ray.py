@@ -40,8 +40,9 @@ from overtrain.executors.local import (
 )
 from overtrain.registry import EXECUTORS, RUN_KINDS
 from overtrain.runs.kinds import RunKind
+from overtrain.runs.manifest import one_line_error
 from overtrain.runs.plan import Plan, PlanItem
-from overtrain.runs.store import Store, one_line_error
+from overtrain.runs.store import Store
 
 
 def _import_ray():

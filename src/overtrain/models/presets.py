@@ -47,7 +47,7 @@ class Preset:
         return _HF_BUILDERS[self.family](self.shape, vocab_size, max_positions, {**self.extra, **(overrides or {})})
 
 
-# Sizes quoted at the vocabulary where the science uses them (science.md §1, Tiny reproduction C).
+# Sizes quoted at the vocabulary where the studies use them (docs/overtraining.md, "Presets").
 SHAPES: dict[str, tuple[Shape, str]] = {
     "nano": (Shape(16, 2, 4, 64), "~10K params at V=64: the CPU regime where overtraining shows (10^3+ tok/param)"),
     "micro": (Shape(32, 2, 4, 128), "~41K params at V=128: tests and quick sweeps"),
@@ -135,7 +135,7 @@ class ModelConfig(BaseConfig):
 
 @functools.lru_cache(maxsize=256)
 def _check_buildable(preset: str, overrides: str, attn_implementation: str) -> None:
-    """Build the model with these overrides on the meta device (no memory, ~40 ms; cached per setting)."""
+    """Build the model with these overrides on the meta device (no memory, no weights; cached per setting)."""
     import torch
     from transformers import AutoModelForCausalLM
 

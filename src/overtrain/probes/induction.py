@@ -1,4 +1,5 @@
-"""Induction heads and in-context copying on [random block; same block] sequences (science.md §0, §3).
+"""Induction heads and in-context copying on [random block; same block] sequences (Olsson et al. 2022;
+Hernandez et al. 2022; docs/repeated_data.md).
 
 Sequences. A block of L tokens drawn uniformly (with replacement) from ``0..V-1`` followed by the same
 block: ``x = [b_0 .. b_{L-1}, b_0 .. b_{L-1}]``, T = 2L tokens. The tokens come from the probe's own

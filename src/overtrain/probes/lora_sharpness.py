@@ -1,13 +1,13 @@
 """Sharpness of a LoRA fine-tune, for any loss closure (an MLP's MSE, an LM's cross-entropy).
 
-- **Row-noise sharpness** (science.md §2, tiny reproduction): ``S = E_ε[L(W' + ε)] − L(W')`` with
+- **Row-noise sharpness** (docs/lora_dd.md): ``S = E_ε[L(W' + ε)] − L(W')`` with
   ``W' = W + s·B A`` of every adapted layer and independent rows ``ε_i ~ N(0, (ρ²/d_in)·‖W'_i‖² I)`` —
   Flat-LoRA's law, so the proxy measures what Flat-LoRA and GGPO train against. Mean over `draws` draws,
   with its standard error; units of the loss (nats for cross-entropy, squared target units for MSE).
   Draw k is the same for every model with the same layer shapes and seed (common random numbers across
   ranks and methods: W' differs, z does not). The weights are restored bit for bit.
 - **Top Hessian eigenvalue** of L over the LoRA factors (every A and B), by Lanczos on exact
-  Hessian-vector products (double backward; `overtrain.probes.sharpness.lanczos`), in loss units per unit
+  Hessian-vector products (double backward; `overtrain.probes.spectrum.lanczos`), in loss units per unit
   factor².
 """
 
@@ -23,7 +23,7 @@ from torch import nn
 from overtrain.core.lora import lora_layers, row_noise_generator, row_std, sample_row_noise
 from overtrain.core.perturb import perturbed
 from overtrain.models.attention import eager_attention
-from overtrain.probes.sharpness import lanczos
+from overtrain.probes.spectrum import lanczos
 
 
 @dataclass(frozen=True)

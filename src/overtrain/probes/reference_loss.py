@@ -1,6 +1,6 @@
 """Loss on a reference text set: the forgetting probe.
 
-Springer et al. (science.md §1) measure what fine-tuning costs the base model as the pre-training
+Springer et al. (2025) measure what fine-tuning costs the base model as the pre-training
 distribution's loss after fine-tuning minus before; this probe measures one side of that difference
 on one checkpoint. The reference set is the probe run's data: the parent's pre-training source by
 default, or the run's ``data`` (e.g. ``{name: text, train: [my.txt]}``, a user's own text; its
@@ -12,7 +12,7 @@ cross-entropy (nats/token) of batch b:
     loss   = Σ_b ℓ_b·N_b / Σ_b N_b      (N_b predicted tokens of batch b; = mean_b ℓ_b for equal N_b)
     stderr = sd_b(ℓ_b) / √n             (sample sd, n − 1 degrees of freedom; NaN for n = 1)
 
-``loss`` is `overtrain.training.loop.evaluate_loss` over all the batches (to float64 rounding: it is
+``loss`` is `overtrain.core.evaluate.evaluate_loss` over all the batches (to float64 rounding: it is
 combined from per-batch calls). The standard error treats the batches as independent draws of windows
 from the split: it is the sampling error of the reference set, which a before/after comparison on the
 same batches largely cancels (use paired differences there).

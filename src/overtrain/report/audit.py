@@ -1,8 +1,8 @@
 """Report section of ``overtrain audit``: the probes of every audited checkpoint, in training order.
 
-Reads the newest successful ``audit`` run. With at least `MIN_FOR_U` checkpoints whose training tokens
-are known, it looks for the U of the init-scale perturbed loss at the largest γ: T* = argmin over
-checkpoints, CI by resampling noise draws (each draw uses the same directions at every checkpoint).
+Reads the newest successful ``audit`` run through a `Reader`: its per-checkpoint ``evals`` rows, and the
+U of the init-scale perturbed loss the run stored (``record: "inflection"``; computed by the run kind,
+`overtrain.runs.kinds.audit.inflection_row`, when at least four checkpoints have token counts).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import numpy as np
 from overtrain.report.html import Figure, Section, Table
 from overtrain.report.plots import label, new_figure
 from overtrain.report.plots import log_x as set_log_x
-from overtrain.runs.query import query
+from overtrain.runs.kinds.audit import training_order
+from overtrain.runs.query import Reader
 
 MAX_HARNESS_PANELS = 6
 """lm-eval metrics plotted (all of them are in the table)."""
@@ -28,11 +29,12 @@ def lm_eval_column(r: dict[str, Any]) -> str:
     return f"{r['task']} {r['metric']}" + ("" if r.get("filter") in (None, "none") else f" ({r['filter']})")
 
 
-def audit_table(store, run_id: str) -> list[dict[str, Any]]:
+def audit_table(reader: Reader, run_id: str) -> list[dict[str, Any]]:
     """One row per checkpoint, in training order (tokens, else step, else the order given)."""
-    evals = query(f"select * from evals where run_id = '{run_id}'", store).to_pylist()
     by_dir: dict[str, dict[str, Any]] = {}
-    for r in evals:
+    for r in reader.evals(run_id):
+        if r.get("model_dir") is None:  # a row of the whole run (the inflection), not of a checkpoint
+            continue
         row = by_dir.setdefault(r["model_dir"], {"checkpoint": Path(r["model_dir"]).name, "tokens": r.get("tokens"),
                                                  "step": r.get("step"), "order": r["order"]})
         probe = r.get("probe")
@@ -50,50 +52,26 @@ def audit_table(store, run_id: str) -> list[dict[str, Any]]:
         elif probe == "lm_eval":
             row[lm_eval_column(r)] = r["value"]
     rows = list(by_dir.values())
-    rows.sort(key=lambda r: (r["tokens"] is None, r["tokens"] or 0, r["step"] is None, r["step"] or 0, r["order"]))
+    rows.sort(key=training_order)
     return rows
 
 
-def has_lm_eval(store, run_id: str) -> bool:
-    cols = query("select * from evals limit 0", store).column_names
-    return "task" in cols and bool(query(f"select 1 from evals where run_id = '{run_id}' and probe = 'lm_eval' "
-                                         "limit 1", store).num_rows)
+def harness_columns(reader: Reader, run_id: str) -> list[str]:
+    """The lm-eval columns of the audit table (``task metric``), sorted; empty without lm-eval rows."""
+    if not {"task", "probe"} <= reader.columns("evals"):
+        return []
+    found = reader.rows("select task, metric, filter from evals where run_id = ? and probe = 'lm_eval'", [run_id])
+    return sorted({lm_eval_column(r) for r in found})
 
 
-def audit_u(store, run_id: str, rows: list[dict[str, Any]]):
-    """The inflection of the init-scale perturbed loss (largest γ) over checkpoints with token counts, or
-    None with fewer than `MIN_FOR_U` of them."""
-    from overtrain.analysis.inflection import inflection_point
-    from overtrain.runs.kinds.audit import MIN_FOR_U
-
-    known = [r for r in rows if r["tokens"]]
-    if len(known) < MIN_FOR_U:
-        return None, None
-    draws = query(f"select model_dir, gamma, draw, loss from probes where run_id = '{run_id}' and probe = 'noise' "
-                  "and law = 'init_scale'", store).to_pylist()
-    if not draws:
-        return None, None
-    gamma = max(d["gamma"] for d in draws)
-    names = {Path(d["model_dir"]).name: d["model_dir"] for d in draws}
-    n_draws = 1 + max(d["draw"] for d in draws)
-    curves = np.full((n_draws, len(known)), np.nan)
-    col = {names[r["checkpoint"]]: j for j, r in enumerate(known) if r["checkpoint"] in names}
-    for d in draws:
-        if d["gamma"] == gamma and d["model_dir"] in col:
-            curves[d["draw"], col[d["model_dir"]]] = d["loss"]
-    tokens = np.array([r["tokens"] for r in known], dtype=float)
-    return inflection_point(tokens, curves), gamma
-
-
-def audit_section(store) -> Section | None:
-    runs = query("select run_id, config from runs where kind = 'audit' and status = 'success' "
-                 "order by finished_at desc", store).to_pylist()
-    if not runs:
+def audit_section(reader: Reader) -> Section | None:
+    run = reader.latest("audit")
+    if run is None:
         return None
-    run_id = runs[0]["run_id"]
-    rows = audit_table(store, run_id)
+    run_id = run["run_id"]
+    rows = audit_table(reader, run_id)
     text = [f"Audit run <code>{run_id}</code>: {len(rows)} checkpoints, probes on the reference text "
-            f"{json.loads(runs[0]['config']).get('text') or '(packaged Shakespeare excerpt)'}. Losses in nats/token; "
+            f"{json.loads(run['config']).get('text') or '(packaged Shakespeare excerpt)'}. Losses in nats/token; "
             "Δ = perturbed − base loss; init-scale noise uses config.initializer_range as the init std. lm-eval "
             "columns are the harness's metrics on the tasks given with --lm-eval-tasks."]
     figures, panels = [], []
@@ -101,9 +79,7 @@ def audit_section(store) -> Section | None:
     if x_key and len(rows) >= 2:
         x = np.array([r[x_key] or 0 for r in rows], dtype=float)
         columns = {k for r in rows for k in r}
-        harness = sorted({lm_eval_column(r) for r in query(
-            f"select task, metric, filter from evals where run_id = '{run_id}' and probe = 'lm_eval'",
-            store).to_pylist()}) if has_lm_eval(store, run_id) else []
+        harness = harness_columns(reader, run_id)
         panels = [(keys, ylab) for keys, ylab in [
             (["reference loss"], "reference loss (nats/token)"),
             (sorted(k for k in columns if k.startswith("perturbed init_scale")), "perturbed loss, init-scale noise"),
@@ -124,11 +100,10 @@ def audit_section(store) -> Section | None:
             if len(keys) > 1:
                 ax.legend(fontsize=7)
         figures.append(Figure("audit_probes", fig, "Probes of every audited checkpoint, in training order."))
-    inf, gamma = audit_u(store, run_id, rows)
-    if inf is not None:
-        shape = "a U: more training made the perturbed loss worse" if inf.is_u(0.005) else "no U"
-        text.append(f"Perturbed loss (init-scale, γ = {gamma:g}) over the checkpoints: {shape}; T* = "
-                    f"{inf.t_star:,.0f} tokens (CI over noise draws {inf.ci_low:,.0f} – {inf.ci_high:,.0f}), rise "
-                    f"after it {inf.rise:.1%}.")
+    for inf in reader.evals(run_id, record="inflection"):
+        shape = "a U: more training made the perturbed loss worse" if inf["is_u"] else "no U"
+        text.append(f"Perturbed loss (init-scale, γ = {inf['gamma']:g}) over the checkpoints: {shape}; T* = "
+                    f"{inf['t_star']:,.0f} tokens (CI over noise draws {inf['ci_low']:,.0f} – {inf['ci_high']:,.0f}), "
+                    f"rise after it {inf['rise']:.1%}.")
     shown = [{k: v for k, v in r.items() if k != "order"} for r in rows]
     return Section("Audit of Hugging Face checkpoints", text=text, figures=figures, tables=[Table(shown, "Probes per checkpoint")])

@@ -7,6 +7,7 @@ from pathlib import Path
 from overtrain.config import build_config, load_yaml
 from overtrain.errors import UserError
 from overtrain.registry import RUN_KINDS
+from overtrain.runs.plan import load_sweep
 
 
 def validate_file(path: str | Path) -> str:
@@ -15,8 +16,6 @@ def validate_file(path: str | Path) -> str:
     A sweep file has ``kind`` and ``base`` (or ``axes``); a run config is of the kind named by its parent
     directory, ``configs/<kind>/name.yaml``.
     """
-    from overtrain.runs.plan import load_sweep
-
     path = Path(path)
     data = load_yaml(path)
     if "axes" in data or ("kind" in data and "base" in data):

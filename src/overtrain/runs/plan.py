@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, model_validator
 
+from overtrain import registry
 from overtrain.config import BaseConfig, build_config, identity, load_yaml, validate
 from overtrain.errors import ConfigError, UnknownNameError, UserError
 from overtrain.runs.store import Store
@@ -318,7 +319,7 @@ def load_sweep(path: str | Path, *, kinds: Any = None) -> Plan:
     path = Path(path)
     sweep = validate(SweepConfig, load_yaml(path), str(path))
     if kinds is None:
-        from overtrain.registry import RUN_KINDS as kinds
+        kinds = registry.RUN_KINDS
     try:
         kind = kinds.get(sweep.kind)
     except UnknownNameError as exc:

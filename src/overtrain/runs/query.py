@@ -3,7 +3,7 @@
 The tables are built in Python from the run directories (manifest, config.yaml and the JSONL record
 files) into Arrow tables and materialised in an in-memory DuckDB database, so every figure and every
 ``overtrain query`` reads the same, current numbers. Reading a JSONL file tolerates a half-written last
-line (see `overtrain.runs.store.read_jsonl`).
+line (see `overtrain.runs.jsonl.read_jsonl`).
 
 Tables:
     runs: one row per run with a manifest: run_id, kind, status, attempts, created_at, started_at,
@@ -36,7 +36,8 @@ import pyarrow as pa
 import yaml
 
 from overtrain.errors import UserError
-from overtrain.runs.store import Store, read_jsonl
+from overtrain.runs.jsonl import read_jsonl
+from overtrain.runs.store import Store
 
 if TYPE_CHECKING:
     import duckdb

@@ -17,13 +17,17 @@ refused, identically on every rank. A run that raises after the work started end
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from overtrain import distributed
 from overtrain.config import BaseConfig
 from overtrain.errors import OvertrainError, RunBusy, RunFailed, UserError
 from overtrain.runs.kinds import RunKind
-from overtrain.runs.store import ProgressCallback, Run, RunOutcome, Store, one_line_error
+from overtrain.runs.manifest import one_line_error
+from overtrain.runs.run import ProgressCallback, Run, RunOutcome
+
+if TYPE_CHECKING:  # the store calls this module; it hands itself in
+    from overtrain.runs.store import Store
 
 
 class ReplicaRun(Run):

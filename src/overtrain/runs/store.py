@@ -18,374 +18,52 @@ from its newest complete checkpoint. ``success`` is written last, after every fi
 The ``success`` manifest lists the sha256 of every file of the run (``outputs``). Before a finished run
 is skipped its files are checked against that list; a run whose files are missing, truncated or altered
 is reported (`DamagedRunWarning`) and redone from scratch, never used as it is.
+
+The run handle a kind writes through is `overtrain.runs.run.Run`; the record files are read by
+`overtrain.runs.jsonl.read_jsonl`; what the manifest records (provenance, hashes) is
+`overtrain.runs.manifest`; a multi-process launch goes through `overtrain.runs.replicated`.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
-import json
 import os
-import platform
 import shutil
 import socket
-import subprocess
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from filelock import FileLock, Timeout
 
-from overtrain import distributed, paths
-from overtrain.config import BaseConfig, dump_yaml, to_plain
+from overtrain import distributed, paths, registry
+from overtrain.config import BaseConfig, dump_yaml, to_plain, validate
 from overtrain.core.atomic import (
-    CHECKSUMS,
     TMP_PREFIX,
-    atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
-    dumps_json,
     fault_point,
-    read_checksums,
-    sha256_file,
-    tree_files,
     verify_hashes,
 )
 from overtrain.errors import RunBusy, UserError
 from overtrain.runs.kinds import RunKind
-
-STATUSES = ("running", "success", "failed")
-"""Values of a manifest's ``status``."""
-
-JSONL_FILES = ("metrics", "probes", "evals")
-"""The append-only record files of a run (``<name>.jsonl``)."""
-
-ProgressCallback = Callable[[int, "int | None"], None]
-"""``on_progress(completed, total)``: units of work done so far (steps) and the total if known."""
-
-NOT_OUTPUTS = ("manifest.json", "traceback.txt")
-"""Files of a run directory that its ``outputs`` hashes leave out (besides dot-names such as ``.lock``)."""
+from overtrain.runs.manifest import (
+    git_info,
+    now_iso,
+    one_line_error,
+    output_hashes,
+    package_versions,
+    parent_ref,
+    read_manifest,
+)
+from overtrain.runs.replicated import execute_replicated
+from overtrain.runs.run import ProgressCallback, Run, RunOutcome
 
 
 class DamagedRunWarning(UserWarning):
     """A finished run whose files no longer match the hashes in its manifest; it is being redone."""
-
-
-def now_iso() -> str:
-    """The current UTC time as ISO 8601 with milliseconds (``2026-05-09T07:35:25.123+00:00``)."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def one_line_error(exc: BaseException) -> str:
-    """``"<ExcType>: <message>"`` on one line (newlines and runs of spaces collapsed)."""
-    message = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
-# --- JSONL ---------------------------------------------------------------------------------------------
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a JSONL file; a missing file is empty.
-
-    A crash can leave the last line half-written: an unterminated last line that does not parse is
-    skipped silently. A bad line elsewhere (or a non-object) is skipped with a warning, so that one
-    damaged file never hides every other run from a query.
-
-    Args:
-        path: the ``.jsonl`` file.
-
-    Returns:
-        One dict per complete line, in file order.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return []
-    lines = data.split(b"\n")
-    # split leaves "" after a final newline; anything else in the last slot is an unterminated line
-    tail = lines.pop()
-    if not tail.strip():
-        # fast path for the intact file: one json.loads over all lines is ~3x faster than one per line
-        filled = [line for line in lines if line.strip()]
-        try:
-            whole = json.loads(b"[" + b",".join(filled) + b"]")
-        except (ValueError, UnicodeDecodeError):
-            pass
-        else:
-            # one object per line, or the slow path finds and reports the odd line
-            if len(whole) == len(filled) and all(isinstance(r, dict) for r in whole):
-                return whole
-    records: list[dict[str, Any]] = []
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        record = _parse_line(raw)
-        if record is None:
-            warnings.warn(f"{path}: line {number} is not a JSON object; skipped", stacklevel=2)
-        else:
-            records.append(record)
-    if tail.strip():
-        record = _parse_line(tail)
-        if record is not None:  # a complete record whose newline never made it
-            records.append(record)
-    return records
-
-
-def _parse_line(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _complete_lines_end(data: bytes, n_lines: int | None = None) -> tuple[int, int]:
-    """(byte offset just past the last kept complete line, number of complete lines kept)."""
-    end, count = 0, 0
-    while n_lines is None or count < n_lines:
-        newline = data.find(b"\n", end)
-        if newline < 0:
-            break
-        end, count = newline + 1, count + 1
-    return end, count
-
-
-# --- provenance ----------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def git_info() -> dict[str, Any] | None:
-    """``{commit, dirty}`` of the source checkout this package runs from, or None (no git, no repo).
-
-    Cached per process: a sweep of thousands of runs should not fork git thousands of times.
-    ``dirty`` counts modified tracked files only (as ``git describe --dirty`` does).
-    """
-    root = paths.repo_root()
-    if root is None:
-        return None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        )
-        if commit.returncode != 0:
-            return None
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
-    return {"commit": commit.stdout.strip(), "dirty": dirty}
-
-
-@functools.lru_cache(maxsize=1)
-def package_versions() -> dict[str, str | None]:
-    """Versions of python and the packages that decide a run's numbers (missing ones are None)."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "overtrain", "numpy"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-# --- the run handle ------------------------------------------------------------------------------------
-
-
-class Run:
-    """The open run directory handed to ``kind.run(cfg, run)``.
-
-    Attributes:
-        kind: the run kind's name.
-        run_id: the run id (`config_hash` of the config).
-        dir: the run directory.
-        config: the validated config.
-        store: the `Store` the run belongs to.
-        writes: False for the handle of a rank other than 0 in a multi-process launch, which writes nothing
-            (`overtrain.runs.replicated.ReplicaRun`): a kind skips its own checkpoint writes then.
-    """
-
-    writes = True
-
-    def __init__(
-        self,
-        store: Store,
-        kind: str,
-        run_id: str,
-        config: BaseConfig,
-        manifest: dict[str, Any],
-        on_progress: ProgressCallback | None = None,
-    ) -> None:
-        self.store = store
-        self.kind = kind
-        self.run_id = run_id
-        self.config = config
-        self.dir = store.run_dir(kind, run_id)
-        self._manifest = manifest
-        self._on_progress = on_progress
-        self._files: dict[str, IO[str]] = {}
-
-    # records ---------------------------------------------------------------------------------------
-
-    def _path(self, name: str) -> Path:
-        stem = name[: -len(".jsonl")] if name.endswith(".jsonl") else name
-        if stem not in JSONL_FILES:
-            raise ValueError(f"unknown record file {name!r}; choose from {', '.join(JSONL_FILES)}")
-        return self.dir / f"{stem}.jsonl"
-
-    def _append(self, name: str, record: Mapping[str, Any]) -> None:
-        if not isinstance(record, Mapping):
-            raise TypeError(f"a {name} record must be a mapping, got {type(record).__name__}")
-        path = self._path(name)
-        f = self._files.get(path.name)
-        if f is None:
-            f = self._files[path.name] = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
-        # one write call per line, then flush: a crash leaves at most one partial *last* line
-        line = dumps_json(dict(record)) + "\n"
-
-        def half_a_line(f: IO[str] = f) -> None:
-            f.write(line[: len(line) // 2])
-            f.flush()
-
-        fault_point("jsonl.partial_line", half_a_line)
-        f.write(line)
-        f.flush()
-
-    def log_metrics(self, record: Mapping[str, Any]) -> None:
-        """Append one metrics record (``step``, ``tokens_seen``, ``split/name`` keys) to metrics.jsonl.
-
-        NaN and infinite values are written as ``null``. The line is flushed to the OS at once (not
-        fsynced: `sync` does that, and `Store.execute` calls it before marking the run a success).
-        """
-        self._append("metrics", record)
-
-    def log_probe(self, record: Mapping[str, Any]) -> None:
-        """Append one probe record to probes.jsonl (same rules as `log_metrics`)."""
-        self._append("probes", record)
-
-    def log_eval(self, record: Mapping[str, Any]) -> None:
-        """Append one evaluation record to evals.jsonl (same rules as `log_metrics`)."""
-        self._append("evals", record)
-
-    def sync(self) -> None:
-        """Flush and fsync every record file this handle has written to."""
-        for f in self._files.values():
-            f.flush()
-            os.fsync(f.fileno())
-
-    def close(self) -> None:
-        """Sync and close the record files (a later log call reopens them)."""
-        try:
-            self.sync()
-        finally:
-            for f in self._files.values():
-                f.close()
-            self._files.clear()
-
-    def line_count(self, name: str) -> int:
-        """Number of complete (newline-terminated) lines in ``<name>.jsonl``; 0 when it does not exist.
-
-        Args:
-            name: ``metrics``, ``probes`` or ``evals`` (with or without ``.jsonl``).
-        """
-        path = self._path(name)
-        if path.name in self._files:
-            self._files[path.name].flush()
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return 0
-        return data.count(b"\n")
-
-    def records(self, name: str) -> list[dict[str, Any]]:
-        """The records logged so far to ``<name>.jsonl`` (complete lines only)."""
-        path = self._path(name)
-        if path.name in self._files:
-            self._files[path.name].flush()
-        return read_jsonl(path)
-
-    def truncate(self, name: str, n_lines: int) -> None:
-        """Keep only the first `n_lines` complete lines of ``<name>.jsonl`` (atomically).
-
-        A resumed run calls this with the line count saved in its checkpoint, so records logged after
-        that checkpoint (and any partial last line) are dropped and logged again: the resumed run's
-        file equals an uninterrupted run's. Asking for more lines than exist keeps every complete line.
-
-        Args:
-            name: ``metrics``, ``probes`` or ``evals`` (with or without ``.jsonl``).
-            n_lines: number of leading lines to keep (>= 0).
-        """
-        if n_lines < 0:
-            raise ValueError(f"n_lines must be >= 0, got {n_lines}")
-        path = self._path(name)
-        f = self._files.pop(path.name, None)
-        if f is not None:
-            f.close()
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return
-        end, _ = _complete_lines_end(data, n_lines)
-        if end != len(data):
-            atomic_write_bytes(path, data[:end])
-
-    # checkpoints, info, progress -------------------------------------------------------------------
-
-    def ckpt_dir(self, name: str) -> Path:
-        """Path of checkpoint `name` (``dir/ckpt/<name>``); not created (write it with `atomic_dir`)."""
-        return self.dir / "ckpt" / name
-
-    @property
-    def info(self) -> dict[str, Any]:
-        """A copy of the manifest's free-form ``info`` dict."""
-        return dict(self._manifest.get("info") or {})
-
-    def set_info(self, **kv: Any) -> None:
-        """Merge `kv` into the manifest's ``info`` and rewrite the manifest atomically."""
-        info = dict(self._manifest.get("info") or {})
-        info.update(kv)
-        self._manifest["info"] = info
-        self.store._write_manifest(self.kind, self.run_id, self._manifest)
-
-    def progress(self, completed: int, total: int | None = None) -> None:
-        """Report `completed` units of work (steps) out of `total` to the executor's progress display."""
-        if self._on_progress is not None:
-            self._on_progress(completed, total)
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """What `Store.execute` did.
-
-    Attributes:
-        kind: the run kind's name.
-        run_id: the run id.
-        dir: the run directory.
-        status: the manifest status after the call (``success``).
-        skipped: True when the run was already a success and nothing was touched.
-        wall_s: wall time of this attempt in seconds (None when skipped).
-    """
-
-    kind: str
-    run_id: str
-    dir: Path
-    status: str
-    skipped: bool
-    wall_s: float | None = None
-
-
-# --- the store -----------------------------------------------------------------------------------------
 
 
 class Store:
@@ -407,7 +85,7 @@ class Store:
 
     def manifest(self, kind: str, run_id: str) -> dict[str, Any] | None:
         """The run's manifest, or None when the run has none (never started) or it cannot be read."""
-        return _read_manifest(self.run_dir(kind, run_id) / "manifest.json")
+        return read_manifest(self.run_dir(kind, run_id) / "manifest.json")
 
     def status(self, kind: str, run_id: str) -> str | None:
         """The run's status (``running``/``success``/``failed``), or None when it has no manifest."""
@@ -431,7 +109,7 @@ class Store:
         ``run_id`` are taken from the directory names, which are what the store addresses by.
         """
         for kind, run_id, run_dir in self._run_dirs():
-            manifest = _read_manifest(run_dir / "manifest.json")
+            manifest = read_manifest(run_dir / "manifest.json")
             if manifest is not None:
                 yield {**manifest, "kind": kind, "run_id": run_id, "dir": str(run_dir)}
 
@@ -506,8 +184,6 @@ class Store:
         kind_obj = _resolve_kind(kind)
         cfg = _coerce_config(kind_obj, cfg)
         if distributed.launched():
-            from overtrain.runs.replicated import execute_replicated
-
             return execute_replicated(self, kind_obj, cfg, on_progress, parents)
         return self._execute_here(kind_obj, cfg, on_progress, parents, wait=wait, redo=redo)
 
@@ -593,7 +269,7 @@ class Store:
             "run_id": run_id,
             "kind": kind.name,
             "status": "running",
-            "parents": [_parent_ref(p) for p in parents],
+            "parents": [parent_ref(p) for p in parents],
             "attempts": int(previous.get("attempts") or 0) + 1,
             "created_at": previous.get("created_at") or started_at,
             "started_at": started_at,
@@ -636,34 +312,11 @@ class Store:
                 self._write_manifest(kind.name, run_id, manifest)
             raise
         fault_point("store.before_success")
-        outputs = _output_hashes(run_dir)  # what a later skip checks the files against
+        outputs = output_hashes(run_dir)  # what a later skip checks the files against
         manifest.update(status="success", finished_at=now_iso(), wall_s=time.perf_counter() - t0,
                         outputs=outputs)
         self._write_manifest(kind.name, run_id, manifest)
         return RunOutcome(kind.name, run_id, run_dir, "success", skipped=False, wall_s=manifest["wall_s"])
-
-
-def _output_hashes(run_dir: Path) -> dict[str, str]:
-    """sha256 of every file of a finished run (`tree_files`, less `NOT_OUTPUTS`). A checkpoint directory's
-    files take the hashes its ``checksums.json`` recorded as it was written (re-reading gigabytes of
-    weights would only repeat them); every other file, the sidecar included, is read and hashed."""
-    outputs: dict[str, str] = {}
-    sidecars: dict[str, dict[str, str]] = {}
-    for rel in tree_files(run_dir):
-        if rel in NOT_OUTPUTS:
-            continue
-        parent, _, name = rel.rpartition("/")
-        if parent and name != CHECKSUMS:
-            if parent not in sidecars:
-                try:
-                    sidecars[parent] = read_checksums(run_dir / parent) or {}
-                except ValueError:
-                    sidecars[parent] = {}
-            if name in sidecars[parent]:
-                outputs[rel] = sidecars[parent][name]
-                continue
-        outputs[rel] = sha256_file(run_dir / rel)
-    return outputs
 
 
 def _discard_outputs(run_dir: Path) -> None:
@@ -691,42 +344,17 @@ def _remove_temporaries(run_dir: Path) -> None:
         dirnames[:] = [d for d in dirnames if not d.startswith(TMP_PREFIX)]
 
 
-def _read_manifest(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        # written atomically, so this is outside damage: treat the run as never finished (it is redone)
-        warnings.warn(f"unreadable manifest {path}; treating the run as not started", stacklevel=3)
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _resolve_kind(kind: str | RunKind) -> RunKind:
     if isinstance(kind, RunKind):
         return kind
-    from overtrain.registry import RUN_KINDS
-
-    return RUN_KINDS.get(kind)
+    return registry.RUN_KINDS.get(kind)  # looked up at call time: tests swap the registry
 
 
 def _coerce_config(kind: RunKind, cfg: BaseConfig | Mapping[str, Any]) -> BaseConfig:
     if isinstance(cfg, kind.config_cls):
         return cfg
     if isinstance(cfg, Mapping):
-        from overtrain.config import validate
-
         return validate(kind.config_cls, cfg, f"{kind.name} config")
     raise TypeError(
         f"run kind {kind.name!r} takes a {kind.config_cls.__name__}, got {type(cfg).__name__}"
     )
-
-
-def _parent_ref(parent: str | tuple[str, str]) -> str:
-    if isinstance(parent, str):
-        if "/" not in parent:
-            raise ValueError(f"parent {parent!r} must be 'kind/run_id'")
-        return parent
-    kind, run_id = parent
-    return f"{kind}/{run_id}"

@@ -34,10 +34,12 @@ from overtrain.executors.local import PlanResult, run_plan
 from overtrain.paths import repo_root
 from overtrain.registry import RUN_KINDS, STUDIES
 from overtrain.report.html import Section, Table
+from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.kinds import RunKind, code_digest
 from overtrain.runs.plan import Plan, PlanItem
 from overtrain.runs.query import Reader
-from overtrain.runs.store import Run, Store, read_jsonl
+from overtrain.runs.run import Run
+from overtrain.runs.store import Store
 
 SHARED_ANALYSIS = "overtrain.analysis"
 """The statistics every study's verdicts go through: part of every analysis version."""

@@ -29,6 +29,7 @@ from overtrain.seed import seed_everything
 from overtrain.training import checkpoint as ckpt
 from overtrain.training.loop import build_optimizer, divergence, train_segment
 from overtrain.training.parent import ParentCheckpoint, resolve_parent
+from overtrain.training.pretrain import resolve_device
 from overtrain.training.schedules import LR, cosine, linear_decay, warmup_stable
 
 
@@ -123,8 +124,6 @@ def check_same_tokens(task_tok, parent_tok) -> None:
 
 def run_finetune(cfg: FinetuneConfig, run) -> None:
     """Execute one fine-tuning run inside an open run directory (see module docstring)."""
-    from overtrain.training.pretrain import resolve_device
-
     started = time.perf_counter()
     for name in ("metrics", "evals"):
         run.truncate(name, 0)  # a restarted run begins again from the checkpoint

@@ -37,6 +37,8 @@ import torch
 from pydantic import Field
 
 from overtrain.config import BaseConfig
+from overtrain.core.perturb import init_scale, relative
+from overtrain.probes.draw_batching import Perturbation, perturbed_losses
 
 
 class MonitorConfig(BaseConfig):
@@ -189,8 +191,6 @@ class MonitorProbe:
     """Computes L and Δ of a model on the monitor's batches (the sensitivity estimate of a check)."""
 
     def __init__(self, cfg: MonitorConfig, batches: Sequence[torch.Tensor], init_model: torch.nn.Module) -> None:
-        from overtrain.core.perturb import init_scale
-
         self.cfg = cfg
         self.batches = list(batches)
         # Only per-tensor stds of the initialisation are kept, not a copy of the weights.
@@ -198,9 +198,6 @@ class MonitorProbe:
 
     def measure(self, model: torch.nn.Module, autocast_dtype: torch.dtype | None = None) -> tuple[float, float]:
         """``(L, Δ)`` in nats/token."""
-        from overtrain.core.perturb import relative
-        from overtrain.probes.noise import Perturbation, perturbed_losses
-
         scales = self.init_scales if self.init_scales is not None else relative(model, 1.0)
         stds = {name: self.cfg.gamma * s for name, s in scales.items()}
         work = [Perturbation(k, stds) for k in range(self.cfg.draws)]

@@ -9,6 +9,7 @@ from pydantic import field_validator
 
 from overtrain.config import BaseConfig, build_config
 from overtrain.errors import UserError
+from overtrain.training.pretrain import PretrainConfig
 
 
 class ParentCheckpoint(BaseConfig):
@@ -49,8 +50,6 @@ def parents(cfg: ParentCheckpoint) -> list[tuple[str, str]]:
 
 def resolve_parent(cfg: ParentCheckpoint, store) -> tuple[Path, Any]:
     """The parent's run directory and its `PretrainConfig`; a missing parent is a `UserError`."""
-    from overtrain.training.pretrain import PretrainConfig
-
     parent_dir = store.run_dir("pretrain", cfg.parent_id)
     if not (parent_dir / "config.yaml").is_file():
         raise UserError(f"parent run {cfg.parent} not found in {store.root}")

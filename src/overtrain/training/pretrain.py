@@ -188,13 +188,14 @@ class PretrainConfig(BaseConfig):
     log-spaced steps that warns once the perturbed loss has passed its minimum. None: off."""
 
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """Compute precision (bf16 autocast; weights stay fp32). Pays off on CPU only for hidden >= 256."""
+    """Compute precision (bf16 autocast; weights stay fp32). On a CPU it pays off only for the larger
+    presets (bench/README.md, `pretrain_throughput.py`)."""
 
     device: str = NotInId("cpu")
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (not part of the run id: moving device resumes the run)."""
 
     compile: bool = NotInId(False)
-    """``torch.compile`` the model (about 20 s to compile on CPU; worth it for long runs)."""
+    """``torch.compile`` the model (a one-off compile time, bench/README.md; worth it for long runs)."""
 
     @field_validator("device")
     @classmethod

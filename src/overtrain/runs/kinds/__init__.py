@@ -17,7 +17,7 @@ from overtrain.config import config_hash
 
 if TYPE_CHECKING:
     from overtrain.config import BaseConfig
-    from overtrain.runs.store import Run
+    from overtrain.runs.run import Run
 
 
 def _no_parents(cfg: Any) -> list[tuple[str, str]]:

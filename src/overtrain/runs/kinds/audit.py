@@ -4,9 +4,13 @@
 revisions of pythia-70m a user saved with ``save_pretrained``), runs the probes (default: reference loss,
 noise sensitivity, sharpness, induction) on one reference text tokenised by the checkpoints' own
 tokenizer, and writes one ``evals.jsonl`` summary row per (checkpoint, probe row) with ``model_dir``,
-``order`` and, when known, ``tokens``/``step``. The report orders checkpoints by training tokens and,
-with at least `MIN_FOR_U` of them, looks for the U of the perturbed loss (`overtrain.analysis.inflection`,
-noise draws as the resampled groups: the draws use the same directions at every checkpoint).
+``order`` and, when known, ``tokens``/``step``.
+
+At the end of the run, with at least `MIN_FOR_U` checkpoints whose training tokens are known, it looks
+for the U of the init-scale perturbed loss at the largest γ over the checkpoints in token order: T* =
+argmin of the mean over noise draws, with a percentile-bootstrap CI resampling the draws (each draw uses
+the same directions at every checkpoint; `overtrain.analysis.inflection.inflection_point`). The result
+is one more ``evals.jsonl`` row, ``record: "inflection"`` (`inflection_row`), which the report reads.
 
 Training tokens of a checkpoint come from, in order: our ``meta.json`` (``tokens_seen``), a directory
 name with ``tokens<N>`` (OLMo revisions, ``stage1-step1000-tokens4B``) or ``budget_<N>``; else a step
@@ -20,20 +24,33 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
+from overtrain.analysis.inflection import inflection_point
 from overtrain.config import BaseConfig, NotInId
 from overtrain.core.atomic import atomic_write_json
+from overtrain.core.weights import check_model_dir
+from overtrain.data.corpus import TextConfig
+from overtrain.data.tokenized import tokenizer_digest
 from overtrain.errors import CheckpointError, DataError
+from overtrain.probes import lm_harness
 from overtrain.registry import PROBES, RUN_KINDS
 from overtrain.runs.kinds import RunKind
+from overtrain.training import checkpoint as ckpt
+from overtrain.training.pretrain import resolve_device
 
 MIN_FOR_U = 4
-"""Checkpoints with token counts needed before the report looks for a U."""
+"""Checkpoints with token counts needed before the run looks for a U."""
+
+U_MIN_RISE = 0.005
+"""A U needs the last checkpoint's perturbed loss more than this fraction above the minimum (`Inflection.is_u`)."""
 
 DEFAULT_PROBES = ("reference_loss", "noise", "sharpness", "induction")
 
@@ -96,20 +113,16 @@ class AuditConfig(BaseConfig):
 
     @model_validator(mode="after")
     def _something_to_do(self) -> AuditConfig:
-        from overtrain.probes.lm_harness import LmEvalConfig
-
         if not self.probes and not self.lm_eval_tasks:
             raise ValueError("give at least one probe or lm-eval task")
         for name in self.settings:
             if name != "lm_eval" and name not in self.probes:
                 raise ValueError(f"settings for {name!r}, which is not among the probes {self.probes}")
-        LmEvalConfig.model_validate(self.settings.get("lm_eval", {}))
+        lm_harness.LmEvalConfig.model_validate(self.settings.get("lm_eval", {}))
         return self
 
-    def lm_eval_config(self):
-        from overtrain.probes.lm_harness import LmEvalConfig
-
-        return LmEvalConfig.model_validate(self.settings.get("lm_eval", {}))
+    def lm_eval_config(self) -> lm_harness.LmEvalConfig:
+        return lm_harness.LmEvalConfig.model_validate(self.settings.get("lm_eval", {}))
 
     def probe_settings(self, name: str) -> dict[str, Any]:
         return {**AUDIT_SETTINGS.get(name, {}), **self.settings.get(name, {})}
@@ -128,9 +141,6 @@ def _file_print(files: list[Path]) -> str:
 def with_fingerprints(cfg: AuditConfig) -> AuditConfig:
     """`cfg` with every directory checked and fingerprinted, and every lm-eval task read and checked
     to be local (one-line errors for bad inputs); task files and their data enter the fingerprints."""
-    from overtrain.core.weights import check_model_dir
-    from overtrain.probes import lm_harness
-
     for path in cfg.models:
         check_model_dir(path)
     if cfg.text is not None and not cfg.text.is_file():
@@ -158,19 +168,53 @@ def training_position(path: Path, meta: dict[str, Any]) -> dict[str, int | None]
 
 def _reference_source(cfg: AuditConfig, tokenizer):
     """The reference text tokenised with the checkpoints' tokenizer; both splits are the whole text."""
-    from importlib import resources
-
-    from overtrain.data.corpus import TextConfig
-
     text = cfg.text or Path(str(resources.files("overtrain.data").joinpath("fixtures/shakespeare_excerpt.txt")))
     return TextConfig(train=[text], val=[text], tokenizer="parent").build(tokenizer)
 
 
-def run_audit(cfg: AuditConfig, run) -> None:
-    from overtrain.data.corpus import tokenizer_digest
-    from overtrain.training import checkpoint as ckpt
-    from overtrain.training.pretrain import resolve_device
+def training_order(checkpoint: dict[str, Any]) -> tuple:
+    """Sort key of a checkpoint (``tokens``, ``step``, ``order``): by tokens, else step, else the order given."""
+    c = checkpoint
+    return c["tokens"] is None, c["tokens"] or 0, c["step"] is None, c["step"] or 0, c["order"]
 
+
+def inflection_row(checkpoints: Sequence[dict[str, Any]], noise_rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The U of the init-scale perturbed loss at the largest γ over the checkpoints with token counts.
+
+    Args:
+        checkpoints: one dict per checkpoint with ``model_dir``, ``tokens``, ``step``, ``order``.
+        noise_rows: the noise probe's ``probes.jsonl`` rows (``law``, ``gamma``, ``draw``, ``loss`` in
+            nats/token, ``model_dir``).
+
+    Returns:
+        The ``evals`` row ``{"record": "inflection", ...}``: ``t_star``, ``ci_low``, ``ci_high`` (training
+        tokens; CI over noise draws at ``level``), ``rise`` (final over minimum perturbed loss, minus 1)
+        with its CI, ``interior``, ``is_u`` (interior and ``rise > min_rise``), ``min_rise``, ``gamma``,
+        ``law``, ``checkpoints`` and ``draws``; None with fewer than `MIN_FOR_U` checkpoints with token
+        counts, without init-scale noise draws, or when two checkpoints have the same token count.
+    """
+    known = [c for c in sorted(checkpoints, key=training_order) if c["tokens"]]
+    draws = [r for r in noise_rows if r.get("law") == "init_scale"]
+    if len(known) < MIN_FOR_U or not draws:
+        return None
+    tokens = np.array([c["tokens"] for c in known], dtype=float)
+    if not np.all(np.diff(tokens) > 0):
+        return None
+    gamma = max(d["gamma"] for d in draws)
+    n_draws = 1 + max(d["draw"] for d in draws)
+    curves = np.full((n_draws, len(known)), np.nan)
+    col = {c["model_dir"]: j for j, c in enumerate(known)}
+    for d in draws:
+        if d["gamma"] == gamma and d["model_dir"] in col:
+            curves[d["draw"], col[d["model_dir"]]] = d["loss"]
+    inf = inflection_point(tokens, curves)
+    return {"record": "inflection", "law": "init_scale", "gamma": gamma, "t_star": inf.t_star,
+            "ci_low": inf.ci_low, "ci_high": inf.ci_high, "level": inf.level, "rise": inf.rise,
+            "rise_ci_low": inf.rise_ci_low, "rise_ci_high": inf.rise_ci_high, "interior": inf.interior,
+            "is_u": inf.is_u(U_MIN_RISE), "min_rise": U_MIN_RISE, "checkpoints": len(known), "draws": n_draws}
+
+
+def run_audit(cfg: AuditConfig, run) -> None:
     started = time.perf_counter()
     for name in ("probes", "evals"):
         run.truncate(name, 0)  # an audit is redone whole on a restart
@@ -178,9 +222,9 @@ def run_audit(cfg: AuditConfig, run) -> None:
     autocast = torch.bfloat16 if cfg.dtype == "bfloat16" else None
     digest, source = None, None
     tasks = []
+    checkpoints: list[dict[str, Any]] = []
+    noise_rows: list[dict[str, Any]] = []
     if cfg.lm_eval_tasks:
-        from overtrain.probes import lm_harness
-
         tasks = [lm_harness.load_task(f, run.dir / "hf_datasets") for f in lm_harness.task_files(cfg.lm_eval_tasks)]
     for order, path in enumerate(cfg.models):
         model, tokenizer, meta = ckpt.load_checkpoint(path, device=str(device))
@@ -197,6 +241,7 @@ def run_audit(cfg: AuditConfig, run) -> None:
         seq_len = min(cfg.seq_len, context)
         extra = {"model_dir": str(path), "order": order, **training_position(path, meta),
                  "n_params": sum(p.numel() for p in model.parameters())}
+        checkpoints.append(extra)
         for name in cfg.probes:
             entry = PROBES.get(name)
             probe = entry(entry.config_cls.model_validate(cfg.probe_settings(name)))
@@ -205,6 +250,8 @@ def run_audit(cfg: AuditConfig, run) -> None:
             result = probe.run(model, probe.batches(source, seq_len), init_state=None, autocast_dtype=dtype)
             for row in result.rows(**extra):
                 run.log_probe(row)
+                if row.get("probe") == "noise":
+                    noise_rows.append(row)
             for row in result.summary_rows(**extra):
                 run.log_eval(row)
         if tasks:
@@ -214,6 +261,9 @@ def run_audit(cfg: AuditConfig, run) -> None:
             atomic_write_json(run.dir / "lm_eval" / f"{order:03d}-{path.name}.json", results)
         run.progress(order + 1, len(cfg.models))
         del model
+    row = inflection_row(checkpoints, noise_rows)
+    if row is not None:
+        run.log_eval(row)
     run.set_info(wall_s=time.perf_counter() - started, tokenizer=digest)
 
 

@@ -13,13 +13,15 @@ import time
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from overtrain.config import NotInId, Registered, format_validation_error, identity
 from overtrain.errors import UnknownNameError
 from overtrain.registry import DATASETS, PROBES, RUN_KINDS
 from overtrain.runs.kinds import RunKind
+from overtrain.training import checkpoint as ckpt
 from overtrain.training.parent import ParentCheckpoint, parents, resolve_parent
+from overtrain.training.pretrain import resolve_device
 
 
 class ProbeRunConfig(ParentCheckpoint):
@@ -52,8 +54,6 @@ class ProbeRunConfig(ParentCheckpoint):
 
     @model_validator(mode="after")
     def _settings(self) -> ProbeRunConfig:
-        from pydantic import ValidationError
-
         try:
             cls = PROBES.get(self.probe).config_cls
         except UnknownNameError as exc:  # pydantic reports ValueErrors as one line under the config
@@ -69,9 +69,6 @@ class ProbeRunConfig(ParentCheckpoint):
 
 
 def run_probe(cfg: ProbeRunConfig, run) -> None:
-    from overtrain.training import checkpoint as ckpt
-    from overtrain.training.pretrain import resolve_device
-
     started = time.perf_counter()
     for name in ("probes", "evals"):
         run.truncate(name, 0)  # probes are redone whole on a restart

@@ -29,7 +29,9 @@ from overtrain.analysis.stats import bootstrap_ci
 from overtrain.config import config_hash
 from overtrain.errors import RunFailed
 from overtrain.probes import generation as pg
-from overtrain.runs.store import Run, Store, read_jsonl
+from overtrain.runs.jsonl import read_jsonl
+from overtrain.runs.run import Run
+from overtrain.runs.store import Store
 from overtrain.studies.base import log_claims
 from overtrain.studies.hyperfit.claims import claims
 from overtrain.studies.hyperfit.config import HyperfitConfig

@@ -41,7 +41,8 @@ from overtrain.models.presets import count_params
 from overtrain.probes import generation as pg
 from overtrain.registry import DATASETS
 from overtrain.runs.kinds import RunKind
-from overtrain.runs.store import Run, Store
+from overtrain.runs.run import Run
+from overtrain.runs.store import Store
 from overtrain.seed import numpy_rng, seed_everything
 from overtrain.studies.hyperfit.blocker import CitationBlocker
 from overtrain.training import checkpoint as ckpt

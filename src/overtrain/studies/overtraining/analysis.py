@@ -20,7 +20,7 @@ from overtrain.analysis.inflection import Inflection, inflection_point
 from overtrain.analysis.stats import spearman, spearman_ci
 from overtrain.config import config_hash
 from overtrain.runs.query import Reader
-from overtrain.runs.store import Run
+from overtrain.runs.run import Run
 from overtrain.studies.overtraining.config import OvertrainingConfig
 from overtrain.studies.overtraining.plan import child_ids, pretrain_configs
 from overtrain.studies.overtraining.theory_run import LinearTheoryResult

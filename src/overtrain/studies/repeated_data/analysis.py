@@ -35,7 +35,8 @@ from overtrain.analysis.claims import Claim, check
 from overtrain.analysis.stats import bootstrap_ci
 from overtrain.core.evaluate import evaluate_loss
 from overtrain.runs.query import Reader
-from overtrain.runs.store import Run, Store
+from overtrain.runs.run import Run
+from overtrain.runs.store import Store
 from overtrain.studies.base import log_claims
 from overtrain.studies.repeated_data.config import RepeatedDataConfig
 from overtrain.studies.repeated_data.effective_size import effective_size, fit_scaling_law

@@ -9,6 +9,7 @@ LoRA-GGPO, LoRA-MGPO and SAM). Adding a method is adding a module here.
 from __future__ import annotations
 
 from overtrain.config import BaseConfig
+from overtrain.training.step_rules import StepRule
 
 
 class MethodConfig(BaseConfig):
@@ -24,6 +25,4 @@ class MethodConfig(BaseConfig):
     def step_rule(self, model, optimizer, seed: int = 0):
         """The step rule for `model` (as `apply` returned it) trained by `optimizer`; `seed` seeds any noise.
         Default: the plain step."""
-        from overtrain.training.step_rules import StepRule
-
         return StepRule(model)

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from overtrain.registry import FINETUNE_METHODS
 from overtrain.training.methods.lora import LoraFinetune
+from overtrain.training.methods.lora_ggpo import RowNoise
 
 
 @FINETUNE_METHODS.register("flat_lora")
@@ -26,6 +27,4 @@ class FlatLoraFinetune(LoraFinetune):
     """d: the row length d_in, or d_out."""
 
     def step_rule(self, model, optimizer, seed: int = 0):
-        from overtrain.training.methods.lora_ggpo import RowNoise
-
         return RowNoise(model, sigma=self.sigma, beta=0.0, norm_dim=self.norm_dim, seed=seed)

@@ -1,5 +1,5 @@
 """LoRA-GGPO (Chang et al. 2025, arXiv 2502.14538 v1): LoRA trained at randomly perturbed merged weights,
-the noise scaled row by row by the merged weight's norm and its gradient's norm (science.md §2).
+the noise scaled row by row by the merged weight's norm and its gradient's norm (docs/lora_dd.md).
 
 Each training step draws, for every adapted layer, ε (d_out x d_in) with independent rows
 ``ε_i ~ N(0, v_i I)``, adds it to the frozen W — so the forward pass sees ``W' + ε`` with
@@ -24,8 +24,8 @@ factors' own gradients, ``G ≈ s·(B ∇A + ∇B A)``, whose row norms ``‖G_i
 gradient. It is not the merged gradient: since ``∇A = s·Bᵀ∇W'`` and ``∇B = s·∇W' Aᵀ`` it equals
 ``s²·(B Bᵀ ∇W' + ∇W' Aᵀ A)``, the merged gradient seen through the adapter's row and column spaces, so
 its norms are smaller (and depend on the factors' scale). Units: ``v_i`` in weight units², ``‖∇W'_i‖`` in nats (mean token loss) per
-weight unit, so β is not dimensionless (science.md §2 finding 3): with β = 0.01 the gradient term is
-typically a vanishing share of the variance. The logged ``ggpo/grad_share`` — the mean over rows of the
+weight unit, so β is not dimensionless: with β = 0.01 the gradient term can be a vanishing share of the
+variance (measured in docs/lora_dd.md). The logged ``ggpo/grad_share`` — the mean over rows of the
 gradient term's share of ``v_i`` (paper form) or of ``std_i`` (kohya form) — says how much it carries.
 
 Logged per training-loss record: ``noise/row_std`` (mean per-row std over every adapted row, weight

@@ -1,5 +1,5 @@
 """LoRA-MGPO (Chang et al., arXiv 2502.14538 v2/v3): LoRA trained at factors perturbed along the optimizer's
-momentum (science.md §2, "Algorithm (v2, MGPO)").
+momentum (the MGPO algorithm of the paper's v2; docs/lora_dd.md).
 
 Before each training step's forward pass every LoRA factor θ (each A and each B separately) is moved to
 ``θ + ε`` with ``ε = ρ · m / ĝ``: m is the optimizer's first moment of θ (Adam's ``exp_avg``, not bias-

@@ -92,13 +92,18 @@ def main() -> None:
             out[lam] = losses
         return out
 
-    times: dict[str, list[float]] = {k: [] for k in ("ours_min_norm", "lstsq", "ours_ridge", "lstsq_ridge",
-                                                     "ours_spectral")}
+    times: dict[str, list[float]] = {
+        k: [] for k in ("ours_min_norm", "lstsq", "ours_ridge", "lstsq_ridge", "ours_spectral")
+    }
     results = {}
     for rep in range(args.repeats):
-        for name, fn in [("ours_min_norm", lambda: ours(fits())), ("lstsq", lstsq),
-                         ("ours_ridge", lambda: ours(fits(args.ridges, (), n))), ("lstsq_ridge", lstsq_ridge),
-                         ("ours_spectral", lambda: ours(fits(args.ridges, [1e4], n)))]:
+        for name, fn in [
+            ("ours_min_norm", lambda: ours(fits())),
+            ("lstsq", lstsq),
+            ("ours_ridge", lambda: ours(fits(args.ridges, (), n))),
+            ("lstsq_ridge", lstsq_ridge),
+            ("ours_spectral", lambda: ours(fits(args.ridges, [1e4], n))),
+        ]:
             t0 = time.perf_counter()
             results[name] = fn()
             times[name].append(time.perf_counter() - t0)
@@ -109,28 +114,46 @@ def main() -> None:
     diff_mn = float(np.max(np.abs(ours_mn - results["lstsq"]) / np.abs(results["lstsq"])))
     diff_ridge = 0.0
     for lam in args.ridges:
-        mine = np.array([r["test_loss"] for r in results["ours_ridge"] if r["solver"] == "ridge" and r["value"] == lam])
+        mine = np.array(
+            [r["test_loss"] for r in results["ours_ridge"] if r["solver"] == "ridge" and r["value"] == lam]
+        )
         ref = np.array(results["lstsq_ridge"][lam])
         diff_ridge = max(diff_ridge, float(np.max(np.abs(mine - ref) / np.abs(ref))))
     record = {
-        "benchmark": "double_descent", "dataset": "digits n=500 noise=0.1, random Fourier features",
-        "widths": len(widths), "max_width": widths[-1], "n": n, "ridges": args.ridges, "repeats": args.repeats,
+        "benchmark": "double_descent",
+        "dataset": "digits n=500 noise=0.1, random Fourier features",
+        "widths": len(widths),
+        "max_width": widths[-1],
+        "n": n,
+        "ridges": args.ridges,
+        "repeats": args.repeats,
         "best_s": best,
         "ratio_min_norm": best["lstsq"] / best["ours_min_norm"],
         "ratio_min_norm_and_ridges": best["lstsq_ridge"] / best["ours_ridge"],
-        "max_rel_diff_min_norm": diff_mn, "max_rel_diff_ridge": diff_ridge,
+        "max_rel_diff_min_norm": diff_mn,
+        "max_rel_diff_ridge": diff_ridge,
         "peak_width_ours": int(widths[int(np.argmax(ours_mn))]),
         "peak_width_lstsq": int(widths[int(np.argmax(results["lstsq"]))]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "numpy": np.__version__, "torch_threads": torch.get_num_threads(),
-                    "ours_blas_threads": args.ours_threads, "load_avg": os.getloadavg()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "ours_blas_threads": args.ours_threads,
+            "load_avg": os.getloadavg(),
+        },
     }
-    print(f"min-norm curve, {len(widths)} widths up to P = {widths[-1]}: lstsq {best['lstsq']:.2f} s, "
-          f"ours {best['ours_min_norm']:.2f} s -> ratio {record['ratio_min_norm']:.1f}x "
-          f"(max rel. diff {diff_mn:.1e})")
-    print(f"min-norm + {len(args.ridges)} ridge curves: per-width fits {best['lstsq_ridge']:.2f} s, ours "
-          f"{best['ours_ridge']:.2f} s -> ratio {record['ratio_min_norm_and_ridges']:.1f}x "
-          f"(max rel. diff {diff_ridge:.1e})")
+    print(
+        f"min-norm curve, {len(widths)} widths up to P = {widths[-1]}: lstsq {best['lstsq']:.2f} s, "
+        f"ours {best['ours_min_norm']:.2f} s -> ratio {record['ratio_min_norm']:.1f}x "
+        f"(max rel. diff {diff_mn:.1e})"
+    )
+    print(
+        f"min-norm + {len(args.ridges)} ridge curves: per-width fits {best['lstsq_ridge']:.2f} s, ours "
+        f"{best['ours_ridge']:.2f} s -> ratio {record['ratio_min_norm_and_ridges']:.1f}x "
+        f"(max rel. diff {diff_ridge:.1e})"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"with GD length T = 1e4 too (spectral route): ours {best['ours_spectral']:.2f} s")

@@ -54,8 +54,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-FAULT_POINTS = ("atomic_dir.filled", "atomic_dir.rename", "atomic_write.rename", "jsonl.partial_line",
-                "store.before_success")
+FAULT_POINTS = (
+    "atomic_dir.filled",
+    "atomic_dir.rename",
+    "atomic_write.rename",
+    "jsonl.partial_line",
+    "store.before_success",
+)
 FAULT_WEIGHTS = (3, 3, 2, 1, 1)  # checkpoint writes weigh most: the issue asks for kills during them
 TIMING_KEYS = ("wall_s", "train_tokens_per_second")
 
@@ -63,28 +68,48 @@ TINY_PRETRAIN: dict[str, Any] = {
     "seed": 0,
     "data": {"name": "hmm", "seed": 0, "states": 4, "vocab_size": 16, "floor_sequences": 64},
     "model": {"preset": "llama-nano"},
-    "train": {"tokens": [2560, 5120], "batch_size": 8, "seq_len": 32, "warmup_steps": 3, "log_every": 2,
-              "lr": 1e-2},
+    "train": {
+        "tokens": [2560, 5120],
+        "batch_size": 8,
+        "seq_len": 32,
+        "warmup_steps": 3,
+        "log_every": 2,
+        "lr": 1e-2,
+    },
     "eval": {"batches": 2},
     "checkpoint": {"resume_every": 4},
 }
 
-SWEEP: dict[str, Any] = {"kind": "pretrain", "base": TINY_PRETRAIN,
-                         "axes": {"train.schedule": ["wsd", "cosine"]}, "seeds": [0, 1]}
+SWEEP: dict[str, Any] = {
+    "kind": "pretrain",
+    "base": TINY_PRETRAIN,
+    "axes": {"train.schedule": ["wsd", "cosine"]},
+    "seeds": [0, 1],
+}
 
 STUDY: dict[str, Any] = {
-    "pretrain": {**TINY_PRETRAIN, "train": {**TINY_PRETRAIN["train"], "tokens": [2560, 5120, 10240],
-                                            "log_every": 5},
-                 "checkpoint": {"log_spaced": False, "resume_every": 8},
-                 "monitor": {"start_step": 2, "per_doubling": 2, "window": 3, "patience": 1,
-                             "batch_size": 4}},
+    "pretrain": {
+        **TINY_PRETRAIN,
+        "train": {**TINY_PRETRAIN["train"], "tokens": [2560, 5120, 10240], "log_every": 5},
+        "checkpoint": {"log_spaced": False, "resume_every": 8},
+        "monitor": {"start_step": 2, "per_doubling": 2, "window": 3, "patience": 1, "batch_size": 4},
+    },
     "seeds": [0, 1],
-    "finetune": {"data": {"name": "hmm", "seed": 1, "states": 4, "vocab_size": 16, "floor_sequences": 64},
-                 "lrs": [1e-2], "train": {"steps": 4, "batch_size": 8, "log_every": 2}},
+    "finetune": {
+        "data": {"name": "hmm", "seed": 1, "states": 4, "vocab_size": 16, "floor_sequences": 64},
+        "lrs": [1e-2],
+        "train": {"steps": 4, "batch_size": 8, "log_every": 2},
+    },
     "sensitivity": {"gammas": [1.0, 4.0], "draws": 2, "eval_batches": 1, "batch_size": 4},
     "theory": {"dim": 8, "max_steps": 1000, "n_checkpoints": 5, "draws": 4, "seeds": [1, 2]},
-    "theory_control": {"dim": 8, "max_steps": 1000, "n_checkpoints": 5, "draws": 4, "seeds": [1, 2],
-                       "spectrum_exponent": 1.0},
+    "theory_control": {
+        "dim": 8,
+        "max_steps": 1000,
+        "n_checkpoints": 5,
+        "draws": 4,
+        "seeds": [1, 2],
+        "spectrum_exponent": 1.0,
+    },
     "bootstrap": 200,
 }
 
@@ -116,8 +141,9 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def attempt(cmd: list[str], env: dict[str, str], kill_after: float | None = None,
-            limit: float = 1800) -> dict[str, Any]:
+def attempt(
+    cmd: list[str], env: dict[str, str], kill_after: float | None = None, limit: float = 1800
+) -> dict[str, Any]:
     """Run `cmd` in its own process group; SIGKILL the group after `kill_after` seconds if given.
 
     Returns:
@@ -127,8 +153,9 @@ def attempt(cmd: list[str], env: dict[str, str], kill_after: float | None = None
     """
     t0 = time.monotonic()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
+        )
         deadline = t0 + (kill_after if kill_after is not None else limit)
         killed_by = None
         while proc.poll() is None:
@@ -180,8 +207,13 @@ def snapshot(home: Path) -> dict[str, Any]:
         except (OSError, ValueError):
             runs[key] = {"status": None}
             continue
-        runs[key] = {"status": m.get("status"), "attempts": m.get("attempts"), "outputs": m.get("outputs"),
-                     "info": _normal_info(m.get("info"), home), "error": m.get("error")}
+        runs[key] = {
+            "status": m.get("status"),
+            "attempts": m.get("attempts"),
+            "outputs": m.get("outputs"),
+            "info": _normal_info(m.get("info"), home),
+            "error": m.get("error"),
+        }
     return {"runs": runs, "temporaries": temporaries(home)}
 
 
@@ -192,8 +224,12 @@ def state_after_kill(home: Path, temporaries_before: set[str]) -> dict[str, Any]
     for r in snap["runs"].values():
         statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
     in_ckpt = [t for t in set(snap["temporaries"]) - temporaries_before if "/ckpt/" in f"/{t}"]
-    return {"statuses": statuses, "temporaries": len(snap["temporaries"]),
-            "mid_checkpoint_write": bool(in_ckpt), "partial_jsonl": _partial_lines(home)}
+    return {
+        "statuses": statuses,
+        "temporaries": len(snap["temporaries"]),
+        "mid_checkpoint_write": bool(in_ckpt),
+        "partial_jsonl": _partial_lines(home),
+    }
 
 
 def _partial_lines(home: Path) -> int:
@@ -221,8 +257,14 @@ def compare(ref: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]:
                 files.append(f"{key}/{rel}: {what}")
         if ref_runs[key].get("info") != got_runs[key].get("info"):
             info.append(key)
-    return {"lost": lost, "extra": extra, "not_success": not_success, "files_differ": files,
-            "info_differs": info, "temporaries": got["temporaries"]}
+    return {
+        "lost": lost,
+        "extra": extra,
+        "not_success": not_success,
+        "files_differ": files,
+        "info_differs": info,
+        "temporaries": got["temporaries"],
+    }
 
 
 def identical(diff: dict[str, Any]) -> bool:
@@ -250,8 +292,14 @@ def reference(workload: str, work: Path, control: bool = True) -> dict[str, Any]
         diff = compare(snap, snapshot(ctl_home))
         if again["rc"] != 0 or not identical(diff):
             raise SystemExit(f"two uninterrupted {workload} runs differ, nothing to compare against: {diff}")
-    return {"wall_s": run["wall_s"], "hits": hits, "runs": len(snap["runs"]), "snapshot": snap,
-            "control_identical": control, "workers": WORKLOADS[workload]["workers"]}
+    return {
+        "wall_s": run["wall_s"],
+        "hits": hits,
+        "runs": len(snap["runs"]),
+        "snapshot": snap,
+        "control_identical": control,
+        "workers": WORKLOADS[workload]["workers"],
+    }
 
 
 def plan_kills(rng: random.Random, ref: dict[str, Any], n_kills: int | None = None) -> list[dict[str, Any]]:
@@ -271,8 +319,14 @@ def plan_kills(rng: random.Random, ref: dict[str, Any], n_kills: int | None = No
     return kills
 
 
-def trial(index: int, workload: str, ref: dict[str, Any], kills: list[dict[str, Any]], work: Path,
-          keep: bool = False) -> dict[str, Any]:
+def trial(
+    index: int,
+    workload: str,
+    ref: dict[str, Any],
+    kills: list[dict[str, Any]],
+    work: Path,
+    keep: bool = False,
+) -> dict[str, Any]:
     """Run `workload` with `kills`, then to the end; compare the store with the reference."""
     home = work / f"trial-{index:02d}-{workload}"
     shutil.rmtree(home, ignore_errors=True)
@@ -291,16 +345,28 @@ def trial(index: int, workload: str, ref: dict[str, Any], kills: list[dict[str, 
     attempts = {k: r.get("attempts") for k, r in snapshot(home)["runs"].items()}
     if not keep and survived:
         shutil.rmtree(home, ignore_errors=True)
-    return {"trial": index, "workload": workload, "kills": log, "final": final, "survived": survived,
-            "kills_landed": sum(k["killed_by"] is not None for k in log),
-            "runs_redone": sum(1 for a in attempts.values() if (a or 0) > 1), "diff": diff}
+    return {
+        "trial": index,
+        "workload": workload,
+        "kills": log,
+        "final": final,
+        "survived": survived,
+        "kills_landed": sum(k["killed_by"] is not None for k in log),
+        "runs_redone": sum(1 for a in attempts.values() if (a or 0) > 1),
+        "diff": diff,
+    }
 
 
 def machine() -> dict[str, Any]:
     import torch
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-            "platform": platform.platform(), "load_avg": os.getloadavg()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_avg": os.getloadavg(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,28 +385,39 @@ def main(argv: list[str] | None = None) -> int:
     refs = {}
     for w in workloads:
         refs[w] = reference(w, work)
-        print(f"reference {w}: {refs[w]['runs']} runs in {refs[w]['wall_s']} s, control identical; "
-              f"fault-point hits {refs[w]['hits']}", flush=True)
+        print(
+            f"reference {w}: {refs[w]['runs']} runs in {refs[w]['wall_s']} s, control identical; "
+            f"fault-point hits {refs[w]['hits']}",
+            flush=True,
+        )
     results = []
     for i in range(args.trials):
         w = workloads[i % len(workloads)]
         kills = plan_kills(rng, refs[w])
         r = trial(i, w, refs[w], kills, work, keep=args.keep)
         results.append(r)
-        where = ", ".join(f"{k['point']}@{k['n']}" if k["mode"] == "fault" else f"timer {k['after_s']}s"
-                          for k in r["kills"])
+        where = ", ".join(
+            f"{k['point']}@{k['n']}" if k["mode"] == "fault" else f"timer {k['after_s']}s" for k in r["kills"]
+        )
         mid = " mid-checkpoint"
-        landed = "; ".join(f"{k['killed_by'] or 'finished'}{mid * k['after']['mid_checkpoint_write']}"
-                           for k in r["kills"])
-        print(f"trial {i} ({w}): kills [{where}] -> [{landed}]; {r['runs_redone']} runs redone; "
-              f"{'SURVIVED' if r['survived'] else 'FAILED ' + json.dumps(r['diff'])}", flush=True)
+        landed = "; ".join(
+            f"{k['killed_by'] or 'finished'}{mid * k['after']['mid_checkpoint_write']}" for k in r["kills"]
+        )
+        print(
+            f"trial {i} ({w}): kills [{where}] -> [{landed}]; {r['runs_redone']} runs redone; "
+            f"{'SURVIVED' if r['survived'] else 'FAILED ' + json.dumps(r['diff'])}",
+            flush=True,
+        )
     survived = sum(r["survived"] for r in results)
     kills = [k for r in results for k in r["kills"]]
     summary = {
-        "survived": survived, "trials": len(results),
-        "kills": len(kills), "kills_landed": sum(k["killed_by"] is not None for k in kills),
-        "killed_by": {str(w): sum(k["killed_by"] == w for k in kills)
-                      for w in ("timer", "fault", "worker", None)},
+        "survived": survived,
+        "trials": len(results),
+        "kills": len(kills),
+        "kills_landed": sum(k["killed_by"] is not None for k in kills),
+        "killed_by": {
+            str(w): sum(k["killed_by"] == w for k in kills) for w in ("timer", "fault", "worker", None)
+        },
         "kills_mid_checkpoint_write": sum(k["after"]["mid_checkpoint_write"] for k in kills),
         "kills_leaving_partial_jsonl_line": sum(bool(k["after"]["partial_jsonl"]) for k in kills),
         "fault_points_hit": sorted({k["point"] for k in kills if k["killed_by"] in ("fault", "worker")}),
@@ -353,8 +430,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         refs_out = {w: {k: v for k, v in r.items() if k != "snapshot"} for w, r in refs.items()}
-        args.out.write_text(json.dumps({"summary": summary, "machine": machine(), "seed": args.seed,
-                                        "references": refs_out, "trials": results}, indent=1) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "summary": summary,
+                    "machine": machine(),
+                    "seed": args.seed,
+                    "references": refs_out,
+                    "trials": results,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
         print(f"results: {args.out}")
     if args.work is None and survived == len(results):
         shutil.rmtree(work, ignore_errors=True)

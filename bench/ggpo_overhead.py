@@ -97,9 +97,18 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ggpo_overhead-cpu.json")
     args = ap.parse_args()
 
-    record = {"benchmark": "ggpo_overhead", "steps": args.steps, "repeats": args.repeats, "models": {},
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                          "threads": torch.get_num_threads()}}
+    record = {
+        "benchmark": "ggpo_overhead",
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "models": {},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+    }
     for model_name in args.models:
         setup = (lm_setup if model_name == "lm" else mlp_setup)()
         steps = {m: build(setup, m) for m in METHODS}
@@ -107,7 +116,7 @@ def main() -> None:
         order = list(METHODS)
         loads = []
         for rep in range(args.repeats):
-            for m in order[rep % len(order):] + order[: rep % len(order)]:
+            for m in order[rep % len(order) :] + order[: rep % len(order)]:
                 t0 = time.perf_counter()
                 for _ in range(args.steps):
                     steps[m]()
@@ -117,10 +126,17 @@ def main() -> None:
         rows = {}
         for m in METHODS:
             per_rep = [t / b for t, b in zip(times[m], times["lora"])]
-            rows[m] = {"median_s": statistics.median(times[m]), "ratio": statistics.median(times[m]) / base,
-                       "ratio_min": min(per_rep), "ratio_max": max(per_rep)}
-            print(f"{model_name:4s} {m:30s} {rows[m]['median_s'] * 1e3:8.2f} ms/step  {rows[m]['ratio']:.2f}x "
-                  f"[{rows[m]['ratio_min']:.2f}, {rows[m]['ratio_max']:.2f}]", flush=True)
+            rows[m] = {
+                "median_s": statistics.median(times[m]),
+                "ratio": statistics.median(times[m]) / base,
+                "ratio_min": min(per_rep),
+                "ratio_max": max(per_rep),
+            }
+            print(
+                f"{model_name:4s} {m:30s} {rows[m]['median_s'] * 1e3:8.2f} ms/step  {rows[m]['ratio']:.2f}x "
+                f"[{rows[m]['ratio_min']:.2f}, {rows[m]['ratio_max']:.2f}]",
+                flush=True,
+            )
         record["models"][model_name] = {"methods": rows, "load_avg_1m": loads}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

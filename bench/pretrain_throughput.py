@@ -67,10 +67,20 @@ from overtrain.training.schedules import warmup_stable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Per size: (vocab, batch size, seq len) that keep a CPU step in the 0.1-2 s range.
-DEFAULTS = {"nano": (64, 256, 64), "micro": (128, 64, 64), "tiny": (128, 32, 128), "small": (4096, 8, 256),
-            "medium": (8192, 8, 512), "base": (50304, 8, 1024)}
-MATRIX = [("llama-nano", 64, 256, 64, "float32"), ("llama-tiny", 128, 32, 128, "float32"),
-          ("llama-small", 4096, 8, 256, "float32"), ("llama-small", 4096, 8, 256, "bfloat16")]
+DEFAULTS = {
+    "nano": (64, 256, 64),
+    "micro": (128, 64, 64),
+    "tiny": (128, 32, 128),
+    "small": (4096, 8, 256),
+    "medium": (8192, 8, 512),
+    "base": (50304, 8, 1024),
+}
+MATRIX = [
+    ("llama-nano", 64, 256, 64, "float32"),
+    ("llama-tiny", 128, 32, 128, "float32"),
+    ("llama-small", 4096, 8, 256, "float32"),
+    ("llama-small", 4096, 8, 256, "bfloat16"),
+]
 LR, WD, BETAS, EPS, CLIP = 3e-3, 0.1, (0.9, 0.95), 1e-8, 1.0
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -85,13 +95,26 @@ def machine(device: torch.device) -> dict:
 
     cpu = platform.processor()
     with contextlib.suppress(OSError):
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), cpu)
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent)
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "cpus_usable": len(getattr(os, "sched_getaffinity", lambda _: range(os.cpu_count() or 0))(0)),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "git_commit": git.stdout.strip() or None, "device": device.type,
-            "device_name": cpu, "loadavg_start": os.getloadavg()}
+        cpu = next(
+            (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), cpu
+        )
+    git = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent
+    )
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(getattr(os, "sched_getaffinity", lambda _: range(os.cpu_count() or 0))(0)),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": git.stdout.strip() or None,
+        "device": device.type,
+        "device_name": cpu,
+        "loadavg_start": os.getloadavg(),
+    }
     if device.type == "cuda":
         info.update(device_name=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
     return info
@@ -143,8 +166,22 @@ def max_param_diff(a, b) -> float:
     return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
 
 
-def measure(preset="llama-small", vocab=None, batch_size=None, seq_len=None, steps=None, repeats=11, warmup=3,
-            device="cpu", dtype="float32", compile=False, data=None, target_s=1.5, peaks=None, seed=0) -> dict:
+def measure(
+    preset="llama-small",
+    vocab=None,
+    batch_size=None,
+    seq_len=None,
+    steps=None,
+    repeats=11,
+    warmup=3,
+    device="cpu",
+    dtype="float32",
+    compile=False,
+    data=None,
+    target_s=1.5,
+    peaks=None,
+    seed=0,
+) -> dict:
     """Time ours / reference / ours+data (see the module docstring) and return the result record.
 
     ``steps=None`` picks the steps per measurement so that one lasts about `target_s` seconds.
@@ -159,7 +196,9 @@ def measure(preset="llama-small", vocab=None, batch_size=None, seq_len=None, ste
     def make(i: int) -> torch.Tensor:
         if data == "hmm":
             return source.batch("train", i, batch_size, seq_len).to(device)
-        return torch.randint(0, vocab, (batch_size, seq_len), generator=torch_generator(seed, "bench", i)).to(device)
+        return torch.randint(0, vocab, (batch_size, seq_len), generator=torch_generator(seed, "bench", i)).to(
+            device
+        )
 
     torch.manual_seed(seed)
     base = build_model(ModelConfig(preset=preset), vocab, seq_len).to(device)
@@ -180,10 +219,22 @@ def measure(preset="llama-small", vocab=None, batch_size=None, seq_len=None, ste
         if name == "reference":
             losses[name].append(reference_steps(run[name], opts[name], batches, a, b, autocast, device))
         else:
-            batch_at = (lambda s: source.batch("train", s, batch_size, seq_len)) if name == "ours+data" \
+            batch_at = (
+                (lambda s: source.batch("train", s, batch_size, seq_len))
+                if name == "ours+data"
                 else (lambda s: batches[s % len(batches)])
-            stats = train_segment(run[name], opts[name], batch_at, lr_at, a, b, grad_clip=CLIP,
-                                  autocast_dtype=autocast, device=device)
+            )
+            stats = train_segment(
+                run[name],
+                opts[name],
+                batch_at,
+                lr_at,
+                a,
+                b,
+                grad_clip=CLIP,
+                autocast_dtype=autocast,
+                device=device,
+            )
             if name == "ours":
                 losses[name].append(stats.mean_loss)
         sync(device)
@@ -201,7 +252,7 @@ def measure(preset="llama-small", vocab=None, batch_size=None, seq_len=None, ste
     tok_s: dict[str, list[float]] = {k: [] for k in names}
     load = []  # 1-minute load average after each repeat: the machine may be shared
     for r in range(repeats):
-        for name in names[r % 3:] + names[: r % 3]:
+        for name in names[r % 3 :] + names[: r % 3]:
             tok_s[name].append(tokens / go(name, steps))
         load.append(os.getloadavg()[0])
     t = time.perf_counter()
@@ -213,23 +264,56 @@ def measure(preset="llama-small", vocab=None, batch_size=None, seq_len=None, ste
     med = {k: statistics.median(v) for k, v in tok_s.items()}
     ratios = [a / b for a, b in zip(tok_s["ours"], tok_s["reference"])]
     loss_diff = max(abs(a - b) for a, b in zip(losses["ours"], losses["reference"]))
-    return with_peaks({
-        "settings": {"preset": preset, "vocab": vocab, "batch_size": batch_size, "seq_len": seq_len,
-                     "tokens_per_step": batch_size * seq_len, "steps": steps, "repeats": repeats,
-                     "warmup": warmup, "device": device.type, "dtype": dtype, "compile": compile, "data": data,
-                     "lr": LR, "weight_decay": WD, "betas": BETAS, "grad_clip": CLIP, "seed": seed},
-        "model": {"params": count_params(models["ours"]), "N_flops": n_params, "flops_per_token": fpt,
-                  "hidden": base.config.hidden_size, "layers": base.config.num_hidden_layers},
-        "warmup_seconds": warm,
-        "tokens_per_s": tok_s, "loadavg_per_repeat": load, "median_tokens_per_s": med,
-        "ratio": med["ours"] / med["reference"], "ratio_paired_median": statistics.median(ratios),
-        "ratio_best": max(tok_s["ours"]) / max(tok_s["reference"]),
-        "ratio_per_repeat": ratios, "ratio_min": min(ratios), "ratio_max": max(ratios),
-        "data_ratio": med["ours+data"] / med["ours"], "hmm_sample_ms_per_batch": sample_ms,
-        "equivalence": {"losses_ours": losses["ours"], "losses_reference": losses["reference"],
-                        "max_loss_diff": loss_diff, "max_param_diff_after_warmup": warm_param_diff,
-                        "max_param_diff_end": max_param_diff(models["ours"], models["reference"])},
-    }, peaks or measure_peaks(device))
+    return with_peaks(
+        {
+            "settings": {
+                "preset": preset,
+                "vocab": vocab,
+                "batch_size": batch_size,
+                "seq_len": seq_len,
+                "tokens_per_step": batch_size * seq_len,
+                "steps": steps,
+                "repeats": repeats,
+                "warmup": warmup,
+                "device": device.type,
+                "dtype": dtype,
+                "compile": compile,
+                "data": data,
+                "lr": LR,
+                "weight_decay": WD,
+                "betas": BETAS,
+                "grad_clip": CLIP,
+                "seed": seed,
+            },
+            "model": {
+                "params": count_params(models["ours"]),
+                "N_flops": n_params,
+                "flops_per_token": fpt,
+                "hidden": base.config.hidden_size,
+                "layers": base.config.num_hidden_layers,
+            },
+            "warmup_seconds": warm,
+            "tokens_per_s": tok_s,
+            "loadavg_per_repeat": load,
+            "median_tokens_per_s": med,
+            "ratio": med["ours"] / med["reference"],
+            "ratio_paired_median": statistics.median(ratios),
+            "ratio_best": max(tok_s["ours"]) / max(tok_s["reference"]),
+            "ratio_per_repeat": ratios,
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+            "data_ratio": med["ours+data"] / med["ours"],
+            "hmm_sample_ms_per_batch": sample_ms,
+            "equivalence": {
+                "losses_ours": losses["ours"],
+                "losses_reference": losses["reference"],
+                "max_loss_diff": loss_diff,
+                "max_param_diff_after_warmup": warm_param_diff,
+                "max_param_diff_end": max_param_diff(models["ours"], models["reference"]),
+            },
+        },
+        peaks or measure_peaks(device),
+    )
 
 
 def with_peaks(r: dict, peaks: dict[str, float]) -> dict:
@@ -249,20 +333,26 @@ def default_out(s: dict) -> Path:
 
 
 def summary(results: list[dict]) -> str:
-    head = (f"{'config':<34} {'ours tok/s':>11} {'ref tok/s':>11} {'ratio [min, max]':>22} {'paired':>6} "
-            f"{'best':>6} {'+data tok/s':>11} {'MFU ours':>8} {'MFU ref':>8} {'loss diff':>9}")
+    head = (
+        f"{'config':<34} {'ours tok/s':>11} {'ref tok/s':>11} {'ratio [min, max]':>22} {'paired':>6} "
+        f"{'best':>6} {'+data tok/s':>11} {'MFU ours':>8} {'MFU ref':>8} {'loss diff':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in results:
         s, m = r["settings"], r["median_tokens_per_s"]
         cfg = f"{s['preset']} {s['batch_size']}x{s['seq_len']} V={s['vocab']} {s['dtype']}"
         cfg += " compiled" if s["compile"] else ""
         spread = f"{r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]"
-        lines.append(f"{cfg:<34} {m['ours']:>11,.0f} {m['reference']:>11,.0f} {spread:>22} "
-                     f"{r['ratio_paired_median']:>6.3f} {r['ratio_best']:>6.3f} {m['ours+data']:>11,.0f} "
-                     f"{r['mfu']['ours']:>8.1%} {r['mfu']['reference']:>8.1%} {r['equivalence']['max_loss_diff']:>9.1e}")
+        lines.append(
+            f"{cfg:<34} {m['ours']:>11,.0f} {m['reference']:>11,.0f} {spread:>22} "
+            f"{r['ratio_paired_median']:>6.3f} {r['ratio_best']:>6.3f} {m['ours+data']:>11,.0f} "
+            f"{r['mfu']['ours']:>8.1%} {r['mfu']['reference']:>8.1%} {r['equivalence']['max_loss_diff']:>9.1e}"
+        )
         if r["equivalence"]["max_param_diff_end"] > 1e-4:
-            lines.append(f"  ^ NOT EQUIVALENT: ours and reference diverged (max param diff "
-                         f"{r['equivalence']['max_param_diff_end']:.1e}); the ratio compares different work")
+            lines.append(
+                f"  ^ NOT EQUIVALENT: ours and reference diverged (max param diff "
+                f"{r['equivalence']['max_param_diff_end']:.1e}); the ratio compares different work"
+            )
     p = results[0]["peak_gflops"]
     lines.append(f"peak: fp32 {p['float32']:,.0f} GFLOP/s, bf16 {p['bfloat16']:,.0f} GFLOP/s")
     return "\n".join(lines)
@@ -281,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--dtype", choices=list(DTYPES), default="float32", help="autocast dtype")
     ap.add_argument("--compile", action="store_true", help="torch.compile every model copy")
-    ap.add_argument("--data", choices=["hmm", "random"], help="pre-generated batches (default: hmm if V<=1024)")
+    ap.add_argument(
+        "--data", choices=["hmm", "random"], help="pre-generated batches (default: hmm if V<=1024)"
+    )
     ap.add_argument("--out", type=Path, help="JSON path (default bench/results/pretrain_throughput-...)")
     ap.add_argument("--all", action="store_true", help="run the default CPU matrix, one JSON per config")
     args = ap.parse_args(argv)
@@ -294,14 +386,30 @@ def main(argv: list[str] | None = None) -> int:
     configs = MATRIX if args.all else [(args.preset, args.vocab, args.batch_size, args.seq_len, args.dtype)]
     results = []
     for preset, vocab, bs, T, dtype in configs:
-        r = measure(preset, vocab, bs, T, args.steps, args.repeats, args.warmup, device, dtype, args.compile,
-                    args.data, args.target_s, peaks)
+        r = measure(
+            preset,
+            vocab,
+            bs,
+            T,
+            args.steps,
+            args.repeats,
+            args.warmup,
+            device,
+            dtype,
+            args.compile,
+            args.data,
+            args.target_s,
+            peaks,
+        )
         # A peak is a best case: measure again after each config and keep the best, so that a busy spell
         # during one peak measurement cannot inflate MFU.
         peaks = {k: max(v, w) for (k, v), w in zip(peaks.items(), measure_peaks(device).values())}
         r = with_peaks(r, peaks)
-        r = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-             "machine": {**info, "loadavg_end": os.getloadavg()}, **r}
+        r = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": {**info, "loadavg_end": os.getloadavg()},
+            **r,
+        }
         out = default_out(r["settings"]) if args.all or not args.out else args.out
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(r, indent=1) + "\n")

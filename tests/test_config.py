@@ -35,7 +35,16 @@ class Outer(BaseConfig):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("2e6", 2_000_000), ("2M", 2_000_000), ("1.5k", 1500), ("300", 300), ("2_000", 2000), (3e3, 3000), ("67.1M", 67_100_000), ("1.05M", 1_050_000)],
+    [
+        ("2e6", 2_000_000),
+        ("2M", 2_000_000),
+        ("1.5k", 1500),
+        ("300", 300),
+        ("2_000", 2000),
+        (3e3, 3000),
+        ("67.1M", 67_100_000),
+        ("1.05M", 1_050_000),
+    ],
 )
 def test_counts_accept_scientific_and_suffixes(text, expected):
     assert Inner(tokens=text).tokens == expected

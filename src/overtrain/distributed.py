@@ -77,8 +77,11 @@ def active() -> bool:
     """True once the process group of a multi-process launch is up (collectives are live)."""
     import torch
 
-    return (torch.distributed.is_available() and torch.distributed.is_initialized()
-            and torch.distributed.get_world_size() > 1)
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
 
 
 def init(device: str = "cpu") -> World:
@@ -148,10 +151,12 @@ def shard(batch: torch.Tensor) -> torch.Tensor:
 
     size, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
     if batch.shape[0] % size:
-        raise UserError(f"a batch of {batch.shape[0]} sequences does not split over {size} processes; "
-                        f"make the batch size a multiple of {size}")
+        raise UserError(
+            f"a batch of {batch.shape[0]} sequences does not split over {size} processes; "
+            f"make the batch size a multiple of {size}"
+        )
     per = batch.shape[0] // size
-    return batch[rank * per:(rank + 1) * per]
+    return batch[rank * per : (rank + 1) * per]
 
 
 def all_mean(value: torch.Tensor) -> torch.Tensor:

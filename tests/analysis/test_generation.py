@@ -37,7 +37,7 @@ def test_bleu_by_hand():
     # clipping: four 7s against a reference with two
     assert gm.bleu([7, 7, 7, 7], [[7, 7]]) == pytest.approx((2 / 4 * 1 / 3 * 0.1 / 2 * 0.1 / 1) ** 0.25)
     # the closest reference length decides the penalty; no unigram in common scores 0
-    assert gm.bleu([1, 2], [[1, 2, 9, 9, 9], [1, 2, 9]]) == pytest.approx(math.exp(1 - 3 / 2) * 0.01 ** 0.25)
+    assert gm.bleu([1, 2], [[1, 2, 9, 9, 9], [1, 2, 9]]) == pytest.approx(math.exp(1 - 3 / 2) * 0.01**0.25)
     assert gm.bleu([1, 2], [[3, 4]]) == 0.0
 
 
@@ -49,7 +49,7 @@ def test_self_bleu_by_hand_and_against_the_pairwise_definition():
     rng = random.Random(0)
     for _ in range(30):
         docs = [[rng.randrange(4) for _ in range(rng.randint(1, 12))] for _ in range(rng.randint(2, 6))]
-        pairwise = np.mean([gm.bleu(d, docs[:i] + docs[i + 1:]) for i, d in enumerate(docs)])
+        pairwise = np.mean([gm.bleu(d, docs[:i] + docs[i + 1 :]) for i, d in enumerate(docs)])
         assert gm.self_bleu(docs) == pytest.approx(pairwise, abs=1e-12)
 
 
@@ -121,9 +121,18 @@ def _tiny_lm(vocab: int = 12):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=2, intermediate_size=32, max_position_embeddings=64,
-                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(20)  # peaked predictions: greedy text repeats itself, so it can be copied
@@ -138,13 +147,13 @@ def test_blocked_generation_never_emits_a_training_ngram():
     free = generate(model, prompts, 20)
     train = free.tolist()  # the model's own continuations: unblocked greedy copies them entirely
     k = 3
-    grams = {tuple(s[i:i + k + 1]) for s in train for i in range(len(s) - k)}
+    grams = {tuple(s[i : i + k + 1]) for s in train for i in range(len(s) - k)}
     for sampling in (None, SamplingConfig(temperature=1.0, top_p=1.0, top_k=0)):
         blocker = CitationBlocker(train, k)
         out = generate(model, prompts, 20, sampling=sampling, processors=[blocker], seed=(0,))
         full = torch.cat([prompts, out], 1).tolist()
         for row in full:
-            assert not any(tuple(row[j - k:j + 1]) in grams for j in range(prompts.shape[1], len(row)))
+            assert not any(tuple(row[j - k : j + 1]) in grams for j in range(prompts.shape[1], len(row)))
         assert gm.overlap_share(out.tolist(), train, k + 1) == 0.0
     assert gm.overlap_share(free.tolist(), train, k + 1) == 1.0
     # greedy with the blocker equals greedy without it up to the first banned step of each row
@@ -152,7 +161,7 @@ def test_blocked_generation_never_emits_a_training_ngram():
     for p, f, b in zip(prompts.tolist(), free.tolist(), blocked.tolist()):
         first = next(i for i, (x, y) in enumerate(zip(f, b)) if x != y)
         row, j = p + f, len(p) + first
-        assert tuple(row[j - k:j + 1]) in grams  # the first change is a banned choice of free greedy
+        assert tuple(row[j - k : j + 1]) in grams  # the first change is a banned choice of free greedy
 
 
 def test_generate_matches_transformers_and_the_blocker_plugs_into_it():
@@ -164,6 +173,10 @@ def test_generate_matches_transformers_and_the_blocker_plugs_into_it():
     prompts = torch.randint(0, 12, (3, 5), generator=torch.Generator().manual_seed(2))
     train = generate(model, prompts, 12).tolist()
     ours = generate(model, prompts, 12, processors=[CitationBlocker(train, 2)])
-    theirs = model.generate(prompts, max_new_tokens=12, do_sample=False,
-                            logits_processor=LogitsProcessorList([CitationBlocker(train, 2)]))
-    assert torch.equal(ours, theirs[:, prompts.shape[1]:]) and not torch.equal(ours, torch.tensor(train))
+    theirs = model.generate(
+        prompts,
+        max_new_tokens=12,
+        do_sample=False,
+        logits_processor=LogitsProcessorList([CitationBlocker(train, 2)]),
+    )
+    assert torch.equal(ours, theirs[:, prompts.shape[1] :]) and not torch.equal(ours, torch.tensor(train))

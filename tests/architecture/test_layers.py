@@ -63,16 +63,24 @@ def _imports() -> list[tuple[str, str, bool, int]]:
     for path in sorted(SRC.rglob("*.py")):
         module = _module_name(path)
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        nested = {id(sub) for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-                  for sub in ast.walk(node)}
+        nested = {
+            id(sub)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for sub in ast.walk(node)
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
                 targets = [_resolve(module, node)]
-                if targets[0] in ("overtrain", "overtrain.core", "overtrain.training", "overtrain.probes") or (
-                        targets[0] or "").count(".") == 1:
+                if (
+                    targets[0] in ("overtrain", "overtrain.core", "overtrain.training", "overtrain.probes")
+                    or (targets[0] or "").count(".") == 1
+                ):
                     # `from overtrain.core import perturb` imports a module of the package
-                    targets = [f"{targets[0]}.{a.name}" if _is_module(f"{targets[0]}.{a.name}") else targets[0]
-                               for a in node.names]
+                    targets = [
+                        f"{targets[0]}.{a.name}" if _is_module(f"{targets[0]}.{a.name}") else targets[0]
+                        for a in node.names
+                    ]
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             else:
@@ -102,7 +110,9 @@ def _rank(layer: str) -> int:
 
 def _study(module: str) -> str | None:
     parts = module.split(".")
-    return parts[2] if len(parts) > 2 and parts[1] == "studies" and module not in SHARED_STUDY_MODULES else None
+    return (
+        parts[2] if len(parts) > 2 and parts[1] == "studies" and module not in SHARED_STUDY_MODULES else None
+    )
 
 
 def _violation(src: str, dst: str) -> str | None:
@@ -138,8 +148,10 @@ def test_import_contracts(contract):
             if why:
                 problems.append(f"{src}:{line} imports {dst}: {why}")
         elif deferred and _layer(src) != "cli" and (src, dst) not in DEFERRED:
-            problems.append(f"{src}:{line} imports {dst} inside a function: move it to the top or list it in "
-                            "DEFERRED with the reason")
+            problems.append(
+                f"{src}:{line} imports {dst} inside a function: move it to the top or list it in "
+                "DEFERRED with the reason"
+            )
     assert not problems, "\n".join(problems)
 
 
@@ -152,3 +164,16 @@ def test_the_checker_sees_a_violation():
     assert _violation("overtrain.errors", "overtrain.config")
     assert _violation("overtrain.studies.lora_dd.engine", "overtrain.studies.lora_dd.plan") is None
     assert _violation("overtrain.probes.noise", "overtrain.core.perturb") is None
+
+
+MAX_LINES = 600
+"""A module longer than this does more than one job: split it by job."""
+
+
+def test_no_module_is_over_the_line_limit():
+    long = {
+        str(p.relative_to(SRC)): n
+        for p in SRC.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines: {long}"

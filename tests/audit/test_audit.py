@@ -49,8 +49,20 @@ def test_cli_audit_with_u_analysis_and_report(tmp_path, capsys, save_revisions):
     text = tmp_path / "ref.txt"
     text.write_text("To be, or not to be, that is the question. " * 40)
     with pytest.raises(SystemExit) as exc:
-        main(["audit", *map(str, dirs), "--text", str(text), "--probes", "reference_loss,noise",
-              "--report", str(tmp_path / "rep"), "--set", "seq_len=32"])
+        main(
+            [
+                "audit",
+                *map(str, dirs),
+                "--text",
+                str(text),
+                "--probes",
+                "reference_loss,noise",
+                "--report",
+                str(tmp_path / "rep"),
+                "--set",
+                "seq_len=32",
+            ]
+        )
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "tokens1M" in out and "reference loss" in out
@@ -101,8 +113,15 @@ def test_fingerprint_changes_when_weights_are_rewritten(tmp_path, save_revisions
 
 def test_audit_runs_the_curvature_probe_in_float32_under_bf16(tmp_path, save_revisions):
     dirs = save_revisions(tmp_path, "olmo2", ["step0", "step1"])
-    cfg = with_fingerprints(AuditConfig(models=dirs, probes=["sharpness"], seq_len=16, dtype="bfloat16",
-                                        settings={"sharpness": {"hutchinson_samples": 2, "iterations": 4}}))
+    cfg = with_fingerprints(
+        AuditConfig(
+            models=dirs,
+            probes=["sharpness"],
+            seq_len=16,
+            dtype="bfloat16",
+            settings={"sharpness": {"hutchinson_samples": 2, "iterations": 4}},
+        )
+    )
     store = Store()
     with Reader(store) as reader:
         rows = audit_table(reader, store.execute(RUN_KINDS.get("audit"), cfg).run_id)
@@ -112,12 +131,24 @@ def test_audit_runs_the_curvature_probe_in_float32_under_bf16(tmp_path, save_rev
 def test_inflection_row_follows_the_perturbed_loss():
     """A U-shaped init-scale perturbed loss over four token counts gives an interior T* and is_u; too few
     checkpoints with tokens, or only relative noise, give no row."""
-    checkpoints = [{"model_dir": f"d{i}", "tokens": t, "step": None, "order": o}
-                   for i, (t, o) in enumerate([(8e6, 0), (1e6, 1), (4e6, 2), (2e6, 3)])]
+    checkpoints = [
+        {"model_dir": f"d{i}", "tokens": t, "step": None, "order": o}
+        for i, (t, o) in enumerate([(8e6, 0), (1e6, 1), (4e6, 2), (2e6, 3)])
+    ]
     loss = {1e6: 3.0, 2e6: 2.5, 4e6: 2.6, 8e6: 2.9}  # the minimum at 2M tokens
-    rows = [{"law": law, "gamma": g, "draw": k, "loss": loss[c["tokens"]] + 0.01 * k + (g == 1.0),
-             "model_dir": c["model_dir"]}
-            for c in checkpoints for law in ("init_scale", "relative") for g in (1.0, 2.0) for k in range(3)]
+    rows = [
+        {
+            "law": law,
+            "gamma": g,
+            "draw": k,
+            "loss": loss[c["tokens"]] + 0.01 * k + (g == 1.0),
+            "model_dir": c["model_dir"],
+        }
+        for c in checkpoints
+        for law in ("init_scale", "relative")
+        for g in (1.0, 2.0)
+        for k in range(3)
+    ]
     row = inflection_row(checkpoints, rows)
     assert row["record"] == "inflection" and row["gamma"] == 2.0 and row["draws"] == 3
     assert row["t_star"] == 2e6 and row["is_u"] and row["interior"]

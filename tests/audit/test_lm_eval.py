@@ -41,11 +41,13 @@ def write_tasks(root):
     (root / "mc.yaml").write_text(
         "task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: data/mc.jsonl\n"
         "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
-        "doc_to_choice: '{{choices}}'\ndoc_to_target: label\nmetric_list:\n  - metric: acc\n")
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: label\nmetric_list:\n  - metric: acc\n"
+    )
     (root / "ppl.yaml").write_text(
         "task: tiny_ppl\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: data/docs.jsonl\n"
         "test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
-        "metric_list:\n  - metric: bits_per_byte\n  - metric: word_perplexity\n")
+        "metric_list:\n  - metric: bits_per_byte\n  - metric: word_perplexity\n"
+    )
     return root
 
 
@@ -65,7 +67,10 @@ def test_harness_matches_a_hand_computed_likelihood(tmp_path):
     """
     torch.manual_seed(0)
     model = build_model(ModelConfig(preset="llama-nano"), 256, 64).eval()
-    tasks = [lm_harness.load_task(f, tmp_path / "cache") for f in lm_harness.task_files([write_tasks(tmp_path / "t")])]
+    tasks = [
+        lm_harness.load_task(f, tmp_path / "cache")
+        for f in lm_harness.task_files([write_tasks(tmp_path / "t")])
+    ]
     rows, results = lm_harness.evaluate_tasks(model, byte_tokenizer(), tasks, lm_harness.LmEvalConfig())
     got = {(r["task"], r["metric"]): r for r in rows}
 
@@ -87,8 +92,9 @@ def test_harness_matches_a_hand_computed_likelihood(tmp_path):
 def test_limit_and_fewshot_settings_apply(tmp_path):
     model = build_model(ModelConfig(preset="llama-nano"), 256, 64).eval()
     tasks = [lm_harness.load_task(write_tasks(tmp_path / "t") / "mc.yaml")]
-    rows, results = lm_harness.evaluate_tasks(model, byte_tokenizer(), tasks,
-                                              lm_harness.LmEvalConfig(limit=2, num_fewshot=0))
+    rows, results = lm_harness.evaluate_tasks(
+        model, byte_tokenizer(), tasks, lm_harness.LmEvalConfig(limit=2, num_fewshot=0)
+    )
     assert {r["n"] for r in rows} == {2}
     assert results["n-shot"]["tiny_mc"] == 0
 
@@ -104,7 +110,9 @@ def test_only_local_single_task_yamls_are_accepted(tmp_path):
     with pytest.raises(DataError, match="nope.jsonl not found"):
         lm_harness.load_task(missing)
     url = root / "url.yaml"
-    url.write_text("task: u\ndataset_path: json\ndataset_kwargs: {data_files: {test: 'https://x.org/a.jsonl'}}\n")
+    url.write_text(
+        "task: u\ndataset_path: json\ndataset_kwargs: {data_files: {test: 'https://x.org/a.jsonl'}}\n"
+    )
     with pytest.raises(DataError, match="URL"):
         lm_harness.load_task(url)
     group = root / "group.yaml"
@@ -128,8 +136,20 @@ def test_cli_audit_scores_tasks_on_every_revision(tmp_path, capsys, save_revisio
     dirs = save_revisions(tmp_path, "neox", ["step0", "step10"])
     tasks = write_tasks(tmp_path / "tasks")
     with pytest.raises(SystemExit) as exc:
-        main(["audit", *map(str, dirs), "--probes", "none", "--lm-eval-tasks", str(tasks),
-              "--report", str(tmp_path / "rep"), "--set", "settings.lm_eval.batch_size=4"])
+        main(
+            [
+                "audit",
+                *map(str, dirs),
+                "--probes",
+                "none",
+                "--lm-eval-tasks",
+                str(tasks),
+                "--report",
+                str(tmp_path / "rep"),
+                "--set",
+                "settings.lm_eval.batch_size=4",
+            ]
+        )
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "tiny_mc acc" in out and "tiny_ppl bits_per_byte" in out
@@ -151,5 +171,4 @@ def test_cli_bad_task_inputs_are_one_line_errors(tmp_path, save_revisions, fails
     fails([str(good), "--lm-eval-tasks", str(root / "hub.yaml")], "not local")
     fails([str(good), "--lm-eval-tasks", str(tmp_path / "none.yaml")], "task file not found")
     fails([str(good), "--probes", "none"], "at least one probe or lm-eval task")
-    fails([str(good), "--lm-eval-tasks", str(root / "mc.yaml"), "--set", "settings.lm_eval.limit=0"],
-           "limit")
+    fails([str(good), "--lm-eval-tasks", str(root / "mc.yaml"), "--set", "settings.lm_eval.limit=0"], "limit")

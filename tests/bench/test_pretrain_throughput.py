@@ -23,8 +23,17 @@ def bench():
 
 
 def run(bench, dtype="float32"):
-    return bench.measure("llama-nano", vocab=64, batch_size=4, seq_len=16, steps=2, repeats=2, warmup=2,
-                         dtype=dtype, peaks=FAKE_PEAKS)
+    return bench.measure(
+        "llama-nano",
+        vocab=64,
+        batch_size=4,
+        seq_len=16,
+        steps=2,
+        repeats=2,
+        warmup=2,
+        dtype=dtype,
+        peaks=FAKE_PEAKS,
+    )
 
 
 @pytest.fixture(scope="module")

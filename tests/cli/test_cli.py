@@ -62,9 +62,13 @@ def test_pretrain_then_query_and_ls(capsys, home, tiny_yaml):
     assert code == 0 and "done" in out
     code, out, _ = cli(capsys, "pretrain", "--config", str(tiny_yaml))
     assert code == 0 and "already done" in out
-    code, out, _ = cli(capsys, "query", "select kind, status, count(*) as n from runs group by all", "--format", "json")
+    code, out, _ = cli(
+        capsys, "query", "select kind, status, count(*) as n from runs group by all", "--format", "json"
+    )
     assert code == 0 and json.loads(out) == [{"kind": "pretrain", "status": "success", "n": 1}]
-    code, out, _ = cli(capsys, "query", "select count(*) as n from metrics where name = 'val/loss'", "-f", "csv")
+    code, out, _ = cli(
+        capsys, "query", "select count(*) as n from metrics where name = 'val/loss'", "-f", "csv"
+    )
     assert code == 0 and int(out.splitlines()[1]) > 5
     code, out, err = cli(capsys, "query", "select nope from runs")
     assert code == 2 and len(err.strip().splitlines()) == 1
@@ -110,7 +114,9 @@ def test_sigkill_mid_run_then_rerun_matches_an_uninterrupted_run(tmp_path, tiny_
         return {**os.environ, "OVERTRAIN_HOME": str(home), "PYTHONUNBUFFERED": "1"}
 
     subprocess.run(command, env=env(tmp_path / "ref"), check=True, capture_output=True, timeout=300)
-    proc = subprocess.Popen(command, env=env(tmp_path / "kill"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        command, env=env(tmp_path / "kill"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 240
     state = None
     while time.monotonic() < deadline and proc.poll() is None:

@@ -51,15 +51,17 @@ def test_splits_are_disjoint_and_deterministic():
     assert len(docs.train) == 500 and len(docs.val) == 100
     assert not set(docs.val) & set(docs.train)
     assert docs.train == cfg.documents().train
-    other = validate(InstructionsConfig, {"name": "instructions", "examples": 500, "val_examples": 100,
-                                          "content_seed": 1})
+    other = validate(
+        InstructionsConfig, {"name": "instructions", "examples": 500, "val_examples": 100, "content_seed": 1}
+    )
     assert other.documents().train != docs.train
     assert docs.digest() != other.documents().digest()
 
 
 def test_task_mix_follows_the_config():
-    cfg = validate(InstructionsConfig, {"name": "instructions", "tasks": ["add"], "examples": 50,
-                                        "val_examples": 10})
+    cfg = validate(
+        InstructionsConfig, {"name": "instructions", "tasks": ["add"], "examples": 50, "val_examples": 10}
+    )
     assert all(d.startswith("Instruction: Add the two numbers.") for d in cfg.documents().train)
 
 
@@ -70,7 +72,9 @@ def test_batches_are_bytes_of_the_examples():
     x = src.batch("train", 3, 4, 48)
     assert x.shape == (4, 48)
     assert np.array_equal(x.numpy(), src.batch("train", 3, 4, 48).numpy())
-    joined = "\n\n".join(src_doc for src_doc in InstructionsConfig(examples=300, val_examples=50).documents().train)
+    joined = "\n\n".join(
+        src_doc for src_doc in InstructionsConfig(examples=300, val_examples=50).documents().train
+    )
     for row in x:
         assert bytes(row.tolist()).decode("utf-8", errors="replace") in joined
 

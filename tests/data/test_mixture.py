@@ -32,8 +32,9 @@ def test_registered_and_protocol():
 
 def test_rows_are_their_sources_rows_and_deterministic():
     src = build()
-    spans, copy = (validate(CopyConfig, {k: v for k, v in s.items() if k != "name"}).build()
-                   for s in (SPANS, COPY))
+    spans, copy = (
+        validate(CopyConfig, {k: v for k, v in s.items() if k != "name"}).build() for s in (SPANS, COPY)
+    )
     for split in ("train", "val"):
         for index in (0, 5):
             x = src.batch(split, index, 32, T)
@@ -55,9 +56,14 @@ def test_vocab_sizes_must_match():
         validate(MixtureConfig, {"sources": [SPANS, {**COPY, "vocab_size": 32}], "weights": [1, 1]}).build()
 
 
-@pytest.mark.parametrize(("data", "text"), [({"weights": [1.0]}, "one weight per source"),
-                                            ({"weights": [1.0, 0.0]}, "positive"),
-                                            ({"sources": []}, "sources")])
+@pytest.mark.parametrize(
+    ("data", "text"),
+    [
+        ({"weights": [1.0]}, "one weight per source"),
+        ({"weights": [1.0, 0.0]}, "positive"),
+        ({"sources": []}, "sources"),
+    ],
+)
 def test_bad_config_is_config_error(data, text):
     with pytest.raises(ConfigError, match=text):
         validate(MixtureConfig, {"sources": [SPANS, COPY], **data})

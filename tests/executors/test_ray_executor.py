@@ -23,7 +23,7 @@ from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.plan import Plan, PlanItem
 from overtrain.runs.store import Store
 from overtrain.training.finetune import FinetuneConfig
-from overtrain.training.pretrain import PretrainConfig
+from overtrain.training.pretrain_config import PretrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +43,16 @@ def _pretrain(tiny: dict, **changes) -> PretrainConfig:
 
 
 def _finetune(parent: PretrainConfig, checkpoint: str = "budget_5120") -> FinetuneConfig:
-    return validate(FinetuneConfig, {
-        "parent": config_hash(parent), "checkpoint": checkpoint,
-        "data": {"name": "hmm", "seed": 1, "states": 4, "vocab_size": 16, "floor_sequences": 64},
-        "train": {"steps": 6, "batch_size": 8, "lr": 1e-2, "log_every": 3}, "eval_batches": 2,
-    })
+    return validate(
+        FinetuneConfig,
+        {
+            "parent": config_hash(parent),
+            "checkpoint": checkpoint,
+            "data": {"name": "hmm", "seed": 1, "states": 4, "vocab_size": 16, "floor_sequences": 64},
+            "train": {"steps": 6, "batch_size": 8, "lr": 1e-2, "log_every": 3},
+            "eval_batches": 2,
+        },
+    )
 
 
 def _plan(tiny: dict) -> tuple[Plan, dict[str, str]]:
@@ -58,9 +63,14 @@ def _plan(tiny: dict) -> tuple[Plan, dict[str, str]]:
     bad = _pretrain(tiny, eval={"batches": 2, "extra": {"wide": {"name": "hmm", "vocab_size": 32}}})
     ft0, ft_missing, ft_bad = _finetune(pre0), _finetune(pre1, "budget_999"), _finetune(bad)
     pre, ft = RUN_KINDS.get("pretrain"), RUN_KINDS.get("finetune")
-    items = [PlanItem.from_config(ft, ft0), PlanItem.from_config(pre, pre0), PlanItem.from_config(pre, pre1),
-             PlanItem.from_config(pre, bad), PlanItem.from_config(ft, ft_missing),
-             PlanItem.from_config(ft, ft_bad)]
+    items = [
+        PlanItem.from_config(ft, ft0),
+        PlanItem.from_config(pre, pre0),
+        PlanItem.from_config(pre, pre1),
+        PlanItem.from_config(pre, bad),
+        PlanItem.from_config(ft, ft_missing),
+        PlanItem.from_config(ft, ft_bad),
+    ]
     names = ["ft0", "pre0", "pre1", "bad", "ft_missing", "ft_bad"]
     return Plan(items), {name: item.run_id for name, item in zip(names, items)}
 
@@ -71,8 +81,13 @@ def _failures(result, root) -> list[tuple[str, str]]:
 
 
 def _records(store: Store, plan: Plan) -> dict[str, dict[str, list[dict]]]:
-    return {item.run_id: {name: read_jsonl(store.run_dir(item.kind, item.run_id) / f"{name}.jsonl")
-                          for name in ("metrics", "evals")} for item in plan}
+    return {
+        item.run_id: {
+            name: read_jsonl(store.run_dir(item.kind, item.run_id) / f"{name}.jsonl")
+            for name in ("metrics", "evals")
+        }
+        for item in plan
+    }
 
 
 @pytest.mark.slow
@@ -89,7 +104,9 @@ def test_ray_runs_a_plan_like_the_local_executor(ray_instance, tiny_pretrain, tm
     assert by_ray.blocked == by_local.blocked == [ids["ft_bad"]]
     assert by_ray.exit_code == 1
     for item in plan:
-        assert store.status(item.kind, item.run_id) == Store(tmp_path / "local").status(item.kind, item.run_id)
+        assert store.status(item.kind, item.run_id) == Store(tmp_path / "local").status(
+            item.kind, item.run_id
+        )
     # the same numbers: the runs are deterministic and thread count only reorders float sums
     ours, theirs = _records(store, plan), _records(Store(tmp_path / "local"), plan)
     for run_id in (ids["pre0"], ids["pre1"], ids["ft0"]):
@@ -98,8 +115,11 @@ def test_ray_runs_a_plan_like_the_local_executor(ray_instance, tiny_pretrain, tm
             for mine, other in zip(ours[run_id][name], theirs[run_id][name]):
                 assert mine.keys() == other.keys()
                 for key, value in mine.items():
-                    assert value == (pytest.approx(other[key], rel=1e-5, abs=1e-7)
-                                     if isinstance(value, float) else other[key]), (run_id, name, key)
+                    assert value == (
+                        pytest.approx(other[key], rel=1e-5, abs=1e-7)
+                        if isinstance(value, float)
+                        else other[key]
+                    ), (run_id, name, key)
 
     # a rerun skips what succeeded and tries the failures again
     again = ray_run_plan(plan, store, progress=False, workers=1)
@@ -139,10 +159,17 @@ def test_without_ray_the_error_says_how_to_install(monkeypatch, tmp_path):
         ray_run_plan(plan, Store(tmp_path), progress=False)
 
 
-@pytest.mark.parametrize(("device", "cluster_gpus", "want"), [
-    ("cpu", True, 0), ("cuda", False, 1), ("cuda:1", True, 1), ("auto", True, 1), ("auto", False, 0),
-    (None, True, 0),
-])
+@pytest.mark.parametrize(
+    ("device", "cluster_gpus", "want"),
+    [
+        ("cpu", True, 0),
+        ("cuda", False, 1),
+        ("cuda:1", True, 1),
+        ("auto", True, 1),
+        ("auto", False, 0),
+        (None, True, 0),
+    ],
+)
 def test_a_run_asks_for_a_gpu_when_its_device_is_cuda(device, cluster_gpus, want):
     class Cfg:
         pass

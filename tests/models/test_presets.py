@@ -10,18 +10,23 @@ from overtrain.errors import ConfigError
 from overtrain.models.presets import ModelConfig, build_model, count_params
 
 
-@pytest.mark.parametrize(("preset", "vocab", "params"), [
-    ("llama-nano", 64, 10_320),  # science.md §1's CPU regime: d16, 2 layers, ffn 64, untied
-    ("llama-micro", 128, 41_120),  # science.md's "41K" model
-    ("llama-tiny", 128, 1_082_496),  # science.md's "1.08M" model
-])
+@pytest.mark.parametrize(
+    ("preset", "vocab", "params"),
+    [
+        ("llama-nano", 64, 10_320),  # science.md §1's CPU regime: d16, 2 layers, ffn 64, untied
+        ("llama-micro", 128, 41_120),  # science.md's "41K" model
+        ("llama-tiny", 128, 1_082_496),  # science.md's "1.08M" model
+    ],
+)
 def test_parameter_counts_match_the_science_notes(preset, vocab, params):
     assert count_params(build_model(ModelConfig(preset=preset), vocab, 64)) == params
 
 
 @pytest.mark.parametrize("preset", ["llama-nano", "olmo2-nano", "neox-nano"])
 def test_overrides_replace_preset_values(preset):
-    cfg = validate(ModelConfig, {"preset": preset, "overrides": {"tie_word_embeddings": True, "num_hidden_layers": 3}})
+    cfg = validate(
+        ModelConfig, {"preset": preset, "overrides": {"tie_word_embeddings": True, "num_hidden_layers": 3}}
+    )
     model = build_model(cfg, 16, 16)
     assert model.config.num_hidden_layers == 3
     assert model.get_input_embeddings().weight is model.get_output_embeddings().weight

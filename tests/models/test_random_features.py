@@ -29,7 +29,9 @@ def test_min_norm_matches_lstsq_at_every_width():
         # at P = n the interpolant is the most ill-conditioned fit of the sweep
         assert row["test_loss"] == pytest.approx(((F_test[:, :P] @ a - Y_test) ** 2).sum(1).mean(), rel=1e-7)
         # above n the residual of the dual solve is ~eps·κ²·||Y|| (κ ~ 1e4 at P = n): zero at this precision
-        assert row["train_loss"] == pytest.approx(((F[:, :P] @ a - Y) ** 2).sum(1).mean(), rel=1e-7, abs=1e-15)
+        assert row["train_loss"] == pytest.approx(
+            ((F[:, :P] @ a - Y) ** 2).sum(1).mean(), rel=1e-7, abs=1e-15
+        )
         assert row["norm"] == pytest.approx(np.linalg.norm(a), rel=1e-7)
         assert row["kappa"] == pytest.approx(np.linalg.cond(F[:, :P]), rel=1e-6)
     interp = [r for r in rows if r["width"] >= 40]
@@ -40,8 +42,11 @@ def test_ridge_matches_the_normal_equations():
     F, Y, F_test, Y_test = _problem()
     lam = 0.05
     n = F.shape[0]
-    rows = [r for r in sweep_widths(F, Y, F_test, WIDTHS, fits(ridges=[lam], n=n), Y_test=Y_test)
-            if r["solver"] == "ridge"]
+    rows = [
+        r
+        for r in sweep_widths(F, Y, F_test, WIDTHS, fits(ridges=[lam], n=n), Y_test=Y_test)
+        if r["solver"] == "ridge"
+    ]
     for row in rows:
         P = row["width"]
         a = np.linalg.solve(F[:, :P].T @ F[:, :P] + n * lam * np.eye(P), F[:, :P].T @ Y)
@@ -52,7 +57,9 @@ def test_ridge_matches_the_normal_equations():
 def test_gd_closed_form_matches_explicit_gradient_descent():
     F, Y, F_test, Y_test = _problem()
     T = 50
-    rows = [r for r in sweep_widths(F, Y, F_test, WIDTHS, fits(steps=[T]), Y_test=Y_test) if r["solver"] == "gd"]
+    rows = [
+        r for r in sweep_widths(F, Y, F_test, WIDTHS, fits(steps=[T]), Y_test=Y_test) if r["solver"] == "gd"
+    ]
     for row in rows:
         P = row["width"]
         Fp = F[:, :P]
@@ -101,10 +108,14 @@ def test_factorisation_route_equals_the_spectral_route_and_falls_back_when_rank_
     F, Y, F_test, Y_test = _problem()
     n = F.shape[0]
     fast = sweep_widths(F, Y, F_test, WIDTHS, fits(ridges=[1e-3, 0.1], n=n), Y_test=Y_test)
-    spectral = [r for r in sweep_widths(F, Y, F_test, WIDTHS, fits(ridges=[1e-3, 0.1], steps=[10], n=n),
-                                        Y_test=Y_test) if r["solver"] != "gd"]
+    spectral = [
+        r
+        for r in sweep_widths(F, Y, F_test, WIDTHS, fits(ridges=[1e-3, 0.1], steps=[10], n=n), Y_test=Y_test)
+        if r["solver"] != "gd"
+    ]
     assert [(r["width"], r["solver"], r["value"]) for r in fast] == [
-        (r["width"], r["solver"], r["value"]) for r in spectral]
+        (r["width"], r["solver"], r["value"]) for r in spectral
+    ]
     for a, b in zip(fast, spectral):
         for key in ("test_loss", "norm", "kappa"):
             assert a[key] == pytest.approx(b[key], rel=1e-6), (a["width"], a["solver"], key)

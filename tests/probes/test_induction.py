@@ -287,7 +287,7 @@ def test_probe_run_kind_on_a_pretraining_checkpoint(home, tiny_pretrain):
     from overtrain.runs.jsonl import read_jsonl
     from overtrain.runs.kinds.probe import ProbeRunConfig
     from overtrain.runs.store import Store
-    from overtrain.training.pretrain import PretrainConfig
+    from overtrain.training.pretrain_config import PretrainConfig
 
     store = Store()
     pre = store.execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, copy.deepcopy(tiny_pretrain)))

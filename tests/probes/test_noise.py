@@ -27,8 +27,6 @@ VOCAB, SEQ = 16, 16
 RTOL = 1e-5
 
 
-
-
 def _model(preset: str = "llama-nano", seed: int = 0):
     torch.manual_seed(seed)
     return build_model(ModelConfig(preset=preset), VOCAB, SEQ)
@@ -256,7 +254,7 @@ def test_probe_on_a_pretraining_run_with_its_step_zero_checkpoint(home, tiny_pre
     from overtrain.config import validate
     from overtrain.runs.store import Store
     from overtrain.training.checkpoint import list_checkpoints, load_checkpoint
-    from overtrain.training.pretrain import PretrainConfig
+    from overtrain.training.pretrain_config import PretrainConfig
 
     out = Store().execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, tiny_pretrain))
     ckpts = {c["name"]: c["path"] for c in list_checkpoints(out.dir)}

@@ -35,8 +35,6 @@ VOCAB, SEQ = 16, 16
 ALPHA = 1e-6  # two-sided tail probability of each per-tensor chi-square check
 
 
-
-
 def _model(preset: str = "llama-nano", seed: int = 0, **overrides):
     torch.manual_seed(seed)
     return build_model(ModelConfig(preset=preset, overrides=overrides), VOCAB, SEQ)

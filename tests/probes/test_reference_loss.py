@@ -126,7 +126,7 @@ def test_probe_run_kind_on_the_parent_data_and_on_a_user_file(home, tiny_pretrai
     from overtrain.runs.kinds.probe import ProbeRunConfig
     from overtrain.runs.store import Store
     from overtrain.training.checkpoint import load_checkpoint
-    from overtrain.training.pretrain import PretrainConfig
+    from overtrain.training.pretrain_config import PretrainConfig
 
     pre_file, user_file = tmp_path / "pre.txt", tmp_path / "mine.txt"
     pre_file.write_text(_text(0))
@@ -162,7 +162,7 @@ def test_probe_run_kind_on_the_parent_data_and_on_a_user_file(home, tiny_pretrai
 def test_probe_run_kind_refuses_data_of_another_vocabulary(home, tiny_pretrain, tmp_path):
     from overtrain.runs.kinds.probe import ProbeRunConfig
     from overtrain.runs.store import Store
-    from overtrain.training.pretrain import PretrainConfig
+    from overtrain.training.pretrain_config import PretrainConfig
 
     text = tmp_path / "mine.txt"
     text.write_text(_text(2))

@@ -39,9 +39,17 @@ def _tiny_llama(seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-        intermediate_size=16, max_position_embeddings=32, initializer_range=0.5,
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        vocab_size=VOCAB,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=32,
+        initializer_range=0.5,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
     )
     return LlamaForCausalLM(cfg).double()  # sdpa by default: the functions must switch to eager
 
@@ -232,11 +240,16 @@ def test_sam_follows_its_taylor_expansion_and_restores_the_weights(exact):
     model, batches, names, hess = exact
     before = _snapshot(model)
     rho = 1e-2
-    res = sharpness(model, batches, SharpnessConfig(params="all", include=SUBSET, top_k=0,
-                                                    hutchinson_samples=0, rho=[rho]))
+    res = sharpness(
+        model,
+        batches,
+        SharpnessConfig(params="all", include=SUBSET, top_k=0, hutchinson_samples=0, rho=[rho]),
+    )
     _assert_unchanged(model, before)
     point = res.sam[0]
-    assert point.value > 0 and point.radius == rho and point.loss == pytest.approx(res.base_loss + point.value)
+    assert (
+        point.value > 0 and point.radius == rho and point.loss == pytest.approx(res.base_loss + point.value)
+    )
     grad = _flat(dict(zip(names, _grads(model, batches, names))), names)
     unit = grad / grad.norm()
     assert res.grad_norm == pytest.approx(grad.norm().item(), rel=1e-10)
@@ -261,11 +274,17 @@ def _grads(model, batches, names):
     model.eval()
     tokens = sum(x[:, 1:].numel() for x in batches)
     with eager_attention(model):
-        loss = sum(
-            torch.nn.functional.cross_entropy(
-                model(input_ids=x).logits[:, :-1].reshape(-1, VOCAB), x[:, 1:].reshape(-1), reduction="sum"
-            ) for x in batches
-        ) / tokens
+        loss = (
+            sum(
+                torch.nn.functional.cross_entropy(
+                    model(input_ids=x).logits[:, :-1].reshape(-1, VOCAB),
+                    x[:, 1:].reshape(-1),
+                    reduction="sum",
+                )
+                for x in batches
+            )
+            / tokens
+        )
         return torch.autograd.grad(loss, [params[n] for n in names])
 
 
@@ -305,8 +324,16 @@ def test_zero_curvature_gives_zeros(case, method):
     else:  # a parameter no forward uses: no gradient at all (the allow_unused path)
         model.unused = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
         params = "unused"
-    cfg = SharpnessConfig(params="all", include=params, top_k=3, method=method, iterations=5,
-                          hutchinson_samples=4, rho=[0.1, 1.0], ascent_steps=2)
+    cfg = SharpnessConfig(
+        params="all",
+        include=params,
+        top_k=3,
+        method=method,
+        iterations=5,
+        hutchinson_samples=4,
+        rho=[0.1, 1.0],
+        ascent_steps=2,
+    )
     res = sharpness(model, batches, cfg)
     assert res.eigen.values == (0.0, 0.0, 0.0) and res.grad_norm == 0.0
     assert res.trace.mean == 0.0 and res.trace.se == 0.0
@@ -336,7 +363,9 @@ def test_every_family(preset, subset):
     got = _flat(hvp(wide, batches, _split(wide, names, v)), names)
     torch.testing.assert_close(got, hess @ v, rtol=RTOL, atol=ATOL * (hess @ v).abs().max().item())
     lan = hessian_eigenvalues(wide, batches, 2, params=subset, iterations=hess.shape[0])
-    torch.testing.assert_close(torch.tensor(lan.values, dtype=torch.float64), _spectrum(hess)[:2], rtol=RTOL, atol=0)
+    torch.testing.assert_close(
+        torch.tensor(lan.values, dtype=torch.float64), _spectrum(hess)[:2], rtol=RTOL, atol=0
+    )
 
     before = _snapshot(model)
     res = sharpness(model, batches, SharpnessConfig(top_k=2, iterations=8, hutchinson_samples=4, rho=[0.05]))
@@ -358,10 +387,15 @@ def test_lora_model_with_the_lora_filter():
     batches = _batches(n=1, batch=2)
     names, hess = exact_hessian(model, batches, "lora_")
     assert len(names) == 4 and hess.shape == (64, 64)
-    res = sharpness(model, batches, SharpnessConfig(include="lora_", top_k=3, iterations=64,
-                                                    hutchinson_samples=0, rho=[1e-3]))
+    res = sharpness(
+        model,
+        batches,
+        SharpnessConfig(include="lora_", top_k=3, iterations=64, hutchinson_samples=0, rho=[1e-3]),
+    )
     assert res.tensors == tuple(names) and res.n_params == 64
-    torch.testing.assert_close(torch.tensor(res.eigen.values, dtype=torch.float64), _spectrum(hess)[:3], rtol=RTOL, atol=0)
+    torch.testing.assert_close(
+        torch.tensor(res.eigen.values, dtype=torch.float64), _spectrum(hess)[:3], rtol=RTOL, atol=0
+    )
     assert res.eigen.values[0] > 0 and res.sam[0].value > 0
     # the default selection is the trainable parameters: on a PEFT model exactly the LoRA factors
     assert sharpness(model, batches, SharpnessConfig(top_k=0, hutchinson_samples=0, rho=[])).n_params == 64
@@ -385,7 +419,9 @@ def test_bf16_autocast_is_refused_and_half_weights_get_a_float32_copy():
     with pytest.warns(UserWarning, match="float32 copy"):
         res = probe.run(half, batches)
     _assert_unchanged(half, before)
-    assert res.dtype == "float32" and "torch.float16" in res.note and res.summary_rows()[0]["dtype"] == "float32"
+    assert (
+        res.dtype == "float32" and "torch.float16" in res.note and res.summary_rows()[0]["dtype"] == "float32"
+    )
     assert math.isfinite(res.lambda_max) and all(p.dtype == torch.float16 for p in half.parameters())
 
 
@@ -394,16 +430,24 @@ def test_bf16_autocast_is_refused_and_half_weights_get_a_float32_copy():
 
 def test_rows_and_summary(exact):
     model, batches, _, _ = exact
-    cfg = SharpnessConfig(include=SUBSET, params="all", top_k=2, iterations=10, hutchinson_samples=3,
-                          rho=[0.01, 0.1])
+    cfg = SharpnessConfig(
+        include=SUBSET, params="all", top_k=2, iterations=10, hutchinson_samples=3, rho=[0.01, 0.1]
+    )
     res = sharpness(model, batches, cfg)
     rows = res.rows(step=7)
     assert [r["quantity"] for r in rows] == ["eigenvalue", "eigenvalue", "trace", "sam", "sam"]
     assert all(r["probe"] == "sharpness" and r["step"] == 7 and r["base_loss"] == res.base_loss for r in rows)
     assert [r["index"] for r in rows[:2]] == [0, 1] and rows[0]["value"] == res.lambda_max
     assert rows[0]["method"] == "lanczos" and rows[0]["residual"] >= 0
-    assert rows[2] == {"probe": "sharpness", "quantity": "trace", "value": res.trace.mean, "se": res.trace.se,
-                       "samples": 3, "base_loss": res.base_loss, "step": 7}
+    assert rows[2] == {
+        "probe": "sharpness",
+        "quantity": "trace",
+        "value": res.trace.mean,
+        "se": res.trace.se,
+        "samples": 3,
+        "base_loss": res.base_loss,
+        "step": 7,
+    }
     assert [(r["rho"], r["value"]) for r in rows[3:]] == [(p.rho, p.value) for p in res.sam]
     (summary,) = res.summary_rows(step=7)
     assert summary["lambda_max"] == res.lambda_max and summary["trace"] == res.trace.mean
@@ -411,9 +455,17 @@ def test_rows_and_summary(exact):
     assert summary["sam/0.01"] == res.sam[0].value and summary["sam/0.1"] == res.sam[1].value
     assert summary["tokens"] == 2 * 4 * (SEQ - 1) and summary["step"] == 7
     with eager_attention(model):  # the attention the loss was measured with (sdpa differs at ~1e-9)
-        want = sum(torch.nn.functional.cross_entropy(model(input_ids=x).logits[:, :-1].reshape(-1, VOCAB),
-                                                     x[:, 1:].reshape(-1), reduction="sum").item()
-                   for x in batches) / summary["tokens"]
+        want = (
+            sum(
+                torch.nn.functional.cross_entropy(
+                    model(input_ids=x).logits[:, :-1].reshape(-1, VOCAB),
+                    x[:, 1:].reshape(-1),
+                    reduction="sum",
+                ).item()
+                for x in batches
+            )
+            / summary["tokens"]
+        )
     assert summary["base_loss"] == pytest.approx(want, rel=1e-12)
 
 
@@ -444,8 +496,9 @@ def test_registered_probe_and_its_batches():
 
     assert PROBES.get("sharpness") is SharpnessProbe and SharpnessProbe.config_cls is SharpnessConfig
     source = HMMConfig(vocab_size=VOCAB, states=4, floor_sequences=64).build()
-    probe = SharpnessProbe(SharpnessConfig(eval_batches=2, batch_size=3, top_k=1, iterations=3,
-                                           hutchinson_samples=0, rho=[]))
+    probe = SharpnessProbe(
+        SharpnessConfig(eval_batches=2, batch_size=3, top_k=1, iterations=3, hutchinson_samples=0, rho=[])
+    )
     xs = probe.batches(source, SEQ)
     assert len(xs) == 2 and all(torch.equal(x, source.batch("val", i, 3, SEQ)) for i, x in enumerate(xs))
     torch.manual_seed(0)
@@ -459,12 +512,18 @@ def test_probe_run_kind_on_a_pretraining_checkpoint(home, tiny_pretrain):
     from overtrain.runs.jsonl import read_jsonl
     from overtrain.runs.kinds.probe import ProbeRunConfig
     from overtrain.runs.store import Store
-    from overtrain.training.pretrain import PretrainConfig
+    from overtrain.training.pretrain_config import PretrainConfig
 
     store = Store()
     pre = store.execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, tiny_pretrain))
-    settings = {"top_k": 2, "iterations": 6, "hutchinson_samples": 3, "rho": [0.01, 0.05],
-                "eval_batches": 1, "batch_size": 4}
+    settings = {
+        "top_k": 2,
+        "iterations": 6,
+        "hutchinson_samples": 3,
+        "rho": [0.01, 0.05],
+        "eval_batches": 1,
+        "batch_size": 4,
+    }
     base = {"parent": pre.run_id, "checkpoint": "budget_5120", "probe": "sharpness"}
     out = store.execute(RUN_KINDS.get("probe"), validate(ProbeRunConfig, {**base, "settings": settings}))
     rows = read_jsonl(out.dir / "probes.jsonl")
@@ -480,7 +539,8 @@ def test_probe_run_kind_on_a_pretraining_checkpoint(home, tiny_pretrain):
     with pytest.raises(ConfigError, match="settings.rho: .*>= 0"):
         validate(ProbeRunConfig, {**base, "settings": {"rho": [-0.1]}})
     # a bf16 probe run measures curvature in float32 anyway (the probe declares float32_only)
-    bf16 = store.execute(RUN_KINDS.get("probe"),
-                         validate(ProbeRunConfig, {**base, "settings": settings, "dtype": "bfloat16"}))
+    bf16 = store.execute(
+        RUN_KINDS.get("probe"), validate(ProbeRunConfig, {**base, "settings": settings, "dtype": "bfloat16"})
+    )
     (bf16_summary,) = read_jsonl(bf16.dir / "evals.jsonl")
     assert bf16_summary["lambda_max"] == pytest.approx(summary["lambda_max"], rel=1e-6)

@@ -9,7 +9,7 @@ from overtrain.errors import UnknownNameError, UserError
 from overtrain.registry import RUN_KINDS
 from overtrain.report.build import build_report
 from overtrain.runs.store import Store
-from overtrain.training.pretrain import PretrainConfig
+from overtrain.training.pretrain_config import PretrainConfig
 
 
 def test_empty_store_is_a_user_error(home, tmp_path):

@@ -36,7 +36,9 @@ def test_write_json_is_strict_json_with_nan_as_null(tmp_path):
     import numpy as np
 
     target = tmp_path / "m.json"
-    atomic_write_json(target, {"loss": math.nan, "inf": -math.inf, "np": np.float32(0.5), "arr": np.arange(2)})
+    atomic_write_json(
+        target, {"loss": math.nan, "inf": -math.inf, "np": np.float32(0.5), "arr": np.arange(2)}
+    )
     text = target.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"loss": None, "inf": None, "np": 0.5, "arr": [0, 1]}
@@ -91,5 +93,7 @@ def test_json_safe_handles_odd_values():
 
     import torch
 
-    out = atomic.json_safe({1: (Path("/x"), {3}), "t": torch.tensor(2.5), "nan_t": torch.tensor(float("nan"))})
+    out = atomic.json_safe(
+        {1: (Path("/x"), {3}), "t": torch.tensor(2.5), "nan_t": torch.tensor(float("nan"))}
+    )
     assert out == {"1": ["/x", [3]], "t": 2.5, "nan_t": None}

@@ -16,13 +16,19 @@ def test_two_sweeps_on_one_store_run_each_run_once(tmp_path, tiny_pretrain):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({"kind": "pretrain", "base": tiny_pretrain, "seeds": [0, 1, 2]}))
     executions = tmp_path / "executions.txt"
-    env = {**os.environ, "OVERTRAIN_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1",
-           # every run that finishes its work passes this point once, in whichever process runs it
-           "OVERTRAIN_FAULT_COUNT": str(executions)}
+    env = {
+        **os.environ,
+        "OVERTRAIN_HOME": str(tmp_path / "home"),
+        "OMP_NUM_THREADS": "1",
+        # every run that finishes its work passes this point once, in whichever process runs it
+        "OVERTRAIN_FAULT_COUNT": str(executions),
+    }
     env.pop("OVERTRAIN_FAULT", None)
     command = [sys.executable, "-m", "overtrain.cli.main", "sweep", str(sweep)]
-    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=600) for p in procs]
     for proc, (_, err) in zip(procs, outputs):
         assert proc.returncode == 0, err  # neither sweep fails on the other's busy runs

@@ -40,8 +40,10 @@ def test_a_bad_fault_spec_is_refused(monkeypatch):
 
 
 def test_a_fault_point_kills_its_process_at_the_nth_hit(tmp_path):
-    code = ("from overtrain.core.atomic import fault_point\n"
-            "for i in range(5):\n    fault_point('atomic_dir.filled')\n    print(i, flush=True)\n")
+    code = (
+        "from overtrain.core.atomic import fault_point\n"
+        "for i in range(5):\n    fault_point('atomic_dir.filled')\n    print(i, flush=True)\n"
+    )
     env = {**os.environ, "OVERTRAIN_FAULT": "atomic_dir.filled@3"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL and proc.stdout.split() == ["0", "1"]
@@ -61,8 +63,14 @@ def test_killed_inside_checkpoint_writes_and_mid_line_then_resumed_equals_uninte
     assert result["kills"][0]["after"]["mid_checkpoint_write"]
     assert result["kills"][1]["after"]["partial_jsonl"] == 1
     assert result["final"]["rc"] == 0, result["final"]
-    assert result["diff"] == {"lost": [], "extra": [], "not_success": [], "files_differ": [],
-                              "info_differs": [], "temporaries": []}
+    assert result["diff"] == {
+        "lost": [],
+        "extra": [],
+        "not_success": [],
+        "files_differ": [],
+        "info_differs": [],
+        "temporaries": [],
+    }
     assert result["survived"]
 
 

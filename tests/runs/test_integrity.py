@@ -21,7 +21,8 @@ from overtrain.runs.kinds import RunKind
 from overtrain.runs.store import DamagedRunWarning, Store
 from overtrain.training import checkpoint as ckpt
 from overtrain.training.finetune import FinetuneConfig
-from overtrain.training.pretrain import PretrainConfig, _Job
+from overtrain.training.pretrain import _Job
+from overtrain.training.pretrain_config import PretrainConfig
 
 
 class ToyConfig(BaseConfig):
@@ -57,8 +58,13 @@ def _damage(path, how):
 def test_success_manifest_hashes_every_file(home):
     out = Store().execute(TOY, ToyConfig())
     outputs = json.loads((out.dir / "manifest.json").read_text())["outputs"]
-    assert set(outputs) == {"config.yaml", "metrics.jsonl", "ckpt/final/weights.bin", "ckpt/final/meta.json",
-                            f"ckpt/final/{CHECKSUMS}"}
+    assert set(outputs) == {
+        "config.yaml",
+        "metrics.jsonl",
+        "ckpt/final/weights.bin",
+        "ckpt/final/meta.json",
+        f"ckpt/final/{CHECKSUMS}",
+    }
     assert outputs["metrics.jsonl"] == sha256_file(out.dir / "metrics.jsonl")
     assert Store().verify("toy", out.run_id) == []
     assert verify_checksums(out.dir / "ckpt" / "final") == []
@@ -137,10 +143,16 @@ def test_a_damaged_parent_fails_its_child_then_the_rerun_redoes_the_parent(home,
     store = Store()
     pre_cfg = validate(PretrainConfig, tiny_pretrain)
     pre = store.execute(RUN_KINDS.get("pretrain"), pre_cfg)
-    ft_cfg = validate(FinetuneConfig, {
-        "parent": pre.run_id, "checkpoint": "budget_5120", "eval_batches": 1,
-        "data": {"name": "hmm", "seed": 1, "states": 4, "vocab_size": 16, "floor_sequences": 64},
-        "train": {"steps": 2, "batch_size": 4, "log_every": 1}})
+    ft_cfg = validate(
+        FinetuneConfig,
+        {
+            "parent": pre.run_id,
+            "checkpoint": "budget_5120",
+            "eval_batches": 1,
+            "data": {"name": "hmm", "seed": 1, "states": 4, "vocab_size": 16, "floor_sequences": 64},
+            "train": {"steps": 2, "batch_size": 4, "log_every": 1},
+        },
+    )
     _damage(pre.dir / "ckpt" / "budget_5120" / "model.safetensors", "truncate")
     with pytest.raises(CheckpointError, match="budget_5120: model.safetensors: sha256 mismatch"):
         store.execute(RUN_KINDS.get("finetune"), ft_cfg)

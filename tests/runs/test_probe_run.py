@@ -12,16 +12,26 @@ from overtrain.registry import RUN_KINDS
 from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.kinds.probe import ProbeRunConfig
 from overtrain.runs.store import Store
-from overtrain.training.pretrain import PretrainConfig
+from overtrain.training.pretrain_config import PretrainConfig
 
 
 def test_noise_probe_on_a_budget_checkpoint(home, tiny_pretrain):
     store = Store()
     pre = store.execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, tiny_pretrain))
-    cfg = validate(ProbeRunConfig, {
-        "parent": pre.run_id, "checkpoint": "budget_5120",
-        "settings": {"gammas": [0.0, 2.0], "draws": 2, "eval_batches": 1, "batch_size": 4, "law": "init_scale"},
-    })
+    cfg = validate(
+        ProbeRunConfig,
+        {
+            "parent": pre.run_id,
+            "checkpoint": "budget_5120",
+            "settings": {
+                "gammas": [0.0, 2.0],
+                "draws": 2,
+                "eval_batches": 1,
+                "batch_size": 4,
+                "law": "init_scale",
+            },
+        },
+    )
     out = store.execute(RUN_KINDS.get("probe"), cfg)
     rows = read_jsonl(out.dir / "probes.jsonl")
     assert len(rows) == 2 * 2 and all(r["checkpoint"] == "budget_5120" and r["budget"] == 5120 for r in rows)

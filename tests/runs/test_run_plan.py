@@ -35,7 +35,9 @@ def _noop(cfg, run) -> None:
 
 
 PARENT = RunKind("parent", PConfig, _noop)
-CHILD = RunKind("child", CConfig, _noop, parents=lambda cfg: [("parent", config_hash(PConfig(n=cfg.parent_n)))])
+CHILD = RunKind(
+    "child", CConfig, _noop, parents=lambda cfg: [("parent", config_hash(PConfig(n=cfg.parent_n)))]
+)
 
 
 @pytest.fixture
@@ -94,7 +96,11 @@ def test_summary_reports_store_status_and_what_varies(home):
     items.append(PlanItem.from_config(CHILD, CConfig(parent_n=2)))
     store.execute(PARENT, PConfig(n=1))
     rows = Plan(items).summary(store)
-    assert [(r["kind"], r["status"]) for r in rows] == [("parent", "success"), ("parent", "new"), ("child", "new")]
+    assert [(r["kind"], r["status"]) for r in rows] == [
+        ("parent", "success"),
+        ("parent", "new"),
+        ("child", "new"),
+    ]
     assert rows[0]["description"] == "n=1" and rows[1]["description"] == "n=2"
     assert rows[2]["run_id"] == config_hash(CConfig(parent_n=2))
     assert rows[2]["description"] == f"(after {items[1].run_id})"

@@ -75,16 +75,25 @@ def test_metrics_long_format(store):
     con = connect(store)
     types = dict(con.sql("select column_name, column_type from (describe metrics)").fetchall())
     assert types == {
-        "run_id": "VARCHAR", "kind": "VARCHAR", "step": "BIGINT", "tokens_seen": "BIGINT",
-        "name": "VARCHAR", "value": "DOUBLE", "tags": "VARCHAR",
+        "run_id": "VARCHAR",
+        "kind": "VARCHAR",
+        "step": "BIGINT",
+        "tokens_seen": "BIGINT",
+        "name": "VARCHAR",
+        "value": "DOUBLE",
+        "tags": "VARCHAR",
     }
     rows = con.sql(
         "select m.step, m.tokens_seen, m.name, m.value, m.tags from metrics m join runs r using (run_id) "
         "where r.status = 'success' order by step, name"
     ).fetchall()
     assert [r[:4] for r in rows] == [
-        (1, 100, "diverged", None), (1, 100, "train/loss", 1.0), (1, 100, "val/loss", 2.0),
-        (2, 200, "diverged", None), (2, 200, "train/loss", 0.5), (2, 200, "val/loss", 1.0),
+        (1, 100, "diverged", None),
+        (1, 100, "train/loss", 1.0),
+        (1, 100, "val/loss", 2.0),
+        (2, 200, "diverged", None),
+        (2, 200, "train/loss", 0.5),
+        (2, 200, "val/loss", 1.0),
     ]
     assert json.loads(rows[0][4]) == {"branch": "main", "is_final": False}
     assert json.loads(rows[-1][4]) == {"branch": "main", "is_final": True}
@@ -101,7 +110,9 @@ def test_partial_last_line_is_skipped(store):
     assert query(f"select max(step) from metrics where run_id = '{run_id}'", store).to_pylist() == [
         {"max(step)": 2}
     ]
-    assert query(f"select count(*) as n from probes where run_id = '{run_id}'", store).to_pylist() == [{"n": 2}]
+    assert query(f"select count(*) as n from probes where run_id = '{run_id}'", store).to_pylist() == [
+        {"n": 2}
+    ]
 
 
 def test_probes_and_evals_are_wide(store):
@@ -113,7 +124,10 @@ def test_probes_and_evals_are_wide(store):
     assert noise[0]["sigma"] == 0.01 and noise[0]["top_eig"] is None
     assert sharp[0]["top_eig"] == 3.0 and sharp[0]["sigma"] is None
     evals = query("select kind, task, acc, n from evals order by n", store).to_pylist()
-    assert evals == [{"kind": "q", "task": "copy", "acc": 0.5, "n": 2}, {"kind": "q", "task": "copy", "acc": 0.5, "n": 3}]
+    assert evals == [
+        {"kind": "q", "task": "copy", "acc": 0.5, "n": 2},
+        {"kind": "q", "task": "copy", "acc": 0.5, "n": 3},
+    ]
 
 
 def test_mixed_types_fall_back_to_text(home):
@@ -153,7 +167,16 @@ def test_format_json_csv_table(store):
 
     text = format_table(table, "table")
     lines = text.splitlines()
-    assert lines[0].split() == ["kind", "status", "attempts", "timed", "third", "nothing", "parents", "started_at"]
+    assert lines[0].split() == [
+        "kind",
+        "status",
+        "attempts",
+        "timed",
+        "third",
+        "nothing",
+        "parents",
+        "started_at",
+    ]
     assert lines[2].split()[:6] == ["q", "success", "1", "true", "0.333333", "NULL"]
     assert all(line == line.rstrip() for line in lines)
 

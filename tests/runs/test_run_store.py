@@ -48,7 +48,9 @@ def toy_run(cfg: ToyConfig, run) -> None:
             raise RuntimeError(f"crashed after step {step}")
         run.sync()
         with atomic_dir(run.ckpt_dir("latest")) as tmp:
-            (tmp / "state.json").write_text(json.dumps({"step": step, "metric_lines": run.line_count("metrics")}))
+            (tmp / "state.json").write_text(
+                json.dumps({"step": step, "metric_lines": run.line_count("metrics")})
+            )
     if cfg.fail:
         raise ValueError("toy failure\nwith a second line")
 
@@ -67,11 +69,19 @@ def test_execute_writes_config_manifest_and_metrics(home):
     outcome = store.execute(TOY, cfg, on_progress=lambda done, total: seen.append((done, total)))
 
     run_id = config_hash(cfg)
-    assert (outcome.run_id, outcome.kind, outcome.skipped, outcome.status) == (run_id, "toy", False, "success")
+    assert (outcome.run_id, outcome.kind, outcome.skipped, outcome.status) == (
+        run_id,
+        "toy",
+        False,
+        "success",
+    )
     run_dir = home / "runs" / "toy" / run_id
     assert outcome.dir == run_dir == store.run_dir("toy", run_id)
     assert yaml.safe_load((run_dir / "config.yaml").read_text()) == {
-        "n": 3, "fail": False, "crash_after": None, "device": "cuda:0"
+        "n": 3,
+        "fail": False,
+        "crash_after": None,
+        "device": "cuda:0",
     }
     m = store.manifest("toy", run_id)
     assert m["status"] == "success" and m["run_id"] == run_id and m["kind"] == "toy"
@@ -375,7 +385,8 @@ def test_a_waiting_writer_skips_the_run_the_holder_finished(tmp_path):
         kind = RunKind("locky", LockyConfig, lambda cfg, run: ran.append(1))
         store = Store(root)
         waiter = threading.Thread(
-            target=lambda: outcome.append(store.execute(kind, LockyConfig(), wait=True)))
+            target=lambda: outcome.append(store.execute(kind, LockyConfig(), wait=True))
+        )
         waiter.start()
         time.sleep(0.3)
         assert waiter.is_alive() and not outcome  # waiting on the holder, not failing

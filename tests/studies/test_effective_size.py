@@ -43,10 +43,12 @@ def test_fit_that_does_not_fall_with_size_is_not_inverted():
 
 @pytest.mark.parametrize(
     ("n", "loss", "form", "text"),
-    [([1e4, 1e4], [3.0, 3.1], "auto", "2 distinct"),
-     ([1e4, 1e5, 1e6], [3.0, 2.9, 2.8], "offset", "at least 4"),
-     ([1e4, -1e5], [3.0, 2.9], "auto", "positive"),
-     ([1e4, 1e5], [3.0], "auto", "equal-length")],
+    [
+        ([1e4, 1e4], [3.0, 3.1], "auto", "2 distinct"),
+        ([1e4, 1e5, 1e6], [3.0, 2.9, 2.8], "offset", "at least 4"),
+        ([1e4, -1e5], [3.0, 2.9], "auto", "positive"),
+        ([1e4, 1e5], [3.0], "auto", "equal-length"),
+    ],
 )
 def test_bad_inputs(n, loss, form, text):
     with pytest.raises(ValueError, match=text):

@@ -24,13 +24,26 @@ EXCERPT = Path(str(resources.files("overtrain.data").joinpath("fixtures/shakespe
 TEXT = {"name": "text", "train": [str(EXCERPT)], "tokenizer": "byte"}
 
 TINY = {
-    "pretrain": {"data": TEXT, "model": {"preset": "llama-nano"},
-                 "train": {"tokens": [2048], "batch_size": 8, "seq_len": 32, "warmup_steps": 2, "lr": 1e-2},
-                 "eval": {"batches": 1}, "checkpoint": {"log_spaced": False, "step_zero": False}},
+    "pretrain": {
+        "data": TEXT,
+        "model": {"preset": "llama-nano"},
+        "train": {"tokens": [2048], "batch_size": 8, "seq_len": 32, "warmup_steps": 2, "lr": 1e-2},
+        "eval": {"batches": 1},
+        "checkpoint": {"log_spaced": False, "step_zero": False},
+    },
     "train": {"sequences": 8, "batch_size": 4, "epochs": 4, "eval_every": 2, "lr": 1e-2},
     "ablation_sequences": [4],
-    "eval": {"prompts": 6, "prompt_len": 8, "new_tokens": 16, "ttr_window": 12, "samples": 1,
-             "val_batches": 1, "val_batch_size": 6, "match_positions": 64, "batch_size": 4},
+    "eval": {
+        "prompts": 6,
+        "prompt_len": 8,
+        "new_tokens": 16,
+        "ttr_window": 12,
+        "samples": 1,
+        "val_batches": 1,
+        "val_batch_size": 6,
+        "match_positions": 64,
+        "batch_size": 4,
+    },
     "bootstrap": 100,
 }
 
@@ -73,8 +86,15 @@ def test_study_runs_every_run_and_stores_its_rows(study_store):
 
     rows = query("select * from evals where run_id = ?", store, [study_id]).to_pylist()
     comparison = {r["setting"]: r for r in rows if r["record"] == "comparison"}
-    assert list(comparison) == ["human", "base_greedy", "base_nucleus", "base_matched", "hyperfit", "blocked",
-                                "ablation_4"]
+    assert list(comparison) == [
+        "human",
+        "base_greedy",
+        "base_nucleus",
+        "base_matched",
+        "hyperfit",
+        "blocked",
+        "ablation_4",
+    ]
     for r in comparison.values():
         assert 0 < r["ttr"] <= 1 and r["ttr_ci_low"] <= r["ttr"] <= r["ttr_ci_high"] and r["base_nll"] > 0
     temp = next(r for r in rows if r["record"] == "temperature")
@@ -87,8 +107,11 @@ def test_study_runs_every_run_and_stores_its_rows(study_store):
     samples = [r for r in rows if r["record"] == "sample"]
     assert len(samples) == 4 * (1 + 7)
     runs = [(r["child_kind"], r["child_id"], r["sequences"]) for r in rows if r["record"] == "run"]
-    assert runs == [("pretrain", the_plan.items[0].run_id, None), ("hyperfit_train", ids[8], 8),
-                    ("hyperfit_train", ids[4], 4)]  # the report finds the study's runs here
+    assert runs == [
+        ("pretrain", the_plan.items[0].run_id, None),
+        ("hyperfit_train", ids[8], 8),
+        ("hyperfit_train", ids[4], 4),
+    ]  # the report finds the study's runs here
 
 
 def test_rerun_skips_and_report_renders(study_store, tmp_path):
@@ -98,8 +121,9 @@ def test_rerun_skips_and_report_renders(study_store, tmp_path):
     page = build_report(tmp_path / "rep", "hyperfit", study_store["store"]).read_text()
     assert "Hyperfitting: claims" in page and (tmp_path / "rep" / "hyperfit_curves.png").is_file()
     assert (tmp_path / "rep" / "hyperfit_settings.png").is_file()
-    texts = query("select text from evals where run_id = ? and record = 'sample'", study_store["store"],
-                  [study_id]).to_pylist()
+    texts = query(
+        "select text from evals where run_id = ? and record = 'sample'", study_store["store"], [study_id]
+    ).to_pylist()
     assert all(html.escape(_text(r["text"])) in page for r in texts)  # generated text is escaped
 
 
@@ -110,8 +134,13 @@ def test_a_local_checkpoint_can_be_the_base(study_store, tmp_path, monkeypatch):
     model_dir = tmp_path / "my-model"
     shutil.copytree(study_store["store"].run_dir("pretrain", pre.run_id) / "ckpt" / "budget_2048", model_dir)
     study = STUDIES.get("hyperfit")
-    local = {**TINY, "base_model": str(model_dir), "data": {**TEXT, "tokenizer": "parent"},
-             "ablation_sequences": [], "train": {**TINY["train"], "epochs": 2}}
+    local = {
+        **TINY,
+        "base_model": str(model_dir),
+        "data": {**TEXT, "tokenizer": "parent"},
+        "ablation_sequences": [],
+        "train": {**TINY["train"], "epochs": 2},
+    }
     cfg = study.load_config(None, None, _overrides(local))
     the_plan = STUDY.plan(cfg)
     assert [item.kind for item in the_plan.items] == ["hyperfit_train", "hyperfit"]
@@ -119,8 +148,11 @@ def test_a_local_checkpoint_can_be_the_base(study_store, tmp_path, monkeypatch):
     result, study_id = study.run(cfg, study_store["store"], progress=False)
     assert result.ok
     assert study_id == the_plan.items[-1].run_id
-    claims = query("select claim, verdict from evals where run_id = ? and record = 'claim'", study_store["store"],
-                   [study_id]).to_pylist()
+    claims = query(
+        "select claim, verdict from evals where run_id = ? and record = 'claim'",
+        study_store["store"],
+        [study_id],
+    ).to_pylist()
     assert claims[-1]["verdict"] == "N/A"  # no ablation
 
 
@@ -132,8 +164,17 @@ def test_bad_inputs_are_one_line_user_errors(home, tmp_path):
     with pytest.raises(ConfigError, match="exceeds the base model's context"):
         study.load_config(None, None, [*_overrides(TINY), "eval.new_tokens=40"])
     with pytest.raises(CheckpointError, match="checkpoint not found"):
-        study.plan(study.load_config(None, None, [*_overrides(TINY), f"base_model={tmp_path / 'none'}",
-                                                     f"data={json.dumps({**TEXT, 'tokenizer': 'parent'})}"]))
+        study.plan(
+            study.load_config(
+                None,
+                None,
+                [
+                    *_overrides(TINY),
+                    f"base_model={tmp_path / 'none'}",
+                    f"data={json.dumps({**TEXT, 'tokenizer': 'parent'})}",
+                ],
+            )
+        )
     with pytest.raises(UserError, match="base_model needs"):
         study.plan(study.load_config(None, None, [*_overrides(TINY), f"base_model={tmp_path}"]))
     with pytest.raises(DataError, match="overtrain data prepare shakespeare"):  # default preset, unprepared

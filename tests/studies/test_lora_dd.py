@@ -19,8 +19,17 @@ from overtrain.studies.lora_dd.config import LoraMlpConfig
 from overtrain.studies.lora_dd.lm_part import run_lora_lm
 from overtrain.studies.lora_dd.mlp_part import pretrain_base, task_data
 
-SMALL = ["lm=null", "mlp.hidden=32", "mlp.pretrain_steps=150", "mlp.ranks=[1,4,16]", "mlp.seeds=[0,1]", "mlp.steps=60",
-         "mlp.curve_every=20", "mlp.sharpness_draws=4", "mlp.hessian_iterations=5"]
+SMALL = [
+    "lm=null",
+    "mlp.hidden=32",
+    "mlp.pretrain_steps=150",
+    "mlp.ranks=[1,4,16]",
+    "mlp.seeds=[0,1]",
+    "mlp.steps=60",
+    "mlp.curve_every=20",
+    "mlp.sharpness_draws=4",
+    "mlp.hessian_iterations=5",
+]
 
 
 def _evals(store: Store, kind: str, run_id: str) -> list[dict]:
@@ -36,9 +45,13 @@ def test_study_trains_every_cell_and_reports(home, tmp_path):
     rows = _evals(store, "lora_dd", study.compute_kind().run_id(cfg))
     cells = [r for r in rows if r["record"] == "cell"]
     assert {(r["method"], r["rank"], r["seed"]) for r in cells} == {
-        (m, r, s) for m in ("lora", "flat_lora", "lora_ggpo") for r in (1, 4, 16) for s in (0, 1)}
-    first = {(r["method"], r["rank"], r["seed"]): r["train_loss"] for r in rows
-             if r["record"] == "train_curve" and r["step"] == 1}
+        (m, r, s) for m in ("lora", "flat_lora", "lora_ggpo") for r in (1, 4, 16) for s in (0, 1)
+    }
+    first = {
+        (r["method"], r["rank"], r["seed"]): r["train_loss"]
+        for r in rows
+        if r["record"] == "train_curve" and r["step"] == 1
+    }
     for r in cells:
         assert r["trainable_params"] == r["rank"] * (64 + 32 + 32 + 32)
         assert 0 <= r["test_acc"] <= 1 and r["hessian_top"] > 0
@@ -55,9 +68,19 @@ def test_study_trains_every_cell_and_reports(home, tmp_path):
     assert "LoRA double descent" in html and (tmp_path / "rep" / "lora_dd_mlp_rank.png").is_file()
 
 
-LM_SMALL = ["mlp=null", "lm.model.preset=llama-nano", "lm.pretrain_steps=40", "lm.seq_len=16", "lm.n_train=4",
-            "lm.n_test=8", "lm.ranks=[1,4]", "lm.steps=30", "lm.curve_every=10", "lm.sharpness_draws=3",
-            "lm.hessian_iterations=4"]
+LM_SMALL = [
+    "mlp=null",
+    "lm.model.preset=llama-nano",
+    "lm.pretrain_steps=40",
+    "lm.seq_len=16",
+    "lm.n_train=4",
+    "lm.n_test=8",
+    "lm.ranks=[1,4]",
+    "lm.steps=30",
+    "lm.curve_every=10",
+    "lm.sharpness_draws=3",
+    "lm.hessian_iterations=4",
+]
 
 
 def test_language_model_part_adapts_a_pretrained_lm(home, tmp_path):
@@ -71,13 +94,17 @@ def test_language_model_part_adapts_a_pretrained_lm(home, tmp_path):
     rows = _evals(store, "lora_dd", run_id)
     cells = [r for r in rows if r["record"] == "cell"]
     assert {(r["method"], r["rank"], r["seed"]) for r in cells} == {
-        (m, r, s) for m in ("lora", "flat_lora", "lora_ggpo") for r in (1, 4) for s in (0, 1)}
+        (m, r, s) for m in ("lora", "flat_lora", "lora_ggpo") for r in (1, 4) for s in (0, 1)
+    }
     info = json.loads((run / "manifest.json").read_text())["info"]
     # llama-nano: 2 layers, q_proj and v_proj 16 -> 16: r·2·2·(16 + 16) trainable parameters
     assert info["lm_params_per_rank"] == 128 and info["lm_train_targets"] == 4 * 15
     assert info["lm_base_pretrain_loss"] < 0.98 * math.log(64)  # the base learned its language
-    first = {(r["method"], r["rank"], r["seed"]): r["train_loss"] for r in rows
-             if r["record"] == "train_curve" and r["step"] == 1}
+    first = {
+        (r["method"], r["rank"], r["seed"]): r["train_loss"]
+        for r in rows
+        if r["record"] == "train_curve" and r["step"] == 1
+    }
     for r in cells:
         assert r["task"] == "lm" and r["trainable_params"] == 128 * r["rank"]
         assert r["train_loss"] < first[r["method"], r["rank"], r["seed"]]  # it trained
@@ -116,7 +143,8 @@ def test_sharpness_proxy_matches_its_closed_form_on_a_quadratic():
     v_i = (ρ²/d_in)·‖W'_i‖²; the Monte-Carlo mean must be within 4 of its standard errors."""
     torch.manual_seed(0)
     model = FINETUNE_METHODS.get("lora")(rank=2, alpha=2, target_modules=["0"]).apply(
-        torch.nn.Sequential(torch.nn.Linear(6, 3)))
+        torch.nn.Sequential(torch.nn.Linear(6, 3))
+    )
     layer = model.base_model.model[0]
     with torch.no_grad():
         layer.lora_B["default"].weight.normal_()

@@ -249,8 +249,16 @@ def test_rows_round_trip():
 def test_study_claims_are_decided_from_the_stored_rows():
     """The study's run stores each part's curve rows and one sweep row; the analysis rebuilds the sweeps
     from them (as read back from JSON) and decides the same claims as the in-memory sweeps."""
-    parts = {"modelwise": {"data": TINY_DATA, "widths": [3, 7, 12], "seeds": [2, 0], "steps": 30, "eval_every": 10},
-             "epochwise": {"data": TINY_DATA, "widths": [12], "steps": 30, "eval_every": 10}}
+    parts = {
+        "modelwise": {
+            "data": TINY_DATA,
+            "widths": [3, 7, 12],
+            "seeds": [2, 0],
+            "steps": 30,
+            "eval_every": 10,
+        },
+        "epochwise": {"data": TINY_DATA, "widths": [12], "steps": 30, "eval_every": 10},
+    }
     cfg = MLPDoubleDescentConfig.model_validate(parts)
     rows, info = compute(cfg)
     assert set(info) == {"wall_s", "modelwise_wall_s", "epochwise_wall_s"}

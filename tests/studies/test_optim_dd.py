@@ -48,19 +48,25 @@ def _problem(S=2, n=N, d=5, p_max=60, k=1, m=40):
     return np.stack(Fs), np.stack(Ys), np.stack(Fts), np.stack(Yts), init
 
 
-@pytest.mark.parametrize("setting", [
-    OptimizerSetting(batch_size=4, lr=0.3, epochs=6, init_scale=0.5),
-    # 7 does not divide n = 30: the last batch of an epoch is smaller
-    OptimizerSetting(batch_size=7, lr=0.2, epochs=5, momentum=0.9, normalization="sqrt_p"),
-    OptimizerSetting(optimizer="adam", lr_units="absolute", lr=1e-2, batch_size=8, epochs=4, init_scale=0.1),
-    OptimizerSetting(optimizer="adam", lr_units="absolute", lr=3e-2, epochs=20, normalization="sqrt_p"),
-])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        OptimizerSetting(batch_size=4, lr=0.3, epochs=6, init_scale=0.5),
+        # 7 does not divide n = 30: the last batch of an epoch is smaller
+        OptimizerSetting(batch_size=7, lr=0.2, epochs=5, momentum=0.9, normalization="sqrt_p"),
+        OptimizerSetting(
+            optimizer="adam", lr_units="absolute", lr=1e-2, batch_size=8, epochs=4, init_scale=0.1
+        ),
+        OptimizerSetting(optimizer="adam", lr_units="absolute", lr=3e-2, epochs=20, normalization="sqrt_p"),
+    ],
+)
 def test_batched_widths_equal_training_each_width_alone(setting):
     F, Y, Ft, Yt, init = _problem(k=2)
     batched = train_readouts(F, Y, WIDTHS, setting, F_test=Ft, Y_test=Yt, init=init, order_seed=3)
     for w, P in enumerate(WIDTHS):
-        alone = train_readouts(F[:, :, :P], Y, [P], setting, F_test=Ft[:, :, :P], Y_test=Yt, init=init[:, :P],
-                               order_seed=3)
+        alone = train_readouts(
+            F[:, :, :P], Y, [P], setting, F_test=Ft[:, :, :P], Y_test=Yt, init=init[:, :P], order_seed=3
+        )
         # the padded rows never move, and the width's rows are its own training run up to summation order
         assert np.all(batched.readouts[:, P:, w] == 0)
         np.testing.assert_allclose(batched.readouts[:, :P, w], alone.readouts[:, :, 0], rtol=1e-9, atol=1e-12)
@@ -97,8 +103,9 @@ def test_zero_init_gd_converges_to_the_min_norm_solution():
 def test_update_rules_match_torch_optim(optimizer):
     F, Y, _, _, init = _problem(S=1, k=2)
     P, lr, B = 25, 1e-2, 6
-    setting = OptimizerSetting(optimizer=optimizer, lr_units="absolute", lr=lr, batch_size=B, epochs=3,
-                               momentum=0.8, init_scale=0.2)
+    setting = OptimizerSetting(
+        optimizer=optimizer, lr_units="absolute", lr=lr, batch_size=B, epochs=3, momentum=0.8, init_scale=0.2
+    )
     ours = train_readouts(F[:, :, :P], Y, [P], setting, init=init[:, :P], order_seed=5).readouts[0, :, 0]
     a = torch.tensor(0.2 * init[0, :P], requires_grad=True)
     opt = torch.optim.Adam([a], lr=lr) if optimizer == "adam" else torch.optim.SGD([a], lr=lr, momentum=0.8)
@@ -109,7 +116,7 @@ def test_update_rules_match_torch_optim(optimizer):
     for _ in range(3):
         order = torch.randperm(N, generator=gen)
         for start in range(0, N, B):
-            idx = order[start: start + B]
+            idx = order[start : start + B]
             opt.zero_grad()
             loss = 0.5 * ((Ft[idx] @ a - Yt[idx]) ** 2).sum(1).mean()
             loss.backward()
@@ -126,7 +133,7 @@ def test_standardize_adds_an_intercept_and_keeps_the_threshold_at_n():
     np.testing.assert_allclose(Z[0, :, 1:].std(0), 1, rtol=1e-12)
     # centred columns alone would have rank n − 1 at P = n; with the intercept the n x n matrix is full rank
     assert np.linalg.matrix_rank(Z[0, :, :N]) == N
-    assert np.linalg.matrix_rank(Z[0, :, 1:N + 1]) == N - 1
+    assert np.linalg.matrix_rank(Z[0, :, 1 : N + 1]) == N - 1
 
 
 def test_width_scales():
@@ -164,8 +171,9 @@ def _small_config(**kw):
             OptimizerSetting(name="GD short", lr=0.5, epochs=10),
             OptimizerSetting(name="SGD b=8", batch_size=8, lr=0.3, epochs=20),
             OptimizerSetting(name="Adam", optimizer="adam", lr_units="absolute", lr=1e-2, epochs=300),
-            OptimizerSetting(name="GD heavy ball std", momentum=0.99, epochs=600,
-                             normalization="standardize"),
+            OptimizerSetting(
+                name="GD heavy ball std", momentum=0.99, epochs=600, normalization="standardize"
+            ),
         ],
         spearman_boot=200,
     )
@@ -188,8 +196,16 @@ def test_claims_on_a_reduced_run():
     assert rank.verdict in ("PASS", "FAIL")
 
     summary = {r["setting"]: r for r in res.summary()}
-    assert set(summary) == {"closed-form GD T=1e+01", "closed-form GD T=1e+03", "closed-form GD T=1e+05",
-                            "min-norm (T=∞)", "GD short", "SGD b=8", "Adam", "GD heavy ball std"}
+    assert set(summary) == {
+        "closed-form GD T=1e+01",
+        "closed-form GD T=1e+03",
+        "closed-form GD T=1e+05",
+        "min-norm (T=∞)",
+        "GD short",
+        "SGD b=8",
+        "Adam",
+        "GD heavy ball std",
+    }
     # the fastest optimiser reaches a lower loss at P = n than 10 plain GD steps, and a higher peak
     assert summary["GD heavy ball std"]["train_loss_at_n"] < summary["GD short"]["train_loss_at_n"]
     assert summary["GD heavy ball std"]["peak_height"] > summary["GD short"]["peak_height"]

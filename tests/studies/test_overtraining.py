@@ -17,8 +17,14 @@ TINY = {
     "pretrain": {
         "data": {"name": "hmm", "seed": 0, "states": 4, "vocab_size": 16, "floor_sequences": 64},
         "model": {"preset": "llama-nano"},
-        "train": {"tokens": [2560, 5120, 10240], "batch_size": 8, "seq_len": 32, "warmup_steps": 3,
-                  "lr": 1e-2, "log_every": 5},
+        "train": {
+            "tokens": [2560, 5120, 10240],
+            "batch_size": 8,
+            "seq_len": 32,
+            "warmup_steps": 3,
+            "lr": 1e-2,
+            "log_every": 5,
+        },
         "eval": {"batches": 2},
         "checkpoint": {"log_spaced": False, "resume_every": 50},
         "monitor": {"start_step": 2, "per_doubling": 2, "window": 3, "patience": 1, "batch_size": 4},
@@ -31,8 +37,14 @@ TINY = {
     },
     "sensitivity": {"gammas": [1.0, 4.0], "draws": 2, "eval_batches": 1, "batch_size": 4},
     "theory": {"dim": 8, "max_steps": 1000, "n_checkpoints": 5, "draws": 4, "seeds": [1, 2]},
-    "theory_control": {"dim": 8, "max_steps": 1000, "n_checkpoints": 5, "draws": 4, "seeds": [1, 2],
-                       "spectrum_exponent": 1.0},
+    "theory_control": {
+        "dim": 8,
+        "max_steps": 1000,
+        "n_checkpoints": 5,
+        "draws": 4,
+        "seeds": [1, 2],
+        "spectrum_exponent": 1.0,
+    },
     "bootstrap": 200,
 }
 
@@ -54,25 +66,38 @@ def test_plan_expands_every_run_once(tiny_cfg):
 
 
 def test_a_method_can_have_its_own_lr_grid():
-    cfg = validate(OvertrainingConfig, {**TINY, "finetune": {
-        **TINY["finetune"], "methods": [{"name": "full"}, {"name": "lora", "rank": 2}],
-        "method_lrs": {"lora": [3e-2, 1e-2, 3e-3]}}})
+    cfg = validate(
+        OvertrainingConfig,
+        {
+            **TINY,
+            "finetune": {
+                **TINY["finetune"],
+                "methods": [{"name": "full"}, {"name": "lora", "rank": 2}],
+                "method_lrs": {"lora": [3e-2, 1e-2, 3e-3]},
+            },
+        },
+    )
     assert cfg.finetune.lrs_for("lora") == [3e-3, 1e-2, 3e-2] and cfg.finetune.lrs_for("full") == [1e-3, 1e-2]
     labels = [item.label for item in STUDIES.get("overtraining").plan(cfg).items if item.kind == "finetune"]
     assert len(labels) == 2 * 3 * (2 + 3)
     assert sum("lora lr=0.03" in label for label in labels) == 2 * 3
     with pytest.raises(ConfigError, match="method_lrs names 'dora'"):
-        validate(OvertrainingConfig, {**TINY, "finetune": {**TINY["finetune"],
-                                                                        "method_lrs": {"dora": [1e-3]}}})
+        validate(
+            OvertrainingConfig, {**TINY, "finetune": {**TINY["finetune"], "method_lrs": {"dora": [1e-3]}}}
+        )
 
 
 def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch):
     store = Store()
     result, study_id = STUDIES.get("overtraining").run(tiny_cfg, store, progress=False)
     assert result.ok and len(result.done) == 23
-    claims = query(f"select claim, verdict from evals where run_id = '{study_id}' and record = 'claim'", store).to_pylist()
+    claims = query(
+        f"select claim, verdict from evals where run_id = '{study_id}' and record = 'claim'", store
+    ).to_pylist()
     assert len(claims) >= 8 and all(c["verdict"] in ("PASS", "FAIL", "N/A") for c in claims)
-    infl = query(f"select * from evals where run_id = '{study_id}' and record = 'inflection'", store).to_pylist()
+    infl = query(
+        f"select * from evals where run_id = '{study_id}' and record = 'inflection'", store
+    ).to_pylist()
     fixed = [r for r in infl if r["regime"] == "fixed LR" and r["quantity"].startswith("pre-training")]
     assert sorted(r["lr"] for r in fixed) == [1e-3, 1e-2]
     assert all(r["t_star"] in (2560, 5120, 10240) for r in fixed)  # T* is a budget of the grid
@@ -95,10 +120,12 @@ def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch):
 
     page = build_report(home / "report", "overtraining", store)
     html = page.read_text()
-    monitor = query(f"select * from evals where run_id = '{study_id}' and record = 'monitor'", store).to_pylist()
+    monitor = query(
+        f"select * from evals where run_id = '{study_id}' and record = 'monitor'", store
+    ).to_pylist()
     assert {r["seed"] for r in monitor} == {0, 1} and all(r["t_star"] > 0 for r in monitor)
     assert any(c["claim"].startswith("Early-warning monitor") for c in claims)
     for name in ("sensitivity", "perturbed", "finetune_full", "theory", "monitor"):
         assert (page.parent / f"overtraining_{name}.png").stat().st_size > 10_000
         assert f"overtraining_{name}.png" in html
-    assert html.count("class=\"pass\"") + html.count("class=\"fail\"") + html.count("class=\"na\"") >= len(claims)
+    assert html.count('class="pass"') + html.count('class="fail"') + html.count('class="na"') >= len(claims)

@@ -12,9 +12,11 @@ from overtrain.studies.random_features.config import RandomFeaturesConfig
 from overtrain.studies.random_features.engine import compute
 
 SMALL = {
-    "datasets": [{"name": "teacher", "n_train": 60, "n_test": 300},
-                 {"name": "digits", "n_train": 120, "n_test": 300, "label_noise": 0.0},
-                 {"name": "digits", "n_train": 120, "n_test": 300, "label_noise": 0.2}],
+    "datasets": [
+        {"name": "teacher", "n_train": 60, "n_test": 300},
+        {"name": "digits", "n_train": 120, "n_test": 300, "label_noise": 0.0},
+        {"name": "digits", "n_train": 120, "n_test": 300, "label_noise": 0.2},
+    ],
     "features": ["relu"],
     "width_ratios": [0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.3, 2.0, 4.0, 10.0],
     "ridges": [1e-2, 1e-1, 1.0],
@@ -31,8 +33,14 @@ def test_every_claim_of_the_reduced_study_holds_on_fixed_seeds():
     assert len(claims) == 8 and info["curves"] == 9
     failed = {k: (v["value"], v["detail"]) for k, v in claims.items() if v["verdict"] != "PASS"}
     assert not failed
-    curve = [r for r in rows if r["record"] == "curve" and r["dataset"].startswith("teacher")
-             and r["solver"] == "min_norm" and r["seed"] == 0]
+    curve = [
+        r
+        for r in rows
+        if r["record"] == "curve"
+        and r["dataset"].startswith("teacher")
+        and r["solver"] == "min_norm"
+        and r["seed"] == 0
+    ]
     # widths round P = ratio·n; the threshold itself is always on the grid and interpolates exactly
     at_n = next(r for r in curve if r["width"] == 60)
     assert at_n["train_loss"] < 1e-12 and at_n["kappa"] > 10 * min(r["kappa"] for r in curve)

@@ -28,8 +28,15 @@ TINY = {
     "repeats": [1, 4, 16],
     "models": {"nano": {"preset": "llama-nano"}, "micro": {"preset": "llama-micro"}},
     "seeds": [0],
-    "train": {"tokens": [3072], "schedule": "cosine", "batch_size": 8, "seq_len": T, "warmup_steps": 4,
-              "lr": 1e-2, "log_every": 8},  # 24 steps, N = 192 sequences, 19 of them repeats
+    "train": {
+        "tokens": [3072],
+        "schedule": "cosine",
+        "batch_size": 8,
+        "seq_len": T,
+        "warmup_steps": 4,
+        "lr": 1e-2,
+        "log_every": 8,
+    },  # 24 steps, N = 192 sequences, 19 of them repeats
     "eval": {"batches": 2, "every": 8, "extra": {"copy": COPY, "spans": SPANS}},
     "checkpoint": {"log_spaced": False, "every": 12, "step_zero": False, "resume_every": 12},
     "induction": {"sequences": 8, "batch_size": 8},
@@ -63,14 +70,17 @@ def test_plan_has_one_pretrain_and_two_probes_per_cell(tiny_cfg):
         assert lay.subset == tiny_cfg.subset(c["repeats"]) == round(19.2 / c["repeats"])
 
 
-@pytest.mark.parametrize(("change", "text"), [
-    ({"repeats": [4, 16, 64]}, "include E = 1"),
-    ({"repeats": [1, 1, 4]}, "distinct"),
-    ({"repeats": [1, 4, 1000]}, "0 subset sequences"),
-    ({"train": {**TINY["train"], "tokens": [5120, 10240]}}, "exactly one token budget"),
-    ({"models": {}}, "at least one model"),
-    ({"fraction": 1.5}, "fraction"),
-])
+@pytest.mark.parametrize(
+    ("change", "text"),
+    [
+        ({"repeats": [4, 16, 64]}, "include E = 1"),
+        ({"repeats": [1, 1, 4]}, "distinct"),
+        ({"repeats": [1, 4, 1000]}, "0 subset sequences"),
+        ({"train": {**TINY["train"], "tokens": [5120, 10240]}}, "exactly one token budget"),
+        ({"models": {}}, "at least one model"),
+        ({"fraction": 1.5}, "fraction"),
+    ],
+)
 def test_bad_config_is_one_line_error(change, text):
     with pytest.raises(ConfigError, match=text):
         validate(RepeatedDataConfig, {**TINY, **change})
@@ -109,7 +119,9 @@ def test_study_writes_rows_and_claims(done):
     assert {r["step"] for r in by["subset_curve"]} == {12, 24}
     assert by["scaling_fit"][0]["form"] == "power" and len(by["effective_size"]) == 6
     # what the report reads instead of recomputing it: the worst E per size and the fitted law
-    assert {r["size"] for r in by["worst"]} == {"nano", "micro"} and all(r["repeats"] > 1 for r in by["worst"])
+    assert {r["size"] for r in by["worst"]} == {"nano", "micro"} and all(
+        r["repeats"] > 1 for r in by["worst"]
+    )
     assert len(by["law"]) == 100 and all(r["heldout_loss"] > 0 for r in by["law"])
     claims = by["claim"]
     assert len(claims) == 2 * 4 + 3 and all(c["verdict"] in ("PASS", "FAIL", "N/A") for c in claims)
@@ -143,22 +155,40 @@ def _points(cfg, heldout, copying, prefix):
     """Synthetic per-run rows: value tables are {size: [per-E values]}, the same for every seed plus a
     small seed offset."""
     n = {"nano": 8000, "micro": 32000}
-    return [{"size": size, "repeats": e, "seed": seed, "n_params_non_embedding": n[size],
-             "heldout_loss": heldout[size][i] + 0.001 * seed, "copying_loss": copying[size][i] + 0.01 * seed,
-             "max_prefix_matching": prefix[size][i] + 0.001 * seed, "uniform_prefix_matching": 0.02}
-            for size in n for i, e in enumerate(cfg.repeats) for seed in cfg.seeds]
+    return [
+        {
+            "size": size,
+            "repeats": e,
+            "seed": seed,
+            "n_params_non_embedding": n[size],
+            "heldout_loss": heldout[size][i] + 0.001 * seed,
+            "copying_loss": copying[size][i] + 0.01 * seed,
+            "max_prefix_matching": prefix[size][i] + 0.001 * seed,
+            "uniform_prefix_matching": 0.02,
+        }
+        for size in n
+        for i, e in enumerate(cfg.repeats)
+        for seed in cfg.seeds
+    ]
 
 
 def test_claims_on_synthetic_points():
     cfg = validate(RepeatedDataConfig, {**TINY, "seeds": [0, 1, 2]})
     # micro: an interior peak of 3% at E = 4, copying 50% worse and induction 20% weaker there;
     # nano: loss rising to the last E (no interior peak) and no induction head
-    points = _points(cfg, heldout={"nano": [3.0, 3.01, 3.05], "micro": [2.5, 2.575, 2.52]},
-                     copying={"nano": [4.0, 4.0, 4.0], "micro": [1.0, 1.5, 1.1]},
-                     prefix={"nano": [0.02, 0.02, 0.02], "micro": [0.6, 0.48, 0.59]})
+    points = _points(
+        cfg,
+        heldout={"nano": [3.0, 3.01, 3.05], "micro": [2.5, 2.575, 2.52]},
+        copying={"nano": [4.0, 4.0, 4.0], "micro": [1.0, 1.5, 1.1]},
+        prefix={"nano": [0.02, 0.02, 0.02], "micro": [0.6, 0.48, 0.59]},
+    )
     # held-out curve 2.9, 2.8, 2.85, 2.6: a rise of 0.05 above the running minimum at step 3
-    curves = [{"size": s, "repeats": e, "step": step, "heldout_loss": loss} for s in ("nano", "micro")
-              for e in cfg.repeats for step, loss in enumerate((2.9, 2.8, 2.85, 2.6))]
+    curves = [
+        {"size": s, "repeats": e, "step": step, "heldout_loss": loss}
+        for s in ("nano", "micro")
+        for e in cfg.repeats
+        for step, loss in enumerate((2.9, 2.8, 2.85, 2.6))
+    ]
     claims, worst, fit, effective, headline = decide(cfg, points, curves)
     by = {c.claim: c for c in claims}
     assert worst == {"nano": 16, "micro": 4}

@@ -14,7 +14,9 @@ from overtrain.runs.store import Store
 
 def _claims(store: Store, study, run_id: str) -> dict[str, str]:
     """The analysis run's claims: {claim: verdict}."""
-    rows = [json.loads(x) for x in (store.run_dir(study.kind, run_id) / "evals.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(x) for x in (store.run_dir(study.kind, run_id) / "evals.jsonl").read_text().splitlines()
+    ]
     return {r["claim"]: r["verdict"] for r in rows if r.get("record") == "claim"}
 
 
@@ -23,12 +25,24 @@ def _compute_rows(store: Store, study, cfg) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("name, overrides, passing", [
-    ("head_tuning", ["trials=6", "repr_dim=300", "snrs=[0.25,1.0]"],
-     {"head-tuning risk peaks at p = n (double descent in model complexity)"}),
-    ("samplewise_linear", ["trials=12", "d=40"],
-     {"more data hurts: the test MSE at n = d exceeds that at n = d/2", "sample-wise test MSE peaks at n = d"}),
-])
+@pytest.mark.parametrize(
+    "name, overrides, passing",
+    [
+        (
+            "head_tuning",
+            ["trials=6", "repr_dim=300", "snrs=[0.25,1.0]"],
+            {"head-tuning risk peaks at p = n (double descent in model complexity)"},
+        ),
+        (
+            "samplewise_linear",
+            ["trials=12", "d=40"],
+            {
+                "more data hurts: the test MSE at n = d exceeds that at n = d/2",
+                "sample-wise test MSE peaks at n = d",
+            },
+        ),
+    ],
+)
 def test_study_runs_records_claims_and_reports(home, tmp_path, name, overrides, passing):
     study = STUDIES.get(name)
     cfg = study.load_config(None, None, overrides)
@@ -62,9 +76,19 @@ def test_optimization_study_claims_on_a_reduced_config(home):
 
 def test_mlp_study_runs_both_parts_and_reports(home, tmp_path):
     study = STUDIES.get("mlp_double_descent")
-    cfg = study.load_config(None, None, [
-        "modelwise.widths=[4,16,64]", "modelwise.steps=200", "modelwise.seeds=[0]", "modelwise.eval_every=100",
-        "epochwise.widths=[64]", "epochwise.steps=200", "epochwise.eval_every=50"])
+    cfg = study.load_config(
+        None,
+        None,
+        [
+            "modelwise.widths=[4,16,64]",
+            "modelwise.steps=200",
+            "modelwise.seeds=[0]",
+            "modelwise.eval_every=100",
+            "epochwise.widths=[64]",
+            "epochwise.steps=200",
+            "epochwise.eval_every=50",
+        ],
+    )
     store = Store()
     result, run_id = study.run(cfg, store, progress=False)
     assert result.ok

@@ -121,5 +121,7 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path, model):
     tensors = load_file(str(path / "model.safetensors"))
     tensors.pop("model.norm.weight")
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match=r"weights do not fit config.json \(1 tensors .*model.norm.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"weights do not fit config.json \(1 tensors .*model.norm.weight"
+    ):
         ckpt.load_checkpoint(path)

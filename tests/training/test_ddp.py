@@ -35,7 +35,8 @@ from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.plan import Plan, PlanItem
 from overtrain.runs.store import Store
 from overtrain.training.finetune import FinetuneConfig
-from overtrain.training.pretrain import PretrainConfig, _Job
+from overtrain.training.pretrain import _Job
+from overtrain.training.pretrain_config import PretrainConfig
 
 TOL = 1e-4
 """Largest allowed |loss(2 processes) - loss(1 process)|, nats (see the module docstring)."""
@@ -52,9 +53,26 @@ def _free_port() -> int:
 def _launch(tmp_path, home, *args: str) -> subprocess.CompletedProcess:
     """``accelerate launch`` of the overtrain CLI on 2 CPU processes, with its own port, home and HF cache."""
     env = {**os.environ, "OVERTRAIN_HOME": str(home), "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
-           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "overtrain.cli.main", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.accelerate_cli",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "overtrain.cli.main",
+        *args,
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
@@ -67,8 +85,9 @@ def _max_loss_diff(a: list[dict], b: list[dict], strict: bool = True) -> float:
     worst = 0.0
     for x, y in zip(a, b):
         if strict:
-            assert {k: v for k, v in x.items() if not isinstance(v, float)} == \
-                   {k: v for k, v in y.items() if not isinstance(v, float)}
+            assert {k: v for k, v in x.items() if not isinstance(v, float)} == {
+                k: v for k, v in y.items() if not isinstance(v, float)
+            }
         for key in LOSS_KEYS:
             if key in x:
                 worst = max(worst, abs(x[key] - y[key]))
@@ -76,9 +95,13 @@ def _max_loss_diff(a: list[dict], b: list[dict], strict: bool = True) -> float:
 
 
 def _ft(parent_id: str) -> dict:
-    return {"parent": parent_id, "checkpoint": "budget_5120",
-            "data": {"name": "hmm", "seed": 1, "states": 4, "vocab_size": 16, "floor_sequences": 64},
-            "train": {"steps": 8, "batch_size": 8, "lr": 1e-2, "log_every": 2}, "eval_batches": 2}
+    return {
+        "parent": parent_id,
+        "checkpoint": "budget_5120",
+        "data": {"name": "hmm", "seed": 1, "states": 4, "vocab_size": 16, "floor_sequences": 64},
+        "train": {"steps": 8, "batch_size": 8, "lr": 1e-2, "log_every": 2},
+        "eval_batches": 2,
+    }
 
 
 @pytest.mark.slow
@@ -94,18 +117,25 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tiny_
     run_dir = two.run_dir("pretrain", run_id)
     manifest = two.manifest("pretrain", run_id)
     assert manifest["status"] == "success" and manifest["attempts"] == 1  # one writer, one attempt
-    diffs = {name: _max_loss_diff(read_jsonl(run_dir / name), read_jsonl(ref.dir / name))
-             for name in ("metrics.jsonl", "evals.jsonl")}
+    diffs = {
+        name: _max_loss_diff(read_jsonl(run_dir / name), read_jsonl(ref.dir / name))
+        for name in ("metrics.jsonl", "evals.jsonl")
+    }
     print(f"pretrain: max |loss diff| {diffs}")
     assert max(diffs.values()) <= TOL
     # ... while the likeliest DDP bug, each process stepping on its own half batch, is far beyond TOL
     half = copy.deepcopy(tiny_pretrain)
     half["train"].update(batch_size=4, tokens=[1280, 2560])  # the same steps on 4 sequences
     wrong = one.execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, half))
-    assert _max_loss_diff(read_jsonl(wrong.dir / "metrics.jsonl"), read_jsonl(ref.dir / "metrics.jsonl"),
-                          strict=False) > 100 * TOL
-    assert sorted(p.name for p in (run_dir / "ckpt").iterdir()) == \
-           sorted(p.name for p in (ref.dir / "ckpt").iterdir())
+    assert (
+        _max_loss_diff(
+            read_jsonl(wrong.dir / "metrics.jsonl"), read_jsonl(ref.dir / "metrics.jsonl"), strict=False
+        )
+        > 100 * TOL
+    )
+    assert sorted(p.name for p in (run_dir / "ckpt").iterdir()) == sorted(
+        p.name for p in (ref.dir / "ckpt").iterdir()
+    )
 
     # fine-tuning the two-process checkpoint in two processes, against one process on the one-process one
     (tmp_path / "ft.yaml").write_text(yaml.safe_dump(_ft(run_id)))

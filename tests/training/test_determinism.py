@@ -16,20 +16,39 @@ from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.kinds.probe import ProbeRunConfig
 from overtrain.runs.store import Store
 from overtrain.training.finetune import FinetuneConfig
-from overtrain.training.pretrain import PretrainConfig
+from overtrain.training.pretrain_config import PretrainConfig
 
 TIMINGS = ("wall_s", "train_tokens_per_second")
 
 
 def _runs(store: Store, tiny_pretrain) -> dict:
     pre = store.execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, tiny_pretrain))
-    ft = store.execute(RUN_KINDS.get("finetune"), validate(FinetuneConfig, {
-        "parent": pre.run_id, "checkpoint": "budget_5120", "method": {"name": "lora", "rank": 2, "alpha": 4},
-        "data": {"name": "hmm", "seed": 1, "states": 4, "vocab_size": 16, "floor_sequences": 64},
-        "train": {"steps": 6, "batch_size": 4, "lr": 1e-2, "log_every": 2}, "eval_batches": 1, "seed": 3}))
-    pr = store.execute(RUN_KINDS.get("probe"), validate(ProbeRunConfig, {
-        "parent": pre.run_id, "checkpoint": "budget_5120",
-        "settings": {"gammas": [1.0, 4.0], "draws": 2, "eval_batches": 1, "batch_size": 4}}))
+    ft = store.execute(
+        RUN_KINDS.get("finetune"),
+        validate(
+            FinetuneConfig,
+            {
+                "parent": pre.run_id,
+                "checkpoint": "budget_5120",
+                "method": {"name": "lora", "rank": 2, "alpha": 4},
+                "data": {"name": "hmm", "seed": 1, "states": 4, "vocab_size": 16, "floor_sequences": 64},
+                "train": {"steps": 6, "batch_size": 4, "lr": 1e-2, "log_every": 2},
+                "eval_batches": 1,
+                "seed": 3,
+            },
+        ),
+    )
+    pr = store.execute(
+        RUN_KINDS.get("probe"),
+        validate(
+            ProbeRunConfig,
+            {
+                "parent": pre.run_id,
+                "checkpoint": "budget_5120",
+                "settings": {"gammas": [1.0, 4.0], "draws": 2, "eval_batches": 1, "batch_size": 4},
+            },
+        ),
+    )
     out = {}
     for o in (pre, ft, pr):
         m = json.loads((o.dir / "manifest.json").read_text())

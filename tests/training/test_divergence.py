@@ -16,7 +16,7 @@ from overtrain.report.build import build_report
 from overtrain.runs.plan import Plan, PlanItem
 from overtrain.runs.store import Store
 from overtrain.training.loop import build_optimizer, divergence, train_segment
-from overtrain.training.pretrain import PretrainConfig
+from overtrain.training.pretrain_config import PretrainConfig
 
 
 class Poisoned(torch.nn.Module):
@@ -48,8 +48,10 @@ def test_the_first_non_finite_step_is_found(bad):
 
 
 def test_a_diverging_run_fails_with_its_step_and_the_sweep_goes_on(home, tiny_pretrain):
-    diverging = validate(PretrainConfig, {**tiny_pretrain, "seed": 1,
-                                          "train": {**tiny_pretrain["train"], "lr": 1e6, "grad_clip": 0}})
+    diverging = validate(
+        PretrainConfig,
+        {**tiny_pretrain, "seed": 1, "train": {**tiny_pretrain["train"], "lr": 1e6, "grad_clip": 0}},
+    )
     healthy = validate(PretrainConfig, tiny_pretrain)
     kind = RUN_KINDS.get("pretrain")
     store = Store()
@@ -68,8 +70,9 @@ def test_a_diverging_run_fails_with_its_step_and_the_sweep_goes_on(home, tiny_pr
 
 
 def test_the_report_of_a_store_with_only_failed_runs_still_lists_them(home, tiny_pretrain):
-    cfg = validate(PretrainConfig, {**tiny_pretrain, "train": {**tiny_pretrain["train"], "lr": 1e6,
-                                                                "grad_clip": 0}})
+    cfg = validate(
+        PretrainConfig, {**tiny_pretrain, "train": {**tiny_pretrain["train"], "lr": 1e6, "grad_clip": 0}}
+    )
     run_plan(Plan([PlanItem.from_config(RUN_KINDS.get("pretrain"), cfg)]), Store(), progress=False)
     page = build_report(home / "report", None, Store()).read_text()
     assert "diverged: training loss became nan" in page

@@ -13,7 +13,7 @@ from overtrain.registry import RUN_KINDS
 from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.store import Store
 from overtrain.training.finetune import FinetuneConfig
-from overtrain.training.pretrain import PretrainConfig
+from overtrain.training.pretrain_config import PretrainConfig
 
 
 @pytest.fixture
@@ -25,7 +25,8 @@ def parent(home, tiny_pretrain):
 
 def _ft(parent_id, **kw):
     cfg = {
-        "parent": parent_id, "checkpoint": "budget_5120",
+        "parent": parent_id,
+        "checkpoint": "budget_5120",
         "data": {"name": "hmm", "seed": 1, "states": 4, "vocab_size": 16, "floor_sequences": 64},
         "train": {"steps": 12, "batch_size": 8, "lr": 1e-2, "log_every": 4},
         "eval_batches": 2,

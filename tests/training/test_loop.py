@@ -25,7 +25,9 @@ def test_segment_equals_a_plain_loop(dtype):
     ref = copy.deepcopy(model)
     opt = build_optimizer(model, 1e-2, 0.1, (0.9, 0.95), 1e-8)
     ref_opt = build_optimizer(ref, 1e-2, 0.1, (0.9, 0.95), 1e-8)
-    stats = train_segment(model, opt, batches.__getitem__, lambda s: 1e-2, 0, 5, grad_clip=1.0, autocast_dtype=dtype)
+    stats = train_segment(
+        model, opt, batches.__getitem__, lambda s: 1e-2, 0, 5, grad_clip=1.0, autocast_dtype=dtype
+    )
     losses = []
     for x in batches:
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):

@@ -71,7 +71,9 @@ def _z_scores(rule, draws=400):
     return max(out)
 
 
-@pytest.mark.parametrize("std_form,norm_dim", [("paper", "in"), ("paper", "out"), ("kohya", "in"), ("kohya", "out")])
+@pytest.mark.parametrize(
+    "std_form,norm_dim", [("paper", "in"), ("paper", "out"), ("kohya", "in"), ("kohya", "out")]
+)
 def test_row_noise_variance_matches_the_law(std_form, norm_dim):
     cfg, model = _mlp_lora("lora_ggpo", sigma=0.1, beta=0.5, std_form=std_form, norm_dim=norm_dim)
     rule, _ = _train(cfg, model, steps=3)  # steps refresh the gradient term, so β > 0 enters the law
@@ -81,8 +83,11 @@ def test_row_noise_variance_matches_the_law(std_form, norm_dim):
     merged = layer.base.weight + layer.scaling * layer.B @ layer.A
     w_sq, g_sq = merged.detach().pow(2).sum(1), rule.grad_sq[layer.weight_name]
     d = 32
-    want = ((0.1**2 / d) * (w_sq + 0.5 * g_sq)).sqrt() if std_form == "paper" else (
-        (0.1 * w_sq.sqrt() + 0.5 * g_sq) / math.sqrt(d))
+    want = (
+        ((0.1**2 / d) * (w_sq + 0.5 * g_sq)).sqrt()
+        if std_form == "paper"
+        else ((0.1 * w_sq.sqrt() + 0.5 * g_sq) / math.sqrt(d))
+    )
     torch.testing.assert_close(rule.row_std(layer)[0], want, rtol=1e-5, atol=0)
     # 400 draws x 12 or 32 entries per row: a z-score above 5 in any of 64 rows would be a wrong law
     assert _z_scores(rule) < 5
@@ -103,9 +108,13 @@ def test_gradient_term_is_the_merged_weights_gradient_at_the_perturbed_point():
                 dict(ref.named_parameters())[other.weight_name].add_(rule.last_noise[other.weight_name])
         target.requires_grad_(True)
         nn.functional.mse_loss(ref(x), y).backward()
-        torch.testing.assert_close(rule.grad_sq[layer.weight_name], target.grad.pow(2).sum(1), rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(
+            rule.grad_sq[layer.weight_name], target.grad.pow(2).sum(1), rtol=1e-5, atol=1e-12
+        )
     # the frozen weights got no gradient and stay frozen
-    assert all(layer.base.weight.grad is None and not layer.base.weight.requires_grad for layer in rule.layers)
+    assert all(
+        layer.base.weight.grad is None and not layer.base.weight.requires_grad for layer in rule.layers
+    )
 
 
 def test_factor_gradient_source_is_kohyas_approximation_from_the_lora_gradients():
@@ -117,7 +126,9 @@ def test_factor_gradient_source_is_kohyas_approximation_from_the_lora_gradients(
     for layer in rule.layers:
         A, B = layer.A.detach().double(), layer.B.detach().double()
         G = layer.scaling * (B @ layer.A.grad.double() + layer.B.grad.double() @ A)
-        torch.testing.assert_close(rule.grad_sq[layer.weight_name].double(), G.pow(2).sum(1), rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(
+            rule.grad_sq[layer.weight_name].double(), G.pow(2).sum(1), rtol=1e-5, atol=1e-12
+        )
         assert layer.base.weight.grad is None and not layer.base.weight.requires_grad
 
 
@@ -227,7 +238,7 @@ def test_a_model_without_lora_is_refused():
 @pytest.fixture
 def parent(home, tiny_pretrain):
     from overtrain.runs.store import Store
-    from overtrain.training.pretrain import PretrainConfig
+    from overtrain.training.pretrain_config import PretrainConfig
 
     store = Store()
     return store, store.execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, tiny_pretrain))
@@ -238,12 +249,17 @@ def test_every_method_fine_tunes_a_language_model_from_a_config(parent, method):
     from overtrain.training.finetune import FinetuneConfig
 
     store, pre = parent
-    cfg = validate(FinetuneConfig, {
-        "parent": pre.run_id, "checkpoint": "budget_5120",
-        "data": {"name": "hmm", "seed": 1, "states": 4, "vocab_size": 16, "floor_sequences": 64},
-        "method": {"name": method, "rank": 2, "alpha": 4},
-        "train": {"steps": 8, "batch_size": 8, "lr": 1e-2, "log_every": 4}, "eval_batches": 2,
-    })
+    cfg = validate(
+        FinetuneConfig,
+        {
+            "parent": pre.run_id,
+            "checkpoint": "budget_5120",
+            "data": {"name": "hmm", "seed": 1, "states": 4, "vocab_size": 16, "floor_sequences": 64},
+            "method": {"name": method, "rank": 2, "alpha": 4},
+            "train": {"steps": 8, "batch_size": 8, "lr": 1e-2, "log_every": 4},
+            "eval_batches": 2,
+        },
+    )
     out = store.execute(RUN_KINDS.get("finetune"), cfg)
     row = read_jsonl(out.dir / "evals.jsonl")[0]
     assert row["method"] == method and row["task_loss"] < row["base_task_loss"]
@@ -251,8 +267,13 @@ def test_every_method_fine_tunes_a_language_model_from_a_config(parent, method):
     text = (out.dir / "metrics.jsonl").read_text()
     assert "NaN" not in text and "Infinity" not in text
     keys = set().union(*(r.keys() for r in records))
-    expected = {"lora": set(), "flat_lora": {"noise/row_std"}, "lora_ggpo": {"noise/row_std", "ggpo/grad_share"},
-                "lora_mgpo": {"mgpo/perturbation_norm"}, "lora_sam": {"sam/loss_increase"}}[method]
+    expected = {
+        "lora": set(),
+        "flat_lora": {"noise/row_std"},
+        "lora_ggpo": {"noise/row_std", "ggpo/grad_share"},
+        "lora_mgpo": {"mgpo/perturbation_norm"},
+        "lora_sam": {"sam/loss_increase"},
+    }[method]
     method_keys = {k for k in keys if k.split("/")[0] in ("noise", "ggpo", "mgpo", "sam")}
     assert method_keys == expected
     assert yaml.safe_load((out.dir / "config.yaml").read_text())["method"]["name"] == method

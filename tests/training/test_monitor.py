@@ -14,7 +14,8 @@ from overtrain.registry import RUN_KINDS
 from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.store import Store
 from overtrain.training.monitor import Monitor, MonitorConfig, _ols_slope
-from overtrain.training.pretrain import PretrainConfig, _Job
+from overtrain.training.pretrain import _Job
+from overtrain.training.pretrain_config import PretrainConfig
 
 
 def _feed(monitor, tokens, loss, delta):
@@ -94,8 +95,11 @@ def test_pretraining_logs_a_check_at_each_monitor_step(home, monitored):
     rows = [r for r in read_jsonl(out.dir / "metrics.jsonl") if r.get("line") == "monitor"]
     main_end = validate(PretrainConfig, monitored).train.budgets()[-1].branch
     assert [r["step"] for r in rows] == MonitorConfig(start_step=2, per_doubling=2).check_steps(main_end)
-    assert all(r["monitor/delta"] > 0 and r["monitor/perturbed"] == pytest.approx(r["monitor/loss"] + r["monitor/delta"])
-               for r in rows)
+    assert all(
+        r["monitor/delta"] > 0
+        and r["monitor/perturbed"] == pytest.approx(r["monitor/loss"] + r["monitor/delta"])
+        for r in rows
+    )
     assert "monitor/slope" not in rows[0] and math.isfinite(rows[-1]["monitor/slope"])
 
 

@@ -16,7 +16,8 @@ from overtrain.registry import RUN_KINDS
 from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.store import Store
 from overtrain.training import checkpoint as ckpt
-from overtrain.training.pretrain import PretrainConfig, _Job
+from overtrain.training.pretrain import _Job
+from overtrain.training.pretrain_config import PretrainConfig
 
 
 def _run(cfg_dict, root):
@@ -45,7 +46,9 @@ def test_run_layout_metrics_and_evals(home, tiny_pretrain):
     evals = [r for r in read_jsonl(out.dir / "evals.jsonl") if r["budget"] is not None]
     assert [(r["budget"], r["step"]) for r in evals] == [(2560, 10), (5120, 20)]
     for r in evals:  # the floor is a lower bound a 20-step model is far from
-        assert r["loss"] > r["loss_floor"] > 0 and r["excess_loss"] == pytest.approx(r["loss"] - r["loss_floor"])
+        assert r["loss"] > r["loss_floor"] > 0 and r["excess_loss"] == pytest.approx(
+            r["loss"] - r["loss_floor"]
+        )
     # the decayed budget checkpoint ends at lr = min_lr = 0
     last = [r for r in metrics if r["line"] == "budget_5120" and "train/lr" in r][-1]
     assert last["train/lr"] == 0.0

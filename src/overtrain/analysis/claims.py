@@ -36,9 +36,18 @@ class Claim:
         return {"record": "claim", **asdict(self)}
 
 
-def check(claim: str, statistic: str, value: float | None, passed: bool | None, threshold: str,
-          ci: tuple[float, float] | None = None, detail: str = "") -> Claim:
+def check(
+    claim: str,
+    statistic: str,
+    value: float | None,
+    passed: bool | None,
+    threshold: str,
+    ci: tuple[float, float] | None = None,
+    detail: str = "",
+) -> Claim:
     """A `Claim` with its verdict from `passed` (None: N/A)."""
     verdict = "N/A" if passed is None or value is None else ("PASS" if passed else "FAIL")
     lo, hi = ci if ci is not None else (None, None)
-    return Claim(claim, statistic, None if value is None else float(value), lo, hi, threshold, verdict, detail)
+    return Claim(
+        claim, statistic, None if value is None else float(value), lo, hi, threshold, verdict, detail
+    )

@@ -42,7 +42,7 @@ def ttr(tokens: Tokens, window: int | None = 96) -> float:
 def ngrams(tokens: Tokens, n: int) -> list[tuple[int, ...]]:
     """The n-grams of `tokens` in order (none when it is shorter than `n`)."""
     seq = tuple(tokens)
-    return [seq[i:i + n] for i in range(len(seq) - n + 1)]
+    return [seq[i : i + n] for i in range(len(seq) - n + 1)]
 
 
 def distinct_n(sequences: Sequence[Tokens], n: int) -> float:
@@ -120,7 +120,7 @@ def self_bleu(sequences: Sequence[Tokens], max_n: int = 4) -> float:
                 m += min(c, second if holder == i else first)
             matches.append(m)
             totals.append(sum(by_doc[i].values()))
-        others = lengths[:i] + lengths[i + 1:]
+        others = lengths[:i] + lengths[i + 1 :]
         scores.append(_bleu_from_counts(matches, totals, lengths[i], _closest_ref_length(lengths[i], others)))
     return float(np.mean(scores))
 
@@ -186,8 +186,11 @@ def next_token_stats(logits, targets, temperature: float = 1.0) -> dict[str, np.
     entropy = -(p * logp).sum(-1)
     nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     top1 = p.max(-1).values
-    return {"nll": nll.mean(1).double().numpy(), "entropy": entropy.mean(1).double().numpy(),
-            "top1": top1.mean(1).double().numpy()}
+    return {
+        "nll": nll.mean(1).double().numpy(),
+        "entropy": entropy.mean(1).double().numpy(),
+        "top1": top1.mean(1).double().numpy(),
+    }
 
 
 def mean_entropy(logits, temperature: float) -> float:
@@ -198,8 +201,9 @@ def mean_entropy(logits, temperature: float) -> float:
     return float(-(logp.exp() * logp).sum(-1).mean())
 
 
-def match_temperature(logits, target: float, low: float = 0.05, high: float = 4.0, tol: float = 1e-4,
-                      max_iter: int = 60) -> tuple[float, float, bool]:
+def match_temperature(
+    logits, target: float, low: float = 0.05, high: float = 4.0, tol: float = 1e-4, max_iter: int = 60
+) -> tuple[float, float, bool]:
     """The temperature τ at which the mean entropy of softmax(logits / τ) equals `target`.
 
     Entropy is increasing in τ, so bisection on log τ in [low, high] finds it.
@@ -236,5 +240,6 @@ def paired_difference(a, b, n_boot: int = 2000, seed: int = 0, level: float = 0.
 def paired_ratio(a, b, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
     """``mean(a) / mean(b)`` over paired units with a bootstrap CI resampling the pairs together."""
     pairs = np.stack([np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)], axis=1)
-    return bootstrap_ci(pairs, lambda x: x[:, 0].mean() / x[:, 1].mean(), n_boot=n_boot, level=level,
-                        seed=seed)
+    return bootstrap_ci(
+        pairs, lambda x: x[:, 0].mean() / x[:, 1].mean(), n_boot=n_boot, level=level, seed=seed
+    )

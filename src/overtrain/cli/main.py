@@ -28,7 +28,7 @@ app = typer.Typer(
         "  overtrain pretrain --config configs/pretrain/hmm-nano.yaml train.tokens=[1e6,2e6] seed=1\n\n"
         "  overtrain finetune parent=<run_id> checkpoint=budget_1050000 data.seed=1 data.vocab_size=64\n\n"
         "  overtrain sweep configs/sweeps/demo.yaml --dry-run\n\n"
-        "  overtrain query \"select kind, status, count(*) from runs group by all\"\n\n"
+        '  overtrain query "select kind, status, count(*) from runs group by all"\n\n'
         "  overtrain random-features --report report/\n\n"
         "  overtrain ls presets"
     ),
@@ -40,7 +40,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Prepare data sources that need a one-time step.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-OVERRIDES = typer.Argument(None, help="Dotted overrides key.sub=value (values parsed as YAML).", show_default=False)
+OVERRIDES = typer.Argument(
+    None, help="Dotted overrides key.sub=value (values parsed as YAML).", show_default=False
+)
 CONFIG = typer.Option(None, "--config", "-c", help="YAML config file.", show_default=False)
 
 
@@ -76,7 +78,7 @@ def _execute_one(kind_name: str, config: Optional[Path], overrides: list[str] | 
     if world().is_main:  # under `accelerate launch` every rank gets here; one says so
         verb = "already done" if outcome.skipped else "done"
         out.print(f"{kind.name} run {run_id} {verb}: {run_dir}")
-        out.print(f'query it: overtrain query "select * from evals where run_id = \'{run_id}\'"')
+        out.print(f"query it: overtrain query \"select * from evals where run_id = '{run_id}'\"")
 
 
 @app.command()
@@ -109,8 +111,9 @@ def probe(
     _execute_one("probe", config, overrides, dry_run)
 
 
-def _run_study(name: str, config, preset, overrides, workers: int, dry_run: bool, report_dir,
-               redo_analysis: bool = False) -> None:
+def _run_study(
+    name: str, config, preset, overrides, workers: int, dry_run: bool, report_dir, redo_analysis: bool = False
+) -> None:
     from overtrain.registry import STUDIES
     from overtrain.runs.query import Reader, format_table
     from overtrain.runs.store import Store
@@ -129,11 +132,14 @@ def _run_study(name: str, config, preset, overrides, workers: int, dry_run: bool
     with Reader(store) as reader:
         claims = reader.query(
             "select claim, verdict, round(value, 4) as value, round(ci_low, 4) as ci_low, "
-            "round(ci_high, 4) as ci_high, threshold from evals where run_id = ? and record = 'claim'", [study_id])
+            "round(ci_high, 4) as ci_high, threshold from evals where run_id = ? and record = 'claim'",
+            [study_id],
+        )
         out.print(format_table(claims, "table"))
         if "text" in reader.columns("evals"):
-            for row in reader.rows("select text from evals where run_id = ? and record = 'recommendation'",
-                                   [study_id]):
+            for row in reader.rows(
+                "select text from evals where run_id = ? and record = 'recommendation'", [study_id]
+            ):
                 out.print(row["text"])
     if report_dir is not None:
         from overtrain.report.build import build_report
@@ -141,10 +147,15 @@ def _run_study(name: str, config, preset, overrides, workers: int, dry_run: bool
         out.print(f"report: {build_report(report_dir, name, store)}")
 
 
-WORKERS = typer.Option(1, "--workers", "-j", min=1, help="Runs at once (processes; a single-run study runs one).")
+WORKERS = typer.Option(
+    1, "--workers", "-j", min=1, help="Runs at once (processes; a single-run study runs one)."
+)
 REPORT = typer.Option(None, "--report", help="Also write the HTML report to this directory.")
-REDO_ANALYSIS = typer.Option(False, "--redo-analysis", help="Redo the study's analysis run even if it is done "
-                             "(its training runs are reused).")
+REDO_ANALYSIS = typer.Option(
+    False,
+    "--redo-analysis",
+    help="Redo the study's analysis run even if it is done (its training runs are reused).",
+)
 
 
 def _presets(name: str) -> list[str]:
@@ -163,7 +174,8 @@ def _study_command(name: str, help_text: str):
         overrides: Optional[list[str]] = OVERRIDES,
         config: Optional[Path] = CONFIG,
         preset: Optional[str] = typer.Option(
-            None, "--preset", help=f"A preset in configs/{name}/ ({', '.join(presets) or 'none shipped'})."),
+            None, "--preset", help=f"A preset in configs/{name}/ ({', '.join(presets) or 'none shipped'})."
+        ),
         workers: int = WORKERS,
         report_dir: Optional[Path] = REPORT,
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
@@ -209,11 +221,22 @@ def redo(run: str = typer.Argument(..., help="A run id (or a unique prefix, or k
 @app.command()
 def sweep(
     file: Path = typer.Argument(..., help="Sweep YAML: kind, base, axes, zip, seeds."),
-    executor: str = typer.Option("local", "--executor", help="local (default), ray, or another registered executor."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1,
-                                          help="Runs at once (local: processes, default 1; ray: default no cap)."),
-    address: Optional[str] = typer.Option(None, "--address", help="ray: a cluster to join (auto, host:6379, "
-                                          "ray://host:10001); default: start a local Ray instance."),
+    executor: str = typer.Option(
+        "local", "--executor", help="local (default), ray, or another registered executor."
+    ),
+    workers: Optional[int] = typer.Option(
+        None,
+        "--workers",
+        "-j",
+        min=1,
+        help="Runs at once (local: processes, default 1; ray: default no cap).",
+    ),
+    address: Optional[str] = typer.Option(
+        None,
+        "--address",
+        help="ray: a cluster to join (auto, host:6379, "
+        "ray://host:10001); default: start a local Ray instance.",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
 ) -> None:
     """Run every configuration of a sweep file in dependency order; finished runs are skipped.
@@ -246,17 +269,24 @@ def _report_plan(result) -> None:
 
 @app.command()
 def audit(
-    models: list[Path] = typer.Argument(..., help="Checkpoint directories (config.json + *.safetensors).",
-                                        show_default=False),
+    models: list[Path] = typer.Argument(
+        ..., help="Checkpoint directories (config.json + *.safetensors).", show_default=False
+    ),
     text: Optional[Path] = typer.Option(None, "--text", help="Reference text (default: a packaged excerpt)."),
-    probes: Optional[str] = typer.Option(None, "--probes", help="Comma-separated probes (default: all four)."),
+    probes: Optional[str] = typer.Option(
+        None, "--probes", help="Comma-separated probes (default: all four)."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (autocast)."),
     lm_eval_tasks: Optional[list[Path]] = typer.Option(
-        None, "--lm-eval-tasks", help="lm-eval task YAML over local data, or a directory of them (repeatable; "
-        "needs overtrain[eval])."),
+        None,
+        "--lm-eval-tasks",
+        help="lm-eval task YAML over local data, or a directory of them (repeatable; needs overtrain[eval]).",
+    ),
     report_dir: Optional[Path] = typer.Option(None, "--report", help="Also write the HTML report here."),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Config override key=value (repeatable)."),
+    overrides: Optional[list[str]] = typer.Option(
+        None, "--set", help="Config override key=value (repeatable)."
+    ),
 ) -> None:
     """Probe your own Hugging Face checkpoints: reference loss, sensitivity, sharpness, induction, and
     optionally your lm-eval tasks.
@@ -376,7 +406,9 @@ def query(
 
 
 @app.command()
-def validate(paths: list[Path] = typer.Argument(..., help="Config or sweep YAML files, or directories.")) -> None:
+def validate(
+    paths: list[Path] = typer.Argument(..., help="Config or sweep YAML files, or directories."),
+) -> None:
     """Load and validate config files (a sweep file expands and validates every run it names)."""
     from overtrain.runs.configs import validate_file
 

@@ -23,8 +23,13 @@ def step_progress(description: str, total: int | None) -> Iterator[Callable[[int
 
     console = Console(stderr=True)
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), console=console, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
         disable=not console.is_terminal or not world().is_main,  # one bar per launch, from rank 0
     )
     with progress:

@@ -35,8 +35,13 @@ TMP_PREFIX = ".tmp-"
 CHECKSUMS = "checksums.json"
 """The sidecar `atomic_dir(..., checksums=True)` writes: ``{"sha256": {relative path: hex digest}}``."""
 
-FAULT_POINTS = ("atomic_dir.filled", "atomic_dir.rename", "atomic_write.rename", "jsonl.partial_line",
-                "store.before_success")
+FAULT_POINTS = (
+    "atomic_dir.filled",
+    "atomic_dir.rename",
+    "atomic_write.rename",
+    "jsonl.partial_line",
+    "store.before_success",
+)
 """The places `fault_point` can kill the process (see `bench/fault_injection.py`)."""
 
 _FILE_MODE = 0o644  # mkstemp creates 0600; results are meant to be shared like any other file
@@ -144,8 +149,9 @@ def read_checksums(path: str | Path) -> dict[str, str] | None:
     except (OSError, ValueError) as exc:
         raise ValueError(f"{CHECKSUMS} is unreadable ({type(exc).__name__})") from None
     table = data.get("sha256") if isinstance(data, dict) else None
-    if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                              for k, v in table.items()):
+    if not isinstance(table, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in table.items()
+    ):
         raise ValueError(f"{CHECKSUMS} is not a checksums file")
     return table
 

@@ -19,7 +19,6 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-
 @torch.no_grad()
 def evaluate_loss(
     model: torch.nn.Module,

@@ -66,17 +66,36 @@ def lora_layers(model: nn.Module) -> list[LoraView]:
         adapter = module.active_adapters[0]
         plain = isinstance(base, nn.Linear) and not getattr(module, "fan_in_fan_out", False)
         if not plain or adapter not in module.lora_A:
-            raise ConfigError(f"method: LoRA layer {name} is not a plain nn.Linear adapter; only those are supported")
+            raise ConfigError(
+                f"method: LoRA layer {name} is not a plain nn.Linear adapter; only those are supported"
+            )
         A, B = module.lora_A[adapter].weight, module.lora_B[adapter].weight
-        out.append(LoraView(name, names[id(base.weight)], base, A, B, names[id(A)], names[id(B)],
-                            float(module.scaling[adapter])))
+        out.append(
+            LoraView(
+                name,
+                names[id(base.weight)],
+                base,
+                A,
+                B,
+                names[id(A)],
+                names[id(B)],
+                float(module.scaling[adapter]),
+            )
+        )
     if not out:
         raise ConfigError("method: the model has no LoRA layer to perturb (apply LoRA first)")
     return out
 
 
-def row_std(layer: LoraView, *, sigma: float, beta: float = 0.0, grad_sq: torch.Tensor | None = None,
-            std_form: str = "paper", norm_dim: str = "in") -> tuple[torch.Tensor, torch.Tensor]:
+def row_std(
+    layer: LoraView,
+    *,
+    sigma: float,
+    beta: float = 0.0,
+    grad_sq: torch.Tensor | None = None,
+    std_form: str = "paper",
+    norm_dim: str = "in",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(std_i, the gradient term's share of it) for every row of `layer`, float32 (module docstring).
 
     `grad_sq` is ``‖∇_i‖²`` per row (None: zero, as before the first gradient is known)."""

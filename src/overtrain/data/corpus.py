@@ -60,7 +60,9 @@ class CorpusConfig(DataConfig):
         """The token source; `tokenizer` (required for, and only used with, ``tokenizer: parent``) is the
         parent checkpoint's tokenizer."""
         if self.tokenizer == "parent" and tokenizer is None:
-            raise DataError(f"{self.name}: tokenizer 'parent' needs a parent checkpoint (fine-tuning tasks only)")
+            raise DataError(
+                f"{self.name}: tokenizer 'parent' needs a parent checkpoint (fine-tuning tasks only)"
+            )
         return CorpusSource(self, self.documents(), tokenizer if self.tokenizer == "parent" else None)
 
 
@@ -87,7 +89,9 @@ class _LocalFilesConfig(CorpusConfig):
         train = [d for p in expand_paths(self.train, self._suffix()) for d in docs.read(p, self._read)]
         if self.val is not None:
             docs.train = train
-            docs.val = [d for p in expand_paths(self.val, self._suffix()) for d in docs.read(p, self._read, "val")]
+            docs.val = [
+                d for p in expand_paths(self.val, self._suffix()) for d in docs.read(p, self._read, "val")
+            ]
         else:
             docs.train, docs.val = split_documents(train, self.val_fraction)
             docs.settings["val_fraction"] = self.val_fraction

@@ -61,7 +61,9 @@ def word_list() -> tuple[str, ...]:
     return tuple(sorted({w for w in re.findall(r"[a-z]+", text.lower()) if 2 <= len(w) <= 9}))
 
 
-def render(task: str, rng: np.random.Generator, words: tuple[str, ...], min_words: int, max_words: int) -> str:
+def render(
+    task: str, rng: np.random.Generator, words: tuple[str, ...], min_words: int, max_words: int
+) -> str:
     """One example of `task` as text (format in the module docstring)."""
     if task == "add":
         a, b = (int(x) for x in rng.integers(0, 100, size=2))
@@ -128,15 +130,17 @@ class InstructionsConfig(CorpusConfig):
         for _ in range(20 * count):
             if len(out) == count:
                 break
-            text = render(self.tasks[int(rng.integers(len(self.tasks)))], rng, words, self.min_words,
-                          self.max_words)
+            text = render(
+                self.tasks[int(rng.integers(len(self.tasks)))], rng, words, self.min_words, self.max_words
+            )
             if text not in exclude:
                 out.append(text)
         return out
 
     def documents(self) -> Documents:
-        settings = self.model_dump(include={"tasks", "examples", "val_examples", "min_words", "max_words",
-                                            "content_seed"})
+        settings = self.model_dump(
+            include={"tasks", "examples", "val_examples", "min_words", "max_words", "content_seed"}
+        )
         docs = Documents(settings={"kind": self.name, "generator": 1, **settings})
         # the word list is an input too: a changed fixture must not reuse a stale cache entry
         docs.files.append(("words", hashlib.sha256(" ".join(word_list()).encode()).hexdigest()))

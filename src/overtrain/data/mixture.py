@@ -55,8 +55,9 @@ class MixtureConfig(DataConfig):
     @model_validator(mode="after")
     def _weights(self) -> MixtureConfig:
         if len(self.weights) != len(self.sources):
-            raise ValueError(f"give one weight per source: {len(self.sources)} sources, "
-                             f"{len(self.weights)} weights")
+            raise ValueError(
+                f"give one weight per source: {len(self.sources)} sources, {len(self.weights)} weights"
+            )
         if any(w <= 0 for w in self.weights):
             raise ValueError(f"weights must be positive, got {self.weights}")
         return self

@@ -66,9 +66,15 @@ class RegressionData:
         if not 1 <= n <= self.n:
             raise DataError(f"subset of {n} training examples from {self.n}")
         cut = slice(0, n)
-        return RegressionData(self.X[cut], self.Y[cut], self.X_test, self.Y_test,
-                              None if self.labels is None else self.labels[cut], self.labels_test,
-                              None if self.noisy is None else self.noisy[cut])
+        return RegressionData(
+            self.X[cut],
+            self.Y[cut],
+            self.X_test,
+            self.Y_test,
+            None if self.labels is None else self.labels[cut],
+            self.labels_test,
+            None if self.noisy is None else self.noisy[cut],
+        )
 
 
 def one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
@@ -77,7 +83,9 @@ def one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
     return out
 
 
-def corrupt_labels(labels: np.ndarray, classes: int, p: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def corrupt_labels(
+    labels: np.ndarray, classes: int, p: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Labels with a fraction ~`p` replaced by a uniformly random *incorrect* class; and the mask."""
     noisy = rng.random(len(labels)) < p
     shift = rng.integers(1, classes, size=len(labels))  # 1..k-1: never the true class
@@ -108,7 +116,7 @@ class DigitsConfig(BaseConfig):
         if self.n_train + self.n_test > len(y):
             raise DataError(f"digits has {len(y)} images; n_train + n_test = {self.n_train + self.n_test}")
         order = numpy_rng("digits-split", self.seed).permutation(len(y))
-        tr, te = order[: self.n_train], order[self.n_train: self.n_train + self.n_test]
+        tr, te = order[: self.n_train], order[self.n_train : self.n_train + self.n_test]
         mean, std = X[tr].mean(0), X[tr].std(0)
         std[std == 0] = 1.0  # constant border pixels
         Xs = (X - mean) / std
@@ -153,7 +161,9 @@ class TeacherConfig(BaseConfig):
         X = rng.normal(size=(self.n_train + self.n_test, self.d))
         y = np.tanh(2 * X @ w) + 0.5 * np.sin(X[:, 0])
         y[: self.n_train] += rng.normal(0, self.noise_std, self.n_train)
-        return RegressionData(X[: self.n_train], y[: self.n_train, None], X[self.n_train:], y[self.n_train:, None])
+        return RegressionData(
+            X[: self.n_train], y[: self.n_train, None], X[self.n_train :], y[self.n_train :, None]
+        )
 
 
 RegressionDataConfig = Annotated[DigitsConfig | TeacherConfig, Field(discriminator="name")]

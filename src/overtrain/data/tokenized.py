@@ -64,7 +64,9 @@ class CorpusSource:
         cache_dir: the cache entry holding them.
     """
 
-    def __init__(self, cfg: CorpusConfig, docs: Documents, tokenizer: PreTrainedTokenizerFast | None = None) -> None:
+    def __init__(
+        self, cfg: CorpusConfig, docs: Documents, tokenizer: PreTrainedTokenizerFast | None = None
+    ) -> None:
         self.cfg = cfg
         self._given = tokenizer
         settings = {"tokenizer": cfg.tokenizer, "format": CACHE_FORMAT}
@@ -114,7 +116,9 @@ class CorpusSource:
         return torch.from_numpy(window)
 
 
-def _write_cache(target: Path, cfg: CorpusConfig, docs: Documents, given: PreTrainedTokenizerFast | None) -> None:
+def _write_cache(
+    target: Path, cfg: CorpusConfig, docs: Documents, given: PreTrainedTokenizerFast | None
+) -> None:
     """Tokenise `docs` into a temporary directory beside `target` and rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -123,7 +127,9 @@ def _write_cache(target: Path, cfg: CorpusConfig, docs: Documents, given: PreTra
             vocab = len(given)
             if given.eos_token is None:  # e.g. the byte tokenizer: documents joined like `byte`
                 ids = given.backend_tokenizer.encode(BYTE_SEPARATOR.decode()).ids
-                arrays = {split: _joined_tokens(given, getattr(docs, split), ids) for split in ("train", "val")}
+                arrays = {
+                    split: _joined_tokens(given, getattr(docs, split), ids) for split in ("train", "val")
+                }
             else:
                 arrays = {split: _bpe_tokens(given, getattr(docs, split)) for split in ("train", "val")}
         elif cfg.tokenizer == "byte":

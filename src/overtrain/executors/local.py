@@ -181,8 +181,10 @@ def refuse_under_launch() -> None:
     """A plan is not executed by several launched processes at once: their runs would have to fail and skip
     in lockstep. Data parallelism is per run (``accelerate launch ... pretrain``); plans scale over runs."""
     if distributed.launched():
-        raise UserError("a plan of runs does not execute under accelerate launch/torchrun: launch one "
-                        "pretrain or finetune run at a time, and spread sweeps with --workers or --executor ray")
+        raise UserError(
+            "a plan of runs does not execute under accelerate launch/torchrun: launch one "
+            "pretrain or finetune run at a time, and spread sweeps with --workers or --executor ray"
+        )
 
 
 def _lookup(kinds: Any, name: str) -> RunKind:
@@ -284,8 +286,9 @@ def _kind_ref(kind: RunKind, kinds: Any) -> str | RunKind:
     return kind
 
 
-def _execute_in_worker(kind_ref: str | RunKind, plain: dict[str, Any], run_id: str, root: str,
-                       redo: bool = False) -> dict:
+def _execute_in_worker(
+    kind_ref: str | RunKind, plain: dict[str, Any], run_id: str, root: str, redo: bool = False
+) -> dict:
     """Worker side: rebuild the kind and config, execute, and return plain data (never an exception).
 
     Exceptions are flattened to their one-line message here because arbitrary exception objects do not
@@ -326,8 +329,12 @@ def _run_pool(
     context = multiprocessing.get_context("spawn")
     pending = list(ordered)
     running: dict[Future, PlanItem] = {}
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                                initargs=(max(1, (os.cpu_count() or 1) // workers),))
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(max(1, (os.cpu_count() or 1) // workers),),
+    )
     try:
         while pending or running:
             # settle blocked runs and start ready ones, in plan order, keeping `workers` in flight
@@ -373,8 +380,12 @@ def _run_pool(
                     running.pop(future)
                     book.fail(item, "BrokenProcessPool: a worker process died", store)
                 pool.shutdown(wait=False, cancel_futures=True)
-                pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                                initargs=(max(1, (os.cpu_count() or 1) // workers),))
+                pool = ProcessPoolExecutor(
+                    max_workers=workers,
+                    mp_context=context,
+                    initializer=_init_worker,
+                    initargs=(max(1, (os.cpu_count() or 1) // workers),),
+                )
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise

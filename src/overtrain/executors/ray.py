@@ -63,8 +63,9 @@ def gpus_needed(config: Any, cluster_has_gpus: bool) -> int:
     return 1 if device == "auto" and cluster_has_gpus else 0
 
 
-def _task(kind_ref: str | RunKind, plain: dict[str, Any], run_id: str, root: str, threads: int,
-          redo: bool = False) -> dict:
+def _task(
+    kind_ref: str | RunKind, plain: dict[str, Any], run_id: str, root: str, threads: int, redo: bool = False
+) -> dict:
     """Ray task body: give torch the task's CPUs, check the store is visible, run (errors come back as
     data)."""
     import socket
@@ -73,8 +74,11 @@ def _task(kind_ref: str | RunKind, plain: dict[str, Any], run_id: str, root: str
 
     torch.set_num_threads(threads)
     if not Path(root).is_dir():
-        return {"ok": False, "error": f"StoreNotVisible: the run store {root} does not exist on node "
-                f"{socket.gethostname()}; put OVERTRAIN_HOME on a filesystem shared by every node"}
+        return {
+            "ok": False,
+            "error": f"StoreNotVisible: the run store {root} does not exist on node "
+            f"{socket.gethostname()}; put OVERTRAIN_HOME on a filesystem shared by every node",
+        }
     return _execute_in_worker(kind_ref, plain, run_id, root, redo)
 
 
@@ -153,11 +157,16 @@ def run_plan(
             book = _Book({item.run_id for item in ordered}, result, display, stop_on_failure)
 
             def submit(item: PlanItem):
-                options = {"num_cpus": cpus_per_run, "num_gpus": gpus_needed(item.config, has_gpus),
-                           "max_retries": max_retries, "name": f"{item.kind}/{item.run_id}",
-                           "runtime_env": env}
+                options = {
+                    "num_cpus": cpus_per_run,
+                    "num_gpus": gpus_needed(item.config, has_gpus),
+                    "max_retries": max_retries,
+                    "name": f"{item.kind}/{item.run_id}",
+                    "runtime_env": env,
+                }
                 return task.options(**options).remote(
-                    refs[item.kind], to_plain(item.config), item.run_id, str(root), cpus_per_run, item.redo)
+                    refs[item.kind], to_plain(item.config), item.run_id, str(root), cpus_per_run, item.redo
+                )
 
             _schedule(ray, ordered, book, store, submit, workers)
         if progress:

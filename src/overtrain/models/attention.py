@@ -36,7 +36,9 @@ def _hf_model(model: nn.Module) -> nn.Module | None:
     modules = list(model.modules())
     found = next((m for m in modules if isinstance(m, PreTrainedModel)), None)
     if found is None:
-        found = next((m for m in modules if hasattr(getattr(m, "config", None), "_attn_implementation")), None)
+        found = next(
+            (m for m in modules if hasattr(getattr(m, "config", None), "_attn_implementation")), None
+        )
     return found
 
 

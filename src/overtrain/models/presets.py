@@ -44,12 +44,17 @@ class Preset:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def hf_config(self, vocab_size: int, max_positions: int, overrides: dict[str, Any] | None = None):
-        return _HF_BUILDERS[self.family](self.shape, vocab_size, max_positions, {**self.extra, **(overrides or {})})
+        return _HF_BUILDERS[self.family](
+            self.shape, vocab_size, max_positions, {**self.extra, **(overrides or {})}
+        )
 
 
 # Sizes quoted at the vocabulary where the studies use them (docs/overtraining.md, "Presets").
 SHAPES: dict[str, tuple[Shape, str]] = {
-    "nano": (Shape(16, 2, 4, 64), "~10K params at V=64: the CPU regime where overtraining shows (10^3+ tok/param)"),
+    "nano": (
+        Shape(16, 2, 4, 64),
+        "~10K params at V=64: the CPU regime where overtraining shows (10^3+ tok/param)",
+    ),
     "micro": (Shape(32, 2, 4, 128), "~41K params at V=128: tests and quick sweeps"),
     "tiny": (Shape(128, 4, 4, 512), "~1.1M params at V=128"),
     "small": (Shape(256, 8, 8, 1024), "~10M params at V=4096 (8.4M non-embedding)"),
@@ -71,12 +76,24 @@ def _swiglu(config_name: str):
         import transformers
 
         config_cls = getattr(transformers, config_name)
-        return config_cls(**{**dict(
-            vocab_size=vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
-            num_attention_heads=shape.heads, num_key_value_heads=shape.heads, intermediate_size=shape.ffn,
-            max_position_embeddings=positions, tie_word_embeddings=shape.tied,
-            bos_token_id=None, eos_token_id=None, pad_token_id=None,
-        ), **kw})  # overrides replace preset values (tie_word_embeddings too)
+        return config_cls(
+            **{
+                **dict(
+                    vocab_size=vocab,
+                    hidden_size=shape.hidden,
+                    num_hidden_layers=shape.layers,
+                    num_attention_heads=shape.heads,
+                    num_key_value_heads=shape.heads,
+                    intermediate_size=shape.ffn,
+                    max_position_embeddings=positions,
+                    tie_word_embeddings=shape.tied,
+                    bos_token_id=None,
+                    eos_token_id=None,
+                    pad_token_id=None,
+                ),
+                **kw,
+            }
+        )  # overrides replace preset values (tie_word_embeddings too)
 
     return build
 
@@ -85,12 +102,25 @@ def _neox(shape: Shape, vocab: int, positions: int, kw: dict[str, Any]):
     from transformers import GPTNeoXConfig
 
     # GPT-NeoX's MLP is 4x wide with GELU (two matrices), Pythia's choice; SwiGLU presets use ffn as is.
-    return GPTNeoXConfig(**{**dict(
-        vocab_size=vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads, intermediate_size=4 * shape.hidden,
-        max_position_embeddings=positions, tie_word_embeddings=shape.tied, rotary_pct=0.25,
-        use_parallel_residual=True, bos_token_id=None, eos_token_id=None, pad_token_id=None,
-    ), **kw})
+    return GPTNeoXConfig(
+        **{
+            **dict(
+                vocab_size=vocab,
+                hidden_size=shape.hidden,
+                num_hidden_layers=shape.layers,
+                num_attention_heads=shape.heads,
+                intermediate_size=4 * shape.hidden,
+                max_position_embeddings=positions,
+                tie_word_embeddings=shape.tied,
+                rotary_pct=0.25,
+                use_parallel_residual=True,
+                bos_token_id=None,
+                eos_token_id=None,
+                pad_token_id=None,
+            ),
+            **kw,
+        }
+    )
 
 
 _HF_BUILDERS = {"llama": _swiglu("LlamaConfig"), "olmo2": _swiglu("Olmo2Config"), "neox": _neox}
@@ -128,8 +158,9 @@ class ModelConfig(BaseConfig):
             build_hf_config(self, vocab_size=8, max_positions=8)  # raises ValueError on a bad key
             # and on a bad value (a negative width, heads that do not divide it): a config error now,
             # not a crash inside the run
-            _check_buildable(self.preset, json.dumps(self.overrides, sort_keys=True, default=str),
-                             self.attn_implementation)
+            _check_buildable(
+                self.preset, json.dumps(self.overrides, sort_keys=True, default=str), self.attn_implementation
+            )
         return self
 
 
@@ -139,8 +170,9 @@ def _check_buildable(preset: str, overrides: str, attn_implementation: str) -> N
     import torch
     from transformers import AutoModelForCausalLM
 
-    cfg = ModelConfig.model_construct(preset=preset, overrides=json.loads(overrides),
-                                      attn_implementation=attn_implementation)
+    cfg = ModelConfig.model_construct(
+        preset=preset, overrides=json.loads(overrides), attn_implementation=attn_implementation
+    )
     hf = build_hf_config(cfg, vocab_size=8, max_positions=8)
     try:
         with torch.device("meta"):
@@ -204,10 +236,13 @@ def preset_table(vocab_size: int, max_positions: int = 256) -> list[dict[str, ob
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(preset.hf_config(vocab_size, max_positions))
         s = preset.shape
-        rows.append({
-            "name": name, "params": f"{count_params(model):,}",
-            "non-embedding": f"{count_params(model, non_embedding=True):,}",
-            "shape": f"d{s.hidden} L{s.layers} H{s.heads} ffn{s.ffn}{' tied' if s.tied else ''}",
-            "about": preset.help,
-        })
+        rows.append(
+            {
+                "name": name,
+                "params": f"{count_params(model):,}",
+                "non-embedding": f"{count_params(model, non_embedding=True):,}",
+                "shape": f"d{s.hidden} L{s.layers} H{s.heads} ffn{s.ffn}{' tied' if s.tied else ''}",
+                "about": preset.help,
+            }
+        )
     return rows

@@ -77,7 +77,9 @@ def median_distance(X: np.ndarray, max_points: int = 1000) -> float:
     return float(np.sqrt(np.median(d2[np.triu_indices(len(Z), 1)])))
 
 
-def random_features(cfg: FeatureConfig, X: np.ndarray, X_test: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+def random_features(
+    cfg: FeatureConfig, X: np.ndarray, X_test: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Training and test features (n x width, n_test x width) of one draw."""
     d = X.shape[1]
     # one feature's weights per row of the draw, and b from its own stream: the first P features are the
@@ -110,8 +112,10 @@ def fits(ridges: Sequence[float] = (), steps: Sequence[float] = (), n: int = 1) 
     out = [Fit("min_norm", None, lambda s, s1: 1 / s)]
     out += [Fit("ridge", lam, lambda s, s1, lam=lam: s / (s * s + n * lam)) for lam in ridges]
     # -expm1(T·log1p(-x)) = 1 − (1 − x)^T without cancellation when ηs² is tiny
-    out += [Fit("gd", T, lambda s, s1, T=T: -np.expm1(T * np.log1p(-(s / s1) ** 2 * (1 - 1e-15))) / s)
-            for T in steps]
+    out += [
+        Fit("gd", T, lambda s, s1, T=T: -np.expm1(T * np.log1p(-((s / s1) ** 2) * (1 - 1e-15))) / s)
+        for T in steps
+    ]
     return out
 
 
@@ -145,10 +149,18 @@ def _from_eigh(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     return np.sqrt(w[keep]), Q[:, keep], ok
 
 
-def sweep_widths(F: np.ndarray, Y: np.ndarray, F_test: np.ndarray, widths: Sequence[int],
-                 fit_list: Sequence[Fit], *, labels: np.ndarray | None = None,
-                 labels_test: np.ndarray | None = None, Y_test: np.ndarray | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> list[dict]:
+def sweep_widths(
+    F: np.ndarray,
+    Y: np.ndarray,
+    F_test: np.ndarray,
+    widths: Sequence[int],
+    fit_list: Sequence[Fit],
+    *,
+    labels: np.ndarray | None = None,
+    labels_test: np.ndarray | None = None,
+    Y_test: np.ndarray | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict]:
     """Every (width, fit) of a model-wise sweep over column prefixes of `F` (see the module docstring).
 
     Min-norm and ridge fits alone take the factorisation route (`_factor_sweep`); any GD length needs
@@ -191,7 +203,9 @@ def _spectral_sweep(F, F_test, widths, fit_list, tg: _Targets, progress) -> list
         Fp = F[:, :P]
         if P < n:
             s, V, ok = _from_eigh(G[:P, :P])
-            spec = Spectrum(s, (V.T @ (Fp.T @ Y)) / s[:, None], F_test[:, :P] @ V, (Fp @ V) / s) if ok else None
+            spec = (
+                Spectrum(s, (V.T @ (Fp.T @ Y)) / s[:, None], F_test[:, :P] @ V, (Fp @ V) / s) if ok else None
+            )
         else:
             if K is None:
                 K, Kt = Fp @ Fp.T, F_test[:, :P] @ Fp.T
@@ -216,15 +230,33 @@ def _metrics(P, spec: Spectrum, fit_list, tg: _Targets) -> list[dict]:
     out = []
     for fit in fit_list:
         coef = fit.g(s, s1)[:, None] * spec.uty  # a = V coef
-        out.append(_row(P, fit, spec.train_u @ (s[:, None] * coef), spec.test_v @ coef,
-                        float(np.sqrt((coef**2).sum())), float(s1 / s[-1]), len(s), tg))
+        out.append(
+            _row(
+                P,
+                fit,
+                spec.train_u @ (s[:, None] * coef),
+                spec.test_v @ coef,
+                float(np.sqrt((coef**2).sum())),
+                float(s1 / s[-1]),
+                len(s),
+                tg,
+            )
+        )
     return out
 
 
-def _row(P: int, fit: Fit, train: np.ndarray, test: np.ndarray, norm: float, kappa: float, rank: int,
-         tg: _Targets) -> dict:
-    row = {"width": P, "solver": fit.solver, "value": fit.value,
-           "train_loss": float(((train - tg.Y) ** 2).sum(1).mean()), "norm": norm, "kappa": kappa, "rank": int(rank)}
+def _row(
+    P: int, fit: Fit, train: np.ndarray, test: np.ndarray, norm: float, kappa: float, rank: int, tg: _Targets
+) -> dict:
+    row = {
+        "width": P,
+        "solver": fit.solver,
+        "value": fit.value,
+        "train_loss": float(((train - tg.Y) ** 2).sum(1).mean()),
+        "norm": norm,
+        "kappa": kappa,
+        "rank": int(rank),
+    }
     if tg.Y_test is not None:
         row["test_loss"] = float(((test - tg.Y_test) ** 2).sum(1).mean())
     if tg.labels is not None and tg.Y.shape[1] > 1:
@@ -258,8 +290,11 @@ def _factor_sweep(F, F_test, widths, fit_list, tg: _Targets, progress) -> list[d
     column = {sh: slice(j * tg.Y.shape[1], (j + 1) * tg.Y.shape[1]) for j, sh in enumerate(shifts)}
 
     def rows_of(P, train, test, sq, kappa, rank):
-        return [_row(P, fit, train[:, c], test[:, c], float(np.sqrt(sq[c].sum())), kappa, rank, tg)
-                for fit in fit_list for c in [column[n * fit.value if fit.solver == "ridge" else 0.0]]]
+        return [
+            _row(P, fit, train[:, c], test[:, c], float(np.sqrt(sq[c].sum())), kappa, rank, tg)
+            for fit in fit_list
+            for c in [column[n * fit.value if fit.solver == "ridge" else 0.0]]
+        ]
 
     done = 0
 
@@ -299,8 +334,10 @@ def _below_threshold(F, F_test, widths, shifts, tg: _Targets, lanczos, rows_of, 
         out[P] = None
         if kappa <= 1 / GRAM_RTOL and all(chol[sh][2] >= P for sh in shifts[1:]):
             coefs = [lapack.dtrtrs(Rp, qty[:P])[0]]
-            coefs += [lapack.dtrtrs(np.asfortranarray(chol[sh][0][:P, :P]), chol[sh][1][:P], lower=1, trans=1)[0]
-                      for sh in shifts[1:]]
+            coefs += [
+                lapack.dtrtrs(np.asfortranarray(chol[sh][0][:P, :P]), chol[sh][1][:P], lower=1, trans=1)[0]
+                for sh in shifts[1:]
+            ]
             A = np.concatenate(coefs, axis=1)
             out[P] = rows_of(P, F[:, :P] @ A, F_test[:, :P] @ A, (A**2).sum(0), kappa, P)
         tick()
@@ -336,7 +373,9 @@ def _above_threshold(F, F_test, widths, shifts, tg: _Targets, lanczos, rows_of, 
     return out
 
 
-def _dual_predictions(F: np.ndarray, F_test: np.ndarray, duals: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+def _dual_predictions(
+    F: np.ndarray, F_test: np.ndarray, duals: dict[int, np.ndarray]
+) -> dict[int, np.ndarray]:
     """``F_test[:, :P] F[:, :P]ᵀ C_P`` for every width P, reading each feature column once: the block of
     columns between consecutive widths contributes ``F_test,b (F_bᵀ [C_P ...])`` to every width that
     contains it, as one wide product."""
@@ -346,9 +385,9 @@ def _dual_predictions(F: np.ndarray, F_test: np.ndarray, duals: dict[int, np.nda
     T = np.zeros((F_test.shape[0], W.shape[1]))
     start = 0
     for j, P in enumerate(widths):
-        T[:, offsets[j]:] += F_test[:, start:P] @ (F[:, start:P].T @ W[:, offsets[j]:])
+        T[:, offsets[j] :] += F_test[:, start:P] @ (F[:, start:P].T @ W[:, offsets[j] :])
         start = P
-    return {P: T[:, offsets[j]:offsets[j + 1]] for j, P in enumerate(widths)}
+    return {P: T[:, offsets[j] : offsets[j + 1]] for j, P in enumerate(widths)}
 
 
 class _WarmLanczos:
@@ -379,8 +418,9 @@ class _WarmLanczos:
 
         if not np.all(np.abs(np.diag(R)) > 0):
             return math.inf
-        return self._kappa(len(R), lambda v: R.T @ (R @ v),
-                           lambda v: lapack.dtrtrs(R, lapack.dtrtrs(R, v, trans=1)[0])[0])
+        return self._kappa(
+            len(R), lambda v: R.T @ (R @ v), lambda v: lapack.dtrtrs(R, lapack.dtrtrs(R, v, trans=1)[0])[0]
+        )
 
     def kappa_cholesky(self, K: np.ndarray, L: np.ndarray) -> float:
         """κ of F_P from its Gram K = F_P F_Pᵀ = L Lᵀ: Lanczos on K and on K⁻¹."""
@@ -389,8 +429,9 @@ class _WarmLanczos:
         return self._kappa(len(K), lambda v: K @ v, lambda v: lapack.dpotrs(L, v, lower=1)[0])
 
 
-def _extreme_eig(apply: Callable[[np.ndarray], np.ndarray], v0: np.ndarray, tol: float = 1e-7,
-                 max_iter: int = 200) -> tuple[float, np.ndarray]:
+def _extreme_eig(
+    apply: Callable[[np.ndarray], np.ndarray], v0: np.ndarray, tol: float = 1e-7, max_iter: int = 200
+) -> tuple[float, np.ndarray]:
     """Largest eigenvalue (and its vector) of a symmetric positive operator, by Lanczos with full
     reorthogonalisation, stopped when the Ritz residual ``‖A y − θ y‖ ≤ tol·θ`` (so |θ − λ| ≤ tol·θ).
     Returns (inf, v0) if the operator produces non-finite values."""
@@ -416,9 +457,23 @@ def _extreme_eig(apply: Callable[[np.ndarray], np.ndarray], v0: np.ndarray, tol:
     raise AssertionError("unreachable")
 
 
-def sweep_data(data: RegressionData, features: FeatureConfig, widths: Sequence[int], fit_list: Sequence[Fit],
-               progress=None) -> list[dict]:
+def sweep_data(
+    data: RegressionData,
+    features: FeatureConfig,
+    widths: Sequence[int],
+    fit_list: Sequence[Fit],
+    progress=None,
+) -> list[dict]:
     """`sweep_widths` on one dataset and one feature draw at the largest width."""
     F, F_test = random_features(features, data.X, data.X_test, max(widths))
-    return sweep_widths(F, data.Y, F_test, widths, fit_list, labels=data.labels, labels_test=data.labels_test,
-                        Y_test=data.Y_test, progress=progress)
+    return sweep_widths(
+        F,
+        data.Y,
+        F_test,
+        widths,
+        fit_list,
+        labels=data.labels,
+        labels_test=data.labels_test,
+        Y_test=data.Y_test,
+        progress=progress,
+    )

@@ -120,13 +120,14 @@ def prompts_and_references(source, cfg: GenerationEvalConfig) -> tuple[torch.Ten
     """Held-out contexts ``[P, prompt_len]`` and their human continuations ``[P, new_tokens]``."""
     w = windows(source.tokens["val"], cfg.prompts, cfg.prompt_len + cfg.new_tokens, (cfg.seed, "prompts"))
     w = torch.from_numpy(w)
-    return w[:, :cfg.prompt_len], w[:, cfg.prompt_len:]
+    return w[:, : cfg.prompt_len], w[:, cfg.prompt_len :]
 
 
 def val_batches(source, cfg: GenerationEvalConfig, seq_len: int) -> list[torch.Tensor]:
     """The validation windows every model is measured on (same for all)."""
-    w = torch.from_numpy(windows(source.tokens["val"], cfg.val_batches * cfg.val_batch_size, seq_len,
-                                 (cfg.seed, "val")))
+    w = torch.from_numpy(
+        windows(source.tokens["val"], cfg.val_batches * cfg.val_batch_size, seq_len, (cfg.seed, "val"))
+    )
     return list(w.split(cfg.val_batch_size))
 
 
@@ -134,9 +135,16 @@ def val_batches(source, cfg: GenerationEvalConfig, seq_len: int) -> list[torch.T
 
 
 @torch.no_grad()
-def generate(model, prompts: torch.Tensor, new_tokens: int, *, sampling: SamplingConfig | None = None,
-             processors: Sequence[Any] = (), seed: Sequence[Any] = (0,),
-             batch_size: int = 128) -> torch.Tensor:
+def generate(
+    model,
+    prompts: torch.Tensor,
+    new_tokens: int,
+    *,
+    sampling: SamplingConfig | None = None,
+    processors: Sequence[Any] = (),
+    seed: Sequence[Any] = (0,),
+    batch_size: int = 128,
+) -> torch.Tensor:
     """Continue every prompt by exactly `new_tokens` tokens.
 
     Args:
@@ -179,13 +187,14 @@ def generate(model, prompts: torch.Tensor, new_tokens: int, *, sampling: Samplin
                 nxt = torch.multinomial(probs, 1, generator=gen).squeeze(-1).to(device)
             ids = torch.cat([ids, nxt[:, None]], dim=1)
             step = model(input_ids=nxt[:, None], past_key_values=step.past_key_values, use_cache=True)
-        out.append(ids[:, chunk.shape[1]:].cpu())
+        out.append(ids[:, chunk.shape[1] :].cpu())
     model.train(was_training)
     return torch.cat(out)
 
 
-def continuation_metrics(continuations: Sequence[Sequence[int]], cfg: GenerationEvalConfig,
-                         copy_index: gm.CopyIndex | None) -> tuple[list[dict[str, float]], dict[str, float]]:
+def continuation_metrics(
+    continuations: Sequence[Sequence[int]], cfg: GenerationEvalConfig, copy_index: gm.CopyIndex | None
+) -> tuple[list[dict[str, float]], dict[str, float]]:
     """Per-continuation rows (``ttr``, ``longest_copy``) and corpus-level metrics of one setting.
 
     Corpus metrics: ``ttr`` (mean), ``distinct_<n>``, ``self_bleu``, and with a training set
@@ -212,8 +221,14 @@ def continuation_metrics(continuations: Sequence[Sequence[int]], cfg: Generation
 
 
 @torch.no_grad()
-def val_stats(model, batches: Sequence[torch.Tensor], *, temperature: float = 1.0, keep_positions: int = 0,
-              seed: Sequence[Any] = (0,)) -> tuple[dict[str, np.ndarray], torch.Tensor | None]:
+def val_stats(
+    model,
+    batches: Sequence[torch.Tensor],
+    *,
+    temperature: float = 1.0,
+    keep_positions: int = 0,
+    seed: Sequence[Any] = (0,),
+) -> tuple[dict[str, np.ndarray], torch.Tensor | None]:
     """Per-sequence NLL, entropy and top-1 probability of softmax(logits / τ) over validation windows.
 
     Returns:
@@ -247,13 +262,18 @@ def val_stats(model, batches: Sequence[torch.Tensor], *, temperature: float = 1.
 def summarize_val(stats: dict[str, np.ndarray]) -> dict[str, float]:
     """``val/loss`` (mean NLL), ``val/ppl``, ``val/entropy``, ``val/top1`` from `val_stats` arrays."""
     loss = float(stats["nll"].mean())
-    return {"val/loss": loss, "val/ppl": math.exp(loss), "val/entropy": float(stats["entropy"].mean()),
-            "val/top1": float(stats["top1"].mean())}
+    return {
+        "val/loss": loss,
+        "val/ppl": math.exp(loss),
+        "val/entropy": float(stats["entropy"].mean()),
+        "val/top1": float(stats["top1"].mean()),
+    }
 
 
 @torch.no_grad()
-def continuation_nll(model, prompts: torch.Tensor, continuations: torch.Tensor,
-                     batch_size: int = 64) -> np.ndarray:
+def continuation_nll(
+    model, prompts: torch.Tensor, continuations: torch.Tensor, batch_size: int = 64
+) -> np.ndarray:
     """Mean NLL (nats/token) of each continuation given its prompt under `model`: ``[P]``."""
     device = next(model.parameters()).device
     was_training = model.training
@@ -261,7 +281,9 @@ def continuation_nll(model, prompts: torch.Tensor, continuations: torch.Tensor,
     out = []
     for p, c in zip(prompts.split(batch_size), continuations.split(batch_size)):
         x = torch.cat([p, c], 1).to(device)
-        logp = torch.log_softmax(model(input_ids=x, use_cache=False).logits[:, p.shape[1] - 1:-1].float(), -1)
-        out.append(-logp.gather(-1, x[:, p.shape[1]:, None]).squeeze(-1).mean(1).cpu().double().numpy())
+        logp = torch.log_softmax(
+            model(input_ids=x, use_cache=False).logits[:, p.shape[1] - 1 : -1].float(), -1
+        )
+        out.append(-logp.gather(-1, x[:, p.shape[1] :, None]).squeeze(-1).mean(1).cpu().double().numpy())
     model.train(was_training)
     return np.concatenate(out)

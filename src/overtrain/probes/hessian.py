@@ -125,7 +125,9 @@ class Objective:
     """L(θ_S) on fixed batches with its gradient and Hessian-vector products, on flat vectors of θ_S
     (the selected tensors concatenated in order). Use inside `curvature_mode`."""
 
-    def __init__(self, model: nn.Module, batches: Sequence[torch.Tensor], selected: Mapping[str, nn.Parameter]):
+    def __init__(
+        self, model: nn.Module, batches: Sequence[torch.Tensor], selected: Mapping[str, nn.Parameter]
+    ):
         self.model = model
         self.names = list(selected)
         self.params = list(selected.values())
@@ -147,10 +149,12 @@ class Objective:
 
     def flat(self, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
         """Concatenate per-tensor values (None: zeros, a tensor the loss does not depend on)."""
-        return torch.cat([
-            (t if t is not None else torch.zeros_like(p)).reshape(-1).to(self.dtype)
-            for t, p in zip(tensors, self.params)
-        ])
+        return torch.cat(
+            [
+                (t if t is not None else torch.zeros_like(p)).reshape(-1).to(self.dtype)
+                for t, p in zip(tensors, self.params)
+            ]
+        )
 
     def unflat(self, v: torch.Tensor) -> list[torch.Tensor]:
         return [c.view_as(p) for c, p in zip(v.split([p.numel() for p in self.params]), self.params)]
@@ -195,8 +199,11 @@ def _sum(values: Iterator[torch.Tensor]) -> torch.Tensor | None:
 
 
 def hvp(
-    model: nn.Module, batches: Sequence[torch.Tensor], vector_by_name: Mapping[str, torch.Tensor],
-    *, params: ParamSpec = None,
+    model: nn.Module,
+    batches: Sequence[torch.Tensor],
+    vector_by_name: Mapping[str, torch.Tensor],
+    *,
+    params: ParamSpec = None,
 ) -> dict[str, torch.Tensor]:
     """Hessian-vector product ``Hv`` of the mean next-token loss over the parameters named in
     `vector_by_name` (Pearlmutter; module docstring).
@@ -218,15 +225,24 @@ def hvp(
         obj = Objective(model, batches, selected)
         for name, p in selected.items():
             if tuple(vector_by_name[name].shape) != tuple(p.shape):
-                raise ValueError(f"vector for {name} has shape {tuple(vector_by_name[name].shape)}, "
-                                 f"parameter {tuple(p.shape)}")
+                raise ValueError(
+                    f"vector for {name} has shape {tuple(vector_by_name[name].shape)}, "
+                    f"parameter {tuple(p.shape)}"
+                )
         v = obj.flat([vector_by_name[name].to(obj.device) for name in obj.names])
         return dict(zip(obj.names, obj.unflat(obj.hvp(v))))
 
 
 def hessian_eigenvalues(
-    model: nn.Module, batches: Sequence[torch.Tensor], k: int = 1, *, params: ParamSpec = None,
-    method: Literal["lanczos", "power"] = "lanczos", iterations: int = 20, tol: float = 1e-4, seed: int = 0,
+    model: nn.Module,
+    batches: Sequence[torch.Tensor],
+    k: int = 1,
+    *,
+    params: ParamSpec = None,
+    method: Literal["lanczos", "power"] = "lanczos",
+    iterations: int = 20,
+    tol: float = 1e-4,
+    seed: int = 0,
 ) -> EigenEstimate:
     """The k largest (algebraic) eigenvalues of H_S, largest first (module docstring).
 
@@ -243,7 +259,11 @@ def hessian_eigenvalues(
 
 
 def hutchinson_trace(
-    model: nn.Module, batches: Sequence[torch.Tensor], samples: int = 16, *, params: ParamSpec = None,
+    model: nn.Module,
+    batches: Sequence[torch.Tensor],
+    samples: int = 16,
+    *,
+    params: ParamSpec = None,
     seed: int = 0,
 ) -> TraceEstimate:
     """Hutchinson estimate of tr(H_S) with `samples` Rademacher vectors (mean, standard error, n)."""
@@ -255,8 +275,13 @@ def hutchinson_trace(
 
 
 def sam_sharpness(
-    model: nn.Module, batches: Sequence[torch.Tensor], rho: float | Sequence[float], *,
-    params: ParamSpec = None, ascent_steps: int = 1, relative: bool = False,
+    model: nn.Module,
+    batches: Sequence[torch.Tensor],
+    rho: float | Sequence[float],
+    *,
+    params: ParamSpec = None,
+    ascent_steps: int = 1,
+    relative: bool = False,
 ) -> list[SamPoint]:
     """ε-ball sharpness S(ρ) = max_{‖δ‖≤ρ} L(θ+δ) − L(θ), δ on θ_S, by normalised gradient ascent
     (module docstring); the weights are restored bit for bit, also after an exception.
@@ -293,7 +318,9 @@ def trace_estimate(obj: Objective, samples: int, seed: int) -> TraceEstimate:
     return hutchinson(obj.hvp, obj.n, samples, generator=gen, dtype=obj.dtype, device=obj.device)
 
 
-def sam_point(obj: Objective, base: float, grad: torch.Tensor, rho: float, radius: float, steps: int) -> SamPoint:
+def sam_point(
+    obj: Objective, base: float, grad: torch.Tensor, rho: float, radius: float, steps: int
+) -> SamPoint:
     """S at one radius: K normalised ascent steps of size 2·radius/K projected on the ball; the best
     loss over the iterates (K = 1: δ = radius·g/‖g‖ exactly)."""
     if radius == 0 or float(grad.norm()) == 0:  # δ = 0 (no ball, or a stationary point of θ_S)

@@ -62,7 +62,9 @@ def _require_lm_eval():
     try:
         import lm_eval  # noqa: F401
     except ImportError:
-        raise UserError("--lm-eval-tasks needs lm-eval: pip install 'overtrain[eval]' (or lm_eval>=0.4.9)") from None
+        raise UserError(
+            "--lm-eval-tasks needs lm-eval: pip install 'overtrain[eval]' (or lm_eval>=0.4.9)"
+        ) from None
 
 
 def task_files(paths: Sequence[Path]) -> list[Path]:
@@ -120,7 +122,9 @@ def load_task(file: Path, cache_dir: Path | None = None) -> dict[str, Any]:
     except Exception as exc:  # yaml, include cycles, a !function that does not import
         raise DataError(f"cannot read lm-eval task {file}: {str(exc).splitlines()[0]}") from None
     if "task" not in cfg or not isinstance(cfg["task"], str) or "class" in cfg or "task_list" in cfg:
-        raise DataError(f"{file}: give single-task YAMLs (a `task:` name); groups and Python tasks are not run")
+        raise DataError(
+            f"{file}: give single-task YAMLs (a `task:` name); groups and Python tasks are not run"
+        )
     base = file.parent
     kwargs = dict(cfg.get("dataset_kwargs") or {})
     source = cfg.get("dataset_path")
@@ -130,8 +134,10 @@ def load_task(file: Path, cache_dir: Path | None = None) -> dict[str, Any]:
     elif isinstance(source, str) and (base / source).is_dir():
         cfg["dataset_path"] = str((base / source).resolve())
     else:
-        raise DataError(f"{file}: dataset_path {source!r} is not local (nothing is downloaded): use one of "
-                        f"{', '.join(FILE_BUILDERS)} with dataset_kwargs.data_files, or a local directory")
+        raise DataError(
+            f"{file}: dataset_path {source!r} is not local (nothing is downloaded): use one of "
+            f"{', '.join(FILE_BUILDERS)} with dataset_kwargs.data_files, or a local directory"
+        )
     for key in ("data_files", "data_dir"):
         if key in kwargs:
             kwargs[key] = _local(kwargs[key], base)
@@ -196,8 +202,9 @@ def prefix_token_id(tokenizer) -> int:
     return ids[0] if len(ids) == 1 else 0
 
 
-def evaluate_tasks(model, tokenizer, tasks: Sequence[dict[str, Any]], cfg: LmEvalConfig,
-                   max_length: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def evaluate_tasks(
+    model, tokenizer, tasks: Sequence[dict[str, Any]], cfg: LmEvalConfig, max_length: int | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score an in-memory causal LM on loaded task configs (`load_task`).
 
     Returns:
@@ -211,9 +218,13 @@ def evaluate_tasks(model, tokenizer, tasks: Sequence[dict[str, Any]], cfg: LmEva
     from lm_eval.models.huggingface import HFLM
 
     with _offline_and_quiet():
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size,
-                  max_length=max_length or getattr(model.config, "max_position_embeddings", None),
-                  prefix_token_id=prefix_token_id(tokenizer))
+        lm = HFLM(
+            pretrained=model,
+            tokenizer=tokenizer,
+            batch_size=cfg.batch_size,
+            max_length=max_length or getattr(model.config, "max_position_embeddings", None),
+            prefix_token_id=prefix_token_id(tokenizer),
+        )
         # the harness asks `git describe` about the working directory (not the model; the audit's
         # manifest records our commit), and git prints "fatal: not a git repository" outside one
         with mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", lambda: None):
@@ -227,9 +238,17 @@ def evaluate_tasks(model, tokenizer, tasks: Sequence[dict[str, Any]], cfg: LmEva
                 continue
             metric, filt = key.split(",", 1)
             stderr = metrics.get(f"{metric}_stderr,{filt}")
-            rows.append({"task": task, "metric": metric, "filter": filt, "value": float(value),
-                         "stderr": float(stderr) if isinstance(stderr, int | float) else math.nan,
-                         "higher_is_better": better.get(metric), "n": n})
+            rows.append(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "filter": filt,
+                    "value": float(value),
+                    "stderr": float(stderr) if isinstance(stderr, int | float) else math.nan,
+                    "higher_is_better": better.get(metric),
+                    "n": n,
+                }
+            )
     keep = ("results", "versions", "n-shot", "higher_is_better", "n-samples", "configs", "lm_eval_version")
     return rows, {k: out[k] for k in keep if k in out}
 
@@ -240,10 +259,18 @@ def _simple_evaluate(lm_eval, lm, tasks, cfg: LmEvalConfig) -> dict[str, Any]:
     was_training = lm.model.training
     try:
         return lm_eval.simple_evaluate(
-            model=lm, tasks=[dict(t) for t in tasks], task_manager=TaskManager(include_defaults=False),
-            num_fewshot=cfg.num_fewshot, limit=cfg.limit, bootstrap_iters=cfg.bootstrap_iters,
-            log_samples=False, random_seed=cfg.seed, numpy_random_seed=cfg.seed,
-            torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed)
+            model=lm,
+            tasks=[dict(t) for t in tasks],
+            task_manager=TaskManager(include_defaults=False),
+            num_fewshot=cfg.num_fewshot,
+            limit=cfg.limit,
+            bootstrap_iters=cfg.bootstrap_iters,
+            log_samples=False,
+            random_seed=cfg.seed,
+            numpy_random_seed=cfg.seed,
+            torch_random_seed=cfg.seed,
+            fewshot_random_seed=cfg.seed,
+        )
     except (FileNotFoundError, ValueError, KeyError) as exc:  # bad task content, named by the harness
         raise DataError(f"lm-eval task failed: {str(exc).splitlines()[0]}") from None
     finally:

@@ -37,8 +37,9 @@ class RowNoiseSharpness:
 
 
 @torch.no_grad()
-def row_noise_sharpness(model: nn.Module, loss_fn: Callable[[], torch.Tensor], rho: float = 0.05,
-                        draws: int = 20, seed: int = 0) -> RowNoiseSharpness:
+def row_noise_sharpness(
+    model: nn.Module, loss_fn: Callable[[], torch.Tensor], rho: float = 0.05, draws: int = 20, seed: int = 0
+) -> RowNoiseSharpness:
     """Expected loss increase under Flat-LoRA's row-wise noise on every LoRA layer (module docstring).
     `loss_fn` evaluates the loss of `model` on fixed data; the model is put in eval mode meanwhile."""
     was_training = model.training
@@ -49,8 +50,10 @@ def row_noise_sharpness(model: nn.Module, loss_fn: Callable[[], torch.Tensor], r
         base = float(loss_fn())
         deltas = []
         for _ in range(draws):
-            noise = {layer.weight_name: sample_row_noise(layer, row_std(layer, sigma=rho)[0], generator)
-                     for layer in layers}
+            noise = {
+                layer.weight_name: sample_row_noise(layer, row_std(layer, sigma=rho)[0], generator)
+                for layer in layers
+            }
             with perturbed(model, noise):
                 deltas.append(float(loss_fn()) - base)
     finally:
@@ -60,8 +63,9 @@ def row_noise_sharpness(model: nn.Module, loss_fn: Callable[[], torch.Tensor], r
     return RowNoiseSharpness(float(t.mean()), stderr, base, draws)
 
 
-def lora_hessian_top(model: nn.Module, loss_fn: Callable[[], torch.Tensor], iterations: int = 20,
-                     seed: int = 0) -> float:
+def lora_hessian_top(
+    model: nn.Module, loss_fn: Callable[[], torch.Tensor], iterations: int = 20, seed: int = 0
+) -> float:
     """Largest eigenvalue of the Hessian of `loss_fn` w.r.t. the LoRA factors (Lanczos, `iterations`
     Hessian-vector products). A `transformers` model runs with eager attention meanwhile."""
     factors = [t for layer in lora_layers(model) for t in (layer.A, layer.B)]
@@ -73,12 +77,18 @@ def lora_hessian_top(model: nn.Module, loss_fn: Callable[[], torch.Tensor], iter
             flat_grad = torch.cat([g.reshape(-1) for g in grads])
 
             def matvec(v: torch.Tensor) -> torch.Tensor:
-                hv = torch.autograd.grad(flat_grad, factors, grad_outputs=v.to(flat_grad.dtype),
-                                         retain_graph=True)
+                hv = torch.autograd.grad(
+                    flat_grad, factors, grad_outputs=v.to(flat_grad.dtype), retain_graph=True
+                )
                 return torch.cat([h.reshape(-1) for h in hv]).to(torch.float64)
 
-            est = lanczos(matvec, flat_grad.numel(), 1, iterations=iterations,
-                          generator=torch.Generator().manual_seed(seed))
+            est = lanczos(
+                matvec,
+                flat_grad.numel(),
+                1,
+                iterations=iterations,
+                generator=torch.Generator().manual_seed(seed),
+            )
     finally:
         model.train(was_training)
     return est.values[0]

@@ -130,7 +130,9 @@ class SharpnessConfig(BaseConfig):
 
     def param_filter(self) -> ParamFilter:
         """The parameter filter these settings describe."""
-        keep = perturb.param_filter("matrices" if self.params == "matrices" else "all", self.include, self.exclude)
+        keep = perturb.param_filter(
+            "matrices" if self.params == "matrices" else "all", self.include, self.exclude
+        )
         if self.params == "trainable":
             return lambda name, p: p.requires_grad and keep(name, p)
         return keep
@@ -185,15 +187,42 @@ class SharpnessResult:
         rows = []
         if self.eigen is not None:
             for i, (lam, res) in enumerate(zip(self.eigen.values, self.eigen.residuals)):
-                rows.append({**head, "quantity": "eigenvalue", "index": i, "value": lam, "residual": res,
-                             "method": self.eigen.method, **tail})
+                rows.append(
+                    {
+                        **head,
+                        "quantity": "eigenvalue",
+                        "index": i,
+                        "value": lam,
+                        "residual": res,
+                        "method": self.eigen.method,
+                        **tail,
+                    }
+                )
         if self.trace is not None:
-            rows.append({**head, "quantity": "trace", "value": self.trace.mean, "se": self.trace.se,
-                         "samples": self.trace.samples, **tail})
+            rows.append(
+                {
+                    **head,
+                    "quantity": "trace",
+                    "value": self.trace.mean,
+                    "se": self.trace.se,
+                    "samples": self.trace.samples,
+                    **tail,
+                }
+            )
         for p in self.sam:
-            rows.append({**head, "quantity": "sam", "rho": p.rho, "rho_scale": self.rho_scale,
-                         "radius": p.radius, "value": p.value, "loss": p.loss,
-                         "ascent_steps": p.ascent_steps, **tail})
+            rows.append(
+                {
+                    **head,
+                    "quantity": "sam",
+                    "rho": p.rho,
+                    "rho_scale": self.rho_scale,
+                    "radius": p.radius,
+                    "value": p.value,
+                    "loss": p.loss,
+                    "ascent_steps": p.ascent_steps,
+                    **tail,
+                }
+            )
         return rows
 
     def summary_rows(self, **extra: Any) -> list[dict[str, Any]]:
@@ -231,12 +260,25 @@ def sharpness(
         obj = Objective(model, batches, selected)
         base, grad = obj.loss_and_grad()
         param_norm = l2_norm(selected.values())
-        eigen = top_eigen(obj, cfg.top_k, cfg.method, cfg.iterations, cfg.tol, cfg.seed) if cfg.top_k else None
+        eigen = (
+            top_eigen(obj, cfg.top_k, cfg.method, cfg.iterations, cfg.tol, cfg.seed) if cfg.top_k else None
+        )
         trace = trace_estimate(obj, cfg.hutchinson_samples, cfg.seed) if cfg.hutchinson_samples else None
         norm = param_norm if cfg.rho_scale == "relative" else 1.0
         sam = tuple(sam_point(obj, base, grad, r, r * norm, cfg.ascent_steps) for r in cfg.rho)
-    return SharpnessResult(base, obj.tokens, obj.n, tuple(obj.names), float(grad.double().norm()),
-                           param_norm, eigen, trace, sam, cfg.rho_scale, str(obj.dtype).removeprefix("torch."))
+    return SharpnessResult(
+        base,
+        obj.tokens,
+        obj.n,
+        tuple(obj.names),
+        float(grad.double().norm()),
+        param_norm,
+        eigen,
+        trace,
+        sam,
+        cfg.rho_scale,
+        str(obj.dtype).removeprefix("torch."),
+    )
 
 
 @PROBES.register("sharpness")
@@ -254,11 +296,16 @@ class SharpnessProbe:
     def batches(self, source, seq_len: int) -> list[torch.Tensor]:
         """The held-out batches of the config from a `TokenSource`: ``eval_batches`` × ``(batch_size, seq_len)``."""
         return [
-            source.batch(self.cfg.split, i, self.cfg.batch_size, seq_len) for i in range(self.cfg.eval_batches)
+            source.batch(self.cfg.split, i, self.cfg.batch_size, seq_len)
+            for i in range(self.cfg.eval_batches)
         ]
 
     def run(
-        self, model: nn.Module, batches: Sequence[torch.Tensor], *, init_state: Any = None,
+        self,
+        model: nn.Module,
+        batches: Sequence[torch.Tensor],
+        *,
+        init_state: Any = None,
         autocast_dtype: torch.dtype | None = None,
     ) -> SharpnessResult:
         """`sharpness` with this probe's config. `init_state` is unused (curvature needs no init scale).

@@ -71,8 +71,14 @@ class TraceEstimate:
 
 
 def lanczos(
-    matvec: MatVec, n: int, k: int, *, iterations: int, generator: torch.Generator,
-    dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+    matvec: MatVec,
+    n: int,
+    k: int,
+    *,
+    iterations: int,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
 ) -> EigenEstimate:
     """Top-k eigenvalues (algebraic) of a symmetric operator by m-step Lanczos with full
     reorthogonalisation; see the module docstring.
@@ -103,8 +109,9 @@ def lanczos(
         if j == m - 1:
             break
         if beta <= 10 * eps * scale:  # invariant subspace: its Ritz values are exact; restart elsewhere
-            w = _orthogonalise(torch.randn(n, generator=generator, dtype=torch.float64).to(device, dtype),
-                               basis[: j + 1])
+            w = _orthogonalise(
+                torch.randn(n, generator=generator, dtype=torch.float64).to(device, dtype), basis[: j + 1]
+            )
             betas.append(0.0)
         else:
             betas.append(beta)
@@ -120,8 +127,15 @@ def lanczos(
 
 
 def power_iteration(
-    matvec: MatVec, n: int, k: int, *, iterations: int, tol: float, generator: torch.Generator,
-    dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+    matvec: MatVec,
+    n: int,
+    k: int,
+    *,
+    iterations: int,
+    tol: float,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
 ) -> EigenEstimate:
     """Top-k eigenvalues (algebraic) of a symmetric operator by power iteration with projection
     deflation on the shifted operator ``A + cI``, c the spectral radius estimate (module docstring).
@@ -186,8 +200,15 @@ def _power(
     return _PowerRun(mu - shift, v, residual, norm)
 
 
-def hutchinson(matvec: MatVec, n: int, samples: int, *, generator: torch.Generator,
-               dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> TraceEstimate:
+def hutchinson(
+    matvec: MatVec,
+    n: int,
+    samples: int,
+    *,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+) -> TraceEstimate:
     """tr(A) ≈ mean of zᵀAz over Rademacher z; sample i is the same whatever `samples` is."""
     values = []
     for _ in range(samples):

@@ -35,8 +35,15 @@ def audit_table(reader: Reader, run_id: str) -> list[dict[str, Any]]:
     for r in reader.evals(run_id):
         if r.get("model_dir") is None:  # a row of the whole run (the inflection), not of a checkpoint
             continue
-        row = by_dir.setdefault(r["model_dir"], {"checkpoint": Path(r["model_dir"]).name, "tokens": r.get("tokens"),
-                                                 "step": r.get("step"), "order": r["order"]})
+        row = by_dir.setdefault(
+            r["model_dir"],
+            {
+                "checkpoint": Path(r["model_dir"]).name,
+                "tokens": r.get("tokens"),
+                "step": r.get("step"),
+                "order": r["order"],
+            },
+        )
         probe = r.get("probe")
         if probe == "reference_loss":
             row["reference loss"], row["± se"] = r["loss"], r.get("stderr")
@@ -60,7 +67,9 @@ def harness_columns(reader: Reader, run_id: str) -> list[str]:
     """The lm-eval columns of the audit table (``task metric``), sorted; empty without lm-eval rows."""
     if not {"task", "probe"} <= reader.columns("evals"):
         return []
-    found = reader.rows("select task, metric, filter from evals where run_id = ? and probe = 'lm_eval'", [run_id])
+    found = reader.rows(
+        "select task, metric, filter from evals where run_id = ? and probe = 'lm_eval'", [run_id]
+    )
     return sorted({lm_eval_column(r) for r in found})
 
 
@@ -70,23 +79,37 @@ def audit_section(reader: Reader) -> Section | None:
         return None
     run_id = run["run_id"]
     rows = audit_table(reader, run_id)
-    text = [f"Audit run <code>{run_id}</code>: {len(rows)} checkpoints, probes on the reference text "
-            f"{json.loads(run['config']).get('text') or '(packaged Shakespeare excerpt)'}. Losses in nats/token; "
-            "Δ = perturbed − base loss; init-scale noise uses config.initializer_range as the init std. lm-eval "
-            "columns are the harness's metrics on the tasks given with --lm-eval-tasks."]
+    text = [
+        f"Audit run <code>{run_id}</code>: {len(rows)} checkpoints, probes on the reference text "
+        f"{json.loads(run['config']).get('text') or '(packaged Shakespeare excerpt)'}. Losses in nats/token; "
+        "Δ = perturbed − base loss; init-scale noise uses config.initializer_range as the init std. lm-eval "
+        "columns are the harness's metrics on the tasks given with --lm-eval-tasks."
+    ]
     figures, panels = [], []
-    x_key = "tokens" if all(r["tokens"] for r in rows) else ("step" if all(r["step"] is not None for r in rows) else None)
+    x_key = (
+        "tokens"
+        if all(r["tokens"] for r in rows)
+        else ("step" if all(r["step"] is not None for r in rows) else None)
+    )
     if x_key and len(rows) >= 2:
         x = np.array([r[x_key] or 0 for r in rows], dtype=float)
         columns = {k for r in rows for k in r}
         harness = harness_columns(reader, run_id)
-        panels = [(keys, ylab) for keys, ylab in [
-            (["reference loss"], "reference loss (nats/token)"),
-            (sorted(k for k in columns if k.startswith("perturbed init_scale")), "perturbed loss, init-scale noise"),
-            (["lambda_max"], "top Hessian eigenvalue λ_max"),
-            (["max prefix-matching"], "max prefix-matching score (induction)"),
-            # one panel per harness metric: accuracies and perplexities share no scale
-            *[([h], f"lm-eval: {h}") for h in harness[:MAX_HARNESS_PANELS]]] if keys and set(keys) <= columns]
+        panels = [
+            (keys, ylab)
+            for keys, ylab in [
+                (["reference loss"], "reference loss (nats/token)"),
+                (
+                    sorted(k for k in columns if k.startswith("perturbed init_scale")),
+                    "perturbed loss, init-scale noise",
+                ),
+                (["lambda_max"], "top Hessian eigenvalue λ_max"),
+                (["max prefix-matching"], "max prefix-matching score (induction)"),
+                # one panel per harness metric: accuracies and perplexities share no scale
+                *[([h], f"lm-eval: {h}") for h in harness[:MAX_HARNESS_PANELS]],
+            ]
+            if keys and set(keys) <= columns
+        ]
     if x_key and len(rows) >= 2 and panels:
         fig, axes = new_figure(len(panels))
         log_x = x.min() > 0
@@ -102,8 +125,15 @@ def audit_section(reader: Reader) -> Section | None:
         figures.append(Figure("audit_probes", fig, "Probes of every audited checkpoint, in training order."))
     for inf in reader.evals(run_id, record="inflection"):
         shape = "a U: more training made the perturbed loss worse" if inf["is_u"] else "no U"
-        text.append(f"Perturbed loss (init-scale, γ = {inf['gamma']:g}) over the checkpoints: {shape}; T* = "
-                    f"{inf['t_star']:,.0f} tokens (CI over noise draws {inf['ci_low']:,.0f} – {inf['ci_high']:,.0f}), "
-                    f"rise after it {inf['rise']:.1%}.")
+        text.append(
+            f"Perturbed loss (init-scale, γ = {inf['gamma']:g}) over the checkpoints: {shape}; T* = "
+            f"{inf['t_star']:,.0f} tokens (CI over noise draws {inf['ci_low']:,.0f} – {inf['ci_high']:,.0f}), "
+            f"rise after it {inf['rise']:.1%}."
+        )
     shown = [{k: v for k, v in r.items() if k != "order"} for r in rows]
-    return Section("Audit of Hugging Face checkpoints", text=text, figures=figures, tables=[Table(shown, "Probes per checkpoint")])
+    return Section(
+        "Audit of Hugging Face checkpoints",
+        text=text,
+        figures=figures,
+        tables=[Table(shown, "Probes per checkpoint")],
+    )

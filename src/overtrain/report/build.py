@@ -16,19 +16,26 @@ from overtrain.runs.store import Store
 def provenance_section(reader: Reader) -> Section:
     store = reader.store
     rows = reader.rows(
-        "select kind, run_id, status, git_commit, git_dirty, wall_s, finished_at from runs order by kind, run_id")
+        "select kind, run_id, status, git_commit, git_dirty, wall_s, finished_at from runs order by kind, run_id"
+    )
     for row in rows:
         row["git_commit"] = (row["git_commit"] or "")[:10]
         row["finished_at"] = str(row["finished_at"] or "")[:19]
-    failed = reader.rows("select kind, run_id, status, attempts, error from runs where status != 'success' "
-                         "order by kind, run_id")
+    failed = reader.rows(
+        "select kind, run_id, status, attempts, error from runs where status != 'success' "
+        "order by kind, run_id"
+    )
     tables = [Table(rows, "Runs")]
-    text = [f"Store: <code>{store.root}</code>. Each run's resolved config and manifest are in its "
-            "directory; query them with <code>overtrain query</code>."]
+    text = [
+        f"Store: <code>{store.root}</code>. Each run's resolved config and manifest are in its "
+        "directory; query them with <code>overtrain query</code>."
+    ]
     if failed:
         # a diverged (NaN/inf) or crashed run is part of the result: show it and why, never drop it silently
-        text.append(f"{len(failed)} run(s) did not finish successfully; their reasons are listed below "
-                    "(rerun the study or sweep to retry them).")
+        text.append(
+            f"{len(failed)} run(s) did not finish successfully; their reasons are listed below "
+            "(rerun the study or sweep to retry them)."
+        )
         tables.insert(0, Table(failed, "Failed or unfinished runs"))
     return Section("Provenance", text=text, tables=tables)
 

@@ -98,10 +98,12 @@ def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], *
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p class='note'>Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the run store. "
-             "Every number below comes from stored runs; see Provenance.</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<p class='note'>Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the run store. "
+        "Every number below comes from stored runs; see Provenance.</p>",
+    ]
     toc = "".join(f"<li><a href='#s{i}'>{html.escape(s.title)}</a></li>" for i, s in enumerate(sections))
     parts.append(f"<ul>{toc}</ul>")
     for i, section in enumerate(sections):
@@ -112,11 +114,15 @@ def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], *
             fig.figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
             plt.close(fig.figure)
             atomic_write_bytes(out / f"{fig.name}.png", buffer.getvalue())
-            parts.append(f"<figure><img src='{fig.name}.png' alt='{html.escape(fig.caption)}'>"
-                         f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>")
+            parts.append(
+                f"<figure><img src='{fig.name}.png' alt='{html.escape(fig.caption)}'>"
+                f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>"
+            )
         parts.extend(render_table(t) for t in section.tables)
         for summary, text in section.details:
-            parts.append(f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>")
+            parts.append(
+                f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>"
+            )
     parts.append("</body></html>")
     page = out / "index.html"
     atomic_write_text(page, "\n".join(parts))

@@ -12,8 +12,13 @@ def new_figure(ncols: int = 1, *, width: float = 5.2, height: float = 3.6, per_r
 
     cols, rows = min(ncols, per_row), -(-ncols // per_row)
     # constrained layout places labels at draw time, so panels of several rows do not overlap
-    fig, grid = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
-                             layout="constrained" if rows > 1 else None)
+    fig, grid = plt.subplots(
+        rows,
+        cols,
+        figsize=(width * cols, height * rows),
+        squeeze=False,
+        layout="constrained" if rows > 1 else None,
+    )
     axes = list(grid.flat)
     for ax in axes[ncols:]:
         ax.set_visible(False)

@@ -22,6 +22,8 @@ def validate_file(path: str | Path) -> str:
         return f"sweep of {len(load_sweep(path).items)} runs"
     kind = path.parent.name
     if kind not in RUN_KINDS:
-        raise UserError(f"{path}: cannot tell which run kind this config is for (put it under configs/<kind>/)")
+        raise UserError(
+            f"{path}: cannot tell which run kind this config is for (put it under configs/<kind>/)"
+        )
     build_config(RUN_KINDS.get(kind).config_cls, path)
     return kind

@@ -287,12 +287,7 @@ class SweepConfig(BaseConfig):
         zip_keys = list(self.zip_)
         zipped = list(zip(*(self.zip_[k] for k in zip_keys))) if zip_keys else [()]
         seeds = [[("seed", s)] for s in self.seeds] if self.seeds is not None else [[]]
-        return [
-            [*zip(grid_keys, g), *zip(zip_keys, z), *s]
-            for g in grid
-            for z in zipped
-            for s in seeds
-        ]
+        return [[*zip(grid_keys, g), *zip(zip_keys, z), *s] for g in grid for z in zipped for s in seeds]
 
 
 def _override(key: str, value: Any) -> str:

@@ -364,8 +364,11 @@ class Reader:
 
     def latest(self, kind: str) -> dict[str, Any] | None:
         """The newest successful run of `kind` (its ``runs`` row, config as JSON text), or None."""
-        rows = self.rows("select * from runs where kind = ? and status = 'success' "
-                         "order by finished_at desc, run_id limit 1", [kind])
+        rows = self.rows(
+            "select * from runs where kind = ? and status = 'success' "
+            "order by finished_at desc, run_id limit 1",
+            [kind],
+        )
         return rows[0] if rows else None
 
     def runs(self, kind: str | None = None, run_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
@@ -391,8 +394,13 @@ class Reader:
         return self.rows(f"select * from metrics{where} order by run_id, step", params)
 
 
-def _where(*, kind: str | None = None, run_ids: Iterable[str] | None = None, record: str | None = None,
-           names: Iterable[str] | None = None) -> tuple[str, list[Any]]:
+def _where(
+    *,
+    kind: str | None = None,
+    run_ids: Iterable[str] | None = None,
+    record: str | None = None,
+    names: Iterable[str] | None = None,
+) -> tuple[str, list[Any]]:
     """A parameterised WHERE clause over the given filters (None: no filter)."""
     terms, params = [], []
     if kind is not None:

@@ -56,13 +56,19 @@ class ReplicaRun(Run):
 
 
 def execute_replicated(
-    store: Store, kind: RunKind, cfg: BaseConfig, on_progress: ProgressCallback | None, parents: Any,
+    store: Store,
+    kind: RunKind,
+    cfg: BaseConfig,
+    on_progress: ProgressCallback | None,
+    parents: Any,
 ) -> RunOutcome:
     """`Store.execute` on one rank of a launch (see the module docstring)."""
     w = distributed.world()
     if not kind.data_parallel:
-        raise UserError(f"run kind {kind.name!r} does not run data-parallel over {w.size} processes; "
-                        "launch it without accelerate/torchrun (pretrain and finetune do)")
+        raise UserError(
+            f"run kind {kind.name!r} does not run data-parallel over {w.size} processes; "
+            "launch it without accelerate/torchrun (pretrain and finetune do)"
+        )
     distributed.init(str(getattr(cfg, "device", "cpu")))
     run_id = kind.run_id(cfg)
     if w.is_main:

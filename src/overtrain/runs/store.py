@@ -202,7 +202,12 @@ class Store:
         run_dir = self.run_dir(kind_obj.name, run_id)
 
         done = self.manifest(kind_obj.name, run_id)
-        if not redo and done is not None and done.get("status") == "success" and not self._damage(run_dir, done):
+        if (
+            not redo
+            and done is not None
+            and done.get("status") == "success"
+            and not self._damage(run_dir, done)
+        ):
             return RunOutcome(kind_obj.name, run_id, run_dir, "success", skipped=True)
 
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -313,8 +318,9 @@ class Store:
             raise
         fault_point("store.before_success")
         outputs = output_hashes(run_dir)  # what a later skip checks the files against
-        manifest.update(status="success", finished_at=now_iso(), wall_s=time.perf_counter() - t0,
-                        outputs=outputs)
+        manifest.update(
+            status="success", finished_at=now_iso(), wall_s=time.perf_counter() - t0, outputs=outputs
+        )
         self._write_manifest(kind.name, run_id, manifest)
         return RunOutcome(kind.name, run_id, run_dir, "success", skipped=False, wall_s=manifest["wall_s"])
 
@@ -355,6 +361,4 @@ def _coerce_config(kind: RunKind, cfg: BaseConfig | Mapping[str, Any]) -> BaseCo
         return cfg
     if isinstance(cfg, Mapping):
         return validate(kind.config_cls, cfg, f"{kind.name} config")
-    raise TypeError(
-        f"run kind {kind.name!r} takes a {kind.config_cls.__name__}, got {type(cfg).__name__}"
-    )
+    raise TypeError(f"run kind {kind.name!r} takes a {kind.config_cls.__name__}, got {type(cfg).__name__}")

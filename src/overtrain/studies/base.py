@@ -95,17 +95,25 @@ class Study:
         return _digest((*self.analysis_modules, SHARED_ANALYSIS))
 
     def analysis_run_kind(self) -> RunKind:
-        return RunKind(name=self.kind, config_cls=self.config_cls, run=self.analyse, version=self.version,
-                       parents=lambda cfg: [(item.kind, item.run_id) for item in self.work(cfg)],
-                       help=f"the {self.name} study's analysis: claims and what its report shows")
+        return RunKind(
+            name=self.kind,
+            config_cls=self.config_cls,
+            run=self.analyse,
+            version=self.version,
+            parents=lambda cfg: [(item.kind, item.run_id) for item in self.work(cfg)],
+            help=f"the {self.name} study's analysis: claims and what its report shows",
+        )
 
-    def load_config(self, config: str | Path | None = None, preset: str | None = None,
-                    overrides: Sequence[str] = ()) -> BaseConfig:
+    def load_config(
+        self, config: str | Path | None = None, preset: str | None = None, overrides: Sequence[str] = ()
+    ) -> BaseConfig:
         """A preset (default: the first) or a config file, then ``key=value`` overrides."""
         if config is None:
             preset = preset or self.presets[0]
             if preset not in self.presets:
-                raise UserError(f"unknown preset {preset!r} of {self.name}; choose from: {', '.join(self.presets)}")
+                raise UserError(
+                    f"unknown preset {preset!r} of {self.name}; choose from: {', '.join(self.presets)}"
+                )
             config = (repo_root() or Path.cwd()) / "configs" / self.name / f"{preset}.yaml"
             if not config.is_file():  # installed without the repo: the preset is the config's defaults
                 config = None
@@ -124,20 +132,34 @@ class Study:
         cfg = self._resolved(cfg)
         items = self.work(cfg)
         kind = self.analysis_run_kind()
-        items.append(PlanItem(kind.name, cfg, kind.run_id(cfg), [i.run_id for i in items], "analysis",
-                              redo=redo_analysis))
+        items.append(
+            PlanItem(
+                kind.name, cfg, kind.run_id(cfg), [i.run_id for i in items], "analysis", redo=redo_analysis
+            )
+        )
         return Plan(items)
 
-    def run(self, cfg: BaseConfig, store: Store | None = None, *, workers: int = 1, progress: bool = True,
-            redo_analysis: bool = False) -> tuple[PlanResult, str]:
+    def run(
+        self,
+        cfg: BaseConfig,
+        store: Store | None = None,
+        *,
+        workers: int = 1,
+        progress: bool = True,
+        redo_analysis: bool = False,
+    ) -> tuple[PlanResult, str]:
         """Execute the study: every run it needs (finished ones are skipped), then its analysis.
 
         Returns:
             ``(PlanResult, analysis_run_id)``.
         """
         store = store or Store()
-        result = run_plan(self.plan(cfg, redo_analysis=redo_analysis), store,
-                          workers=workers if self.parallel else 1, progress=progress)
+        result = run_plan(
+            self.plan(cfg, redo_analysis=redo_analysis),
+            store,
+            workers=workers if self.parallel else 1,
+            progress=progress,
+        )
         return result, self.analysis_id(cfg)
 
     def sections(self, reader: Reader) -> list[Section]:
@@ -175,8 +197,12 @@ class SingleRunStudy(Study):
         object.__setattr__(self, "parallel", False)
 
     def compute_kind(self) -> RunKind:
-        return RunKind(name=self.name, config_cls=self.config_cls, run=self._execute,
-                       help=f"the {self.name} study's computation (curves)")
+        return RunKind(
+            name=self.name,
+            config_cls=self.config_cls,
+            run=self._execute,
+            help=f"the {self.name} study's computation (curves)",
+        )
 
     def _work(self, cfg: BaseConfig) -> list[PlanItem]:
         return [PlanItem.from_config(self.compute_kind(), cfg, "compute")]
@@ -227,9 +253,22 @@ def register(study: Study, *kinds: RunKind) -> Study:
 def claims_table(rows: list[dict[str, Any]], caption: str) -> tuple[Table, str]:
     """The report table of claim rows, and a sentence counting the passes."""
     claims = [r for r in rows if r.get("record") == "claim"]
-    table = Table([{"claim": c["claim"], "verdict": c["verdict"], "statistic": c.get("statistic"),
-                    "value": c.get("value"), "CI low": c.get("ci_low"), "CI high": c.get("ci_high"),
-                    "threshold": c.get("threshold"), "detail": c.get("detail") or ""} for c in claims], caption)
+    table = Table(
+        [
+            {
+                "claim": c["claim"],
+                "verdict": c["verdict"],
+                "statistic": c.get("statistic"),
+                "value": c.get("value"),
+                "CI low": c.get("ci_low"),
+                "CI high": c.get("ci_high"),
+                "threshold": c.get("threshold"),
+                "detail": c.get("detail") or "",
+            }
+            for c in claims
+        ],
+        caption,
+    )
     passed = sum(c["verdict"] == "PASS" for c in claims)
     return table, f"{passed} of {len(claims)} claims pass."
 

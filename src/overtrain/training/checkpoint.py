@@ -52,7 +52,11 @@ def save_checkpoint(path: Path, model, tokenizer, meta: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(
-    path: Path, *, device: str = "cpu", attn_implementation: str | None = None, dtype: torch.dtype | None = None
+    path: Path,
+    *,
+    device: str = "cpu",
+    attn_implementation: str | None = None,
+    dtype: torch.dtype | None = None,
 ):
     """Load a causal LM saved by `save_checkpoint` (or any HF directory with safetensors weights).
 
@@ -84,8 +88,10 @@ def load_checkpoint(
     unfit = sorted(info.get("missing_keys") or [])
     unfit += sorted(str(k[0]) for k in info.get("mismatched_keys") or [])
     if unfit:
-        raise CheckpointError(f"corrupt checkpoint {path}: weights do not fit config.json "
-                              f"({len(unfit)} tensors missing or misshapen, e.g. {unfit[0]})")
+        raise CheckpointError(
+            f"corrupt checkpoint {path}: weights do not fit config.json "
+            f"({len(unfit)} tensors missing or misshapen, e.g. {unfit[0]})"
+        )
     model = model.to(device)
     tokenizer = None
     if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
@@ -179,7 +185,9 @@ def load_trainer_state(path: Path, model, optimizer: torch.optim.Optimizer) -> d
         record = json.loads((path / "trainer_state.json").read_text())
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
         if missing or unexpected:
-            raise ValueError(f"weights do not fit the model (missing {missing[:2]}, unexpected {unexpected[:2]})")
+            raise ValueError(
+                f"weights do not fit the model (missing {missing[:2]}, unexpected {unexpected[:2]})"
+            )
         tensors = load_file(str(path / "optimizer.safetensors"))
     except Exception as exc:
         raise quarantine(path, CheckpointError(f"corrupt resume state {path}: {_one_line(exc)}")) from None

@@ -79,7 +79,9 @@ class FinetuneConfig(ParentCheckpoint):
     data: Registered(DATASETS, "hmm")
     """The task to fine-tune on (e.g. a second HMM with the parent's vocabulary and another seed)."""
 
-    method: Registered(FINETUNE_METHODS, "full") = Field(default_factory=lambda: FINETUNE_METHODS.get("full")())
+    method: Registered(FINETUNE_METHODS, "full") = Field(
+        default_factory=lambda: FINETUNE_METHODS.get("full")()
+    )
     """Fine-tuning method by name (``overtrain ls methods``) with its settings."""
 
     train: FinetuneTrainConfig = FinetuneTrainConfig()
@@ -140,7 +142,9 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
     else:
         task = cfg.data.build()
     if task.vocab_size > model.config.vocab_size:
-        raise DataError(f"data: task vocab_size {task.vocab_size} exceeds the model's {model.config.vocab_size}")
+        raise DataError(
+            f"data: task vocab_size {task.vocab_size} exceeds the model's {model.config.vocab_size}"
+        )
     check_same_tokens(task.tokenizer(), parent_tok)
     seq_len = cfg.train.seq_len or parent.train.seq_len
     n_eval = cfg.eval_batches or parent.eval.batches
@@ -175,29 +179,55 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
         events |= set(range(tc.eval_every, tc.steps + 1, tc.eval_every))
     step, after = 0, {}
     for event in sorted(events):
-        stats = train_segment(train_model, optimizer, batch_at, lr, step, event,
-                              grad_clip=tc.grad_clip or None,
-                              autocast_dtype=autocast, device=device, step_rule=rule)
+        stats = train_segment(
+            train_model,
+            optimizer,
+            batch_at,
+            lr,
+            step,
+            event,
+            grad_clip=tc.grad_clip or None,
+            autocast_dtype=autocast,
+            device=device,
+            step_rule=rule,
+        )
         reason = divergence(stats, step, event, "fine-tuning loss")
         if reason is not None:  # stop now: the run is marked failed with the reason and the step
             bad = stats.first_nonfinite_step
             run.set_info(diverged_at_step=event if bad is None else bad)
             raise RunFailed(reason)
         step = event
-        record = {"step": step, "tokens_seen": step * tokens_per_step, "train/loss": stats.mean_loss,
-                  "train/lr": stats.lr, "train/grad_norm": stats.grad_norm, **rule.stats()}
+        record = {
+            "step": step,
+            "tokens_seen": step * tokens_per_step,
+            "train/loss": stats.mean_loss,
+            "train/lr": stats.lr,
+            "train/grad_norm": stats.grad_norm,
+            **rule.stats(),
+        }
         if step == tc.steps or (tc.eval_every and step % tc.eval_every == 0):
             after = evaluate(model)  # the last one is the run's final evaluation
             record.update(after)
         run.log_metrics(record)
         run.progress(step, tc.steps)
-    run.log_eval({
-        "parent": cfg.parent_id, "checkpoint": cfg.checkpoint, "method": cfg.method.name, "lr": tc.lr,
-        "steps": tc.steps, "seed": cfg.seed, "tokens_seen": meta.get("tokens_seen"),
-        "budget": meta.get("budget"), "tokens_per_param": meta.get("tokens_per_param"),
-        "n_params": n_params, "trainable_params": trainable,
-        "base_task_loss": before["task/loss"], "task_loss": after["task/loss"],
-        "base_pretrain_loss": before["pretrain/loss"], "pretrain_loss": after["pretrain/loss"],
-        "forgetting": after["pretrain/loss"] - before["pretrain/loss"],
-    })
+    run.log_eval(
+        {
+            "parent": cfg.parent_id,
+            "checkpoint": cfg.checkpoint,
+            "method": cfg.method.name,
+            "lr": tc.lr,
+            "steps": tc.steps,
+            "seed": cfg.seed,
+            "tokens_seen": meta.get("tokens_seen"),
+            "budget": meta.get("budget"),
+            "tokens_per_param": meta.get("tokens_per_param"),
+            "n_params": n_params,
+            "trainable_params": trainable,
+            "base_task_loss": before["task/loss"],
+            "task_loss": after["task/loss"],
+            "base_pretrain_loss": before["pretrain/loss"],
+            "pretrain_loss": after["pretrain/loss"],
+            "forgetting": after["pretrain/loss"] - before["pretrain/loss"],
+        }
+    )
     run.set_info(n_params=n_params, trainable_params=trainable, wall_s=time.perf_counter() - started)

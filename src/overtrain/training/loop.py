@@ -45,8 +45,11 @@ def divergence(stats: SegmentStats, start: int, stop: int, what: str = "training
     ``diverged: training loss became nan at step 13 (segment 10-20)``."""
     if math.isfinite(stats.mean_loss):
         return None
-    where = (f"at step {stats.first_nonfinite_step}" if stats.first_nonfinite_step is not None
-             else f"between steps {start} and {stop}")
+    where = (
+        f"at step {stats.first_nonfinite_step}"
+        if stats.first_nonfinite_step is not None
+        else f"between steps {start} and {stop}"
+    )
     return f"diverged: {what} became {stats.mean_loss} {where} (segment {start}-{stop})"
 
 

@@ -127,10 +127,16 @@ class Check:
     def record(self) -> dict[str, float]:
         """``monitor/*`` metrics for ``metrics.jsonl`` (the fitted ones once there are `window` checks)."""
         out = {
-            "monitor/loss": self.loss, "monitor/delta": self.delta, "monitor/perturbed": self.perturbed,
-            "monitor/slope": self.slope, "monitor/slope_se": self.slope_se, "monitor/loss_slope": self.loss_slope,
-            "monitor/delta_slope": self.delta_slope, "monitor/rising": float(self.rising),
-            "monitor/warning": float(self.warning), "monitor/predicted_min": self.predicted_min,
+            "monitor/loss": self.loss,
+            "monitor/delta": self.delta,
+            "monitor/perturbed": self.perturbed,
+            "monitor/slope": self.slope,
+            "monitor/slope_se": self.slope_se,
+            "monitor/loss_slope": self.loss_slope,
+            "monitor/delta_slope": self.delta_slope,
+            "monitor/rising": float(self.rising),
+            "monitor/warning": float(self.warning),
+            "monitor/predicted_min": self.predicted_min,
         }
         return {k: v for k, v in out.items() if not math.isnan(v)}
 
@@ -163,8 +169,18 @@ class Monitor:
         warning = self.run_length >= self.cfg.patience and self.fired_at is None
         if warning:
             self.fired_at = tokens
-        return Check(tokens, loss, delta, slope, se, loss_slope, delta_slope, rising, warning,
-                     self.predicted_min(window_start=float(t[0])))
+        return Check(
+            tokens,
+            loss,
+            delta,
+            slope,
+            se,
+            loss_slope,
+            delta_slope,
+            rising,
+            warning,
+            self.predicted_min(window_start=float(t[0])),
+        )
 
     def predicted_min(self, window_start: float) -> float:
         """T̂: the vertex of a quadratic in log2(tokens) through every check, if convex and in range."""
@@ -190,13 +206,19 @@ def _ols_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 class MonitorProbe:
     """Computes L and Δ of a model on the monitor's batches (the sensitivity estimate of a check)."""
 
-    def __init__(self, cfg: MonitorConfig, batches: Sequence[torch.Tensor], init_model: torch.nn.Module) -> None:
+    def __init__(
+        self, cfg: MonitorConfig, batches: Sequence[torch.Tensor], init_model: torch.nn.Module
+    ) -> None:
         self.cfg = cfg
         self.batches = list(batches)
         # Only per-tensor stds of the initialisation are kept, not a copy of the weights.
-        self.init_scales = init_scale(init_model, 1.0, init_state=init_model) if cfg.law == "init_scale" else None
+        self.init_scales = (
+            init_scale(init_model, 1.0, init_state=init_model) if cfg.law == "init_scale" else None
+        )
 
-    def measure(self, model: torch.nn.Module, autocast_dtype: torch.dtype | None = None) -> tuple[float, float]:
+    def measure(
+        self, model: torch.nn.Module, autocast_dtype: torch.dtype | None = None
+    ) -> tuple[float, float]:
         """``(L, Δ)`` in nats/token."""
         scales = self.init_scales if self.init_scales is not None else relative(model, 1.0)
         stds = {name: self.cfg.gamma * s for name, s in scales.items()}

@@ -9,7 +9,7 @@ from pydantic import field_validator
 
 from overtrain.config import BaseConfig, build_config
 from overtrain.errors import UserError
-from overtrain.training.pretrain import PretrainConfig
+from overtrain.training.pretrain_config import PretrainConfig
 
 
 class ParentCheckpoint(BaseConfig):
@@ -25,7 +25,11 @@ class ParentCheckpoint(BaseConfig):
     @classmethod
     def _parent(cls, value: str) -> str:
         kind, _, run_id = value.rpartition("/")
-        if kind not in ("", "pretrain") or len(run_id) != 12 or any(c not in "0123456789abcdef" for c in run_id):
+        if (
+            kind not in ("", "pretrain")
+            or len(run_id) != 12
+            or any(c not in "0123456789abcdef" for c in run_id)
+        ):
             raise ValueError("must be a pre-training run id: 12 hex digits, optionally after 'pretrain/'")
         return f"pretrain/{run_id}"
 
@@ -34,8 +38,9 @@ class ParentCheckpoint(BaseConfig):
     def _checkpoint(cls, value: str) -> str:
         # a name inside the parent's ckpt/, never a path that could leave it
         if not value or value in (".", "..") or value.startswith(".") or any(c in value for c in "/\\\0"):
-            raise ValueError("must be a checkpoint name in the parent's ckpt/ (budget_<tokens>, step_<N>), "
-                             "not a path")
+            raise ValueError(
+                "must be a checkpoint name in the parent's ckpt/ (budget_<tokens>, step_<N>), not a path"
+            )
         return value
 
     @property

@@ -23,192 +23,27 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, field_validator, model_validator
 
 from overtrain import distributed
-from overtrain.config import BaseConfig, Count, InIdWhenSet, NotInId, Registered
 from overtrain.core.evaluate import evaluate_loss
 from overtrain.data.base import TokenSource
 from overtrain.errors import DataError, RunFailed, UserError
-from overtrain.models.presets import ModelConfig, build_model, count_params
-from overtrain.registry import DATASETS
+from overtrain.models.presets import build_model, count_params
 from overtrain.seed import seed_everything
 from overtrain.training import checkpoint as ckpt
 from overtrain.training.loop import build_optimizer, divergence, train_segment
-from overtrain.training.monitor import Monitor, MonitorConfig, MonitorProbe, announce
+from overtrain.training.monitor import Monitor, MonitorProbe, announce
+from overtrain.training.pretrain_config import PretrainConfig
 from overtrain.training.schedules import (
     Budget,
     cosine,
     linear_decay,
     log_spaced_steps,
-    plan_budgets,
     warmup_stable,
 )
-
-
-def _default_data() -> Any:
-    return DATASETS.get("hmm").model_validate({"name": "hmm"})
-
-
-class TrainConfig(BaseConfig):
-    """Optimisation and budgets."""
-
-    tokens: list[Count] = [262_144, 524_288]
-    """Token budgets (``2e6`` or ``2M`` accepted); one checkpoint per budget, after exactly that many tokens
-    (rounded to whole steps of batch_size x seq_len)."""
-
-    schedule: Literal["wsd", "cosine", "constant"] = "wsd"
-    """``wsd``: branch a decay per budget off one warmup-stable line; ``cosine``: one run per budget;
-    ``constant``: no decay."""
-
-    batch_size: int = Field(32, gt=0)
-    """Sequences per optimizer step."""
-
-    seq_len: int = Field(64, ge=2)
-    """Tokens per sequence (the model's context length)."""
-
-    lr: float = Field(3e-3, gt=0)
-    """Peak learning rate."""
-
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    """Learning rate at the end of each decay, as a fraction of `lr`."""
-
-    warmup_steps: int = Field(100, ge=0)
-    """Linear warmup length in steps (shared by every budget)."""
-
-    decay_fraction: float = Field(0.1, gt=0, le=1)
-    """WSD: fraction of each budget's steps spent in its linear cool-down."""
-
-    weight_decay: float = Field(0.1, ge=0)
-    """AdamW decoupled weight decay on matrices (not on norms or biases)."""
-
-    betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW (beta1, beta2)."""
-
-    eps: float = Field(1e-8, gt=0)
-    """AdamW epsilon."""
-
-    grad_clip: float = Field(1.0, ge=0)
-    """Clip the global gradient norm to this value (0 disables)."""
-
-    log_every: int = Field(10, gt=0)
-    """Steps between training-loss records (the mean over those steps)."""
-
-    @field_validator("tokens", mode="before")
-    @classmethod
-    def _listify(cls, value: Any) -> Any:
-        if value is None or value == []:
-            raise ValueError("give at least one token budget")
-        return value if isinstance(value, (list, tuple)) else [value]
-
-    @field_validator("betas")
-    @classmethod
-    def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not all(0 <= b < 1 for b in value):
-            raise ValueError("betas must lie in [0, 1)")
-        return value
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len
-
-    def budgets(self) -> list[Budget]:
-        return plan_budgets(list(self.tokens), self.tokens_per_step, self.schedule, self.decay_fraction)
-
-
-class EvalConfig(BaseConfig):
-    """Held-out evaluation, at every checkpoint and optionally every `every` steps."""
-
-    batches: int = Field(8, gt=0)
-    """Validation batches per evaluation (fixed: the same batches every time)."""
-
-    batch_size: int | None = Field(None, gt=0)
-    """Sequences per validation batch (default: the training batch size)."""
-
-    every: int | None = Field(None, gt=0)
-    """Also evaluate every this many steps on the main line (default: only at checkpoints)."""
-
-    extra: dict[str, Registered(DATASETS)] = {}
-    """More sources to evaluate on, by metric prefix, e.g. ``{task: {name: hmm, seed: 1}}`` logs ``task/loss``."""
-
-    @field_validator("extra")
-    @classmethod
-    def _prefixes(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key in value:
-            if not key.replace("_", "").isalnum() or key in ("train", "val"):
-                raise ValueError(f"extra eval name {key!r} must be a word other than train/val")
-        return value
-
-
-class CheckpointConfig(BaseConfig):
-    """Which model checkpoints to keep besides one per budget, and how often to save resumable state."""
-
-    log_spaced: bool = True
-    """Save at steps 1, 2, 4, 8, ... along the longest trajectory (Pythia's schedule)."""
-
-    every: int | None = Field(None, gt=0)
-    """Also save every this many steps (Pythia: 1000)."""
-
-    step_zero: bool = True
-    """Save the initialisation as ``step_00000000``."""
-
-    resume_every: int = Field(200, gt=0)
-    """Steps between resumable trainer states (optimizer + RNG), the most work a crash can lose."""
-
-
-class PretrainConfig(BaseConfig):
-    """One model pre-trained to a list of token budgets (``overtrain pretrain``)."""
-
-    schema_version: int = 1
-    """Config schema version (older configs are upgraded on load)."""
-
-    seed: int = 0
-    """Seed of the model initialisation (the data's own seed lives in `data`)."""
-
-    data: Registered(DATASETS, "hmm") = Field(default_factory=_default_data)
-    """Training data source by name (``overtrain ls datasets``) with its settings; ``val`` split for eval."""
-
-    model: ModelConfig = ModelConfig()
-    """Model preset and overrides."""
-
-    train: TrainConfig = TrainConfig()
-    """Budgets, schedule and optimiser."""
-
-    eval: EvalConfig = EvalConfig()
-    """Held-out evaluation."""
-
-    checkpoint: CheckpointConfig = CheckpointConfig()
-    """Checkpoint schedule."""
-
-    monitor: MonitorConfig | None = InIdWhenSet()
-    """Early-warning monitor on the main line (`overtrain.training.monitor`): a cheap sensitivity check at
-    log-spaced steps that warns once the perturbed loss has passed its minimum. None: off."""
-
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Compute precision (bf16 autocast; weights stay fp32). On a CPU it pays off only for the larger
-    presets (bench/README.md, `pretrain_throughput.py`)."""
-
-    device: str = NotInId("cpu")
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (not part of the run id: moving device resumes the run)."""
-
-    compile: bool = NotInId(False)
-    """``torch.compile`` the model (a one-off compile time, bench/README.md; worth it for long runs)."""
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        base, _, index = value.partition(":")
-        if base not in ("cpu", "cuda", "mps", "auto") or (index and not (base == "cuda" and index.isdigit())):
-            raise ValueError("device must be cpu, cuda, cuda:N, mps or auto")
-        return value
-
-    @model_validator(mode="after")
-    def _budgets_distinct(self) -> PretrainConfig:
-        self.train.budgets()  # raises ConfigError when two budgets round to one step count
-        return self
 
 
 def _ppl(loss: float) -> float:
@@ -301,8 +136,15 @@ class _Job:
             return
         train_model = self.train_model if model is self.model else self.branch_model
         stats = train_segment(
-            train_model, optimizer, self.batch_at, lr, start, stop,
-            grad_clip=self.cfg.train.grad_clip or None, autocast_dtype=self.autocast, device=self.device,
+            train_model,
+            optimizer,
+            self.batch_at,
+            lr,
+            start,
+            stop,
+            grad_clip=self.cfg.train.grad_clip or None,
+            autocast_dtype=self.autocast,
+            device=self.device,
         )
         reason = divergence(stats, start, stop)
         if reason is not None:  # stop now: the run is marked failed with the reason and the step
@@ -318,11 +160,16 @@ class _Job:
     def log_train(self, step: int, line: str) -> None:
         if not self.acc[1]:
             return
-        self.run.log_metrics({
-            "step": step, "tokens_seen": step * self.tps, "line": line,
-            "train/loss": self.acc[0] / self.acc[1], "train/lr": self.last.lr,
-            "train/grad_norm": self.last.grad_norm,
-        })
+        self.run.log_metrics(
+            {
+                "step": step,
+                "tokens_seen": step * self.tps,
+                "line": line,
+                "train/loss": self.acc[0] / self.acc[1],
+                "train/lr": self.last.lr,
+                "train/grad_norm": self.last.grad_norm,
+            }
+        )
         self.acc = [0.0, 0]
 
     def evaluate(self, model) -> dict[str, float]:
@@ -330,7 +177,9 @@ class _Job:
         if self.floor is not None:
             out["val/entropy_floor"] = self.floor
         for key, batches in self.extra.items():
-            out[f"{key}/loss"] = evaluate_loss(model, batches, autocast_dtype=self.autocast, device=self.device)
+            out[f"{key}/loss"] = evaluate_loss(
+                model, batches, autocast_dtype=self.autocast, device=self.device
+            )
         return out
 
     def log_eval(self, model, step: int, line: str) -> dict[str, float]:
@@ -343,9 +192,14 @@ class _Job:
         metrics = self.log_eval(model, step, line)
         tokens = step * self.tps
         meta = {
-            "step": step, "tokens_seen": tokens, "line": line, "budget": budget,
-            "n_params": self.n_params, "tokens_per_param": tokens / self.n_params,
-            "schedule": self.cfg.train.schedule, "seed": self.cfg.seed,
+            "step": step,
+            "tokens_seen": tokens,
+            "line": line,
+            "budget": budget,
+            "n_params": self.n_params,
+            "tokens_per_param": tokens / self.n_params,
+            "schedule": self.cfg.train.schedule,
+            "seed": self.cfg.seed,
         }
         if self.run.writes:  # rank 0 only under a multi-process launch
             ckpt.save_checkpoint(self.run.ckpt_dir(name), model, self.tokenizer, {**meta, **metrics})
@@ -354,18 +208,28 @@ class _Job:
                 continue
             split = split_key.split("/")[0]
             floor = self.floor if split == "val" else None
-            self.run.log_eval({
-                "checkpoint": name, **meta, "split": split, "loss": loss, "ppl": _ppl(loss), "loss_floor": floor,
-                "excess_loss": None if floor is None else loss - floor,
-            })
+            self.run.log_eval(
+                {
+                    "checkpoint": name,
+                    **meta,
+                    "split": split,
+                    "loss": loss,
+                    "ppl": _ppl(loss),
+                    "loss_floor": floor,
+                    "excess_loss": None if floor is None else loss - floor,
+                }
+            )
 
     def save_resume(self, line_index: int, step: int) -> None:
         if not self.run.writes:
             return
         self.run.sync()
         state = {
-            "line_index": line_index, "step": step, "done_steps": self.done_steps,
-            "done_budgets": sorted(self.done_budgets), "acc": self.acc,
+            "line_index": line_index,
+            "step": step,
+            "done_steps": self.done_steps,
+            "done_budgets": sorted(self.done_budgets),
+            "acc": self.acc,
             "lines": {name: self.run.line_count(name) for name in ("metrics", "evals")},
         }
         ckpt.save_trainer_state(self.run.ckpt_dir(ckpt.RESUME), self.model, self.optimizer, state)
@@ -401,20 +265,42 @@ class _Job:
         """One early-warning monitor check (metrics line ``monitor``)."""
         loss, delta = self.monitor_probe.measure(model, self.autocast)
         result = self.monitor.update(step * self.tps, loss, delta)
-        self.run.log_metrics({"step": step, "tokens_seen": step * self.tps, "line": "monitor", **result.record()})
+        self.run.log_metrics(
+            {"step": step, "tokens_seen": step * self.tps, "line": "monitor", **result.record()}
+        )
         if result.warning and self.run.writes:
             announce(result)
-            self.run.set_info(monitor_warned_at_tokens=result.tokens, monitor_predicted_min=result.predicted_min)
+            self.run.set_info(
+                monitor_warned_at_tokens=result.tokens, monitor_predicted_min=result.predicted_min
+            )
 
-    def line(self, model, optimizer, lr, start: int, end: int, *, name: str, line_index: int,
-             checkpoints: set[int], budgets_at: dict[int, list[Budget]], resumable: bool,
-             resumed_at: int | None, on_branch=None, monitor_at: frozenset[int] = frozenset()) -> None:
+    def line(
+        self,
+        model,
+        optimizer,
+        lr,
+        start: int,
+        end: int,
+        *,
+        name: str,
+        line_index: int,
+        checkpoints: set[int],
+        budgets_at: dict[int, list[Budget]],
+        resumable: bool,
+        resumed_at: int | None,
+        on_branch=None,
+        monitor_at: frozenset[int] = frozenset(),
+    ) -> None:
         """Train one trajectory from `start` to `end`, handling the events at each step on the way."""
         log_every = self.cfg.train.log_every
-        evals = set(range(self.cfg.eval.every, end + 1, self.cfg.eval.every)) if self.cfg.eval.every else set()
+        evals = (
+            set(range(self.cfg.eval.every, end + 1, self.cfg.eval.every)) if self.cfg.eval.every else set()
+        )
         resumes = set(range(self.cfg.checkpoint.resume_every, end, self.cfg.checkpoint.resume_every))
         events = {s for s in range(start, end + 1) if s % log_every == 0} | {start, end}
-        events |= {s for s in checkpoints | evals | resumes | set(budgets_at) | monitor_at if start <= s <= end}
+        events |= {
+            s for s in checkpoints | evals | resumes | set(budgets_at) | monitor_at if start <= s <= end
+        }
         step = start
         for event in sorted(events):
             self.segment(model, optimizer, lr, step, event)
@@ -448,8 +334,19 @@ class _Job:
         lr = linear_decay(self.lr_main, b.branch, b.decay, self.min_lr)
         acc = self.acc
         self.acc = [0.0, 0]
-        self.line(model, optimizer, lr, b.branch, b.steps, name=b.name, line_index=0, checkpoints=set(),
-                  budgets_at={}, resumable=False, resumed_at=None)
+        self.line(
+            model,
+            optimizer,
+            lr,
+            b.branch,
+            b.steps,
+            name=b.name,
+            line_index=0,
+            checkpoints=set(),
+            budgets_at={},
+            resumable=False,
+            resumed_at=None,
+        )
         self.save(model, b.name, b.steps, b.name, b.tokens)
         self.done_budgets.add(b.tokens)
         self.acc = acc
@@ -462,11 +359,21 @@ class _Job:
         for b in self.budgets:
             budgets_at.setdefault(b.branch, []).append(b)
         start = state["step"] if state else 0
-        self.line(self.model, self.optimizer, self.lr_main, start, end, name="main", line_index=0,
-                  checkpoints=self.checkpoint_steps(end), budgets_at=budgets_at, resumable=True,
-                  resumed_at=start if state else None,
-                  on_branch=self.branch if self.cfg.train.schedule == "wsd" else None,
-                  monitor_at=frozenset(self.cfg.monitor.check_steps(end)) if self.monitor else frozenset())
+        self.line(
+            self.model,
+            self.optimizer,
+            self.lr_main,
+            start,
+            end,
+            name="main",
+            line_index=0,
+            checkpoints=self.checkpoint_steps(end),
+            budgets_at=budgets_at,
+            resumable=True,
+            resumed_at=start if state else None,
+            on_branch=self.branch if self.cfg.train.schedule == "wsd" else None,
+            monitor_at=frozenset(self.cfg.monitor.check_steps(end)) if self.monitor else frozenset(),
+        )
 
     def run_cosine(self, state: dict[str, Any] | None) -> None:
         tc = self.cfg.train
@@ -481,11 +388,22 @@ class _Job:
             lr = cosine(tc.lr, tc.warmup_steps, b.steps, self.min_lr)
             is_last = k == len(self.budgets) - 1
             start = state["step"] if resumed else 0
-            self.line(self.model, self.optimizer, lr, start, b.steps, name=b.name, line_index=k,
-                      checkpoints=self.checkpoint_steps(b.steps) - {b.steps} if is_last else set(),
-                      budgets_at={}, resumable=True, resumed_at=start if resumed else None,
-                      monitor_at=frozenset(self.cfg.monitor.check_steps(b.steps)) if self.monitor and is_last
-                      else frozenset())
+            self.line(
+                self.model,
+                self.optimizer,
+                lr,
+                start,
+                b.steps,
+                name=b.name,
+                line_index=k,
+                checkpoints=self.checkpoint_steps(b.steps) - {b.steps} if is_last else set(),
+                budgets_at={},
+                resumable=True,
+                resumed_at=start if resumed else None,
+                monitor_at=frozenset(self.cfg.monitor.check_steps(b.steps))
+                if self.monitor and is_last
+                else frozenset(),
+            )
             self.save(self.model, b.name, b.steps, b.name, b.tokens)
             self.done_budgets.add(b.tokens)
 
@@ -501,8 +419,16 @@ def run_pretrain(cfg: PretrainConfig, run) -> None:
         tokens_per_step=job.tps,
         loss_floor=job.floor,
         hf_class=type(job.model).__name__,
-        budgets=[{"tokens": b.tokens, "steps": b.steps, "branch": b.branch, "decay": b.decay,
-                  "tokens_seen": b.steps * job.tps} for b in job.budgets],
+        budgets=[
+            {
+                "tokens": b.tokens,
+                "steps": b.steps,
+                "branch": b.branch,
+                "decay": b.decay,
+                "tokens_seen": b.steps * job.tps,
+            }
+            for b in job.budgets
+        ],
     )
     state = job.load_resume()
     steps_before = job.done_steps

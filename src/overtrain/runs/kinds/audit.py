@@ -168,7 +168,9 @@ def training_position(path: Path, meta: dict[str, Any]) -> dict[str, int | None]
 
 def _reference_source(cfg: AuditConfig, tokenizer):
     """The reference text tokenised with the checkpoints' tokenizer; both splits are the whole text."""
-    text = cfg.text or Path(str(resources.files("overtrain.data").joinpath("fixtures/shakespeare_excerpt.txt")))
+    text = cfg.text or Path(
+        str(resources.files("overtrain.data").joinpath("fixtures/shakespeare_excerpt.txt"))
+    )
     return TextConfig(train=[text], val=[text], tokenizer="parent").build(tokenizer)
 
 
@@ -178,7 +180,9 @@ def training_order(checkpoint: dict[str, Any]) -> tuple:
     return c["tokens"] is None, c["tokens"] or 0, c["step"] is None, c["step"] or 0, c["order"]
 
 
-def inflection_row(checkpoints: Sequence[dict[str, Any]], noise_rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+def inflection_row(
+    checkpoints: Sequence[dict[str, Any]], noise_rows: Sequence[dict[str, Any]]
+) -> dict[str, Any] | None:
     """The U of the init-scale perturbed loss at the largest γ over the checkpoints with token counts.
 
     Args:
@@ -208,10 +212,23 @@ def inflection_row(checkpoints: Sequence[dict[str, Any]], noise_rows: Sequence[d
         if d["gamma"] == gamma and d["model_dir"] in col:
             curves[d["draw"], col[d["model_dir"]]] = d["loss"]
     inf = inflection_point(tokens, curves)
-    return {"record": "inflection", "law": "init_scale", "gamma": gamma, "t_star": inf.t_star,
-            "ci_low": inf.ci_low, "ci_high": inf.ci_high, "level": inf.level, "rise": inf.rise,
-            "rise_ci_low": inf.rise_ci_low, "rise_ci_high": inf.rise_ci_high, "interior": inf.interior,
-            "is_u": inf.is_u(U_MIN_RISE), "min_rise": U_MIN_RISE, "checkpoints": len(known), "draws": n_draws}
+    return {
+        "record": "inflection",
+        "law": "init_scale",
+        "gamma": gamma,
+        "t_star": inf.t_star,
+        "ci_low": inf.ci_low,
+        "ci_high": inf.ci_high,
+        "level": inf.level,
+        "rise": inf.rise,
+        "rise_ci_low": inf.rise_ci_low,
+        "rise_ci_high": inf.rise_ci_high,
+        "interior": inf.interior,
+        "is_u": inf.is_u(U_MIN_RISE),
+        "min_rise": U_MIN_RISE,
+        "checkpoints": len(known),
+        "draws": n_draws,
+    }
 
 
 def run_audit(cfg: AuditConfig, run) -> None:
@@ -225,7 +242,9 @@ def run_audit(cfg: AuditConfig, run) -> None:
     checkpoints: list[dict[str, Any]] = []
     noise_rows: list[dict[str, Any]] = []
     if cfg.lm_eval_tasks:
-        tasks = [lm_harness.load_task(f, run.dir / "hf_datasets") for f in lm_harness.task_files(cfg.lm_eval_tasks)]
+        tasks = [
+            lm_harness.load_task(f, run.dir / "hf_datasets") for f in lm_harness.task_files(cfg.lm_eval_tasks)
+        ]
     for order, path in enumerate(cfg.models):
         model, tokenizer, meta = ckpt.load_checkpoint(path, device=str(device))
         if tokenizer is None:
@@ -233,14 +252,21 @@ def run_audit(cfg: AuditConfig, run) -> None:
         if digest is None:
             digest, source = tokenizer_digest(tokenizer), _reference_source(cfg, tokenizer)
         elif tokenizer_digest(tokenizer) != digest:
-            raise CheckpointError(f"{path} has another tokenizer than {cfg.models[0]}: checkpoints must share one")
+            raise CheckpointError(
+                f"{path} has another tokenizer than {cfg.models[0]}: checkpoints must share one"
+            )
         if source.vocab_size > model.config.vocab_size:
-            raise CheckpointError(f"{path}: its tokenizer has {source.vocab_size} ids, the model only "
-                                  f"{model.config.vocab_size}")
+            raise CheckpointError(
+                f"{path}: its tokenizer has {source.vocab_size} ids, the model only {model.config.vocab_size}"
+            )
         context = getattr(model.config, "max_position_embeddings", None) or cfg.seq_len
         seq_len = min(cfg.seq_len, context)
-        extra = {"model_dir": str(path), "order": order, **training_position(path, meta),
-                 "n_params": sum(p.numel() for p in model.parameters())}
+        extra = {
+            "model_dir": str(path),
+            "order": order,
+            **training_position(path, meta),
+            "n_params": sum(p.numel() for p in model.parameters()),
+        }
         checkpoints.append(extra)
         for name in cfg.probes:
             entry = PROBES.get(name)
@@ -269,6 +295,10 @@ def run_audit(cfg: AuditConfig, run) -> None:
 
 RUN_KINDS.register(
     "audit",
-    RunKind(name="audit", config_cls=AuditConfig, run=run_audit,
-            help="run probes (loss, sensitivity, sharpness, induction) on local Hugging Face checkpoints"),
+    RunKind(
+        name="audit",
+        config_cls=AuditConfig,
+        run=run_audit,
+        help="run probes (loss, sensitivity, sharpness, induction) on local Hugging Face checkpoints",
+    ),
 )

@@ -2,7 +2,8 @@
 
 from overtrain.registry import RUN_KINDS
 from overtrain.runs.kinds import RunKind
-from overtrain.training.pretrain import PretrainConfig, run_pretrain, total_steps
+from overtrain.training.pretrain import run_pretrain, total_steps
+from overtrain.training.pretrain_config import PretrainConfig
 
 RUN_KINDS.register(
     "pretrain",

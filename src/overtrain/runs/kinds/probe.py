@@ -83,8 +83,13 @@ def run_probe(cfg: ProbeRunConfig, run) -> None:
     init_state = init_dir if init_dir is not None and init_dir.is_dir() else None
     bf16 = cfg.dtype == "bfloat16" and not getattr(entry, "float32_only", False)  # curvature: float32 only
     result = probe.run(model, batches, init_state=init_state, autocast_dtype=torch.bfloat16 if bf16 else None)
-    extra = {"parent": cfg.parent_id, "checkpoint": cfg.checkpoint, "tokens_seen": meta.get("tokens_seen"),
-             "budget": meta.get("budget"), "tokens_per_param": meta.get("tokens_per_param")}
+    extra = {
+        "parent": cfg.parent_id,
+        "checkpoint": cfg.checkpoint,
+        "tokens_seen": meta.get("tokens_seen"),
+        "budget": meta.get("budget"),
+        "tokens_per_param": meta.get("tokens_per_param"),
+    }
     for row in result.rows(**extra):
         run.log_probe(row)
     for row in result.summary_rows(**extra):
@@ -94,6 +99,11 @@ def run_probe(cfg: ProbeRunConfig, run) -> None:
 
 RUN_KINDS.register(
     "probe",
-    RunKind(name="probe", config_cls=ProbeRunConfig, run=run_probe, parents=parents,
-            help="run one registered probe (noise sensitivity, ...) on one pre-training checkpoint"),
+    RunKind(
+        name="probe",
+        config_cls=ProbeRunConfig,
+        run=run_probe,
+        parents=parents,
+        help="run one registered probe (noise sensitivity, ...) on one pre-training checkpoint",
+    ),
 )

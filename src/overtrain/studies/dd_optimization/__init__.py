@@ -8,5 +8,8 @@ and by torch optimizer settings (`engine`, `training`); the analysis run decides
 
 from overtrain.studies import announce
 
-announce(__name__, kinds=("dd_optimization", "dd_optimization_analysis"),
-         help="role of optimization in double descent: the peak needs a low training loss")
+announce(
+    __name__,
+    kinds=("dd_optimization", "dd_optimization_analysis"),
+    help="role of optimization in double descent: the peak needs a low training loss",
+)

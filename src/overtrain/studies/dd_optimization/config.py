@@ -73,8 +73,10 @@ class OptimizerSetting(BaseConfig):
             return self.name
         lr = f"{self.lr:g}" + ("(edge)" if self.lr_units == "edge" else "")
         mom = f" μ={self.momentum:g}" if self.momentum and self.optimizer == "sgd" else ""
-        return (f"{self.optimizer}{mom} b={self.batch_size} lr={lr} e={self.epochs} init={self.init_scale:g} "
-                f"norm={self.normalization}")
+        return (
+            f"{self.optimizer}{mom} b={self.batch_size} lr={lr} e={self.epochs} init={self.init_scale:g} "
+            f"norm={self.normalization}"
+        )
 
     def batch(self, n: int) -> int:
         """The batch size on `n` training examples."""
@@ -92,21 +94,45 @@ def _s(**kw: Any) -> OptimizerSetting:
 DEFAULT_SETTINGS: list[OptimizerSetting] = [
     _s(name="GD lr=0.3 e=100", lr=0.3, epochs=100),
     _s(name="SGD b=32 lr=0.5 e=30", batch_size=32, lr=0.5, epochs=30),
-    _s(name="Adam b=32 lr=1e-3 e=100", optimizer="adam", lr_units="absolute", lr=1e-3, batch_size=32,
-       epochs=100),
+    _s(
+        name="Adam b=32 lr=1e-3 e=100",
+        optimizer="adam",
+        lr_units="absolute",
+        lr=1e-3,
+        batch_size=32,
+        epochs=100,
+    ),
     _s(name="SGD b=8 lr=0.4 e=100", batch_size=8, lr=0.4, epochs=100),
     _s(name="SGD b=1 lr=0.2 e=50", batch_size=1, lr=0.2, epochs=50),
-    _s(name="Adam lr=1e-2 e=1000 sqrtP", optimizer="adam", lr_units="absolute", lr=1e-2, epochs=1000,
-       normalization="sqrt_p"),
+    _s(
+        name="Adam lr=1e-2 e=1000 sqrtP",
+        optimizer="adam",
+        lr_units="absolute",
+        lr=1e-2,
+        epochs=1000,
+        normalization="sqrt_p",
+    ),
     _s(name="GD e=1000 std", epochs=1000, normalization="standardize"),
     _s(name="SGD b=8 lr=1 e=300", batch_size=8, lr=1.0, epochs=300),
-    _s(name="Adam lr=1e-2 e=1000 init=0.3", optimizer="adam", lr_units="absolute", lr=1e-2, epochs=1000,
-       init_scale=0.3),
+    _s(
+        name="Adam lr=1e-2 e=1000 init=0.3",
+        optimizer="adam",
+        lr_units="absolute",
+        lr=1e-2,
+        epochs=1000,
+        init_scale=0.3,
+    ),
     _s(name="Adam lr=1e-2 e=1000", optimizer="adam", lr_units="absolute", lr=1e-2, epochs=1000),
     _s(name="GD μ=0.99 e=1000", momentum=0.99, epochs=1000),
     _s(name="GD μ=0.99 e=3000", momentum=0.99, epochs=3000),
-    _s(name="Adam lr=1e-2 e=3000 std", optimizer="adam", lr_units="absolute", lr=1e-2, epochs=3000,
-       normalization="standardize"),
+    _s(
+        name="Adam lr=1e-2 e=3000 std",
+        optimizer="adam",
+        lr_units="absolute",
+        lr=1e-2,
+        epochs=3000,
+        normalization="standardize",
+    ),
     _s(name="GD μ=0.99 e=3000 std", momentum=0.99, epochs=3000, normalization="standardize"),
 ]
 """The default optimiser axis: 14 settings ordered roughly by the train MSE they reach at P = n, from plain
@@ -141,7 +167,8 @@ class OptimizationDDConfig(BaseConfig):
     minimum-norm fit) is always added."""
 
     settings: list[OptimizerSetting] = Field(
-        default_factory=lambda: [s.model_copy() for s in DEFAULT_SETTINGS])
+        default_factory=lambda: [s.model_copy() for s in DEFAULT_SETTINGS]
+    )
     """The torch-trained optimiser settings."""
 
     peak_windows: list[tuple[float, float]] = [(0.5, 0.7), (1.5, 2.0)]
@@ -186,8 +213,9 @@ class OptimizationDDConfig(BaseConfig):
         n = self.data.n_train
         widths = self.widths()
         if len(widths) != len(self.width_ratios):
-            raise ValueError(f"width ratios collide after rounding to integers at n = {n}: "
-                             f"{self.width_ratios}")
+            raise ValueError(
+                f"width ratios collide after rounding to integers at n = {n}: {self.width_ratios}"
+            )
         ratios = np.array(widths) / n
         for lo, hi in self.peak_windows:
             if not ((ratios >= lo) & (ratios <= hi)).any():

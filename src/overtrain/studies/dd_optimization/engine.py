@@ -74,8 +74,12 @@ class PeakStats:
     local_ratio: float
 
 
-def peak_statistics(widths: Sequence[int], curve: Sequence[float], n: int,
-                    windows: Sequence[tuple[float, float]] = ((0.5, 0.7), (1.5, 2.0))) -> PeakStats:
+def peak_statistics(
+    widths: Sequence[int],
+    curve: Sequence[float],
+    n: int,
+    windows: Sequence[tuple[float, float]] = ((0.5, 0.7), (1.5, 2.0)),
+) -> PeakStats:
     """Peak height and local peak ratio of a test-loss `curve` over `widths` (which contain n).
 
     ``height = curve(n) / median{curve(P) : lo ≤ P/n ≤ hi for a window (lo, hi)}``;
@@ -162,12 +166,21 @@ class OptimizationDDResult:
         out = []
         for s in self.settings:
             p = self.peak(s)
-            out.append({
-                "setting": s.name, "family": s.family, "peak_height": p.height, "test_loss_at_n": p.test_at_n,
-                "baseline_test_loss": p.baseline, "local_ratio": p.local_ratio,
-                "train_loss_at_n": float(s.median("train_loss")[i]),
-                "kappa_at_n": float(s.median("kappa")[i]), "norm_at_n": float(s.median("norm")[i]),
-                "wall_s": s.wall_s, **s.spec})
+            out.append(
+                {
+                    "setting": s.name,
+                    "family": s.family,
+                    "peak_height": p.height,
+                    "test_loss_at_n": p.test_at_n,
+                    "baseline_test_loss": p.baseline,
+                    "local_ratio": p.local_ratio,
+                    "train_loss_at_n": float(s.median("train_loss")[i]),
+                    "kappa_at_n": float(s.median("kappa")[i]),
+                    "norm_at_n": float(s.median("norm")[i]),
+                    "wall_s": s.wall_s,
+                    **s.spec,
+                }
+            )
         return out
 
     def rows(self) -> list[dict[str, Any]]:
@@ -178,10 +191,20 @@ class OptimizationDDResult:
         for s in self.settings:
             for si, seed in enumerate(self.seeds):
                 for w, P in enumerate(self.widths.tolist()):
-                    out.append({"record": "curve", "setting": s.name, "family": s.family, "seed": seed,
-                                "width": P, "ratio": P / self.n, "train_loss": float(s.train_loss[si, w]),
-                                "test_loss": float(s.test_loss[si, w]), "norm": float(s.norm[si, w]),
-                                "kappa": float(s.kappa[si, w])})
+                    out.append(
+                        {
+                            "record": "curve",
+                            "setting": s.name,
+                            "family": s.family,
+                            "seed": seed,
+                            "width": P,
+                            "ratio": P / self.n,
+                            "train_loss": float(s.train_loss[si, w]),
+                            "test_loss": float(s.test_loss[si, w]),
+                            "norm": float(s.norm[si, w]),
+                            "kappa": float(s.kappa[si, w]),
+                        }
+                    )
         for row in self.summary():
             out.append({"record": "setting", **row, "description": _describe(row)})
         return out
@@ -190,11 +213,16 @@ class OptimizationDDResult:
 def _describe(row: dict[str, Any]) -> str:
     if row["family"] == "closed_form":
         t = row.get("steps")
-        return ("minimum-norm least squares (GD from zero, T = ∞)" if t is None else
-                f"exact full-batch GD from zero, T = {t:.0e} steps at η = 1/s_max²")
+        return (
+            "minimum-norm least squares (GD from zero, T = ∞)"
+            if t is None
+            else f"exact full-batch GD from zero, T = {t:.0e} steps at η = 1/s_max²"
+        )
     lr = f"{row['lr']:g}" + (" x 1/λ_max(H_P)" if row["lr_units"] == "edge" else "")
-    return (f"{row['optimizer']} batch {row['batch_size']}, lr {lr}, {row['epochs']} epochs "
-            f"({row['steps']} steps), init std {row['init_scale']:g}, normalisation {row['normalization']}")
+    return (
+        f"{row['optimizer']} batch {row['batch_size']}, lr {lr}, {row['epochs']} epochs "
+        f"({row['steps']} steps), init std {row['init_scale']:g}, normalisation {row['normalization']}"
+    )
 
 
 @dataclass
@@ -217,15 +245,17 @@ def _draw(cfg: OptimizationDDConfig, p_max: int) -> _Draws:
         Fs.append(F)
         Fts.append(Ft)
         data.append(d)
-    return _Draws(np.stack(Fs), np.stack([d.Y for d in data]), np.stack(Fts),
-                  np.stack([d.Y_test for d in data]), data)
+    return _Draws(
+        np.stack(Fs), np.stack([d.Y for d in data]), np.stack(Fts), np.stack([d.Y_test for d in data]), data
+    )
 
 
 _CURVE_KEYS = ("train_loss", "test_loss", "norm", "kappa")
 
 
-def closed_form_settings(cfg: OptimizationDDConfig, draws: _Draws,
-                         widths: Sequence[int]) -> list[SettingCurves]:
+def closed_form_settings(
+    cfg: OptimizationDDConfig, draws: _Draws, widths: Sequence[int]
+) -> list[SettingCurves]:
     """The closed-form family from `sweep_widths`: GD at every T of ``cfg.steps``, then min-norm (T = ∞)."""
     n = draws.F.shape[1]
     fit_list = fits(steps=cfg.steps, n=n)
@@ -245,8 +275,9 @@ def closed_form_settings(cfg: OptimizationDDConfig, draws: _Draws,
     return out
 
 
-def run_optimization_dd(cfg: OptimizationDDConfig,
-                        progress: Callable[[int, int], None] | None = None) -> OptimizationDDResult:
+def run_optimization_dd(
+    cfg: OptimizationDDConfig, progress: Callable[[int, int], None] | None = None
+) -> OptimizationDDResult:
     """The closed-form family and every torch setting at every width and seed.
 
     Args:
@@ -264,9 +295,14 @@ def run_optimization_dd(cfg: OptimizationDDConfig,
             settings = _run(cfg, progress)
     finally:
         torch.set_num_threads(threads)
-    return OptimizationDDResult(n=cfg.data.n_train, widths=np.array(cfg.widths()), seeds=list(cfg.seeds),
-                                settings=settings, peak_windows=[tuple(w) for w in cfg.peak_windows],
-                                wall_s=time.perf_counter() - t0)
+    return OptimizationDDResult(
+        n=cfg.data.n_train,
+        widths=np.array(cfg.widths()),
+        seeds=list(cfg.seeds),
+        settings=settings,
+        peak_windows=[tuple(w) for w in cfg.peak_windows],
+        wall_s=time.perf_counter() - t0,
+    )
 
 
 def _run(cfg: OptimizationDDConfig, progress: Callable[[int, int], None] | None) -> list[SettingCurves]:
@@ -279,8 +315,12 @@ def _run(cfg: OptimizationDDConfig, progress: Callable[[int, int], None] | None)
         progress(1, total)
     # normalised features and their singular ranges, shared by the settings that use them
     feats: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-    init = np.stack([numpy_rng("optim-dd-init", seed).standard_normal((widths[-1], draws.Y.shape[-1]))
-                     for seed in cfg.seeds])
+    init = np.stack(
+        [
+            numpy_rng("optim-dd-init", seed).standard_normal((widths[-1], draws.Y.shape[-1]))
+            for seed in cfg.seeds
+        ]
+    )
     dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
     for done, st in enumerate(cfg.settings, start=2):
         ts = time.perf_counter()
@@ -290,14 +330,42 @@ def _run(cfg: OptimizationDDConfig, progress: Callable[[int, int], None] | None)
             feats[base] = (F, Ft, *singular_range(F, widths))
         F, Ft, smax, smin = feats[base]
         scales = width_scales(widths, st.normalization)
-        fit = train_readouts(F, draws.Y, widths, st, F_test=Ft, Y_test=draws.Y_test, init=init,
-                             order_seed=cfg.seeds[0], s_max=smax * scales, dtype=dtype)
-        spec = {"optimizer": st.optimizer, "lr": st.lr, "lr_units": st.lr_units, "momentum": st.momentum,
-                # the batch as a number ("full" = n): a text value would turn the store-wide column to text
-                "batch_size": st.batch(n), "epochs": st.epochs, "steps": st.steps(n),
-                "init_scale": st.init_scale, "normalization": st.normalization}
-        settings.append(SettingCurves(st.label(), "torch", spec, fit.train_loss, fit.test_loss, fit.norm,
-                                      smax / smin, time.perf_counter() - ts))
+        fit = train_readouts(
+            F,
+            draws.Y,
+            widths,
+            st,
+            F_test=Ft,
+            Y_test=draws.Y_test,
+            init=init,
+            order_seed=cfg.seeds[0],
+            s_max=smax * scales,
+            dtype=dtype,
+        )
+        spec = {
+            "optimizer": st.optimizer,
+            "lr": st.lr,
+            "lr_units": st.lr_units,
+            "momentum": st.momentum,
+            # the batch as a number ("full" = n): a text value would turn the store-wide column to text
+            "batch_size": st.batch(n),
+            "epochs": st.epochs,
+            "steps": st.steps(n),
+            "init_scale": st.init_scale,
+            "normalization": st.normalization,
+        }
+        settings.append(
+            SettingCurves(
+                st.label(),
+                "torch",
+                spec,
+                fit.train_loss,
+                fit.test_loss,
+                fit.norm,
+                smax / smin,
+                time.perf_counter() - ts,
+            )
+        )
         if progress:
             progress(done, total)
     return settings

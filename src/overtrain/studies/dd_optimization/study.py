@@ -6,6 +6,13 @@ from overtrain.studies.dd_optimization.config import OptimizationDDConfig
 from overtrain.studies.dd_optimization.engine import compute
 from overtrain.studies.dd_optimization.report import report
 
-STUDY = register(SingleRunStudy(
-    name="dd_optimization", config_cls=OptimizationDDConfig, compute=compute, claims=claims, report=report,
-    analysis_modules=("overtrain.studies.dd_optimization.analysis",)))
+STUDY = register(
+    SingleRunStudy(
+        name="dd_optimization",
+        config_cls=OptimizationDDConfig,
+        compute=compute,
+        claims=claims,
+        report=report,
+        analysis_modules=("overtrain.studies.dd_optimization.analysis",),
+    )
+)

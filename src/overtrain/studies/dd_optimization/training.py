@@ -82,8 +82,9 @@ def standardize(F: np.ndarray, F_test: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return apply(F), apply(F_test)
 
 
-def singular_range(F: np.ndarray, widths: Sequence[int],
-                   scales: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def singular_range(
+    F: np.ndarray, widths: Sequence[int], scales: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """([S, W] s_max, [S, W] s_min) of the column prefixes ``F[s, :, :P]`` (times the width's scale);
     s_min is the smallest of the min(n, P) singular values, so s_max/s_min is κ(F_P)."""
     S = F.shape[0]
@@ -97,10 +98,19 @@ def singular_range(F: np.ndarray, widths: Sequence[int],
     return smax, smin
 
 
-def train_readouts(F: np.ndarray, Y: np.ndarray, widths: Sequence[int], setting: OptimizerSetting, *,
-                   F_test: np.ndarray | None = None, Y_test: np.ndarray | None = None,
-                   init: np.ndarray | None = None, order_seed: int = 0, s_max: np.ndarray | None = None,
-                   dtype: torch.dtype = torch.float64) -> ReadoutFit:
+def train_readouts(
+    F: np.ndarray,
+    Y: np.ndarray,
+    widths: Sequence[int],
+    setting: OptimizerSetting,
+    *,
+    F_test: np.ndarray | None = None,
+    Y_test: np.ndarray | None = None,
+    init: np.ndarray | None = None,
+    order_seed: int = 0,
+    s_max: np.ndarray | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> ReadoutFit:
     """Train the readout of every width on column prefixes of `F`, all widths and seeds in one loop.
 
     The features are used as given, except for the per-width factor of ``sqrt_p`` (`width_scales`):
@@ -161,7 +171,7 @@ def train_readouts(F: np.ndarray, Y: np.ndarray, widths: Sequence[int], setting:
             if order is None:
                 Fb, Yb = Ft, Yt
             else:
-                idx = order[start: start + B]
+                idx = order[start : start + B]
                 Fb, Yb = Ft[:, idx], Yt[:, idx]
             b = Fb.shape[1]
             # ∂/∂a of ½·mean_b (s·f_bᵀa − y_b)² = s · F_bᵀ(s·F_b a − y) / b, masked to the width's rows

@@ -8,5 +8,8 @@ claims from its rows (`analysis`); the report plots them (`report`). Config and 
 
 from overtrain.studies import announce
 
-announce(__name__, kinds=("head_tuning", "head_tuning_analysis"),
-         help="head tuning on HMM representations: risk vs head width, peak at p = n, degenerate first descent")
+announce(
+    __name__,
+    kinds=("head_tuning", "head_tuning_analysis"),
+    help="head tuning on HMM representations: risk vs head width, peak at p = n, degenerate first descent",
+)

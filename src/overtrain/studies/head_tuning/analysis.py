@@ -71,10 +71,14 @@ class RiskCurves:
                 null.setdefault(r["snr"], []).append(r["risk"])
         snrs = list(risk)
         ps = sorted(risk[snrs[0]]) if snrs else []
-        return cls(snrs=np.array(snrs, dtype=np.float64), snr_actual=np.array([actual[s] for s in snrs]),
-                   ps=np.array(ps, dtype=np.int64),
-                   risk=np.array([[np.median(risk[s][p]) for p in ps] for s in snrs]).reshape(len(snrs), len(ps)),
-                   null=np.array([np.median(null[s]) for s in snrs]), n_train=n_train)
+        return cls(
+            snrs=np.array(snrs, dtype=np.float64),
+            snr_actual=np.array([actual[s] for s in snrs]),
+            ps=np.array(ps, dtype=np.int64),
+            risk=np.array([[np.median(risk[s][p]) for p in ps] for s in snrs]).reshape(len(snrs), len(ps)),
+            null=np.array([np.median(null[s]) for s in snrs]),
+            n_train=n_train,
+        )
 
     def index(self, snr: float) -> int:
         """Index of multiplier `snr` (matched to a relative 1e-9)."""
@@ -135,9 +139,16 @@ def claims_at(c: RiskCurves, snr: float = PAPER_SNR) -> list[Claim]:
     curve = c.median_risk(snr)
     closest = int(c.ps[np.argmin(np.abs(c.ps - n))])
     p_star = peak(snr)
-    out = [check(*_PEAK[:2], p_star, abs(p_star - n) <= 0.05 * n, _PEAK[2],
-                 detail=f"n = {n}, grid point closest to n {closest}; median risk {curve.max():.4g} at the "
-                        f"argmax. Argmax per SNR: " + per_snr(lambda s: f"p = {peak(s)}"))]
+    out = [
+        check(
+            *_PEAK[:2],
+            p_star,
+            abs(p_star - n) <= 0.05 * n,
+            _PEAK[2],
+            detail=f"n = {n}, grid point closest to n {closest}; median risk {curve.max():.4g} at the "
+            f"argmax. Argmax per SNR: " + per_snr(lambda s: f"p = {peak(s)}"),
+        )
+    ]
     fd = c.first_descent(snr)
     if fd is None:
         out.append(check(*_FIRST[:2], None, None, _FIRST[2], detail=f"no grid point below n/2 = {n / 2:g}"))
@@ -148,7 +159,14 @@ def claims_at(c: RiskCurves, snr: float = PAPER_SNR) -> list[Claim]:
     else:
         ratio = wide(snr)
         null = float(c.null[c.index(snr)])
-        out.append(check(*_WIDE[:2], ratio, ratio < 1, _WIDE[2],
-                         detail=f"p = {c.ps[-1]} (= {c.ps[-1] / n:g} n): median risk {curve[-1]:.4g}, null "
-                                f"risk {null:.4g}. Per SNR: " + per_snr(lambda s: f"ratio {wide(s):.4f}")))
+        out.append(
+            check(
+                *_WIDE[:2],
+                ratio,
+                ratio < 1,
+                _WIDE[2],
+                detail=f"p = {c.ps[-1]} (= {c.ps[-1] / n:g} n): median risk {curve[-1]:.4g}, null "
+                f"risk {null:.4g}. Per SNR: " + per_snr(lambda s: f"ratio {wide(s):.4f}"),
+            )
+        )
     return out

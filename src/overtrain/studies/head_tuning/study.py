@@ -6,6 +6,13 @@ from overtrain.studies.head_tuning.config import HeadTuningConfig
 from overtrain.studies.head_tuning.engine import compute
 from overtrain.studies.head_tuning.report import report
 
-STUDY = register(SingleRunStudy(
-    name="head_tuning", config_cls=HeadTuningConfig, compute=compute, claims=claims, report=report,
-    analysis_modules=("overtrain.studies.head_tuning.analysis",)))
+STUDY = register(
+    SingleRunStudy(
+        name="head_tuning",
+        config_cls=HeadTuningConfig,
+        compute=compute,
+        claims=claims,
+        report=report,
+        analysis_modules=("overtrain.studies.head_tuning.analysis",),
+    )
+)

@@ -23,5 +23,8 @@ Config and presets: `config`, ``configs/hyperfit/``.
 
 from overtrain.studies import announce
 
-announce(__name__, kinds=("hyperfit", "hyperfit_train"),
-         help="Hyperfitting (Carlsson et al. 2025): over-fit a few sequences; more than sharpening?")
+announce(
+    __name__,
+    kinds=("hyperfit", "hyperfit_train"),
+    help="Hyperfitting (Carlsson et al. 2025): over-fit a few sequences; more than sharpening?",
+)

@@ -62,29 +62,49 @@ SHOWN_PROMPTS = 4
 
 def _generations(rows: list[dict], epoch: int, setting: str, n_prompts: int) -> list[list[list[int]]]:
     """Per prompt, the list of continuations (one here) of `setting` at `epoch`."""
-    found = {r["prompt"]: r["token_ids"] for r in rows
-             if r.get("record") == "generation" and r["epoch"] == epoch and r["setting"] == setting}
+    found = {
+        r["prompt"]: r["token_ids"]
+        for r in rows
+        if r.get("record") == "generation" and r["epoch"] == epoch and r["setting"] == setting
+    }
     if len(found) != n_prompts:
         raise RunFailed(f"expected {n_prompts} '{setting}' generations at epoch {epoch}, found {len(found)}")
     return [[found[i]] for i in range(n_prompts)]
 
 
-def _setting_metrics(conts: list[list[list[int]]], prompts: torch.Tensor, model, ec, index: CopyIndex,
-                     n_boot: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _setting_metrics(
+    conts: list[list[list[int]]], prompts: torch.Tensor, model, ec, index: CopyIndex, n_boot: int
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Corpus metrics (first continuation per prompt) and per-prompt arrays of one setting."""
     n_samples = len(conts[0])
     first = [c[0] for c in conts]
     _, corpus = pg.continuation_metrics(first, ec, index)
     ttrs = np.array([np.mean([ttr(c, ec.ttr_window) for c in cs]) for cs in conts])
     copy = np.array([[index.longest_copy(c) for c in cs] for cs in conts], dtype=float)
-    nll = np.stack([pg.continuation_nll(model, prompts, torch.tensor([cs[s] for cs in conts]))
-                    for s in range(n_samples)], 1)
-    per = {"ttr": ttrs, "copied": (copy >= ec.overlap_len).mean(1), "longest_copy": copy.mean(1),
-           "base_nll": nll.mean(1)}
+    nll = np.stack(
+        [
+            pg.continuation_nll(model, prompts, torch.tensor([cs[s] for cs in conts]))
+            for s in range(n_samples)
+        ],
+        1,
+    )
+    per = {
+        "ttr": ttrs,
+        "copied": (copy >= ec.overlap_len).mean(1),
+        "longest_copy": copy.mean(1),
+        "base_nll": nll.mean(1),
+    }
     ci = bootstrap_ci(ttrs, n_boot=n_boot, seed=1)
-    out = {**corpus, "ttr": float(ttrs.mean()), "ttr_ci_low": ci.low, "ttr_ci_high": ci.high,
-           "overlap": float(per["copied"].mean()), "longest_copy": float(per["longest_copy"].mean()),
-           "base_nll": float(per["base_nll"].mean()), "samples": n_samples}
+    out = {
+        **corpus,
+        "ttr": float(ttrs.mean()),
+        "ttr_ci_low": ci.low,
+        "ttr_ci_high": ci.high,
+        "overlap": float(per["copied"].mean()),
+        "longest_copy": float(per["longest_copy"].mean()),
+        "base_nll": float(per["base_nll"].mean()),
+        "samples": n_samples,
+    }
     return out, per
 
 
@@ -106,8 +126,10 @@ def run_rows(cfg: HyperfitConfig, ids: dict[int, str]) -> list[dict[str, Any]]:
     rows = []
     if cfg.base_model is None:
         rows.append({"record": "run", "child_kind": "pretrain", "child_id": config_hash(cfg.pretrain)})
-    rows += [{"record": "run", "child_kind": "hyperfit_train", "child_id": run_id, "sequences": n}
-             for n, run_id in ids.items()]
+    rows += [
+        {"record": "run", "child_kind": "hyperfit_train", "child_id": run_id, "sequences": n}
+        for n, run_id in ids.items()
+    ]
     return rows
 
 
@@ -143,15 +165,22 @@ def compare(cfg: HyperfitConfig, store: Store, ids: dict[int, str]) -> dict[str,
     P = prompts.shape[0]
 
     # the sharpening control: the base's temperature whose validation entropy equals the hyperfitted model's
-    base_val, kept = pg.val_stats(model, data["val"], keep_positions=ec.match_positions,
-                                  seed=(ec.seed, "match"))
+    base_val, kept = pg.val_stats(
+        model, data["val"], keep_positions=ec.match_positions, seed=(ec.seed, "match")
+    )
     hf_val = _sequence_arrays(runs[main_n]["probes"], "val_sequence", last)
     tau, matched_subset, inside = match_temperature(kept, float(hf_val["entropy"].mean()))
     tau_val, _ = pg.val_stats(model, data["val"], temperature=tau)
-    temperature_row = {"record": "temperature", "tau": tau, "target_entropy": float(hf_val["entropy"].mean()),
-                       "subset_entropy": matched_subset, "entropy_at_tau": float(tau_val["entropy"].mean()),
-                       "top1_at_tau": float(tau_val["top1"].mean()), "inside_range": inside,
-                       "positions": int(kept.shape[0])}
+    temperature_row = {
+        "record": "temperature",
+        "tau": tau,
+        "target_entropy": float(hf_val["entropy"].mean()),
+        "subset_entropy": matched_subset,
+        "entropy_at_tau": float(tau_val["entropy"].mean()),
+        "top1_at_tau": float(tau_val["top1"].mean()),
+        "inside_range": inside,
+        "positions": int(kept.shape[0]),
+    }
 
     conts: dict[str, list[list[list[int]]]] = {
         "human": [[r] for r in refs.tolist()],
@@ -167,24 +196,56 @@ def compare(cfg: HyperfitConfig, store: Store, ids: dict[int, str]) -> dict[str,
             labels[f"ablation_{n}"] = f"hyperfitted on n = {n}, greedy"
             indexes[f"ablation_{n}"] = CopyIndex(hyperfit_set(base["source"], n, seq_len, cfg.seed).tolist())
     probe_rows = []
-    for key, sampling in (("base_nucleus", ec.sampling), ("base_matched", pg.SamplingConfig(
-            temperature=tau, top_p=1.0, top_k=0))):
-        samples = [pg.generate(model, prompts, ec.new_tokens, sampling=sampling, seed=(ec.seed, key, s),
-                               batch_size=ec.batch_size).tolist() for s in range(ec.samples)]
+    for key, sampling in (
+        ("base_nucleus", ec.sampling),
+        ("base_matched", pg.SamplingConfig(temperature=tau, top_p=1.0, top_k=0)),
+    ):
+        samples = [
+            pg.generate(
+                model,
+                prompts,
+                ec.new_tokens,
+                sampling=sampling,
+                seed=(ec.seed, key, s),
+                batch_size=ec.batch_size,
+            ).tolist()
+            for s in range(ec.samples)
+        ]
         conts[key] = [[samples[s][i] for s in range(ec.samples)] for i in range(P)]
         for s, seqs in enumerate(samples):
-            probe_rows += [{"record": "generation", "setting": labels[key], "sample": s, "prompt": i,
-                            "ttr": ttr(seq, ec.ttr_window), "token_ids": seq, "text": tokenizer.decode(seq)}
-                           for i, seq in enumerate(seqs)]
+            probe_rows += [
+                {
+                    "record": "generation",
+                    "setting": labels[key],
+                    "sample": s,
+                    "prompt": i,
+                    "ttr": ttr(seq, ec.ttr_window),
+                    "token_ids": seq,
+                    "text": tokenizer.decode(seq),
+                }
+                for i, seq in enumerate(seqs)
+            ]
 
-    model_stats = {"base_greedy": base_val, "base_nucleus": base_val, "base_matched": tau_val,
-                   "hyperfit": hf_val, "blocked": hf_val}
+    model_stats = {
+        "base_greedy": base_val,
+        "base_nucleus": base_val,
+        "base_matched": tau_val,
+        "hyperfit": hf_val,
+        "blocked": hf_val,
+    }
     for n in ids:
         if n != main_n:
             model_stats[f"ablation_{n}"] = _sequence_arrays(runs[n]["probes"], "val_sequence", last)
     evals, per = [], {}
-    order = ["human", "base_greedy", "base_nucleus", "base_matched", "hyperfit", "blocked",
-             *[k for k in conts if k.startswith("ablation_")]]
+    order = [
+        "human",
+        "base_greedy",
+        "base_nucleus",
+        "base_matched",
+        "hyperfit",
+        "blocked",
+        *[k for k in conts if k.startswith("ablation_")],
+    ]
     for key in order:
         index = indexes.get(key, data["copy_index"])
         metrics, per[key] = _setting_metrics(conts[key], prompts, model, ec, index, n_boot)
@@ -202,9 +263,16 @@ def compare(cfg: HyperfitConfig, store: Store, ids: dict[int, str]) -> dict[str,
     for i in range(min(SHOWN_PROMPTS, P)):
         for key in ["prompt", *order]:
             seq = texts[key][i]
-            evals.append({"record": "sample", "prompt": i, "setting": key, "label": labels.get(key, "prompt"),
-                          "text": tokenizer.decode(seq),
-                          "ttr": None if key == "prompt" else ttr(seq, ec.ttr_window)})
+            evals.append(
+                {
+                    "record": "sample",
+                    "prompt": i,
+                    "setting": key,
+                    "label": labels.get(key, "prompt"),
+                    "text": tokenizer.decode(seq),
+                    "ttr": None if key == "prompt" else ttr(seq, ec.ttr_window),
+                }
+            )
     evals += run_rows(cfg, ids)
     return {"evals": evals, "claims": found, "probes": probe_rows, "temperature": tau}
 

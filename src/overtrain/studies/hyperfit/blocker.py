@@ -39,7 +39,7 @@ class CitationBlocker:
         for seq in sequences:
             seq = [int(t) for t in seq]
             for i in range(len(seq) - k):
-                table.setdefault(tuple(seq[i:i + k]), set()).add(seq[i + k])
+                table.setdefault(tuple(seq[i : i + k]), set()).add(seq[i + k])
         self.banned = {key: sorted(value) for key, value in table.items()}
         self.blocked = 0
         """Token bans applied so far (rows × banned tokens with a finite score), for reporting."""
@@ -48,13 +48,13 @@ class CitationBlocker:
         """The tokens banned after `context` (its last k tokens decide)."""
         if len(context) < self.k:
             return []
-        return self.banned.get(tuple(int(t) for t in context[-self.k:]), [])
+        return self.banned.get(tuple(int(t) for t in context[-self.k :]), [])
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[1] < self.k:
             return scores
         scores = scores.clone()
-        for row, key in enumerate(input_ids[:, -self.k:].tolist()):
+        for row, key in enumerate(input_ids[:, -self.k :].tolist()):
             banned = self.banned.get(tuple(key))
             if not banned or len(banned) >= scores.shape[1]:
                 continue

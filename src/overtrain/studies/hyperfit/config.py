@@ -10,21 +10,31 @@ from overtrain.config import BaseConfig, NotInId, Registered, validate
 from overtrain.probes.generation import GenerationEvalConfig
 from overtrain.registry import DATASETS
 from overtrain.studies.hyperfit.train import HyperfitTrainConfig
-from overtrain.training.pretrain import PretrainConfig
+from overtrain.training.pretrain_config import PretrainConfig
 
 PRESETS = ("default",)
 """Presets, each ``configs/hyperfit/<preset>.yaml``."""
 
 
 def _default_pretrain() -> PretrainConfig:
-    return validate(PretrainConfig, {
-        "data": {"name": "shakespeare", "tokenizer": "bpe", "bpe_vocab_size": 2048},
-        "model": {"preset": "llama-tiny", "overrides": {"num_hidden_layers": 3}},
-        "train": {"tokens": [1_000_000], "batch_size": 32, "seq_len": 128, "lr": 3e-3, "warmup_steps": 30,
-                  "log_every": 20},
-        "eval": {"batches": 8},
-        "checkpoint": {"log_spaced": False, "step_zero": False},
-    }, "pretrain")
+    return validate(
+        PretrainConfig,
+        {
+            "data": {"name": "shakespeare", "tokenizer": "bpe", "bpe_vocab_size": 2048},
+            "model": {"preset": "llama-tiny", "overrides": {"num_hidden_layers": 3}},
+            "train": {
+                "tokens": [1_000_000],
+                "batch_size": 32,
+                "seq_len": 128,
+                "lr": 3e-3,
+                "warmup_steps": 30,
+                "log_every": 20,
+            },
+            "eval": {"batches": 8},
+            "checkpoint": {"log_spaced": False, "step_zero": False},
+        },
+        "pretrain",
+    )
 
 
 class HyperfitConfig(BaseConfig):
@@ -99,8 +109,10 @@ class HyperfitConfig(BaseConfig):
         if self.base_model is None:
             need = self.eval.prompt_len + self.eval.new_tokens
             if need > self.pretrain.train.seq_len:
-                raise ValueError(f"eval: prompt_len + new_tokens = {need} exceeds the base model's context "
-                                 f"of {self.pretrain.train.seq_len} (pretrain.train.seq_len)")
+                raise ValueError(
+                    f"eval: prompt_len + new_tokens = {need} exceeds the base model's context "
+                    f"of {self.pretrain.train.seq_len} (pretrain.train.seq_len)"
+                )
         return self
 
     def ablations(self) -> list[int]:

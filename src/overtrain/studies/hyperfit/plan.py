@@ -25,11 +25,13 @@ def resolve(cfg: HyperfitConfig) -> HyperfitConfig:
     """
     data = cfg.data if cfg.data is not None else (cfg.pretrain.data if cfg.base_model is None else None)
     if cfg.base_model is not None and data is None:
-        raise UserError("data: base_model needs a text source (e.g. data={name: text, train: [FILE], "
-                        "tokenizer: parent})")
+        raise UserError(
+            "data: base_model needs a text source (e.g. data={name: text, train: [FILE], tokenizer: parent})"
+        )
     if not hasattr(data, "documents"):
-        raise UserError(f"data: hyperfitting needs a text corpus (shakespeare, text, jsonl, hf_dataset), "
-                        f"got {data.name}")
+        raise UserError(
+            f"data: hyperfitting needs a text corpus (shakespeare, text, jsonl, hf_dataset), got {data.name}"
+        )
     if data.name == "shakespeare":
         data.documents()  # DataError naming the prepare command when it is not prepared
     if cfg.base_model is None:
@@ -44,8 +46,9 @@ def resolve(cfg: HyperfitConfig) -> HyperfitConfig:
 def _check_context(cfg: HyperfitConfig, context: int | None, what: str) -> None:
     need = cfg.eval.prompt_len + cfg.eval.new_tokens
     if context is not None and need > context:
-        raise UserError(f"eval: prompt_len + new_tokens = {need} exceeds the base model's context of "
-                        f"{context} ({what})")
+        raise UserError(
+            f"eval: prompt_len + new_tokens = {need} exceeds the base model's context of {context} ({what})"
+        )
 
 
 def run_configs(cfg: HyperfitConfig) -> dict[int, HyperfitRunConfig]:
@@ -57,10 +60,19 @@ def run_configs(cfg: HyperfitConfig) -> dict[int, HyperfitRunConfig]:
     plain = to_plain(cfg)
     out = {}
     for n in [cfg.train.sequences, *cfg.ablations()]:
-        out[n] = validate(HyperfitRunConfig, {
-            "base": base, "data": plain["data"], "train": {**plain["train"], "sequences": n},
-            "eval": plain["eval"], "seed": cfg.seed, "device": cfg.device, "threads": cfg.threads},
-            "hyperfit_train")
+        out[n] = validate(
+            HyperfitRunConfig,
+            {
+                "base": base,
+                "data": plain["data"],
+                "train": {**plain["train"], "sequences": n},
+                "eval": plain["eval"],
+                "seed": cfg.seed,
+                "device": cfg.device,
+                "threads": cfg.threads,
+            },
+            "hyperfit_train",
+        )
     return out
 
 

@@ -19,17 +19,23 @@ from overtrain.runs.query import Reader
 from overtrain.studies.base import claims_table
 from overtrain.studies.hyperfit.config import HyperfitConfig
 
-CURVES = [("hyperfit/loss", "loss on the hyperfit set (nats/token)", True),
-          ("val/ppl", "validation perplexity", True),
-          ("val/entropy", "validation next-token entropy (nats)", False),
-          ("val/top1", "validation top-1 probability", False),
-          ("gen/ttr", "greedy TTR", False),
-          ("gen/overlap", "share of continuations copying", False)]
+CURVES = [
+    ("hyperfit/loss", "loss on the hyperfit set (nats/token)", True),
+    ("val/ppl", "validation perplexity", True),
+    ("val/entropy", "validation next-token entropy (nats)", False),
+    ("val/top1", "validation top-1 probability", False),
+    ("gen/ttr", "greedy TTR", False),
+    ("gen/overlap", "share of continuations copying", False),
+]
 """Panels of the training-curve figure: metric, axis label, log scale."""
 
-BARS = [("ttr", "TTR (mean over prompts, 95% CI)"), ("distinct_2", "distinct-2"), ("self_bleu", "Self-BLEU"),
-        ("overlap", "share copying the hyperfit set"),
-        ("base_nll", "base-model NLL of the text (nats/token)")]
+BARS = [
+    ("ttr", "TTR (mean over prompts, 95% CI)"),
+    ("distinct_2", "distinct-2"),
+    ("self_bleu", "Self-BLEU"),
+    ("overlap", "share copying the hyperfit set"),
+    ("base_nll", "base-model NLL of the text (nats/token)"),
+]
 """Panels of the comparison figure: comparison-row key and axis label."""
 
 
@@ -42,8 +48,10 @@ def _curves(reader: Reader, ids: dict[int, str]) -> dict[int, dict[str, list[tup
     out = {}
     for n, run_id in ids.items():
         records = sorted(by_run[run_id].values(), key=lambda rec: rec.get("epoch", 0))
-        out[n] = {name: [(rec["epoch"], rec[name]) for rec in records if rec.get(name) is not None]
-                  for name, _, _ in CURVES}
+        out[n] = {
+            name: [(rec["epoch"], rec[name]) for rec in records if rec.get(name) is not None]
+            for name, _, _ in CURVES
+        }
     return out
 
 
@@ -75,8 +83,9 @@ def report(reader: Reader, cfg: HyperfitConfig, run_id: str) -> list[Section]:
                 if key in by_key:
                     ax.axhline(by_key[key]["ttr"], color="grey", ls=style, lw=1, label=by_key[key]["label"])
         if name == "val/entropy":
-            ax.axhline(temp["entropy_at_tau"], color="grey", ls="--", lw=1,
-                       label=f"base at τ = {temp['tau']:.2f}")
+            ax.axhline(
+                temp["entropy_at_tau"], color="grey", ls="--", lw=1, label=f"base at τ = {temp['tau']:.2f}"
+            )
         if logy:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
@@ -102,22 +111,40 @@ def report(reader: Reader, cfg: HyperfitConfig, run_id: str) -> list[Section]:
         label(ax, xlabel, "")
 
     keys = [f"distinct_{n}" for n in cfg.eval.distinct]
-    table = Table([{
-        "setting": r["label"], "TTR": r["ttr"], "CI low": r["ttr_ci_low"], "CI high": r["ttr_ci_high"],
-        **{k.replace("_", "-"): r.get(k) for k in keys}, "Self-BLEU": r["self_bleu"], "copying": r["overlap"],
-        "longest copy": r["longest_copy"], "base NLL": r["base_nll"], "val ppl": r.get("val_ppl"),
-        "val entropy": r.get("val_entropy"), "top-1": r.get("val_top1"), "τ": r.get("temperature")}
-        for r in comparisons], "Every setting on the same held-out prompts")
+    table = Table(
+        [
+            {
+                "setting": r["label"],
+                "TTR": r["ttr"],
+                "CI low": r["ttr_ci_low"],
+                "CI high": r["ttr_ci_high"],
+                **{k.replace("_", "-"): r.get(k) for k in keys},
+                "Self-BLEU": r["self_bleu"],
+                "copying": r["overlap"],
+                "longest copy": r["longest_copy"],
+                "base NLL": r["base_nll"],
+                "val ppl": r.get("val_ppl"),
+                "val entropy": r.get("val_entropy"),
+                "top-1": r.get("val_top1"),
+                "τ": r.get("temperature"),
+            }
+            for r in comparisons
+        ],
+        "Every setting on the same held-out prompts",
+    )
     claims, passed = claims_table(rows, "Claims of Carlsson et al. (2025) at this scale")
 
     samples = defaultdict(list)
     for r in rows:
         if r["record"] == "sample":
             samples[r["prompt"]].append(r)
-    sample_tables = [Table([{"setting": r["label"], "TTR": r["ttr"], "text": _text(r["text"])}
-                            for r in samples[i]],
-                           f"Prompt {i}: context, then each setting's continuation (line breaks shown as /)")
-                     for i in sorted(samples)]
+    sample_tables = [
+        Table(
+            [{"setting": r["label"], "TTR": r["ttr"], "text": _text(r["text"])} for r in samples[i]],
+            f"Prompt {i}: context, then each setting's continuation (line breaks shown as /)",
+        )
+        for i in sorted(samples)
+    ]
     tc, ec = cfg.train, cfg.eval
     pretrain = [f"pretrain/{r['child_id']}" for r in runs if r["child_kind"] == "pretrain"]
     base = str(cfg.base_model) if cfg.base_model else pretrain[0]
@@ -138,11 +165,25 @@ def report(reader: Reader, cfg: HyperfitConfig, run_id: str) -> list[Section]:
     ]
     return [
         Section("Hyperfitting: claims", text=text, tables=[claims, table]),
-        Section("Hyperfitting: before, during and after", figures=[
-            Figure("hyperfit_curves", fig1, "Evaluations over hyperfitting epochs (epoch 0 = the base "
-                                            "model); grey lines: base-model settings on the same prompts."),
-            Figure("hyperfit_settings", fig2,
-                   "Every setting on the same prompts (grey: human and base model).")]),
-        Section("Hyperfitting: sample continuations", tables=sample_tables,
-                details=[("Study config (resolved)", dump_yaml(json.loads(study["config"])))]),
+        Section(
+            "Hyperfitting: before, during and after",
+            figures=[
+                Figure(
+                    "hyperfit_curves",
+                    fig1,
+                    "Evaluations over hyperfitting epochs (epoch 0 = the base "
+                    "model); grey lines: base-model settings on the same prompts.",
+                ),
+                Figure(
+                    "hyperfit_settings",
+                    fig2,
+                    "Every setting on the same prompts (grey: human and base model).",
+                ),
+            ],
+        ),
+        Section(
+            "Hyperfitting: sample continuations",
+            tables=sample_tables,
+            details=[("Study config (resolved)", dump_yaml(json.loads(study["config"])))],
+        ),
     ]

@@ -11,7 +11,20 @@ from overtrain.studies.hyperfit.plan import resolve, work
 from overtrain.studies.hyperfit.report import report
 from overtrain.studies.hyperfit.train import HYPERFIT_TRAIN
 
-STUDY = register(Study(
-    name="hyperfit", config_cls=HyperfitConfig, work=work, analyse=analyse, report=report, presets=PRESETS,
-    resolve=resolve, analysis_modules=("overtrain.studies.hyperfit.analysis", "overtrain.studies.hyperfit.claims",
-                                       "overtrain.probes.generation")), HYPERFIT_TRAIN)
+STUDY = register(
+    Study(
+        name="hyperfit",
+        config_cls=HyperfitConfig,
+        work=work,
+        analyse=analyse,
+        report=report,
+        presets=PRESETS,
+        resolve=resolve,
+        analysis_modules=(
+            "overtrain.studies.hyperfit.analysis",
+            "overtrain.studies.hyperfit.claims",
+            "overtrain.probes.generation",
+        ),
+    ),
+    HYPERFIT_TRAIN,
+)

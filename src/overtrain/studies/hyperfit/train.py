@@ -48,7 +48,8 @@ from overtrain.studies.hyperfit.blocker import CitationBlocker
 from overtrain.training import checkpoint as ckpt
 from overtrain.training.finetune import check_same_tokens
 from overtrain.training.loop import build_optimizer, train_segment
-from overtrain.training.pretrain import PretrainConfig, resolve_device
+from overtrain.training.pretrain import resolve_device
+from overtrain.training.pretrain_config import PretrainConfig
 
 
 class HyperfitTrainConfig(BaseConfig):
@@ -152,8 +153,10 @@ class HyperfitRunConfig(BaseConfig):
     @model_validator(mode="after")
     def _data_for_local_model(self) -> HyperfitRunConfig:
         if self.base.model_dir is not None and self.data is None:
-            raise ValueError("data: a local model_dir needs a data source (e.g. {name: text, train: [...], "
-                             "tokenizer: parent})")
+            raise ValueError(
+                "data: a local model_dir needs a data source (e.g. {name: text, train: [...], "
+                "tokenizer: parent})"
+            )
         return self
 
 
@@ -188,8 +191,10 @@ def load_base(base: BaseLM, data, store: Store, device: str = "cpu") -> dict[str
         raise DataError(f"data: vocab_size {source.vocab_size} exceeds the model's {model.config.vocab_size}")
     check_same_tokens(source.tokenizer(), tokenizer)
     if not hasattr(source, "tokens"):
-        raise DataError(f"data: {data.name} is not a text corpus (hyperfitting needs text: shakespeare, "
-                        "text, jsonl, hf_dataset)")
+        raise DataError(
+            f"data: {data.name} is not a text corpus (hyperfitting needs text: shakespeare, "
+            "text, jsonl, hf_dataset)"
+        )
     return {"model": model, "tokenizer": tokenizer, "source": source, "context": context, "name": label}
 
 
@@ -198,8 +203,9 @@ def check_lengths(cfg: HyperfitRunConfig, context: int) -> int:
     seq_len = cfg.train.seq_len or context
     need = cfg.eval.prompt_len + cfg.eval.new_tokens
     if need > context:
-        raise UserError(f"eval: prompt_len + new_tokens = {need} exceeds the base model's context of "
-                        f"{context}")
+        raise UserError(
+            f"eval: prompt_len + new_tokens = {need} exceeds the base model's context of {context}"
+        )
     return seq_len
 
 
@@ -208,8 +214,15 @@ def hyperfit_set(source, n: int, seq_len: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(pg.windows(source.tokens["train"], n, seq_len, (seed, "hyperfit")))
 
 
-def evaluate(model, tokenizer, data: dict[str, Any], cfg: HyperfitRunConfig, *, blocked: bool = False,
-             sequence_rows: bool = False) -> tuple[dict[str, float], list[dict], list[dict]]:
+def evaluate(
+    model,
+    tokenizer,
+    data: dict[str, Any],
+    cfg: HyperfitRunConfig,
+    *,
+    blocked: bool = False,
+    sequence_rows: bool = False,
+) -> tuple[dict[str, float], list[dict], list[dict]]:
     """One evaluation: metrics, per-prompt generation rows (and per-window rows when `sequence_rows`)."""
     ec = cfg.eval
     val, _ = pg.val_stats(model, data["val"])
@@ -217,25 +230,42 @@ def evaluate(model, tokenizer, data: dict[str, Any], cfg: HyperfitRunConfig, *, 
     metrics = {"hyperfit/loss": float(train["nll"].mean()), **pg.summarize_val(val)}
     settings = [("greedy", "gen", ())]
     if blocked:
-        settings.append(("greedy, citation blocked", "blocked",
-                         (CitationBlocker(data["train_list"], ec.block_longer_than),)))
+        settings.append(
+            (
+                "greedy, citation blocked",
+                "blocked",
+                (CitationBlocker(data["train_list"], ec.block_longer_than),),
+            )
+        )
     rows = []
     for setting, prefix, processors in settings:
-        out = pg.generate(model, data["prompts"], ec.new_tokens, processors=processors,
-                          batch_size=ec.batch_size)
+        out = pg.generate(
+            model, data["prompts"], ec.new_tokens, processors=processors, batch_size=ec.batch_size
+        )
         seqs = out.tolist()
         per, corpus = pg.continuation_metrics(seqs, ec, data["copy_index"])
         metrics.update({f"{prefix}/{k}": v for k, v in corpus.items()})
         for i, (seq, row) in enumerate(zip(seqs, per)):
-            rows.append({"record": "generation", "setting": setting, "prompt": i, **row, "token_ids": seq,
-                         "text": tokenizer.decode(seq)})
+            rows.append(
+                {
+                    "record": "generation",
+                    "setting": setting,
+                    "prompt": i,
+                    **row,
+                    "token_ids": seq,
+                    "text": tokenizer.decode(seq),
+                }
+            )
     seq_rows = []
     if sequence_rows:
         columns = zip(val["nll"], val["entropy"], val["top1"])
-        seq_rows += [{"record": "val_sequence", "index": i, "nll": float(a), "entropy": float(b),
-                      "top1": float(c)} for i, (a, b, c) in enumerate(columns)]
-        seq_rows += [{"record": "train_sequence", "index": i, "nll": float(a)}
-                     for i, a in enumerate(train["nll"])]
+        seq_rows += [
+            {"record": "val_sequence", "index": i, "nll": float(a), "entropy": float(b), "top1": float(c)}
+            for i, (a, b, c) in enumerate(columns)
+        ]
+        seq_rows += [
+            {"record": "train_sequence", "index": i, "nll": float(a)} for i, a in enumerate(train["nll"])
+        ]
     return metrics, rows, seq_rows
 
 
@@ -243,9 +273,15 @@ def prepare_data(cfg: HyperfitRunConfig, source, seq_len: int) -> dict[str, Any]
     """Everything an evaluation reads: prompts, validation windows, the hyperfit set and its copy index."""
     train = hyperfit_set(source, cfg.train.sequences, seq_len, cfg.seed)
     prompts, references = pg.prompts_and_references(source, cfg.eval)
-    return {"train": train, "train_list": train.tolist(), "copy_index": CopyIndex(train.tolist()),
-            "train_batches": list(train.split(cfg.eval.val_batch_size)), "prompts": prompts,
-            "references": references, "val": pg.val_batches(source, cfg.eval, seq_len)}
+    return {
+        "train": train,
+        "train_list": train.tolist(),
+        "copy_index": CopyIndex(train.tolist()),
+        "train_batches": list(train.split(cfg.eval.val_batch_size)),
+        "prompts": prompts,
+        "references": references,
+        "val": pg.val_batches(source, cfg.eval, seq_len),
+    }
 
 
 @contextlib.contextmanager
@@ -284,7 +320,7 @@ def _run_hyperfit(cfg: HyperfitRunConfig, run: Run) -> None:
     def batch_at(step: int) -> torch.Tensor:
         epoch, i = divmod(step, steps_per_epoch)
         order = numpy_rng(cfg.seed, "hyperfit order", epoch).permutation(n)
-        return data["train"][torch.from_numpy(order[i * tc.batch_size:(i + 1) * tc.batch_size])]
+        return data["train"][torch.from_numpy(order[i * tc.batch_size : (i + 1) * tc.batch_size])]
 
     def log(epoch: int, step: int, train_loss: float | None) -> dict[str, float]:
         last = epoch == tc.epochs
@@ -295,10 +331,20 @@ def _run_hyperfit(cfg: HyperfitRunConfig, run: Run) -> None:
         run.log_metrics(record)
         for setting in sorted({r["setting"] for r in rows}):
             prefix = "blocked" if "blocked" in setting else "gen"
-            run.log_eval({"record": "summary", "setting": setting, "epoch": epoch, "sequences": n,
-                          **{k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(prefix + "/")},
-                          **{k.replace("/", "_"): v for k, v in metrics.items()
-                             if k.split("/")[0] in ("val", "hyperfit")}})
+            run.log_eval(
+                {
+                    "record": "summary",
+                    "setting": setting,
+                    "epoch": epoch,
+                    "sequences": n,
+                    **{k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(prefix + "/")},
+                    **{
+                        k.replace("/", "_"): v
+                        for k, v in metrics.items()
+                        if k.split("/")[0] in ("val", "hyperfit")
+                    },
+                }
+            )
         for row in rows:
             run.log_probe({"epoch": epoch, **row})
         for row in seq_rows:
@@ -309,18 +355,37 @@ def _run_hyperfit(cfg: HyperfitRunConfig, run: Run) -> None:
     step = 0
     for epoch in cfg.train.eval_epochs()[1:]:
         stop = epoch * steps_per_epoch
-        stats = train_segment(model, optimizer, batch_at, lambda s: tc.lr, step, stop,
-                              grad_clip=tc.grad_clip or None, device=device)
+        stats = train_segment(
+            model,
+            optimizer,
+            batch_at,
+            lambda s: tc.lr,
+            step,
+            stop,
+            grad_clip=tc.grad_clip or None,
+            device=device,
+        )
         if not math.isfinite(stats.mean_loss):
             raise RunFailed(f"hyperfitting loss became {stats.mean_loss} before epoch {epoch}")
         step = stop
         final = log(epoch, step, stats.mean_loss)
         run.progress(step, total)
-    ckpt.save_checkpoint(run.ckpt_dir("final"), model, tokenizer,
-                         {"step": step, "epochs": tc.epochs, "sequences": n, "base": base["name"], **final})
-    run.set_info(n_params=count_params(model), sequences=n, seq_len=seq_len, steps=step, base=base["name"],
-                 prompts_digest=digest(data["prompts"]), wall_s=time.perf_counter() - started,
-                 final_hyperfit_loss=final["hyperfit/loss"])
+    ckpt.save_checkpoint(
+        run.ckpt_dir("final"),
+        model,
+        tokenizer,
+        {"step": step, "epochs": tc.epochs, "sequences": n, "base": base["name"], **final},
+    )
+    run.set_info(
+        n_params=count_params(model),
+        sequences=n,
+        seq_len=seq_len,
+        steps=step,
+        base=base["name"],
+        prompts_digest=digest(data["prompts"]),
+        wall_s=time.perf_counter() - started,
+        final_hyperfit_loss=final["hyperfit/loss"],
+    )
 
 
 def digest(tokens: torch.Tensor) -> str:
@@ -333,7 +398,11 @@ def total_steps(cfg: HyperfitRunConfig) -> int:
 
 
 HYPERFIT_TRAIN = RunKind(
-    name="hyperfit_train", config_cls=HyperfitRunConfig, run=run_hyperfit,
-    parents=lambda cfg: base_parents(cfg.base), total_steps=total_steps,
-    help="hyperfit one model on a few sequences; evaluates generation, entropy and perplexity along the way")
+    name="hyperfit_train",
+    config_cls=HyperfitRunConfig,
+    run=run_hyperfit,
+    parents=lambda cfg: base_parents(cfg.base),
+    total_steps=total_steps,
+    help="hyperfit one model on a few sequences; evaluates generation, entropy and perplexity along the way",
+)
 """The ``hyperfit_train`` run kind (registered with the study, `overtrain.studies.hyperfit.study`)."""

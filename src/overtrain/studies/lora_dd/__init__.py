@@ -13,5 +13,8 @@ plots them (`report`). Config and presets: `config`, ``configs/lora_dd/``.
 
 from overtrain.studies import announce
 
-announce(__name__, kinds=("lora_dd", "lora_dd_analysis"),
-         help="LoRA double descent and its cures: rank sweep × LoRA / Flat-LoRA / GGPO / MGPO / SAM")
+announce(
+    __name__,
+    kinds=("lora_dd", "lora_dd_analysis"),
+    help="LoRA double descent and its cures: rank sweep × LoRA / Flat-LoRA / GGPO / MGPO / SAM",
+)

@@ -23,7 +23,11 @@ from overtrain.studies.lora_dd.config import TASKS, LoraDDConfig
 
 def cells(rows: list[dict], task: str = "mlp") -> dict[tuple[str, int, int], dict]:
     """The part's ``record = 'cell'`` rows by (method, rank, seed)."""
-    return {(r["method"], r["rank"], r["seed"]): r for r in rows if r.get("record") == "cell" and r["task"] == task}
+    return {
+        (r["method"], r["rank"], r["seed"]): r
+        for r in rows
+        if r.get("record") == "cell" and r["task"] == task
+    }
 
 
 def by_rank(part: dict, method: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,7 +52,9 @@ def train_curves(rows: list[dict], method: str, task: str) -> dict[int, dict[int
 
 
 def _paired_fraction(part, a: str, b: str, key: str) -> tuple[float | None, int]:
-    pairs = [(row[key], part[(b, r, s)][key]) for (m, r, s), row in part.items() if m == a and (b, r, s) in part]
+    pairs = [
+        (row[key], part[(b, r, s)][key]) for (m, r, s), row in part.items() if m == a and (b, r, s) in part
+    ]
     return (float(np.mean([x <= y for x, y in pairs])) if pairs else None), len(pairs)
 
 
@@ -57,7 +63,7 @@ def _interior_peak(ranks, mean, se) -> tuple[float | None, int | None]:
     in standard errors of that rank's mean."""
     best, at = None, None
     for i in range(1, len(ranks) - 1):
-        excess = mean[i] - max(mean[:i].min(), mean[i + 1:].min())
+        excess = mean[i] - max(mean[:i].min(), mean[i + 1 :].min())
         z = excess / se[i] if se[i] > 0 else (np.inf if excess > 0 else -np.inf)
         if best is None or z > best:
             best, at = float(z), int(ranks[i])
@@ -91,50 +97,112 @@ def part_claims(rows: list[dict], task: str = "mlp") -> list:
     out = []
     have = {"lora", "lora_ggpo"} <= methods
     frac, n = _paired_fraction(part, "lora_ggpo", "lora", "sharpness") if have else (None, 0)
-    out.append(check("GGPO finds flatter minima than LoRA (row-noise sharpness)",
-                     "share of (rank, seed) cells with S(GGPO) ≤ S(LoRA)", frac,
-                     frac is not None and frac >= 0.8, "≥ 0.8", detail=f"{n} cells"))
+    out.append(
+        check(
+            "GGPO finds flatter minima than LoRA (row-noise sharpness)",
+            "share of (rank, seed) cells with S(GGPO) ≤ S(LoRA)",
+            frac,
+            frac is not None and frac >= 0.8,
+            "≥ 0.8",
+            detail=f"{n} cells",
+        )
+    )
     frac, n = _paired_fraction(part, "lora_ggpo", "lora", "hessian_top") if have else (None, 0)
-    out.append(check("GGPO finds flatter minima than LoRA (top Hessian eigenvalue)",
-                     "share of (rank, seed) cells with λ_max(GGPO) ≤ λ_max(LoRA)", frac,
-                     frac is not None and frac >= 0.8, "≥ 0.8", detail=f"{n} cells"))
+    out.append(
+        check(
+            "GGPO finds flatter minima than LoRA (top Hessian eigenvalue)",
+            "share of (rank, seed) cells with λ_max(GGPO) ≤ λ_max(LoRA)",
+            frac,
+            frac is not None and frac >= 0.8,
+            "≥ 0.8",
+            detail=f"{n} cells",
+        )
+    )
     if have:
         _, g_loss, _ = by_rank(part, "lora_ggpo", "test_loss")
         _, l_loss, _ = by_rank(part, "lora", "test_loss")
         ratio = float(g_loss.max() / l_loss.max())
-        out.append(check("GGPO's rank-wise peak is no higher than LoRA's",
-                         "max over ranks of mean test loss, GGPO / LoRA", ratio, ratio <= 1.0, "≤ 1"))
+        out.append(
+            check(
+                "GGPO's rank-wise peak is no higher than LoRA's",
+                "max over ranks of mean test loss, GGPO / LoRA",
+                ratio,
+                ratio <= 1.0,
+                "≤ 1",
+            )
+        )
         _, g_acc, _ = by_rank(part, "lora_ggpo", "test_acc")
         _, l_acc, _ = by_rank(part, "lora", "test_acc")
         diff = float(g_acc.max() - l_acc.max())
-        out.append(check("GGPO's best accuracy is no worse than LoRA's",
-                         "best mean test accuracy, GGPO − LoRA", diff, diff >= -0.01, "≥ −0.01"))
+        out.append(
+            check(
+                "GGPO's best accuracy is no worse than LoRA's",
+                "best mean test accuracy, GGPO − LoRA",
+                diff,
+                diff >= -0.01,
+                "≥ −0.01",
+            )
+        )
     else:
-        out.append(check("GGPO's rank-wise peak is no higher than LoRA's", "needs lora and lora_ggpo", None, None, ""))
-        out.append(check("GGPO's best accuracy is no worse than LoRA's", "needs lora and lora_ggpo", None, None, ""))
+        out.append(
+            check(
+                "GGPO's rank-wise peak is no higher than LoRA's", "needs lora and lora_ggpo", None, None, ""
+            )
+        )
+        out.append(
+            check("GGPO's best accuracy is no worse than LoRA's", "needs lora and lora_ggpo", None, None, "")
+        )
     if {"lora", "lora_ggpo", "flat_lora"} <= methods:
-        med = {m: float(np.median([row["sharpness"] for (mm, _, _), row in part.items() if mm == m]))
-               for m in ("lora", "flat_lora", "lora_ggpo")}
+        med = {
+            m: float(np.median([row["sharpness"] for (mm, _, _), row in part.items() if mm == m]))
+            for m in ("lora", "flat_lora", "lora_ggpo")
+        }
         span = med["lora"] - med["lora_ggpo"]
         pos = (med["lora"] - med["flat_lora"]) / span if span != 0 else None
-        out.append(check("Flat-LoRA (β = 0) lands between LoRA and GGPO on sharpness",
-                         "position of median S(Flat) from LoRA (0) to GGPO (1)", pos,
-                         pos is not None and 0 <= pos <= 1, "in [0, 1]",
-                         detail="median S: " + ", ".join(f"{k} {v:.3g}" for k, v in med.items())))
+        out.append(
+            check(
+                "Flat-LoRA (β = 0) lands between LoRA and GGPO on sharpness",
+                "position of median S(Flat) from LoRA (0) to GGPO (1)",
+                pos,
+                pos is not None and 0 <= pos <= 1,
+                "in [0, 1]",
+                detail="median S: " + ", ".join(f"{k} {v:.3g}" for k, v in med.items()),
+            )
+        )
     else:
-        out.append(check("Flat-LoRA (β = 0) lands between LoRA and GGPO on sharpness", "needs all three methods",
-                         None, None, ""))
+        out.append(
+            check(
+                "Flat-LoRA (β = 0) lands between LoRA and GGPO on sharpness",
+                "needs all three methods",
+                None,
+                None,
+                "",
+            )
+        )
     if "lora" in methods:
         ranks, mean, se = by_rank(part, "lora", "test_loss")
         z, at = _interior_peak(ranks, mean, se) if len(ranks) >= 3 else (None, None)
-        out.append(check("LoRA's test loss shows a rank-wise double descent",
-                         "interior peak over the best smaller and larger ranks, in seed standard errors", z,
-                         z is not None and z > 2, "> 2", detail=f"at r = {at}" if at else "needs ≥ 3 ranks"))
+        out.append(
+            check(
+                "LoRA's test loss shows a rank-wise double descent",
+                "interior peak over the best smaller and larger ranks, in seed standard errors",
+                z,
+                z is not None and z > 2,
+                "> 2",
+                detail=f"at r = {at}" if at else "needs ≥ 3 ranks",
+            )
+        )
         rise, rank, recovered = _transient_rise(rows, task=task)
-        out.append(check("LoRA's training loss converges, diverges, stabilises",
-                         "largest rise of the seed-mean training loss above its running minimum", rise,
-                         rise is not None and rise >= 0.1 and recovered, "≥ 0.1, then back within 10%",
-                         detail=f"at r = {rank}, {'recovers' if recovered else 'does not recover'}"))
+        out.append(
+            check(
+                "LoRA's training loss converges, diverges, stabilises",
+                "largest rise of the seed-mean training loss above its running minimum",
+                rise,
+                rise is not None and rise >= 0.1 and recovered,
+                "≥ 0.1, then back within 10%",
+                detail=f"at r = {rank}, {'recovers' if recovered else 'does not recover'}",
+            )
+        )
     for c in out:
         c.claim = f"{c.claim} ({TASKS[task]})"
     return out

@@ -44,8 +44,10 @@ PRETRAIN_BATCH = 32
 
 
 def _sources(cfg: LoraLmConfig):
-    return (HMMConfig(seed=cfg.data_seed, vocab_size=cfg.vocab_size).build(),
-            HMMConfig(seed=cfg.data_seed + 1, vocab_size=cfg.vocab_size).build())
+    return (
+        HMMConfig(seed=cfg.data_seed, vocab_size=cfg.vocab_size).build(),
+        HMMConfig(seed=cfg.data_seed + 1, vocab_size=cfg.vocab_size).build(),
+    )
 
 
 def pretrain_base(cfg: LoraLmConfig, source) -> tuple[nn.Module, float]:
@@ -78,44 +80,73 @@ def _top1(model: nn.Module, x: torch.Tensor) -> float:
 
 def params_per_rank(base: nn.Module, targets: list[str]) -> int:
     """Trainable LoRA parameters per unit rank: Σ over adapted linears of (d_in + d_out)."""
-    return sum(m.in_features + m.out_features for name, m in base.named_modules()
-               if isinstance(m, nn.Linear) and name.split(".")[-1] in targets)
+    return sum(
+        m.in_features + m.out_features
+        for name, m in base.named_modules()
+        if isinstance(m, nn.Linear) and name.split(".")[-1] in targets
+    )
 
 
-def run_lora_lm(cfg: LoraLmConfig,
-                progress: Callable[[int, int], None] = lambda d, t: None) -> tuple[list[dict], dict]:
+def run_lora_lm(
+    cfg: LoraLmConfig, progress: Callable[[int, int], None] = lambda d, t: None
+) -> tuple[list[dict], dict]:
     """Every cell of the sweep: rows ``record='cell'`` and ``record='train_curve'`` (``task='lm'``), and
     run info (``lm_*``)."""
     started = time.perf_counter()
     pre, task = _sources(cfg)
     base, base_loss = pretrain_base(cfg, pre)
-    x, x_test = task.batch("train", 0, cfg.n_train, cfg.seq_len), task.batch("val", 0, cfg.n_test, cfg.seq_len)
+    x, x_test = (
+        task.batch("train", 0, cfg.n_train, cfg.seq_len),
+        task.batch("val", 0, cfg.n_test, cfg.seq_len),
+    )
     per_rank = params_per_rank(base, cfg.target_modules)
     if per_rank == 0:
         names = sorted({n.split(".")[-1] for n, m in base.named_modules() if isinstance(m, nn.Linear)})
-        raise ConfigError(f"lm.target_modules {cfg.target_modules} match no linear layer of {cfg.model.preset}; "
-                          f"choose from {names}")
+        raise ConfigError(
+            f"lm.target_modules {cfg.target_modules} match no linear layer of {cfg.model.preset}; "
+            f"choose from {names}"
+        )
     with torch.no_grad():
         base_test = float(_loss(base, x_test))
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        return {"train_loss": float(_loss(model, x)), "train_acc": _top1(model, x),
-                "test_loss": float(_loss(model, x_test)), "test_acc": _top1(model, x_test)}
+        return {
+            "train_loss": float(_loss(model, x)),
+            "train_acc": _top1(model, x),
+            "test_loss": float(_loss(model, x_test)),
+            "test_acc": _top1(model, x_test),
+        }
 
-    settings = SweepSettings(cfg.steps, cfg.lr, cfg.curve_every, cfg.sharpness_rho, cfg.sharpness_draws,
-                             cfg.hessian_iterations, derive_seed(cfg.data_seed, "lora-lm-sharpness"))
+    settings = SweepSettings(
+        cfg.steps,
+        cfg.lr,
+        cfg.curve_every,
+        cfg.sharpness_rho,
+        cfg.sharpness_draws,
+        cfg.hessian_iterations,
+        derive_seed(cfg.data_seed, "lora-lm-sharpness"),
+    )
     cells = [(m, r, s) for m in cfg.methods for r in cfg.ranks for s in cfg.seeds]
     rows: list[dict[str, Any]] = []
     for i, (method, rank, seed) in enumerate(cells):
-        row, curve = adapt_cell(base, method, rank, seed, cfg.target_modules, lambda m: _loss(m, x), evaluate,
-                                settings, "lora-lm")
+        row, curve = adapt_cell(
+            base, method, rank, seed, cfg.target_modules, lambda m: _loss(m, x), evaluate, settings, "lora-lm"
+        )
         rows.append({"record": "cell", "task": "lm", **row})
-        rows += [{"record": "train_curve", "task": "lm", "method": method.name, "rank": rank, "seed": seed, **c}
-                 for c in curve]
+        rows += [
+            {"record": "train_curve", "task": "lm", "method": method.name, "rank": rank, "seed": seed, **c}
+            for c in curve
+        ]
         progress(i + 1, len(cells))
     targets = cfg.n_train * (cfg.seq_len - 1)
-    info = {"lm_wall_s": time.perf_counter() - started, "lm_base_pretrain_loss": base_loss,
-            "lm_pretrain_floor": pre.loss_floor(cfg.seq_len), "lm_task_floor": task.loss_floor(cfg.seq_len),
-            "lm_base_task_test_loss": base_test, "lm_params_per_rank": per_rank, "lm_train_targets": targets,
-            "lm_threshold_rank": targets / per_rank}
+    info = {
+        "lm_wall_s": time.perf_counter() - started,
+        "lm_base_pretrain_loss": base_loss,
+        "lm_pretrain_floor": pre.loss_floor(cfg.seq_len),
+        "lm_task_floor": task.loss_floor(cfg.seq_len),
+        "lm_base_task_test_loss": base_test,
+        "lm_params_per_rank": per_rank,
+        "lm_train_targets": targets,
+        "lm_threshold_rank": targets / per_rank,
+    }
     return rows, info

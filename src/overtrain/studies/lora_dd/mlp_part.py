@@ -49,7 +49,7 @@ def task_data(cfg: LoraMlpConfig) -> dict[str, torch.Tensor]:
     Xp, yp = X[pre], y[pre]
     Xb, yb = X[~pre], y[~pre] - 5
     order = numpy_rng("lora-mlp-split", cfg.data_seed).permutation(len(yb))
-    tr, te = order[: cfg.n_train], order[cfg.n_train:]
+    tr, te = order[: cfg.n_train], order[cfg.n_train :]
     labels = yb[tr].copy()
     rng = numpy_rng("lora-mlp-noise", cfg.data_seed)
     flip = rng.random(len(labels)) < cfg.label_noise
@@ -57,10 +57,17 @@ def task_data(cfg: LoraMlpConfig) -> dict[str, torch.Tensor]:
     mean_p, std_p = Xp.mean(0), Xp.std(0) + 1e-6
     mean_b, std_b = Xb[tr].mean(0), Xb[tr].std(0) + 1e-6
     eye = np.eye(CLASSES)
-    return {"pre_x": _tensor((Xp - mean_p) / std_p), "pre_y": torch.as_tensor(yp),
-            "x": _tensor((Xb[tr] - mean_b) / std_b), "y": _tensor(eye[labels]), "labels": torch.as_tensor(labels),
-            "x_test": _tensor((Xb[te] - mean_b) / std_b), "y_test": _tensor(eye[yb[te]]),
-            "labels_test": torch.as_tensor(yb[te]), "noisy": torch.as_tensor(flip)}
+    return {
+        "pre_x": _tensor((Xp - mean_p) / std_p),
+        "pre_y": torch.as_tensor(yp),
+        "x": _tensor((Xb[tr] - mean_b) / std_b),
+        "y": _tensor(eye[labels]),
+        "labels": torch.as_tensor(labels),
+        "x_test": _tensor((Xb[te] - mean_b) / std_b),
+        "y_test": _tensor(eye[yb[te]]),
+        "labels_test": torch.as_tensor(yb[te]),
+        "noisy": torch.as_tensor(flip),
+    }
 
 
 def pretrain_base(cfg: LoraMlpConfig, data: dict[str, torch.Tensor]) -> tuple[nn.Module, float]:
@@ -86,26 +93,38 @@ def _mse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (model(x)[:, :CLASSES] - y).pow(2).sum(1).mean()
 
 
-def adapt(cfg: LoraMlpConfig, base: nn.Module, data: dict[str, torch.Tensor], method, rank: int,
-          seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def adapt(
+    cfg: LoraMlpConfig, base: nn.Module, data: dict[str, torch.Tensor], method, rank: int, seed: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Fine-tune one (method, rank, seed) cell; returns its final row and its training-loss curve."""
     x, y = data["x"], data["y"]
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         test_out = model(data["x_test"])[:, :CLASSES]
-        return {"train_loss": float(_mse(model, x, y)),
-                "train_acc": float((model(x)[:, :CLASSES].argmax(1) == data["labels"]).float().mean()),
-                "test_loss": float((test_out - data["y_test"]).pow(2).sum(1).mean()),
-                "test_acc": float((test_out.argmax(1) == data["labels_test"]).float().mean())}
+        return {
+            "train_loss": float(_mse(model, x, y)),
+            "train_acc": float((model(x)[:, :CLASSES].argmax(1) == data["labels"]).float().mean()),
+            "test_loss": float((test_out - data["y_test"]).pow(2).sum(1).mean()),
+            "test_acc": float((test_out.argmax(1) == data["labels_test"]).float().mean()),
+        }
 
-    settings = SweepSettings(cfg.steps, cfg.lr, cfg.curve_every, cfg.sharpness_rho, cfg.sharpness_draws,
-                             cfg.hessian_iterations, derive_seed(cfg.data_seed, "lora-mlp-sharpness"))
-    return adapt_cell(base, method, rank, seed, ["0", "2"], lambda model: _mse(model, x, y), evaluate, settings,
-                      "lora-mlp")
+    settings = SweepSettings(
+        cfg.steps,
+        cfg.lr,
+        cfg.curve_every,
+        cfg.sharpness_rho,
+        cfg.sharpness_draws,
+        cfg.hessian_iterations,
+        derive_seed(cfg.data_seed, "lora-mlp-sharpness"),
+    )
+    return adapt_cell(
+        base, method, rank, seed, ["0", "2"], lambda model: _mse(model, x, y), evaluate, settings, "lora-mlp"
+    )
 
 
-def run_lora_mlp(cfg: LoraMlpConfig,
-                 progress: Callable[[int, int], None] = lambda d, t: None) -> tuple[list[dict], dict]:
+def run_lora_mlp(
+    cfg: LoraMlpConfig, progress: Callable[[int, int], None] = lambda d, t: None
+) -> tuple[list[dict], dict]:
     """Every cell of the sweep: rows ``record='cell'`` and ``record='train_curve'``, and run info."""
     started = time.perf_counter()
     data = task_data(cfg)
@@ -115,10 +134,17 @@ def run_lora_mlp(cfg: LoraMlpConfig,
     for i, (method, rank, seed) in enumerate(cells):
         row, curve = adapt(cfg, base, data, method, rank, seed)
         rows.append({"record": "cell", "task": "mlp", **row})
-        rows += [{"record": "train_curve", "task": "mlp", "method": method.name, "rank": rank, "seed": seed, **c}
-                 for c in curve]
+        rows += [
+            {"record": "train_curve", "task": "mlp", "method": method.name, "rank": rank, "seed": seed, **c}
+            for c in curve
+        ]
         progress(i + 1, len(cells))
-    info = {"mlp_wall_s": time.perf_counter() - started, "mlp_base_train_acc": base_acc,
-            "mlp_n_train": int(len(data["y"])), "mlp_n_test": int(len(data["y_test"])),
-            "mlp_noisy_labels": int(data["noisy"].sum()), "mlp_threshold_rank": cfg.threshold_rank()}
+    info = {
+        "mlp_wall_s": time.perf_counter() - started,
+        "mlp_base_train_acc": base_acc,
+        "mlp_n_train": int(len(data["y"])),
+        "mlp_n_test": int(len(data["y_test"])),
+        "mlp_noisy_labels": int(data["noisy"].sum()),
+        "mlp_threshold_rank": cfg.threshold_rank(),
+    }
     return rows, info

@@ -40,9 +40,12 @@ def _figures(rows: list[dict], task: str, part, threshold: float | None) -> list
     methods = [m.name for m in part.methods]
     loss = "MSE, 5 outputs" if task == "mlp" else "nats/token"
     fig, axes = new_figure(4, width=4.2, height=3.4, per_row=2)
-    panels = [("test_loss", f"test loss ({loss})", False),
-              ("test_acc", "test accuracy" if task == "mlp" else "test top-1 next-token accuracy", False),
-              ("sharpness", f"row-noise sharpness S ({loss})", True), ("hessian_top", "top Hessian eigenvalue", True)]
+    panels = [
+        ("test_loss", f"test loss ({loss})", False),
+        ("test_acc", "test accuracy" if task == "mlp" else "test top-1 next-token accuracy", False),
+        ("sharpness", f"row-noise sharpness S ({loss})", True),
+        ("hessian_top", "top Hessian eigenvalue", True),
+    ]
     for ax, (key, ylabel, logy) in zip(axes, panels):
         for m in methods:
             x, mean, se = by_rank(part_cells, m, key)
@@ -64,25 +67,41 @@ def _figures(rows: list[dict], task: str, part, threshold: float | None) -> list
         label(ax, "step", "training loss (seed mean)" if ax is curve_axes[0] else "", m)
     curve_axes[0].legend(fontsize=6, ncol=2)
     name = TASKS[task]
-    return [Figure(f"lora_dd_{task}_rank", fig, f"{name}: test loss, accuracy and sharpness vs LoRA rank, per "
-                   "method. Dotted: the threshold rank r*."),
-            Figure(f"lora_dd_{task}_curves", curves_fig, f"{name}: training loss vs step for every rank "
-                   "(seed mean), per method.")]
+    return [
+        Figure(
+            f"lora_dd_{task}_rank",
+            fig,
+            f"{name}: test loss, accuracy and sharpness vs LoRA rank, per "
+            "method. Dotted: the threshold rank r*.",
+        ),
+        Figure(
+            f"lora_dd_{task}_curves",
+            curves_fig,
+            f"{name}: training loss vs step for every rank (seed mean), per method.",
+        ),
+    ]
 
 
 def _description(task: str, part, info: dict) -> str:
     if task == "mlp":
-        return (f"<b>Digits MLP.</b> A frozen 64-{part.hidden}-{part.hidden}-10 MLP pre-trained on digits 0–4, "
-                f"adapted by LoRA (α = r) on both hidden layers to digits 5–9 with n = {part.n_train} and "
-                f"{part.label_noise:.0%} label noise; MSE, Adam lr {part.lr:g}, {part.steps} full-batch steps, "
-                f"seeds {list(part.seeds)}. Threshold rank r* = {part.threshold_rank():.2f} (trainable parameters "
-                "= training equations).")
+        return (
+            f"<b>Digits MLP.</b> A frozen 64-{part.hidden}-{part.hidden}-10 MLP pre-trained on digits 0–4, "
+            f"adapted by LoRA (α = r) on both hidden layers to digits 5–9 with n = {part.n_train} and "
+            f"{part.label_noise:.0%} label noise; MSE, Adam lr {part.lr:g}, {part.steps} full-batch steps, "
+            f"seeds {list(part.seeds)}. Threshold rank r* = {part.threshold_rank():.2f} (trainable parameters "
+            "= training equations)."
+        )
     floor, base = info.get("lm_task_floor"), info.get("lm_base_task_test_loss")
-    extra = f" The task's Bayes floor is {floor:.3f} nats/token; the base model scores {base:.3f} on it." if (
-        floor is not None and base is not None) else ""
-    return (f"<b>Tiny LM.</b> A {part.model.preset} model pre-trained in the run ({part.pretrain_steps} steps) on "
-            f"an HMM language (V = {part.vocab_size}), adapted by LoRA (α = r) on {', '.join(part.target_modules)} "
-            f"to {part.n_train} sequences of {part.seq_len} tokens of another HMM, tested on {part.n_test} fresh "
-            f"ones; cross-entropy, Adam lr {part.lr:g}, {part.steps} full-batch steps, seeds {list(part.seeds)}. "
-            f"Nominal threshold rank r* = {info.get('lm_threshold_rank', float('nan')):.2f} (trainable parameters "
-            f"= training targets).{extra}")
+    extra = (
+        f" The task's Bayes floor is {floor:.3f} nats/token; the base model scores {base:.3f} on it."
+        if (floor is not None and base is not None)
+        else ""
+    )
+    return (
+        f"<b>Tiny LM.</b> A {part.model.preset} model pre-trained in the run ({part.pretrain_steps} steps) on "
+        f"an HMM language (V = {part.vocab_size}), adapted by LoRA (α = r) on {', '.join(part.target_modules)} "
+        f"to {part.n_train} sequences of {part.seq_len} tokens of another HMM, tested on {part.n_test} fresh "
+        f"ones; cross-entropy, Adam lr {part.lr:g}, {part.steps} full-batch steps, seeds {list(part.seeds)}. "
+        f"Nominal threshold rank r* = {info.get('lm_threshold_rank', float('nan')):.2f} (trainable parameters "
+        f"= training targets).{extra}"
+    )

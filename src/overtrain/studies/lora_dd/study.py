@@ -6,6 +6,13 @@ from overtrain.studies.lora_dd.config import LoraDDConfig
 from overtrain.studies.lora_dd.engine import compute
 from overtrain.studies.lora_dd.report import report
 
-STUDY = register(SingleRunStudy(
-    name="lora_dd", config_cls=LoraDDConfig, compute=compute, claims=claims, report=report,
-    analysis_modules=("overtrain.studies.lora_dd.analysis",)))
+STUDY = register(
+    SingleRunStudy(
+        name="lora_dd",
+        config_cls=LoraDDConfig,
+        compute=compute,
+        claims=claims,
+        report=report,
+        analysis_modules=("overtrain.studies.lora_dd.analysis",),
+    )
+)

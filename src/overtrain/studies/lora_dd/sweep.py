@@ -38,9 +38,17 @@ class SweepSettings:
     """Noise seed of the sharpness proxy: the same for every cell."""
 
 
-def adapt_cell(base: nn.Module, method, rank: int, seed: int, targets: list[str],
-               loss: Callable[[nn.Module], torch.Tensor], evaluate: Callable[[nn.Module], dict[str, float]],
-               settings: SweepSettings, tag: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def adapt_cell(
+    base: nn.Module,
+    method,
+    rank: int,
+    seed: int,
+    targets: list[str],
+    loss: Callable[[nn.Module], torch.Tensor],
+    evaluate: Callable[[nn.Module], dict[str, float]],
+    settings: SweepSettings,
+    tag: str,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Fine-tune one cell; returns its final row and its training-loss curve.
 
     Args:
@@ -68,10 +76,23 @@ def adapt_cell(base: nn.Module, method, rank: int, seed: int, targets: list[str]
     model.eval()
     with torch.no_grad():
         metrics = evaluate(model)
-    sharp = row_noise_sharpness(model, lambda: loss(model), settings.sharpness_rho, settings.sharpness_draws,
-                                seed=settings.sharpness_seed)
+    sharp = row_noise_sharpness(
+        model,
+        lambda: loss(model),
+        settings.sharpness_rho,
+        settings.sharpness_draws,
+        seed=settings.sharpness_seed,
+    )
     hess = lora_hessian_top(model, lambda: loss(model), settings.hessian_iterations, seed=seed)
-    row = {"method": method.name, "rank": rank, "seed": seed, "trainable_params": sum(p.numel() for p in params),
-           **metrics, "sharpness": sharp.mean, "sharpness_se": sharp.stderr, "hessian_top": hess,
-           "train_seconds": seconds}
+    row = {
+        "method": method.name,
+        "rank": rank,
+        "seed": seed,
+        "trainable_params": sum(p.numel() for p in params),
+        **metrics,
+        "sharpness": sharp.mean,
+        "sharpness_se": sharp.stderr,
+        "hessian_top": hess,
+        "train_seconds": seconds,
+    }
     return row, curve

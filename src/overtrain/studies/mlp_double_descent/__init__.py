@@ -9,5 +9,8 @@ report plots them (`report`). Config and presets: `config`, ``configs/mlp_double
 
 from overtrain.studies import announce
 
-announce(__name__, kinds=("mlp_double_descent", "mlp_double_descent_analysis"),
-         help="two-layer networks on digits: width-wise and epoch-wise double descent")
+announce(
+    __name__,
+    kinds=("mlp_double_descent", "mlp_double_descent_analysis"),
+    help="two-layer networks on digits: width-wise and epoch-wise double descent",
+)

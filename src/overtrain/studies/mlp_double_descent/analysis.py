@@ -264,7 +264,12 @@ def claims(cfg: MLPDoubleDescentConfig, rows: list[dict]) -> list[Claim]:
         sweep = next(r for r in rows if r.get("record") == "sweep" and r["study"] == name)
         curves = [r for r in rows if r.get("record") == "curve" and r["study"] == name]
         result = MLPSweepResult.from_rows(
-            curves, study=sub.study, n_train=sweep["n_train"], classes=sweep["classes"],
-            label_noise=sweep["label_noise"], **{k: getattr(sub, k) for k in CLAIM_SETTINGS})
+            curves,
+            study=sub.study,
+            n_train=sweep["n_train"],
+            classes=sweep["classes"],
+            label_noise=sweep["label_noise"],
+            **{k: getattr(sub, k) for k in CLAIM_SETTINGS},
+        )
         out += sweep_claims(result)
     return out

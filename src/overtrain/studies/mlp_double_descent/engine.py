@@ -158,7 +158,9 @@ class MLPSweepResult:
         rows = [r for r in rows if "width" in r and "test_error" in r]
         if not rows:
             raise ValueError("no MLP sweep rows")
-        seeds = np.array(list(dict.fromkeys(int(r["seed"]) for r in rows)))  # as run: the seed mean sums in this order
+        seeds = np.array(
+            list(dict.fromkeys(int(r["seed"]) for r in rows))
+        )  # as run: the seed mean sums in this order
         widths = np.array(sorted({int(r["width"]) for r in rows}))
         steps = np.array(sorted({int(r["step"]) for r in rows}))
         si = {v: i for i, v in enumerate(seeds.tolist())}
@@ -173,7 +175,14 @@ class MLPSweepResult:
                 if r.get(name) is not None:
                     arrays[name][s, m, c] = r[name]
         return cls(
-            study, seeds, widths, params, steps, **arrays, loss=str(rows[0].get("loss_kind", "mse")), **settings
+            study,
+            seeds,
+            widths,
+            params,
+            steps,
+            **arrays,
+            loss=str(rows[0].get("loss_kind", "mse")),
+            **settings,
         )
 
 
@@ -293,9 +302,18 @@ def compute(cfg: MLPDoubleDescentConfig, progress=lambda done, total: None) -> t
     parts = [(name, sub) for name, sub in (("modelwise", cfg.modelwise), ("epochwise", cfg.epochwise)) if sub]
     rows, info = [], {}
     for i, (name, sub) in enumerate(parts):
-        result = run_mlp_sweep(sub, progress=lambda done, total, i=i: progress(i * total + done, len(parts) * total))
+        result = run_mlp_sweep(
+            sub, progress=lambda done, total, i=i: progress(i * total + done, len(parts) * total)
+        )
         rows += [{"record": "curve", "study": name, **r} for r in result.rows()]
-        rows.append({"record": "sweep", "study": name, "n_train": result.n_train, "classes": result.classes,
-                     "label_noise": result.label_noise})
+        rows.append(
+            {
+                "record": "sweep",
+                "study": name,
+                "n_train": result.n_train,
+                "classes": result.classes,
+                "label_noise": result.label_noise,
+            }
+        )
         info[f"{name}_wall_s"] = result.wall_s
     return rows, {"wall_s": sum(info.values()), **info}

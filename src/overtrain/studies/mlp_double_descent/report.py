@@ -29,7 +29,10 @@ def report(reader: Reader, cfg: MLPDoubleDescentConfig, rows: list[dict], run_id
     if mw:
         fig, axes = new_figure(2, width=5.0, height=3.6)
         n, k = cfg.modelwise.data.n_train, 10
-        for key, name in (("test_error", "test error (clean labels)"), ("train_error", "train error (noisy labels)")):
+        for key, name in (
+            ("test_error", "test error (clean labels)"),
+            ("train_error", "train error (noisy labels)"),
+        ):
             x, y = _final(mw, key)
             axes[0].plot(x, y, marker="o", ms=3, label=name)
         x, y = _final(mw, "train_loss")
@@ -41,17 +44,30 @@ def report(reader: Reader, cfg: MLPDoubleDescentConfig, rows: list[dict], run_id
             ax.set_xscale("log")
             ax.legend(fontsize=7)
         axes[1].set_yscale("log")
-        label(axes[0], "parameters (log; dotted: n·k)", "error", f"width-wise, {cfg.modelwise.steps} Adam steps")
-        label(axes[1], "parameters (log; dotted: n·k)", f"{cfg.modelwise.loss} loss", "losses at the last step")
-        figs.append(Figure("mlp_modelwise", fig, f"Two-layer nets on digits, n = {n}, "
-                           f"{cfg.modelwise.data.label_noise:.0%} label noise, mean over {len(cfg.modelwise.seeds)} "
-                           "seeds."))
+        label(
+            axes[0], "parameters (log; dotted: n·k)", "error", f"width-wise, {cfg.modelwise.steps} Adam steps"
+        )
+        label(
+            axes[1], "parameters (log; dotted: n·k)", f"{cfg.modelwise.loss} loss", "losses at the last step"
+        )
+        figs.append(
+            Figure(
+                "mlp_modelwise",
+                fig,
+                f"Two-layer nets on digits, n = {n}, "
+                f"{cfg.modelwise.data.label_noise:.0%} label noise, mean over {len(cfg.modelwise.seeds)} "
+                "seeds.",
+            )
+        )
     ew = [r for r in rows if r.get("record") == "curve" and r["study"] == "epochwise"]
     if ew:
         fig, (ax,) = new_figure(1, width=6.0, height=3.6)
         steps = sorted({r["step"] for r in ew})
-        for key, name in (("test_error", "test error"), ("train_error", "train error (noisy labels)"),
-                          ("memorised", "corrupted labels memorised")):
+        for key, name in (
+            ("test_error", "test error"),
+            ("train_error", "train error (noisy labels)"),
+            ("memorised", "corrupted labels memorised"),
+        ):
             ax.plot(steps, [np.mean([r[key] for r in ew if r["step"] == s]) for s in steps], label=name)
         ax.set_xscale("symlog", linthresh=100)
         label(ax, "Adam steps (symlog)", "fraction", f"epoch-wise, width {max(cfg.epochwise.widths)}")

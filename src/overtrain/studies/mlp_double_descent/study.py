@@ -6,6 +6,13 @@ from overtrain.studies.mlp_double_descent.config import MLPDoubleDescentConfig
 from overtrain.studies.mlp_double_descent.engine import compute
 from overtrain.studies.mlp_double_descent.report import report
 
-STUDY = register(SingleRunStudy(
-    name="mlp_double_descent", config_cls=MLPDoubleDescentConfig, compute=compute, claims=claims, report=report,
-    analysis_modules=("overtrain.studies.mlp_double_descent.analysis",)))
+STUDY = register(
+    SingleRunStudy(
+        name="mlp_double_descent",
+        config_cls=MLPDoubleDescentConfig,
+        compute=compute,
+        claims=claims,
+        report=report,
+        analysis_modules=("overtrain.studies.mlp_double_descent.analysis",),
+    )
+)

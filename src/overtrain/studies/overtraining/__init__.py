@@ -21,6 +21,9 @@ The science and the measured results: docs/overtraining.md, docs/theory.md.
 
 from overtrain.studies import announce
 
-announce(__name__, kinds=("overtraining", "linear_theory"),
-         help="Catastrophic overtraining (Springer et al. 2025): pre-train at many budgets, fine-tune and perturb "
-              "every checkpoint, find T* past which more pre-training hurts.")
+announce(
+    __name__,
+    kinds=("overtraining", "linear_theory"),
+    help="Catastrophic overtraining (Springer et al. 2025): pre-train at many budgets, fine-tune and perturb "
+    "every checkpoint, find T* past which more pre-training hurts.",
+)

@@ -60,14 +60,20 @@ def analyse(cfg: OvertrainingConfig, run: Run) -> None:
         result = analyse_runs(cfg, reader, child_ids(cfg))
     for row in result.rows():
         run.log_eval(row)
-    run.set_info(recommendation=result.recommendation, claims_passed=result.passed, claims_total=len(result.claims))
+    run.set_info(
+        recommendation=result.recommendation, claims_passed=result.passed, claims_total=len(result.claims)
+    )
 
 
-def _curve_rows(matrix: np.ndarray, seeds: list[int], x: list[float] | np.ndarray, axis: str,
-                **labels: Any) -> list[dict[str, Any]]:
+def _curve_rows(
+    matrix: np.ndarray, seeds: list[int], x: list[float] | np.ndarray, axis: str, **labels: Any
+) -> list[dict[str, Any]]:
     """One row per (seed, x) of a [S, P] curve matrix: ``{curve labels, seed, <axis>, value}``; NaN kept."""
-    return [{**labels, "seed": s, axis: x[j], "value": float(matrix[i, j])}
-            for i, s in enumerate(seeds) for j in range(matrix.shape[1])]
+    return [
+        {**labels, "seed": s, axis: x[j], "value": float(matrix[i, j])}
+        for i, s in enumerate(seeds)
+        for j in range(matrix.shape[1])
+    ]
 
 
 def _matrix(rows, seeds, tokens, value, seed_of) -> np.ndarray:
@@ -83,10 +89,20 @@ def _matrix(rows, seeds, tokens, value, seed_of) -> np.ndarray:
 
 
 def _inflection_row(inf: Inflection, **labels: Any) -> dict[str, Any]:
-    return {**labels, "t_star": inf.t_star, "t_star_ci_low": inf.ci_low, "t_star_ci_high": inf.ci_high,
-            "interior": inf.interior, "rise": inf.rise, "rise_ci_low": inf.rise_ci_low,
-            "rise_ci_high": inf.rise_ci_high, "min_loss": inf.min_loss, "final_loss": inf.final_loss,
-            "n_groups": inf.n_groups, "note": inf.note}
+    return {
+        **labels,
+        "t_star": inf.t_star,
+        "t_star_ci_low": inf.ci_low,
+        "t_star_ci_high": inf.ci_high,
+        "interior": inf.interior,
+        "rise": inf.rise,
+        "rise_ci_low": inf.rise_ci_low,
+        "rise_ci_high": inf.rise_ci_high,
+        "min_loss": inf.min_loss,
+        "final_loss": inf.final_loss,
+        "n_groups": inf.n_groups,
+        "note": inf.note,
+    }
 
 
 def _verdict(ok: bool | None) -> str:
@@ -108,7 +124,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
     budgets = reader.rows(
         "select run_id, budget, tokens_seen, tokens_per_param, loss, loss_floor from evals "
         "where list_contains(?, run_id) and budget is not null and split = 'val' order by tokens_seen",
-        [ids["pretrain"]])
+        [ids["pretrain"]],
+    )
     tokens = sorted({r["tokens_seen"] for r in budgets})
     if budgets:
         n_params = budgets[0]["tokens_seen"] / budgets[0]["tokens_per_param"]
@@ -122,8 +139,9 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
     base = _matrix(budgets, seeds, tokens, "loss", lambda r: seed_of_parent[r["run_id"]])
     trends.append({"quantity": "base val loss", "spearman": spearman(t, np.nanmean(base, 0))})
     floor = next((r["loss_floor"] for r in budgets if r.get("loss_floor") is not None), None)
-    curves += _curve_rows(base, seeds, tokens, "tokens_seen", curve="base val loss", n_params=n_params,
-                          loss_floor=floor)
+    curves += _curve_rows(
+        base, seeds, tokens, "tokens_seen", curve="base val loss", n_params=n_params, loss_floor=floor
+    )
 
     # --- fine-tuning: fixed LR and LR tuned per checkpoint -----------------------------------------
     ft = reader.evals(ids["finetune"])
@@ -135,18 +153,42 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             seed_of = lambda r: seed_of_parent[r["parent"]]  # noqa: E731
             pre = _matrix(rows, seeds, tokens, "pretrain_loss", seed_of)
             task = _matrix(rows, seeds, tokens, "task_loss", seed_of)
-            curves += _curve_rows(pre, seeds, tokens, "tokens_seen", curve="pre-training loss after fine-tuning",
-                                  method=method, lr=lr)
-            curves += _curve_rows(task, seeds, tokens, "tokens_seen", curve="task loss after fine-tuning",
-                                  method=method, lr=lr)
+            curves += _curve_rows(
+                pre,
+                seeds,
+                tokens,
+                "tokens_seen",
+                curve="pre-training loss after fine-tuning",
+                method=method,
+                lr=lr,
+            )
+            curves += _curve_rows(
+                task, seeds, tokens, "tokens_seen", curve="task loss after fine-tuning", method=method, lr=lr
+            )
             inf = inflection_point(t, pre, n_boot=boot)
             fixed[(method, lr)] = inf
-            inflections.append(_inflection_row(inf, regime="fixed LR", method=method, lr=lr,
-                                               quantity="pre-training loss after fine-tuning"))
-            inflections.append(_inflection_row(inflection_point(t, task, n_boot=boot), regime="fixed LR",
-                                               method=method, lr=lr, quantity="task loss after fine-tuning"))
+            inflections.append(
+                _inflection_row(
+                    inf,
+                    regime="fixed LR",
+                    method=method,
+                    lr=lr,
+                    quantity="pre-training loss after fine-tuning",
+                )
+            )
+            inflections.append(
+                _inflection_row(
+                    inflection_point(t, task, n_boot=boot),
+                    regime="fixed LR",
+                    method=method,
+                    lr=lr,
+                    quantity="task loss after fine-tuning",
+                )
+            )
         # tuned regime: per (seed, budget) the LR with the lowest task loss
-        by = {(seed_of_parent[r["parent"]], r["tokens_seen"], r["lr"]): r for r in ft if r["method"] == method}
+        by = {
+            (seed_of_parent[r["parent"]], r["tokens_seen"], r["lr"]): r for r in ft if r["method"] == method
+        }
         tuned_pre = np.full((len(seeds), len(tokens)), np.nan)
         tuned_lr = np.full_like(tuned_pre, np.nan)
         for i, s in enumerate(seeds):
@@ -157,8 +199,11 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     tuned_pre[i, j], tuned_lr[i, j] = best["pretrain_loss"], best["lr"]
         inf = inflection_point(t, tuned_pre, n_boot=boot)
         fixed[(method, "tuned")] = inf
-        inflections.append(_inflection_row(inf, regime="tuned LR", method=method, lr=None,
-                                           quantity="pre-training loss after fine-tuning"))
+        inflections.append(
+            _inflection_row(
+                inf, regime="tuned LR", method=method, lr=None, quantity="pre-training loss after fine-tuning"
+            )
+        )
 
     # --- perturbation sensitivity --------------------------------------------------------------------
     pr = reader.evals(ids["probe"])
@@ -172,58 +217,119 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             delta = _matrix(rows, seeds, tokens, "delta", seed_of)
             loss = _matrix(rows, seeds, tokens, "mean_loss", seed_of)
             curves += _curve_rows(delta, seeds, tokens, "tokens_seen", curve="delta", law=law, gamma=g)
-            curves += _curve_rows(loss, seeds, tokens, "tokens_seen", curve="perturbed loss", law=law, gamma=g)
+            curves += _curve_rows(
+                loss, seeds, tokens, "tokens_seen", curve="perturbed loss", law=law, gamma=g
+            )
             rho = spearman_ci(t, delta, n_boot=boot)
-            trends.append({"quantity": f"Δ {law} γ={g:g}", "law": law, "gamma": g, "spearman": rho.value,
-                           "ci_low": rho.low, "ci_high": rho.high,
-                           "first": float(np.nanmean(delta[:, 0])), "last": float(np.nanmean(delta[:, -1]))})
+            trends.append(
+                {
+                    "quantity": f"Δ {law} γ={g:g}",
+                    "law": law,
+                    "gamma": g,
+                    "spearman": rho.value,
+                    "ci_low": rho.low,
+                    "ci_high": rho.high,
+                    "first": float(np.nanmean(delta[:, 0])),
+                    "last": float(np.nanmean(delta[:, -1])),
+                }
+            )
             inf = inflection_point(t, loss, n_boot=boot)
             pert[(law, g)] = inf
-            inflections.append(_inflection_row(inf, regime=f"{law} noise", gamma=g, quantity="perturbed loss"))
+            inflections.append(
+                _inflection_row(inf, regime=f"{law} noise", gamma=g, quantity="perturbed loss")
+            )
 
     # --- claims ---------------------------------------------------------------------------------------
     for law, name in (("init_scale", "init-scale (canonical)"), ("relative", "relative")):
         rel = [tr for tr in trends if tr.get("law") == law]
         if rel:
             worst = min(rel, key=lambda tr: tr["spearman"])
-            claims.append(Claim(
-                f"Sensitivity Δ rises with pre-training tokens, {name} noise", "min over γ of Spearman(T, Δ)",
-                worst["spearman"], worst["ci_low"], worst["ci_high"], ">= 0.8 for every γ",
-                _verdict(all(tr["spearman"] >= 0.8 for tr in rel)),
-                "; ".join(f"γ={tr['gamma']:g}: ρ={tr['spearman']:.2f}, Δ {tr['first']:.3f}→{tr['last']:.3f}" for tr in rel)))
+            claims.append(
+                Claim(
+                    f"Sensitivity Δ rises with pre-training tokens, {name} noise",
+                    "min over γ of Spearman(T, Δ)",
+                    worst["spearman"],
+                    worst["ci_low"],
+                    worst["ci_high"],
+                    ">= 0.8 for every γ",
+                    _verdict(all(tr["spearman"] >= 0.8 for tr in rel)),
+                    "; ".join(
+                        f"γ={tr['gamma']:g}: ρ={tr['spearman']:.2f}, Δ {tr['first']:.3f}→{tr['last']:.3f}"
+                        for tr in rel
+                    ),
+                )
+            )
     if ("init_scale", gammas[-1] if gammas else None) in pert:
         inf = pert[("init_scale", gammas[-1])]
-        claims.append(Claim(
-            f"Perturbed loss is U-shaped in tokens (init-scale, γ={gammas[-1]:g})", "rise final/min − 1",
-            inf.rise, inf.rise_ci_low, inf.rise_ci_high, f"interior minimum and rise CI above {cfg.min_rise:.1%}",
-            _verdict(inf.interior and inf.rise_ci_low > cfg.min_rise),
-            f"T* = {inf.t_star:,.0f} tokens [{inf.ci_low:,.0f}, {inf.ci_high:,.0f}]"))
+        claims.append(
+            Claim(
+                f"Perturbed loss is U-shaped in tokens (init-scale, γ={gammas[-1]:g})",
+                "rise final/min − 1",
+                inf.rise,
+                inf.rise_ci_low,
+                inf.rise_ci_high,
+                f"interior minimum and rise CI above {cfg.min_rise:.1%}",
+                _verdict(inf.interior and inf.rise_ci_low > cfg.min_rise),
+                f"T* = {inf.t_star:,.0f} tokens [{inf.ci_low:,.0f}, {inf.ci_high:,.0f}]",
+            )
+        )
     for method in methods:
         lrs = cfg.finetune.lrs_for(method)
         top = lrs[-1]
         inf = fixed[(method, top)]
-        claims.append(Claim(
-            f"Post-fine-tuning pre-training loss degrades with more pre-training ({method}, LR {top:g})",
-            "rise final/min − 1", inf.rise, inf.rise_ci_low, inf.rise_ci_high,
-            f"rise CI above {cfg.min_rise:.1%}", _verdict(inf.rise_ci_low > cfg.min_rise),
-            f"T* = {inf.t_star:,.0f} tokens [{inf.ci_low:,.0f}, {inf.ci_high:,.0f}]; interior: {inf.interior}"))
+        claims.append(
+            Claim(
+                f"Post-fine-tuning pre-training loss degrades with more pre-training ({method}, LR {top:g})",
+                "rise final/min − 1",
+                inf.rise,
+                inf.rise_ci_low,
+                inf.rise_ci_high,
+                f"rise CI above {cfg.min_rise:.1%}",
+                _verdict(inf.rise_ci_low > cfg.min_rise),
+                f"T* = {inf.t_star:,.0f} tokens [{inf.ci_low:,.0f}, {inf.ci_high:,.0f}]; interior: {inf.interior}",
+            )
+        )
         inf = fixed[(method, "tuned")]
-        claims.append(Claim(
-            f"The degradation persists with the LR tuned per checkpoint ({method})", "rise final/min − 1",
-            inf.rise, inf.rise_ci_low, inf.rise_ci_high, f"rise CI above {cfg.min_rise:.1%}",
-            _verdict(inf.rise_ci_low > cfg.min_rise), f"T* = {inf.t_star:,.0f} tokens"))
+        claims.append(
+            Claim(
+                f"The degradation persists with the LR tuned per checkpoint ({method})",
+                "rise final/min − 1",
+                inf.rise,
+                inf.rise_ci_low,
+                inf.rise_ci_high,
+                f"rise CI above {cfg.min_rise:.1%}",
+                _verdict(inf.rise_ci_low > cfg.min_rise),
+                f"T* = {inf.t_star:,.0f} tokens",
+            )
+        )
         if len(lrs) > 1:
             lo, hi = fixed[(method, lrs[0])], fixed[(method, lrs[-1])]
-            claims.append(Claim(
-                f"T* moves earlier for a larger fine-tuning LR ({method})", "T*(largest LR) / T*(smallest LR)",
-                hi.t_star / lo.t_star, None, None, "<= 1", _order_verdict(lo, hi, cfg.min_rise),
-                f"T*(LR {lrs[0]:g}) = {lo.t_star:,.0f}; T*(LR {lrs[-1]:g}) = {hi.t_star:,.0f}"))
+            claims.append(
+                Claim(
+                    f"T* moves earlier for a larger fine-tuning LR ({method})",
+                    "T*(largest LR) / T*(smallest LR)",
+                    hi.t_star / lo.t_star,
+                    None,
+                    None,
+                    "<= 1",
+                    _order_verdict(lo, hi, cfg.min_rise),
+                    f"T*(LR {lrs[0]:g}) = {lo.t_star:,.0f}; T*(LR {lrs[-1]:g}) = {hi.t_star:,.0f}",
+                )
+            )
     if len(gammas) > 1 and ("init_scale", gammas[0]) in pert:
         lo, hi = pert[("init_scale", gammas[0])], pert[("init_scale", gammas[-1])]
-        claims.append(Claim(
-            "T* of the perturbed loss moves earlier for larger γ (init-scale)", "T*(largest γ) / T*(smallest γ)",
-            hi.t_star / lo.t_star, None, None, "<= 1", _order_verdict(lo, hi, cfg.min_rise),
-            f"T*(γ={gammas[0]:g}) = {lo.t_star:,.0f}; T*(γ={gammas[-1]:g}) = {hi.t_star:,.0f}"))
+        claims.append(
+            Claim(
+                "T* of the perturbed loss moves earlier for larger γ (init-scale)",
+                "T*(largest γ) / T*(smallest γ)",
+                hi.t_star / lo.t_star,
+                None,
+                None,
+                "<= 1",
+                _order_verdict(lo, hi, cfg.min_rise),
+                f"T*(γ={gammas[0]:g}) = {lo.t_star:,.0f}; T*(γ={gammas[-1]:g}) = {hi.t_star:,.0f}",
+            )
+        )
 
     # --- early-warning monitor: when did it fire, relative to the measured T*? --------------------------
     monitor, leads = cfg.pretrain.monitor, []
@@ -233,8 +339,9 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
         targets = {"perturbed loss": same_noise or (pert.get(("init_scale", gammas[-1])) if gammas else None)}
         if methods:
             top_method = "full" if "full" in methods else methods[0]
-            targets[f"pre-training loss after {top_method} FT, LR {cfg.finetune.lrs_for(top_method)[-1]:g}"] = \
-                fixed[(top_method, cfg.finetune.lrs_for(top_method)[-1])]
+            targets[
+                f"pre-training loss after {top_method} FT, LR {cfg.finetune.lrs_for(top_method)[-1]:g}"
+            ] = fixed[(top_method, cfg.finetune.lrs_for(top_method)[-1])]
         leads = monitor_leads(reader, ids["pretrain"], seed_of_parent, targets, cfg.min_rise)
         for target, inf in targets.items():
             rows = [r for r in leads if r["target"] == target]
@@ -243,45 +350,109 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             lead = [r["lead_doublings"] for r in rows if r["lead_doublings"] is not None]
             fired_before = [r["lead_doublings"] is not None and r["lead_doublings"] > 0 for r in rows]
             testable = inf.is_u(cfg.min_rise)
-            claims.append(Claim(
-                f"Early-warning monitor fires before T* ({target})", "mean lead, doublings of tokens",
-                float(np.mean(lead)) if lead else None, float(min(lead)) if lead else None,
-                float(max(lead)) if lead else None, "fires before T* in every seed",
-                _verdict(all(fired_before)) if testable else "N/A",
-                "; ".join(f"seed {r['seed']}: " + (f"fired at {r['fired_tokens']:,} tokens (lead {r['lead_doublings']:+.2f}), "
-                                                   f"predicted minimum {r['predicted_min']:,.0f}"
-                                                   if r["fired_tokens"] else "never fired") for r in rows)
-                + f"; T* = {inf.t_star:,.0f}" + ("" if testable else " (no U: nothing to warn about)")))
+            claims.append(
+                Claim(
+                    f"Early-warning monitor fires before T* ({target})",
+                    "mean lead, doublings of tokens",
+                    float(np.mean(lead)) if lead else None,
+                    float(min(lead)) if lead else None,
+                    float(max(lead)) if lead else None,
+                    "fires before T* in every seed",
+                    _verdict(all(fired_before)) if testable else "N/A",
+                    "; ".join(
+                        f"seed {r['seed']}: "
+                        + (
+                            f"fired at {r['fired_tokens']:,} tokens (lead {r['lead_doublings']:+.2f}), "
+                            f"predicted minimum {r['predicted_min']:,.0f}"
+                            if r["fired_tokens"]
+                            else "never fired"
+                        )
+                        for r in rows
+                    )
+                    + f"; T* = {inf.t_star:,.0f}"
+                    + ("" if testable else " (no U: nothing to warn about)"),
+                )
+            )
 
     # --- linear theory ----------------------------------------------------------------------------------
     for key, label in (("theory", "slow spectrum i^-1.5"), ("theory_control", "negative control 1/i")):
         res = LinearTheoryResult.from_rows(reader.evals(ids[key]))
         steps = res.steps.astype(float)
         theory_seeds = list(range(res.pretrain_loss.shape[0]))
-        curves += _curve_rows(res.curve("delta", float(res.gammas[0])), theory_seeds, steps, "steps",
-                              curve="theory delta", model=key, gamma=float(res.gammas[0]))
-        curves += _curve_rows(res.pretrain_loss, theory_seeds, steps, "steps",
-                              curve="theory pre-training loss after fine-tuning", model=key)
+        curves += _curve_rows(
+            res.curve("delta", float(res.gammas[0])),
+            theory_seeds,
+            steps,
+            "steps",
+            curve="theory delta",
+            model=key,
+            gamma=float(res.gammas[0]),
+        )
+        curves += _curve_rows(
+            res.pretrain_loss,
+            theory_seeds,
+            steps,
+            "steps",
+            curve="theory pre-training loss after fine-tuning",
+            model=key,
+        )
         inf = inflection_point(steps, res.pretrain_loss, n_boot=boot)
-        inflections.append(_inflection_row(inf, regime=f"linear theory, {label}",
-                                           quantity="pre-training loss after fine-tuning (steps)"))
+        inflections.append(
+            _inflection_row(
+                inf, regime=f"linear theory, {label}", quantity="pre-training loss after fine-tuning (steps)"
+            )
+        )
         g0 = float(res.gammas[0])
         rho = spearman_ci(steps, res.curve("delta", g0), n_boot=boot)
-        trends.append({"quantity": f"theory Δ γ={g0:g} ({label})", "spearman": rho.value, "ci_low": rho.low,
-                       "ci_high": rho.high})
+        trends.append(
+            {
+                "quantity": f"theory Δ γ={g0:g} ({label})",
+                "spearman": rho.value,
+                "ci_low": rho.low,
+                "ci_high": rho.high,
+            }
+        )
         if key == "theory":
-            claims.append(Claim("Linear theory: sensitivity rises with pre-training steps", f"Spearman(T, Δ), γ={g0:g}",
-                                rho.value, rho.low, rho.high, ">= 0.8", _verdict(rho.value >= 0.8)))
-            claims.append(Claim("Linear theory: post-fine-tuning pre-training loss is U-shaped", "rise final/min − 1",
-                                inf.rise, inf.rise_ci_low, inf.rise_ci_high, "interior minimum, rise >= 5%",
-                                _verdict(inf.is_u(0.05)), f"T* = {inf.t_star:,.0f} steps"))
+            claims.append(
+                Claim(
+                    "Linear theory: sensitivity rises with pre-training steps",
+                    f"Spearman(T, Δ), γ={g0:g}",
+                    rho.value,
+                    rho.low,
+                    rho.high,
+                    ">= 0.8",
+                    _verdict(rho.value >= 0.8),
+                )
+            )
+            claims.append(
+                Claim(
+                    "Linear theory: post-fine-tuning pre-training loss is U-shaped",
+                    "rise final/min − 1",
+                    inf.rise,
+                    inf.rise_ci_low,
+                    inf.rise_ci_high,
+                    "interior minimum, rise >= 5%",
+                    _verdict(inf.is_u(0.05)),
+                    f"T* = {inf.t_star:,.0f} steps",
+                )
+            )
         else:
-            claims.append(Claim("Linear theory negative control (s_i ∝ 1/i): no U", "rise final/min − 1",
-                                inf.rise, inf.rise_ci_low, inf.rise_ci_high, "not (interior and rise >= 1%)",
-                                _verdict(not inf.is_u(0.01)), f"T* = {inf.t_star:,.0f} steps"))
+            claims.append(
+                Claim(
+                    "Linear theory negative control (s_i ∝ 1/i): no U",
+                    "rise final/min − 1",
+                    inf.rise,
+                    inf.rise_ci_low,
+                    inf.rise_ci_high,
+                    "not (interior and rise >= 1%)",
+                    _verdict(not inf.is_u(0.01)),
+                    f"T* = {inf.t_star:,.0f} steps",
+                )
+            )
 
-    return OvertrainingResult(claims, inflections, trends, _recommend(cfg, fixed, methods, tokens, n_params),
-                              leads, curves)
+    return OvertrainingResult(
+        claims, inflections, trends, _recommend(cfg, fixed, methods, tokens, n_params), leads, curves
+    )
 
 
 def monitor_leads(reader: Reader, pretrain_ids, seed_of_parent, targets, min_rise) -> list[dict[str, Any]]:
@@ -290,8 +461,12 @@ def monitor_leads(reader: Reader, pretrain_ids, seed_of_parent, targets, min_ris
     pre-training run (``run_id``), whose ``monitor/*`` metrics the report plots."""
     rows = reader.rows(
         "select run_id, tokens_seen, name, value from metrics where list_contains(?, run_id) "
-        "and name in ('monitor/warning', 'monitor/predicted_min') order by tokens_seen", [pretrain_ids])
-    warned = {(r["run_id"], r["tokens_seen"]) for r in rows if r["name"] == "monitor/warning" and r["value"] > 0}
+        "and name in ('monitor/warning', 'monitor/predicted_min') order by tokens_seen",
+        [pretrain_ids],
+    )
+    warned = {
+        (r["run_id"], r["tokens_seen"]) for r in rows if r["name"] == "monitor/warning" and r["value"] > 0
+    }
     fired: dict[str, tuple[int, float]] = {}
     for r in rows:
         if r["name"] == "monitor/predicted_min" and (r["run_id"], r["tokens_seen"]) in warned:
@@ -302,11 +477,19 @@ def monitor_leads(reader: Reader, pretrain_ids, seed_of_parent, targets, min_ris
         for target, inf in targets.items():
             if inf is None:
                 continue
-            out.append({"seed": seed_of_parent.get(run_id), "run_id_pretrain": run_id, "target": target,
-                        "fired_tokens": t_fire, "predicted_min": t_hat, "t_star": inf.t_star,
-                        "t_star_is_u": inf.is_u(min_rise),
-                        "lead_doublings": math.log2(inf.t_star / t_fire) if t_fire else None,
-                        "predicted_min_error_doublings": math.log2(t_hat / inf.t_star) if t_hat else None})
+            out.append(
+                {
+                    "seed": seed_of_parent.get(run_id),
+                    "run_id_pretrain": run_id,
+                    "target": target,
+                    "fired_tokens": t_fire,
+                    "predicted_min": t_hat,
+                    "t_star": inf.t_star,
+                    "t_star_is_u": inf.is_u(min_rise),
+                    "lead_doublings": math.log2(inf.t_star / t_fire) if t_fire else None,
+                    "predicted_min_error_doublings": math.log2(t_hat / inf.t_star) if t_hat else None,
+                }
+            )
     return out
 
 
@@ -318,9 +501,13 @@ def _recommend(cfg, fixed, methods, tokens, n_params) -> str:
     inf = fixed[(method, lr)]
     per_param = f" (~{inf.t_star / n_params:,.0f} tokens per parameter)" if n_params else ""
     if inf.rise_ci_low > cfg.min_rise:
-        return (f"For {method} fine-tuning at LR {lr:g}, pre-training past ~{inf.t_star:,.0f} tokens{per_param} "
-                f"hurt: at {tokens[-1]:,} tokens the pre-training loss after fine-tuning is {inf.rise:.1%} higher "
-                f"than at T* (95% CI {inf.rise_ci_low:.1%} to {inf.rise_ci_high:.1%}).")
-    return (f"For {method} fine-tuning at LR {lr:g}, no budget up to {tokens[-1]:,} tokens was measurably worse "
-            f"than T* = {inf.t_star:,.0f}{per_param} (rise {inf.rise:.1%}, CI {inf.rise_ci_low:.1%} to "
-            f"{inf.rise_ci_high:.1%}): more pre-training did not hurt at this scale.")
+        return (
+            f"For {method} fine-tuning at LR {lr:g}, pre-training past ~{inf.t_star:,.0f} tokens{per_param} "
+            f"hurt: at {tokens[-1]:,} tokens the pre-training loss after fine-tuning is {inf.rise:.1%} higher "
+            f"than at T* (95% CI {inf.rise_ci_low:.1%} to {inf.rise_ci_high:.1%})."
+        )
+    return (
+        f"For {method} fine-tuning at LR {lr:g}, no budget up to {tokens[-1]:,} tokens was measurably worse "
+        f"than T* = {inf.t_star:,.0f}{per_param} (rise {inf.rise:.1%}, CI {inf.rise_ci_low:.1%} to "
+        f"{inf.rise_ci_high:.1%}): more pre-training did not hurt at this scale."
+    )

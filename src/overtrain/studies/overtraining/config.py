@@ -16,7 +16,7 @@ from overtrain.probes.noise import NoiseSensitivityConfig
 from overtrain.registry import DATASETS, FINETUNE_METHODS
 from overtrain.studies.overtraining.theory import LinearTheoryConfig
 from overtrain.training.finetune import FinetuneTrainConfig
-from overtrain.training.pretrain import PretrainConfig
+from overtrain.training.pretrain_config import PretrainConfig
 
 PRESETS = ("demo", "small", "english", "paper-like")
 
@@ -31,7 +31,9 @@ class FinetuneGridConfig(BaseConfig):
     data: Registered(DATASETS, "hmm") = Field(default_factory=_default_task)
     """The task: must share the pre-training vocabulary (default: a second HMM, seed 1)."""
 
-    methods: list[Registered(FINETUNE_METHODS)] = Field(default_factory=lambda: [FINETUNE_METHODS.get("full")()])
+    methods: list[Registered(FINETUNE_METHODS)] = Field(
+        default_factory=lambda: [FINETUNE_METHODS.get("full")()]
+    )
     """Fine-tuning methods (``overtrain ls methods``), e.g. ``[{name: full}, {name: lora, rank: 4}]``."""
 
     lrs: list[float] = [1e-4, 3e-4, 1e-3]

@@ -15,7 +15,7 @@ from overtrain.runs.plan import PlanItem
 from overtrain.studies.overtraining.config import OvertrainingConfig
 from overtrain.studies.overtraining.theory_run import LINEAR_THEORY
 from overtrain.training.finetune import FinetuneConfig
-from overtrain.training.pretrain import PretrainConfig
+from overtrain.training.pretrain_config import PretrainConfig
 
 
 def pretrain_configs(cfg: OvertrainingConfig) -> list[PretrainConfig]:
@@ -34,18 +34,42 @@ def work(cfg: OvertrainingConfig) -> list[PlanItem]:
         for b in budgets:
             for method in ft_plain["methods"]:
                 for lr in cfg.finetune.lrs_for(method["name"]):
-                    ft = validate(FinetuneConfig, {
-                        "parent": pre_id, "checkpoint": b.name, "data": ft_plain["data"], "method": method,
-                        "train": {**ft_plain["train"], "lr": lr}, "seed": pre.seed,
-                        "dtype": pre.dtype, "device": pre.device,
-                    }, "finetune")
-                    items.append(PlanItem.from_config(
-                        RUN_KINDS.get("finetune"), ft, f"seed={pre.seed} {b.name} {method['name']} lr={lr:g}"))
-            probe = validate(ProbeRunConfig, {
-                "parent": pre_id, "checkpoint": b.name, "probe": "noise", "settings": settings,
-                "dtype": pre.dtype, "device": pre.device,
-            }, "probe")
-            items.append(PlanItem.from_config(RUN_KINDS.get("probe"), probe, f"seed={pre.seed} {b.name} noise"))
+                    ft = validate(
+                        FinetuneConfig,
+                        {
+                            "parent": pre_id,
+                            "checkpoint": b.name,
+                            "data": ft_plain["data"],
+                            "method": method,
+                            "train": {**ft_plain["train"], "lr": lr},
+                            "seed": pre.seed,
+                            "dtype": pre.dtype,
+                            "device": pre.device,
+                        },
+                        "finetune",
+                    )
+                    items.append(
+                        PlanItem.from_config(
+                            RUN_KINDS.get("finetune"),
+                            ft,
+                            f"seed={pre.seed} {b.name} {method['name']} lr={lr:g}",
+                        )
+                    )
+            probe = validate(
+                ProbeRunConfig,
+                {
+                    "parent": pre_id,
+                    "checkpoint": b.name,
+                    "probe": "noise",
+                    "settings": settings,
+                    "dtype": pre.dtype,
+                    "device": pre.device,
+                },
+                "probe",
+            )
+            items.append(
+                PlanItem.from_config(RUN_KINDS.get("probe"), probe, f"seed={pre.seed} {b.name} noise")
+            )
     items.append(PlanItem.from_config(LINEAR_THEORY, cfg.theory, "theory"))
     items.append(PlanItem.from_config(LINEAR_THEORY, cfg.theory_control, "theory control"))
     return items

@@ -37,7 +37,9 @@ def _band(ax, x, curves, **kw):
     mean = np.nanmean(curves, 0)
     line = ax.plot(x, mean, marker="o", ms=3, **kw)[0]
     if curves.shape[0] > 1:
-        ax.fill_between(x, np.nanmin(curves, 0), np.nanmax(curves, 0), color=line.get_color(), alpha=0.15, lw=0)
+        ax.fill_between(
+            x, np.nanmin(curves, 0), np.nanmax(curves, 0), color=line.get_color(), alpha=0.15, lw=0
+        )
     return line
 
 
@@ -72,16 +74,26 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
         for g in gammas:
             _band(ax, *_curve(curves, seeds, "delta", law=law, gamma=g), label=f"γ = {g:g}")
         ax.set_xscale("log")
-        label(ax, x_label, "Δ = perturbed − base loss (nats/token)",
-              f"Sensitivity, {'init-scale noise (paper)' if law == 'init_scale' else 'relative noise'}")
+        label(
+            ax,
+            x_label,
+            "Δ = perturbed − base loss (nats/token)",
+            f"Sensitivity, {'init-scale noise (paper)' if law == 'init_scale' else 'relative noise'}",
+        )
         ax.legend(fontsize=8)
 
     # Figure 2: absolute perturbed loss (init-scale) with T*, and the base loss with its floor
     fig2, (ax_p, ax_b) = new_figure(2)
     for g in gammas:
-        line = _band(ax_p, *_curve(curves, seeds, "perturbed loss", law="init_scale", gamma=g), label=f"γ = {g:g}")
-        _mark(ax_p, next((r for r in infl if r.get("regime") == "init_scale noise" and r.get("gamma") == g), None),
-              line.get_color(), cfg.min_rise)
+        line = _band(
+            ax_p, *_curve(curves, seeds, "perturbed loss", law="init_scale", gamma=g), label=f"γ = {g:g}"
+        )
+        _mark(
+            ax_p,
+            next((r for r in infl if r.get("regime") == "init_scale noise" and r.get("gamma") == g), None),
+            line.get_color(),
+            cfg.min_rise,
+        )
     ax_p.set_xscale("log")
     label(ax_p, x_label, "perturbed loss (nats/token)", "Perturbed pre-training loss (T* dotted, CI shaded)")
     ax_p.legend(fontsize=8)
@@ -98,20 +110,47 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
     for method in methods:
         fig3, (ax_f, ax_t) = new_figure(2)
         for lr in cfg.finetune.lrs_for(method):
-            line = _band(ax_f, *_curve(curves, seeds, "pre-training loss after fine-tuning", method=method, lr=lr),
-                         label=f"LR {lr:g}")
-            _mark(ax_f, next((r for r in infl if r.get("regime") == "fixed LR" and r.get("method") == method
-                              and r.get("lr") == lr and r["quantity"].startswith("pre-training")), None),
-                  line.get_color(), cfg.min_rise)
-            _band(ax_t, *_curve(curves, seeds, "task loss after fine-tuning", method=method, lr=lr), label=f"LR {lr:g}")
-        for ax, ylab, title in ((ax_f, "pre-training loss after fine-tuning (nats/token)", "Forgetting"),
-                                (ax_t, "task loss after fine-tuning (nats/token)", "In-distribution")):
+            line = _band(
+                ax_f,
+                *_curve(curves, seeds, "pre-training loss after fine-tuning", method=method, lr=lr),
+                label=f"LR {lr:g}",
+            )
+            _mark(
+                ax_f,
+                next(
+                    (
+                        r
+                        for r in infl
+                        if r.get("regime") == "fixed LR"
+                        and r.get("method") == method
+                        and r.get("lr") == lr
+                        and r["quantity"].startswith("pre-training")
+                    ),
+                    None,
+                ),
+                line.get_color(),
+                cfg.min_rise,
+            )
+            _band(
+                ax_t,
+                *_curve(curves, seeds, "task loss after fine-tuning", method=method, lr=lr),
+                label=f"LR {lr:g}",
+            )
+        for ax, ylab, title in (
+            (ax_f, "pre-training loss after fine-tuning (nats/token)", "Forgetting"),
+            (ax_t, "task loss after fine-tuning (nats/token)", "In-distribution"),
+        ):
             ax.set_xscale("log")
             label(ax, x_label, ylab, f"{title} ({method} fine-tuning, {cfg.finetune.train.steps} steps)")
             ax.legend(fontsize=8)
-        figs3.append(Figure(f"overtraining_finetune_{method}", fig3,
-                            f"{method} fine-tuning of every budget checkpoint: mean over {len(seeds)} seeds, band = "
-                            "min-max over seeds; T* (dotted, CI shaded) where the curve has an interior minimum and rises after it."))
+        figs3.append(
+            Figure(
+                f"overtraining_finetune_{method}",
+                fig3,
+                f"{method} fine-tuning of every budget checkpoint: mean over {len(seeds)} seeds, band = "
+                "min-max over seeds; T* (dotted, CI shaded) where the curve has an interior minimum and rises after it.",
+            )
+        )
 
     # Figure 4: the linear theory model and its negative control
     fig4, (ax_d, ax_u) = new_figure(2)
@@ -120,13 +159,22 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
         if not delta:
             continue
         _band(ax_d, *_curve(delta, [], "theory delta", "steps"), label=f"{name}, γ={delta[0]['gamma']:g}")
-        _band(ax_u, *_curve(curves, [], "theory pre-training loss after fine-tuning", "steps", model=key), label=name)
+        _band(
+            ax_u,
+            *_curve(curves, [], "theory pre-training loss after fine-tuning", "steps", model=key),
+            label=name,
+        )
     ax_d.set_xscale("log")
     ax_d.set_yscale("log")
     label(ax_d, "pre-training GD steps (log)", "Δ (perturbed − base loss)", "Theory: sensitivity rises")
     ax_u.set_xscale("log")
     ax_u.set_yscale("log")
-    label(ax_u, "pre-training GD steps (log)", "pre-training loss after fine-tuning", "Theory: U only with the slow spectrum")
+    label(
+        ax_u,
+        "pre-training GD steps (log)",
+        "pre-training loss after fine-tuning",
+        "Theory: U only with the slow spectrum",
+    )
     from matplotlib.ticker import NullFormatter
 
     for ax in (ax_d, ax_u):
@@ -135,43 +183,99 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
 
     monitor_section = _monitor_section(reader, cfg, [r for r in rows if r["record"] == "monitor"], x_label)
 
-    claim_rows = [{"claim": c["claim"], "verdict": c["verdict"], "statistic": c["statistic"], "value": c["value"],
-                   "CI low": c["ci_low"], "CI high": c["ci_high"], "threshold": c["threshold"], "detail": c["detail"]}
-                  for c in claims]
-    infl_rows = [{"regime": r.get("regime"), "quantity": r.get("quantity"), "method": r.get("method"),
-                  "LR": r.get("lr"), "γ": r.get("gamma"), "T*": r["t_star"], "CI low": r["t_star_ci_low"],
-                  "CI high": r["t_star_ci_high"], "interior": r["interior"], "rise": r["rise"]} for r in infl]
+    claim_rows = [
+        {
+            "claim": c["claim"],
+            "verdict": c["verdict"],
+            "statistic": c["statistic"],
+            "value": c["value"],
+            "CI low": c["ci_low"],
+            "CI high": c["ci_high"],
+            "threshold": c["threshold"],
+            "detail": c["detail"],
+        }
+        for c in claims
+    ]
+    infl_rows = [
+        {
+            "regime": r.get("regime"),
+            "quantity": r.get("quantity"),
+            "method": r.get("method"),
+            "LR": r.get("lr"),
+            "γ": r.get("gamma"),
+            "T*": r["t_star"],
+            "CI low": r["t_star_ci_low"],
+            "CI high": r["t_star_ci_high"],
+            "interior": r["interior"],
+            "rise": r["rise"],
+        }
+        for r in infl
+    ]
     n_pass = sum(c["verdict"] == "PASS" for c in claims)
-    text = [f"<b>Recommendation.</b> {advice}",
-            f"{n_pass} of {len(claims)} claims pass. Study run <code>{study_id}</code>; {len(seeds)} seeds, "
-            f"{len(tokens)} budgets from {tokens[0]:,} to {tokens[-1]:,} tokens "
-            f"({tokens[0] / n_params:,.0f} to {tokens[-1] / n_params:,.0f} tokens per parameter)."]
+    text = [
+        f"<b>Recommendation.</b> {advice}",
+        f"{n_pass} of {len(claims)} claims pass. Study run <code>{study_id}</code>; {len(seeds)} seeds, "
+        f"{len(tokens)} budgets from {tokens[0]:,} to {tokens[-1]:,} tokens "
+        f"({tokens[0] / n_params:,.0f} to {tokens[-1] / n_params:,.0f} tokens per parameter).",
+    ]
     return [
-        Section("Catastrophic overtraining: claims", text=text, tables=[Table(claim_rows, "Claims of Springer et al. 2025")]),
-        Section("Sensitivity to Gaussian perturbations",
-                text=["Init-scale noise has a fixed absolute size per tensor (the paper's law); relative noise scales "
-                      "with each tensor's current spread, so it is blind to the weight-norm growth that normalisation "
-                      "layers allow (Springer et al. 2025; docs/overtraining.md). Mean over seeds; band = min-max over seeds."],
-                figures=[Figure("overtraining_sensitivity", fig1, "Δ(T, γ) against pre-training tokens."),
-                         Figure("overtraining_perturbed", fig2, "Absolute perturbed loss and the base loss.")]),
-        Section("Fine-tuning every checkpoint", figures=figs3,
-                tables=[Table(infl_rows, "Inflection points T* (tokens; theory rows in steps) with bootstrap CIs over seeds")]),
+        Section(
+            "Catastrophic overtraining: claims",
+            text=text,
+            tables=[Table(claim_rows, "Claims of Springer et al. 2025")],
+        ),
+        Section(
+            "Sensitivity to Gaussian perturbations",
+            text=[
+                "Init-scale noise has a fixed absolute size per tensor (the paper's law); relative noise scales "
+                "with each tensor's current spread, so it is blind to the weight-norm growth that normalisation "
+                "layers allow (Springer et al. 2025; docs/overtraining.md). Mean over seeds; band = min-max over seeds."
+            ],
+            figures=[
+                Figure("overtraining_sensitivity", fig1, "Δ(T, γ) against pre-training tokens."),
+                Figure("overtraining_perturbed", fig2, "Absolute perturbed loss and the base loss."),
+            ],
+        ),
+        Section(
+            "Fine-tuning every checkpoint",
+            figures=figs3,
+            tables=[
+                Table(
+                    infl_rows,
+                    "Inflection points T* (tokens; theory rows in steps) with bootstrap CIs over seeds",
+                )
+            ],
+        ),
         *monitor_section,
-        Section("Linear theory model", text=["Two-layer linear network, full-batch GD from a small initialisation "
-                                             "(incremental learning); see docs/theory.md."],
-                figures=[Figure("overtraining_theory", fig4, "Sensitivity and post-fine-tuning loss of the theory model.")],
-                details=[("Study config (resolved)", dump_yaml(to_plain(cfg)))]),
+        Section(
+            "Linear theory model",
+            text=[
+                "Two-layer linear network, full-batch GD from a small initialisation "
+                "(incremental learning); see docs/theory.md."
+            ],
+            figures=[
+                Figure(
+                    "overtraining_theory", fig4, "Sensitivity and post-fine-tuning loss of the theory model."
+                )
+            ],
+            details=[("Study config (resolved)", dump_yaml(to_plain(cfg)))],
+        ),
     ]
 
 
-def _monitor_section(reader: Reader, cfg: OvertrainingConfig, leads: list[dict], x_label: str) -> list[Section]:
+def _monitor_section(
+    reader: Reader, cfg: OvertrainingConfig, leads: list[dict], x_label: str
+) -> list[Section]:
     """The early-warning monitor's checks on the main line of every seed, where it fired, and T*."""
     if cfg.pretrain.monitor is None:
         return []
     mc = cfg.pretrain.monitor
     seed_of = {r["run_id_pretrain"]: r["seed"] for r in leads}
-    rows = reader.rows("select run_id, tokens_seen, name, value from metrics where list_contains(?, run_id) "
-                       "and name in ('monitor/perturbed', 'monitor/warning') order by tokens_seen", [list(seed_of)])
+    rows = reader.rows(
+        "select run_id, tokens_seen, name, value from metrics where list_contains(?, run_id) "
+        "and name in ('monitor/perturbed', 'monitor/warning') order by tokens_seen",
+        [list(seed_of)],
+    )
     fig, (ax,) = new_figure(1)
     for run_id in seed_of:
         mine = [r for r in rows if r["run_id"] == run_id]
@@ -179,30 +283,51 @@ def _monitor_section(reader: Reader, cfg: OvertrainingConfig, leads: list[dict],
         if not pts:
             continue
         line = ax.plot(*zip(*pts), marker=".", ms=3, label=f"seed {seed_of[run_id]}")[0]
-        fired = next((r["tokens_seen"] for r in mine if r["name"] == "monitor/warning" and r["value"] > 0), None)
+        fired = next(
+            (r["tokens_seen"] for r in mine if r["name"] == "monitor/warning" and r["value"] > 0), None
+        )
         if fired:
             ax.axvline(fired, color=line.get_color(), ls="--", lw=1)
     for target, style in (("perturbed loss", ":"),):
         row = next((r for r in leads if r["target"] == target and r["t_star_is_u"]), None)
         if row:
-            ax.axvline(row["t_star"], color="k", ls=style, lw=1, label=f"T* of the {target} (budget checkpoints)")
+            ax.axvline(
+                row["t_star"], color="k", ls=style, lw=1, label=f"T* of the {target} (budget checkpoints)"
+            )
     ax.set_xscale("log")
-    label(ax, x_label, "perturbed loss, main line (nats/token)",
-          f"Early-warning monitor ({mc.law} noise, γ={mc.gamma:g}; dashed: it warns)")
+    label(
+        ax,
+        x_label,
+        "perturbed loss, main line (nats/token)",
+        f"Early-warning monitor ({mc.law} noise, γ={mc.gamma:g}; dashed: it warns)",
+    )
     ax.legend(fontsize=8)
-    table = [{"seed": r["seed"], "target": r["target"], "fired at (tokens)": r["fired_tokens"],
-              "predicted minimum T̂": r.get("predicted_min"), "T*": r["t_star"], "T* is a U": r["t_star_is_u"],
-              "lead (doublings)": r["lead_doublings"], "log2(T̂ / T*)": r.get("predicted_min_error_doublings")}
-             for r in leads]
-    return [Section(
-        "Early-warning monitor",
-        text=[f"Every {1 / mc.per_doubling:g} doubling of steps the monitor measures the loss and Δ on "
-              f"{mc.eval_batches} batch(es) of {mc.batch_size} sequences with {mc.draws} noise draws, fits the "
-              f"perturbed loss over its last {mc.window} checks against log tokens, and warns when the slope is "
-              f"positive with {mc.confidence:.0%} one-sided confidence at {mc.patience} checks in a row. Lead = "
-              "log2(T* / tokens at the warning): positive means it warned before T*; T̂ is the minimum the warning "
-              "predicts (vertex of a quadratic fit in log tokens). The main line runs at a "
-              "constant LR, T* is measured on cooled-down budget checkpoints."],
-        figures=[Figure("overtraining_monitor", fig, "Monitor checks per seed, warnings and T*.")],
-        tables=[Table(table, "Where the monitor warned, against the measured T*")],
-    )]
+    table = [
+        {
+            "seed": r["seed"],
+            "target": r["target"],
+            "fired at (tokens)": r["fired_tokens"],
+            "predicted minimum T̂": r.get("predicted_min"),
+            "T*": r["t_star"],
+            "T* is a U": r["t_star_is_u"],
+            "lead (doublings)": r["lead_doublings"],
+            "log2(T̂ / T*)": r.get("predicted_min_error_doublings"),
+        }
+        for r in leads
+    ]
+    return [
+        Section(
+            "Early-warning monitor",
+            text=[
+                f"Every {1 / mc.per_doubling:g} doubling of steps the monitor measures the loss and Δ on "
+                f"{mc.eval_batches} batch(es) of {mc.batch_size} sequences with {mc.draws} noise draws, fits the "
+                f"perturbed loss over its last {mc.window} checks against log tokens, and warns when the slope is "
+                f"positive with {mc.confidence:.0%} one-sided confidence at {mc.patience} checks in a row. Lead = "
+                "log2(T* / tokens at the warning): positive means it warned before T*; T̂ is the minimum the warning "
+                "predicts (vertex of a quadratic fit in log tokens). The main line runs at a "
+                "constant LR, T* is measured on cooled-down budget checkpoints."
+            ],
+            figures=[Figure("overtraining_monitor", fig, "Monitor checks per seed, warnings and T*.")],
+            tables=[Table(table, "Where the monitor warned, against the measured T*")],
+        )
+    ]

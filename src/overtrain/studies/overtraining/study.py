@@ -7,6 +7,15 @@ from overtrain.studies.overtraining.plan import work
 from overtrain.studies.overtraining.report import report
 from overtrain.studies.overtraining.theory_run import LINEAR_THEORY
 
-STUDY = register(Study(
-    name="overtraining", config_cls=OvertrainingConfig, work=work, analyse=analyse, report=report,
-    presets=PRESETS, analysis_modules=("overtrain.studies.overtraining.analysis",)), LINEAR_THEORY)
+STUDY = register(
+    Study(
+        name="overtraining",
+        config_cls=OvertrainingConfig,
+        work=work,
+        analyse=analyse,
+        report=report,
+        presets=PRESETS,
+        analysis_modules=("overtrain.studies.overtraining.analysis",),
+    ),
+    LINEAR_THEORY,
+)

@@ -9,8 +9,38 @@ from pydantic import Field, field_validator
 from overtrain.config import BaseConfig, Seeds
 from overtrain.data.regression import DigitsConfig, RegressionDataConfig, TeacherConfig
 
-DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0, 1.02, 1.05, 1.1, 1.15,
-                  1.2, 1.3, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0, 10.0, 15.0, 20.0]
+DEFAULT_RATIOS = [
+    0.1,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.85,
+    0.9,
+    0.95,
+    0.98,
+    1.0,
+    1.02,
+    1.05,
+    1.1,
+    1.15,
+    1.2,
+    1.3,
+    1.5,
+    1.75,
+    2.0,
+    2.5,
+    3.0,
+    4.0,
+    5.0,
+    7.0,
+    10.0,
+    15.0,
+    20.0,
+]
 """Widths P/n: dense around the threshold, log-spaced beyond it."""
 
 
@@ -37,8 +67,14 @@ class RandomFeaturesConfig(BaseConfig):
     schema_version: int = 1
     """Config schema version."""
 
-    datasets: list[RegressionDataConfig] = Field(default_factory=lambda: [
-        TeacherConfig(), DigitsConfig(label_noise=0.0), DigitsConfig(label_noise=0.1), DigitsConfig(label_noise=0.2)])
+    datasets: list[RegressionDataConfig] = Field(
+        default_factory=lambda: [
+            TeacherConfig(),
+            DigitsConfig(label_noise=0.0),
+            DigitsConfig(label_noise=0.1),
+            DigitsConfig(label_noise=0.2),
+        ]
+    )
     """Datasets (``{name: teacher, ...}`` or ``{name: digits, label_noise: 0.1, ...}``); each seed replaces
     the dataset's own seed."""
 

@@ -40,10 +40,25 @@ def _compute(cfg: RandomFeaturesConfig, progress) -> tuple[list[dict], dict]:
         n = data.n
         widths = sorted({max(1, round(r * n)) for r in cfg.width_ratios})
         # ridge λ is per example: the fits' n must be this dataset's
-        for row in sweep_widths(*_features(data, kind, seed, widths[-1]), widths, fits(cfg.ridges, cfg.steps, n),
-                                labels=data.labels, labels_test=data.labels_test, Y_test=data.Y_test):
-            rows.append({"record": "curve", "dataset": dataset_label(data_cfg), "features": kind, "seed": seed,
-                         "n": n, "ratio": row["width"] / n, **row})
+        for row in sweep_widths(
+            *_features(data, kind, seed, widths[-1]),
+            widths,
+            fits(cfg.ridges, cfg.steps, n),
+            labels=data.labels,
+            labels_test=data.labels_test,
+            Y_test=data.Y_test,
+        ):
+            rows.append(
+                {
+                    "record": "curve",
+                    "dataset": dataset_label(data_cfg),
+                    "features": kind,
+                    "seed": seed,
+                    "n": n,
+                    "ratio": row["width"] / n,
+                    **row,
+                }
+            )
         done += 1
         progress(done, total)
     if cfg.samplewise:
@@ -67,9 +82,25 @@ def _samplewise(cfg: RandomFeaturesConfig, data_cfg, kind: str, seed: int) -> li
     out = []
     for n in sizes:
         part = full.subset(n)
-        (row,) = sweep_widths(F[:n], part.Y, F_test, [sw.width], fits(), labels=part.labels,
-                              labels_test=part.labels_test, Y_test=part.Y_test)
-        out.append({"record": "samplewise", "dataset": dataset_label(data_cfg), "features": kind, "seed": seed,
-                    "n": n, "ratio": n / sw.width, **row})
+        (row,) = sweep_widths(
+            F[:n],
+            part.Y,
+            F_test,
+            [sw.width],
+            fits(),
+            labels=part.labels,
+            labels_test=part.labels_test,
+            Y_test=part.Y_test,
+        )
+        out.append(
+            {
+                "record": "samplewise",
+                "dataset": dataset_label(data_cfg),
+                "features": kind,
+                "seed": seed,
+                "n": n,
+                "ratio": n / sw.width,
+                **row,
+            }
+        )
     return out
-

@@ -15,8 +15,12 @@ def report(reader: Reader, cfg: RandomFeaturesConfig, rows: list[dict], run_id: 
     datasets = sorted({r["dataset"] for r in curves}, key=lambda d: (not d.startswith("teacher"), d))
     feats = sorted({r["features"] for r in curves})
     figs = []
-    panels = [("test_loss", "test squared loss", True), ("test_error", "0-1 test error", False),
-              ("kappa", "κ(F)", True), ("norm", "‖a‖", True)]
+    panels = [
+        ("test_loss", "test squared loss", True),
+        ("test_error", "0-1 test error", False),
+        ("kappa", "κ(F)", True),
+        ("norm", "‖a‖", True),
+    ]
     for ds in datasets:
         keys = [p for p in panels if any(r.get(p[0]) is not None for r in curves if r["dataset"] == ds)]
         fig, axes = new_figure(len(keys) + 1, width=4.2, height=3.2, per_row=5)
@@ -40,8 +44,14 @@ def report(reader: Reader, cfg: RandomFeaturesConfig, rows: list[dict], run_id: 
         _threshold(ax, True)
         label(ax, "P / n (log)", "test squared loss", f"training length ({feats[0]})")
         ax.legend(fontsize=6)
-        figs.append(Figure(f"rf_{_slug(ds)}", fig, f"{ds}: model-wise curves, median over {len(cfg.seeds)} seeds; "
-                           "dashed line: the interpolation threshold P = n."))
+        figs.append(
+            Figure(
+                f"rf_{_slug(ds)}",
+                fig,
+                f"{ds}: model-wise curves, median over {len(cfg.seeds)} seeds; "
+                "dashed line: the interpolation threshold P = n.",
+            )
+        )
     sw = [r for r in rows if r["record"] == "samplewise"]
     if sw:
         fig, axes = new_figure(2, width=4.6, height=3.4)
@@ -55,13 +65,23 @@ def report(reader: Reader, cfg: RandomFeaturesConfig, rows: list[dict], run_id: 
             _threshold(ax, True, [r for r in (0.25, 0.5, 1, 2, 3) if min(x) <= r <= max(x)])
             label(ax, "training examples n / P (log)", name, f"sample-wise: {name}")
         axes[0].legend(fontsize=6)
-        figs.append(Figure("rf_samplewise", fig, f"Sample-wise: P = {cfg.samplewise.width} features fixed, nested "
-                           "training sets; median over seeds."))
-    table, passed = claims_table(rows, "Claims of Belkin et al. 2019 and Nakkiran et al. 2020 (random features)")
-    text = [f"{passed} Run <code>{run_id}</code>: {len(datasets)} datasets × {len(feats)} feature maps × "
-            f"{len(cfg.seeds)} seeds, {len({r['ratio'] for r in curves})} widths from P/n = {min(cfg.width_ratios):g} "
-            f"to {max(cfg.width_ratios):g}; losses are mean squared errors summed over outputs (one-hot targets for "
-            "digits)."]
+        figs.append(
+            Figure(
+                "rf_samplewise",
+                fig,
+                f"Sample-wise: P = {cfg.samplewise.width} features fixed, nested "
+                "training sets; median over seeds.",
+            )
+        )
+    table, passed = claims_table(
+        rows, "Claims of Belkin et al. 2019 and Nakkiran et al. 2020 (random features)"
+    )
+    text = [
+        f"{passed} Run <code>{run_id}</code>: {len(datasets)} datasets × {len(feats)} feature maps × "
+        f"{len(cfg.seeds)} seeds, {len({r['ratio'] for r in curves})} widths from P/n = {min(cfg.width_ratios):g} "
+        f"to {max(cfg.width_ratios):g}; losses are mean squared errors summed over outputs (one-hot targets for "
+        "digits)."
+    ]
     return [Section("Random-features double descent", text=text, figures=figs, tables=[table])]
 
 

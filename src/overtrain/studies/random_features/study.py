@@ -6,6 +6,13 @@ from overtrain.studies.random_features.config import RandomFeaturesConfig
 from overtrain.studies.random_features.engine import compute
 from overtrain.studies.random_features.report import report
 
-STUDY = register(SingleRunStudy(
-    name="random_features", config_cls=RandomFeaturesConfig, compute=compute, claims=claims, report=report,
-    analysis_modules=("overtrain.studies.random_features.analysis",)))
+STUDY = register(
+    SingleRunStudy(
+        name="random_features",
+        config_cls=RandomFeaturesConfig,
+        compute=compute,
+        claims=claims,
+        report=report,
+        analysis_modules=("overtrain.studies.random_features.analysis",),
+    )
+)

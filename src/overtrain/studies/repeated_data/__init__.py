@@ -20,5 +20,8 @@ Config and presets: `config`, ``configs/repeated_data/``. Rerunning the study re
 
 from overtrain.studies import announce
 
-announce(__name__, kinds=("repeated_data",),
-         help="Repeated data (Hernandez et al. 2022): an intermediate repeat count hurts most and damages copying.")
+announce(
+    __name__,
+    kinds=("repeated_data",),
+    help="Repeated data (Hernandez et al. 2022): an intermediate repeat count hurts most and damages copying.",
+)

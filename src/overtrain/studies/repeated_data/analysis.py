@@ -56,8 +56,10 @@ def analyse(cfg: RepeatedDataConfig, run: Run) -> None:
         points, layers, curves = collect(cfg, reader)
     claims, worst, fit_row, effective, headline = decide(cfg, points, curves)
     subset = subset_curves(cfg, run.store, {size: [1, e] for size, e in worst.items()})
-    worst_rows = [{"record": "worst", "size": size, "repeats": e, "subset_sequences": cfg.subset(e)}
-                  for size, e in worst.items()]
+    worst_rows = [
+        {"record": "worst", "size": size, "repeats": e, "subset_sequences": cfg.subset(e)}
+        for size, e in worst.items()
+    ]
     log_claims(run, claims, headline=headline)  # starts the evals over: redone whole
     rows = points + layers + curves + subset + worst_rows + [fit_row] + law_rows(fit_row, points) + effective
     for row in rows + [{"record": "recommendation", "text": headline}]:
@@ -79,27 +81,59 @@ def collect(cfg: RepeatedDataConfig, reader: Reader) -> tuple[list[dict], list[d
     for c in grid:
         key = {"size": c["size"], "repeats": c["repeats"], "seed": c["seed"]}
         run_info = info.get(c["pretrain_id"], {})
-        final = {r["split"]: r["loss"] for r in evals.get(c["pretrain_id"], [])
-                 if r.get("checkpoint") == budget.name}
+        final = {
+            r["split"]: r["loss"]
+            for r in evals.get(c["pretrain_id"], [])
+            if r.get("checkpoint") == budget.name
+        }
         ind = evals[c["probe_ids"]["induction"]]
         model = next(r for r in ind if r["scope"] == "model")
         memo = evals[c["probe_ids"]["memorisation"]][0]
         subset = cfg.subset(c["repeats"])
-        points.append({"record": "point", **key, "run_id": c["pretrain_id"], "n_params": run_info.get("n_params"),
-                       "n_params_non_embedding": run_info.get("n_params_non_embedding"),
-                       "subset_sequences": subset, "subset_share": subset / cfg.sequences,
-                       "repeated_share": subset * c["repeats"] / cfg.sequences,
-                       "heldout_loss": final.get("val"), "spans_loss": final.get("spans"),
-                       "copy_task_loss": final.get("copy"), "copying_loss": model["second_copy_loss"],
-                       "first_copy_loss": model["first_copy_loss"], "copying_gain": model["copying_gain"],
-                       "max_prefix_matching": model["max_prefix_matching"], "repeated_loss": memo["loss"],
-                       "uniform_prefix_matching": _uniform_score(int(model["block_len"]))})
-        layers += [{"record": "layer", **key, "layer": r["layer"], "head": r["head"],
-                    "max_prefix_matching": r["max_prefix_matching"]} for r in ind if r["scope"] == "layer"]
+        points.append(
+            {
+                "record": "point",
+                **key,
+                "run_id": c["pretrain_id"],
+                "n_params": run_info.get("n_params"),
+                "n_params_non_embedding": run_info.get("n_params_non_embedding"),
+                "subset_sequences": subset,
+                "subset_share": subset / cfg.sequences,
+                "repeated_share": subset * c["repeats"] / cfg.sequences,
+                "heldout_loss": final.get("val"),
+                "spans_loss": final.get("spans"),
+                "copy_task_loss": final.get("copy"),
+                "copying_loss": model["second_copy_loss"],
+                "first_copy_loss": model["first_copy_loss"],
+                "copying_gain": model["copying_gain"],
+                "max_prefix_matching": model["max_prefix_matching"],
+                "repeated_loss": memo["loss"],
+                "uniform_prefix_matching": _uniform_score(int(model["block_len"])),
+            }
+        )
+        layers += [
+            {
+                "record": "layer",
+                **key,
+                "layer": r["layer"],
+                "head": r["head"],
+                "max_prefix_matching": r["max_prefix_matching"],
+            }
+            for r in ind
+            if r["scope"] == "layer"
+        ]
         for r in evaluations[c["pretrain_id"]]:
-            curves.append({"record": "curve", **key, "step": r["step"], "tokens_seen": r["tokens_seen"],
-                           "heldout_loss": r["val/loss"], "copy_task_loss": r.get("copy/loss"),
-                           "spans_loss": r.get("spans/loss")})
+            curves.append(
+                {
+                    "record": "curve",
+                    **key,
+                    "step": r["step"],
+                    "tokens_seen": r["tokens_seen"],
+                    "heldout_loss": r["val/loss"],
+                    "copy_task_loss": r.get("copy/loss"),
+                    "spans_loss": r.get("spans/loss"),
+                }
+            )
     return points, layers, curves
 
 
@@ -124,8 +158,9 @@ def _evaluations(reader: Reader, run_ids: list[str], line: str) -> dict[str, lis
             continue
         metric = (r["run_id"], r["step"], r["name"])
         k = seen[metric] = seen.get(metric, -1) + 1
-        record = records.setdefault((r["run_id"], r["step"], k),
-                                    {"step": r["step"], "tokens_seen": r["tokens_seen"]})
+        record = records.setdefault(
+            (r["run_id"], r["step"], k), {"step": r["step"], "tokens_seen": r["tokens_seen"]}
+        )
         record[r["name"]] = r["value"]
     out: dict[str, list[dict[str, Any]]] = {run_id: [] for run_id in run_ids}
     for (run_id, _, _), record in sorted(records.items(), key=lambda item: item[0]):
@@ -150,13 +185,22 @@ def subset_curves(cfg: RepeatedDataConfig, store: Store, which: dict[str, list[i
         if c["repeats"] not in which.get(c["size"], []):
             continue
         source = c["pretrain"].data.build()
-        batches = [source.batch("repeated", i, mc.batch_size, cfg.train.seq_len)
-                   for i in range(mc.eval_batches)]
+        batches = [
+            source.batch("repeated", i, mc.batch_size, cfg.train.seq_len) for i in range(mc.eval_batches)
+        ]
         for meta in ckpt.list_checkpoints(store.run_dir("pretrain", c["pretrain_id"])):
             model, _, _ = ckpt.load_checkpoint(Path(meta["path"]))
-            rows.append({"record": "subset_curve", "size": c["size"], "repeats": c["repeats"],
-                         "seed": c["seed"], "step": meta["step"], "tokens_seen": meta["tokens_seen"],
-                         "repeated_loss": evaluate_loss(model, batches, autocast_dtype=dtype)})
+            rows.append(
+                {
+                    "record": "subset_curve",
+                    "size": c["size"],
+                    "repeats": c["repeats"],
+                    "seed": c["seed"],
+                    "step": meta["step"],
+                    "tokens_seen": meta["tokens_seen"],
+                    "repeated_loss": evaluate_loss(model, batches, autocast_dtype=dtype),
+                }
+            )
     return rows
 
 
@@ -219,36 +263,57 @@ def _peak_claims(cfg: RepeatedDataConfig, points: list[dict], size: str) -> tupl
     w = _worst(loss)
     interior = 1 + int(np.nanargmax(m[1:-1]))
     value, ci = _boot(loss, _peak_excess, cfg)
-    out = [check(f"Held-out loss peaks at an intermediate E ({size})",
-                 "max interior seed-mean held-out loss / higher of E = 1 and E = max, − 1", value,
-                 value >= cfg.min_peak and (ci is None or ci[0] > 0),
-                 f"≥ {cfg.min_peak:g}" + (", CI low > 0" if ci else ""), ci,
-                 f"peak at E = {reps[interior]} ({cfg.subset(reps[interior])} sequences): {m[interior]:.4f}; "
-                 f"E = 1: {m[0]:.4f}; E = {reps[-1]}: {m[-1]:.4f}")]
+    out = [
+        check(
+            f"Held-out loss peaks at an intermediate E ({size})",
+            "max interior seed-mean held-out loss / higher of E = 1 and E = max, − 1",
+            value,
+            value >= cfg.min_peak and (ci is None or ci[0] > 0),
+            f"≥ {cfg.min_peak:g}" + (", CI low > 0" if ci else ""),
+            ci,
+            f"peak at E = {reps[interior]} ({cfg.subset(reps[interior])} sequences): {m[interior]:.4f}; "
+            f"E = 1: {m[0]:.4f}; E = {reps[-1]}: {m[-1]:.4f}",
+        )
+    ]
     formed = float(np.nanmean(_grid(points, size, reps, seeds, "max_prefix_matching")[:, 0]))
-    out.append(check(f"Precondition: an induction head forms without repetition ({size})",
-                     "max prefix-matching score over heads at E = 1 (seed mean)", formed,
-                     formed >= cfg.induction_threshold, f"≥ {cfg.induction_threshold:g}",
-                     detail=f"uniform attention scores {points[0]['uniform_prefix_matching']:.3f}"))
+    out.append(
+        check(
+            f"Precondition: an induction head forms without repetition ({size})",
+            "max prefix-matching score over heads at E = 1 (seed mean)",
+            formed,
+            formed >= cfg.induction_threshold,
+            f"≥ {cfg.induction_threshold:g}",
+            detail=f"uniform attention scores {points[0]['uniform_prefix_matching']:.3f}",
+        )
+    )
     has_head = formed >= cfg.induction_threshold
-    for key, what, sign in (("copying_loss", "copying loss (2nd copy)", 1),
-                            ("max_prefix_matching", "max prefix-matching score", -1)):
+    for key, what, sign in (
+        ("copying_loss", "copying loss (2nd copy)", 1),
+        ("max_prefix_matching", "max prefix-matching score", -1),
+    ):
         pair = _grid(points, size, reps, seeds, key)[:, [0, w]]
         m1, mw = np.nanmean(pair, axis=0)
         value, ci = _boot(pair, _relative_change, cfg)
         # past the minimum change on the claimed side, and a CI that excludes 0 on that side
         ok = sign * value >= cfg.min_change and (ci is None or (ci[0] > 0 if sign > 0 else ci[1] < 0))
-        out.append(check(
-            f"At the worst E, {'copying is worse' if sign > 0 else 'induction heads are weaker'} ({size})",
-            f"relative change of the {what}, E = {reps[w]} vs E = 1", value, ok if has_head else None,
-            f"{'≥ +' if sign > 0 else '≤ −'}{cfg.min_change:g}" + (", CI excludes 0" if ci else ""), ci,
-            f"{mw:.4g} vs {m1:.4g}" + ("" if has_head else
-                                       "; no induction head at E = 1 (precondition fails): not testable")))
+        out.append(
+            check(
+                f"At the worst E, {'copying is worse' if sign > 0 else 'induction heads are weaker'} ({size})",
+                f"relative change of the {what}, E = {reps[w]} vs E = 1",
+                value,
+                ok if has_head else None,
+                f"{'≥ +' if sign > 0 else '≤ −'}{cfg.min_change:g}" + (", CI excludes 0" if ci else ""),
+                ci,
+                f"{mw:.4g} vs {m1:.4g}"
+                + ("" if has_head else "; no induction head at E = 1 (precondition fails): not testable"),
+            )
+        )
     return out, reps[w]
 
 
-def _effective(cfg: RepeatedDataConfig, points: list[dict], sizes: list[str], n_of: dict[str, int],
-               worst: dict[str, int]) -> tuple[list[Claim], dict[str, Any], list[dict[str, Any]], str]:
+def _effective(
+    cfg: RepeatedDataConfig, points: list[dict], sizes: list[str], n_of: dict[str, int], worst: dict[str, int]
+) -> tuple[list[Claim], dict[str, Any], list[dict[str, Any]], str]:
     """Scaling law on the E = 1 runs, every (size, E)'s effective size, its claim and the headline."""
     base = [p for p in points if p["repeats"] == 1]
     fit = fit_scaling_law([p["n_params_non_embedding"] for p in base], [p["heldout_loss"] for p in base])
@@ -258,31 +323,51 @@ def _effective(cfg: RepeatedDataConfig, points: list[dict], sizes: list[str], n_
         own = float(fit.size(loss[0]))  # the size's own E = 1 loss read through the law
         for e, value in zip(cfg.repeats, loss):
             eff = effective_size(fit, n_of[size], float(value))
-            rows.append({"record": "effective_size", "size": size, "repeats": e, "n": eff.n,
-                         "heldout_loss": eff.loss, "n_eff": eff.n_eff, "ratio_to_n": eff.ratio,
-                         "ratio": eff.n_eff / own, "extrapolated": eff.extrapolated,
-                         "subset_share": cfg.subset(e) / cfg.sequences})
+            rows.append(
+                {
+                    "record": "effective_size",
+                    "size": size,
+                    "repeats": e,
+                    "n": eff.n,
+                    "heldout_loss": eff.loss,
+                    "n_eff": eff.n_eff,
+                    "ratio_to_n": eff.ratio,
+                    "ratio": eff.n_eff / own,
+                    "extrapolated": eff.extrapolated,
+                    "subset_share": cfg.subset(e) / cfg.sequences,
+                }
+            )
     big = sizes[-1]
     row = next(r for r in rows if r["size"] == big and r["repeats"] == worst[big])
     law = f"{fit.form} law L = {fit.a:.4g}·N^-{fit.b:.3g} + {fit.c:.3g} on {fit.sizes} sizes"
-    claim = check("Repetition makes a model behave like a smaller one",
-                  f"N_eff(E = {worst[big]}) / N_eff(E = 1) of the largest model ({big})", row["ratio"],
-                  row["ratio"] < 1 if fit.invertible else None, "< 1",
-                  detail=law + (" (extrapolated)" if row["extrapolated"] else "")
-                  + ("" if fit.invertible else ": loss does not fall with size, no inversion"))
-    headline = ("No effective-size headline: the held-out loss of the E = 1 runs does not fall with model "
-                f"size (fitted exponent b = {fit.b:.3g}).")
+    claim = check(
+        "Repetition makes a model behave like a smaller one",
+        f"N_eff(E = {worst[big]}) / N_eff(E = 1) of the largest model ({big})",
+        row["ratio"],
+        row["ratio"] < 1 if fit.invertible else None,
+        "< 1",
+        detail=law
+        + (" (extrapolated)" if row["extrapolated"] else "")
+        + ("" if fit.invertible else ": loss does not fall with size, no inversion"),
+    )
+    headline = (
+        "No effective-size headline: the held-out loss of the E = 1 runs does not fall with model "
+        f"size (fitted exponent b = {fit.b:.3g})."
+    )
     if fit.invertible and row["ratio"] > 0:
-        headline = (f"Repeating {row['subset_share']:.2%} of the data {worst[big]} times "
-                    f"({cfg.fraction:.0%} of the training tokens) makes the {n_of[big]:,}-parameter model "
-                    f"behave like one {1 / row['ratio']:.1f}x smaller than itself without repetition "
-                    f"(N_eff = {row['n_eff']:,.0f} non-embedding parameters"
-                    f"{', extrapolated beyond the fitted sizes' if row['extrapolated'] else ''}).")
+        headline = (
+            f"Repeating {row['subset_share']:.2%} of the data {worst[big]} times "
+            f"({cfg.fraction:.0%} of the training tokens) makes the {n_of[big]:,}-parameter model "
+            f"behave like one {1 / row['ratio']:.1f}x smaller than itself without repetition "
+            f"(N_eff = {row['n_eff']:,.0f} non-embedding parameters"
+            f"{', extrapolated beyond the fitted sizes' if row['extrapolated'] else ''})."
+        )
     return [claim], {"record": "scaling_fit", **fit.row()}, rows, headline
 
 
-def decide(cfg: RepeatedDataConfig, points: list[dict], curves: list[dict]
-           ) -> tuple[list[Claim], dict[str, int], dict[str, Any], list[dict[str, Any]], str]:
+def decide(
+    cfg: RepeatedDataConfig, points: list[dict], curves: list[dict]
+) -> tuple[list[Claim], dict[str, int], dict[str, Any], list[dict[str, Any]], str]:
     """From the per-run rows: the claims, the worst E per size, the scaling-fit row, the effective-size
     rows and the headline sentence (saying why there is none without an invertible fit)."""
     n_of = {p["size"]: p["n_params_non_embedding"] for p in points}
@@ -297,10 +382,19 @@ def decide(cfg: RepeatedDataConfig, points: list[dict], curves: list[dict]
     headline = "No effective-size headline: it needs at least 2 model sizes."
     if len(sizes) >= 2:
         ratio = math.log2(cfg.subset(worst[sizes[-1]]) / cfg.subset(worst[sizes[0]]))
-        claims.append(check("Larger models are hurt most by larger repeated subsets",
-                            "log2(subset at the worst E: largest / smallest model)", ratio, ratio > 0, "> 0",
-                            detail="; ".join(f"{s} ({n_of[s]:,} params): worst E = {worst[s]}, "
-                                             f"{cfg.subset(worst[s])} sequences" for s in sizes)))
+        claims.append(
+            check(
+                "Larger models are hurt most by larger repeated subsets",
+                "log2(subset at the worst E: largest / smallest model)",
+                ratio,
+                ratio > 0,
+                "> 0",
+                detail="; ".join(
+                    f"{s} ({n_of[s]:,} params): worst E = {worst[s]}, {cfg.subset(worst[s])} sequences"
+                    for s in sizes
+                ),
+            )
+        )
         more, fit_row, effective, headline = _effective(cfg, points, sizes, n_of, worst)
         claims += more
     rises = {}
@@ -311,9 +405,14 @@ def decide(cfg: RepeatedDataConfig, points: list[dict], curves: list[dict]
                 by_step.setdefault(r["step"], []).append(r["heldout_loss"])
         rises[size] = _rise(np.array([np.mean(by_step[s]) for s in sorted(by_step)]))
     top = max(rises, key=rises.__getitem__)
-    claims.append(check("Held-out loss rises mid-training at the worst E",
-                        "largest rise of the seed-mean held-out loss above its running minimum "
-                        "(max over sizes)",
-                        rises[top], rises[top] >= cfg.min_rise, f"≥ {cfg.min_rise:g}",
-                        detail=", ".join(f"{s}: {v:.4f}" for s, v in rises.items())))
+    claims.append(
+        check(
+            "Held-out loss rises mid-training at the worst E",
+            "largest rise of the seed-mean held-out loss above its running minimum (max over sizes)",
+            rises[top],
+            rises[top] >= cfg.min_rise,
+            f"≥ {cfg.min_rise:g}",
+            detail=", ".join(f"{s}: {v:.4f}" for s, v in rises.items()),
+        )
+    )
     return claims, worst, fit_row, effective, headline

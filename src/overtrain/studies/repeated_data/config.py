@@ -14,7 +14,7 @@ from overtrain.models.presets import ModelConfig
 from overtrain.probes.induction import InductionConfig
 from overtrain.probes.reference_loss import ReferenceLossConfig
 from overtrain.registry import DATASETS
-from overtrain.training.pretrain import CheckpointConfig, EvalConfig, TrainConfig
+from overtrain.training.pretrain_config import CheckpointConfig, EvalConfig, TrainConfig
 
 PRESETS = ("default", "small")
 VOCAB = 64
@@ -22,13 +22,22 @@ VOCAB = 64
 
 def _default_models() -> dict[str, ModelConfig]:
     d48 = {"hidden_size": 48, "intermediate_size": 192}
-    return {"nano": ModelConfig(preset="llama-nano"), "micro": ModelConfig(preset="llama-micro"),
-            "d48": ModelConfig(preset="llama-micro", overrides=d48)}
+    return {
+        "nano": ModelConfig(preset="llama-nano"),
+        "micro": ModelConfig(preset="llama-micro"),
+        "d48": ModelConfig(preset="llama-micro", overrides=d48),
+    }
 
 
 def _default_eval() -> EvalConfig:
-    return EvalConfig(batches=8, every=100, extra={"copy": CopyConfig(mode="repeat", vocab_size=VOCAB),
-                                                   "spans": CopyConfig(mode="spans", vocab_size=VOCAB)})
+    return EvalConfig(
+        batches=8,
+        every=100,
+        extra={
+            "copy": CopyConfig(mode="repeat", vocab_size=VOCAB),
+            "spans": CopyConfig(mode="spans", vocab_size=VOCAB),
+        },
+    )
 
 
 class RepeatedDataConfig(BaseConfig):
@@ -54,23 +63,30 @@ class RepeatedDataConfig(BaseConfig):
     seeds: Seeds = [0]
     """Seeds: each sets the model initialisation and where the repeats are placed; CIs resample them."""
 
-    train: TrainConfig = TrainConfig(tokens=[3_072_000], schedule="cosine", batch_size=32, seq_len=64,
-                                     lr=3e-3, warmup_steps=100, log_every=50)
+    train: TrainConfig = TrainConfig(
+        tokens=[3_072_000],
+        schedule="cosine",
+        batch_size=32,
+        seq_len=64,
+        lr=3e-3,
+        warmup_steps=100,
+        log_every=50,
+    )
     """Optimisation; exactly one token budget (the fixed total tokens of every run)."""
 
     eval: EvalConfig = Field(default_factory=_default_eval)
     """Held-out evaluation during training (``eval.every`` gives the loss curves; ``extra`` sources log
     ``<name>/loss`` and must use the data's vocabulary: default ``copy`` and ``spans`` at 64 tokens)."""
 
-    checkpoint: CheckpointConfig = CheckpointConfig(log_spaced=False, every=250, step_zero=False,
-                                                    resume_every=500)
+    checkpoint: CheckpointConfig = CheckpointConfig(
+        log_spaced=False, every=250, step_zero=False, resume_every=500
+    )
     """Checkpoints along training: the analysis evaluates the repeated subset on them (worst E, E = 1)."""
 
     induction: InductionConfig = InductionConfig(sequences=64, batch_size=32)
     """Induction probe on every final checkpoint: prefix-matching score per head, copying loss."""
 
-    memorisation: ReferenceLossConfig = ReferenceLossConfig(split="repeated", eval_batches=4,
-                                                            batch_size=32)
+    memorisation: ReferenceLossConfig = ReferenceLossConfig(split="repeated", eval_batches=4, batch_size=32)
     """Loss on the repeated subset (``split: repeated``) on every final checkpoint."""
 
     dtype: Literal["float32", "bfloat16"] = "float32"
@@ -115,15 +131,18 @@ class RepeatedDataConfig(BaseConfig):
     @model_validator(mode="after")
     def _budget(self) -> RepeatedDataConfig:
         if len(self.train.tokens) != 1:
-            raise ValueError(f"train.tokens: give exactly one token budget (the fixed total), "
-                             f"got {len(self.train.tokens)}")
+            raise ValueError(
+                f"train.tokens: give exactly one token budget (the fixed total), got {len(self.train.tokens)}"
+            )
         n = self.sequences
         for e in self.repeats:
             subset = round(self.fraction * n / e)
             if subset < 1:
-                raise ValueError(f"repeats: E = {e} leaves round({self.fraction} x {n} / {e}) = 0 subset "
-                                 f"sequences (N = {n} training sequences); lower E or raise train.tokens "
-                                 "or fraction")
+                raise ValueError(
+                    f"repeats: E = {e} leaves round({self.fraction} x {n} / {e}) = 0 subset "
+                    f"sequences (N = {n} training sequences); lower E or raise train.tokens "
+                    "or fraction"
+                )
         return self
 
     @property

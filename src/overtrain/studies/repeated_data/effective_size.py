@@ -134,8 +134,9 @@ def fit_scaling_law(n, loss, form: Form = "auto") -> ScalingFit:
     if form == "auto":
         form = "offset" if sizes >= MIN_SIZES_FOR_OFFSET else "power"
     if form == "offset" and sizes < MIN_SIZES_FOR_OFFSET:
-        raise ValueError(f"the offset form has 3 parameters: give at least {MIN_SIZES_FOR_OFFSET} distinct "
-                         "sizes")
+        raise ValueError(
+            f"the offset form has 3 parameters: give at least {MIN_SIZES_FOR_OFFSET} distinct sizes"
+        )
     log_n = np.log(n)
     if form == "power":
         log_a, b, resid = _power_line(log_n, np.log(loss))
@@ -145,8 +146,19 @@ def fit_scaling_law(n, loss, form: Form = "auto") -> ScalingFit:
     fit = ScalingFit(form, a, b, c, float(n.min()), float(n.max()), 0.0, 0.0, 0.0, int(n.size), sizes)
     pred = fit.loss(n)
     ends = fit.loss(np.array([n.max(), n.min()]))
-    return ScalingFit(form, a, b, c, float(n.min()), float(n.max()), float(ends.min()), float(ends.max()),
-                      float(np.sqrt(np.mean((pred - loss) ** 2))), int(n.size), sizes)
+    return ScalingFit(
+        form,
+        a,
+        b,
+        c,
+        float(n.min()),
+        float(n.max()),
+        float(ends.min()),
+        float(ends.max()),
+        float(np.sqrt(np.mean((pred - loss) ** 2))),
+        int(n.size),
+        sizes,
+    )
 
 
 def _fit_offset(log_n: np.ndarray, loss: np.ndarray) -> tuple[float, float, float]:

@@ -12,16 +12,29 @@ from overtrain.registry import RUN_KINDS
 from overtrain.runs.kinds.probe import ProbeRunConfig
 from overtrain.runs.plan import PlanItem
 from overtrain.studies.repeated_data.config import VOCAB, RepeatedDataConfig
-from overtrain.training.pretrain import PretrainConfig
+from overtrain.training.pretrain_config import PretrainConfig
 
 
 def pretrain_config(cfg: RepeatedDataConfig, size: str, repeats: int, seed: int) -> PretrainConfig:
     """The pre-training run of one (size, E, seed)."""
     budget = cfg.train.budgets()[0]
-    data = RepeatConfig(base=cfg.data, fraction=cfg.fraction, repeats=repeats, seed=seed,
-                        total_tokens=budget.steps * cfg.train.tokens_per_step)
-    return PretrainConfig(seed=seed, data=data, model=cfg.models[size], train=cfg.train, eval=cfg.eval,
-                          checkpoint=cfg.checkpoint, dtype=cfg.dtype, device=cfg.device)
+    data = RepeatConfig(
+        base=cfg.data,
+        fraction=cfg.fraction,
+        repeats=repeats,
+        seed=seed,
+        total_tokens=budget.steps * cfg.train.tokens_per_step,
+    )
+    return PretrainConfig(
+        seed=seed,
+        data=data,
+        model=cfg.models[size],
+        train=cfg.train,
+        eval=cfg.eval,
+        checkpoint=cfg.checkpoint,
+        dtype=cfg.dtype,
+        device=cfg.device,
+    )
 
 
 def _flops_per_token(model: ModelConfig) -> int:
@@ -42,14 +55,35 @@ def cells(cfg: RepeatedDataConfig) -> list[dict[str, Any]]:
             for seed in cfg.seeds:
                 pre = pretrain_config(cfg, size, e, seed)
                 pre_id = config_hash(pre)
-                probes = {name: validate(ProbeRunConfig, {
-                    "parent": pre_id, "checkpoint": ckpt, "probe": probe, "settings": identity(settings),
-                    "dtype": cfg.dtype, "device": cfg.device}, "probe")
-                    for name, probe, settings in (("induction", "induction", cfg.induction),
-                                                  ("memorisation", "reference_loss", cfg.memorisation))}
-                out.append({"size": size, "repeats": e, "seed": seed, "pretrain": pre,
-                            "pretrain_id": pre_id, "probes": probes,
-                            "probe_ids": {k: config_hash(v) for k, v in probes.items()}})
+                probes = {
+                    name: validate(
+                        ProbeRunConfig,
+                        {
+                            "parent": pre_id,
+                            "checkpoint": ckpt,
+                            "probe": probe,
+                            "settings": identity(settings),
+                            "dtype": cfg.dtype,
+                            "device": cfg.device,
+                        },
+                        "probe",
+                    )
+                    for name, probe, settings in (
+                        ("induction", "induction", cfg.induction),
+                        ("memorisation", "reference_loss", cfg.memorisation),
+                    )
+                }
+                out.append(
+                    {
+                        "size": size,
+                        "repeats": e,
+                        "seed": seed,
+                        "pretrain": pre,
+                        "pretrain_id": pre_id,
+                        "probes": probes,
+                        "probe_ids": {k: config_hash(v) for k, v in probes.items()},
+                    }
+                )
     return out
 
 

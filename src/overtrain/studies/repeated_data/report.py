@@ -77,8 +77,10 @@ def report(reader: Reader, cfg: RepeatedDataConfig, run_id: str) -> list[Section
         ax_r.plot(e, 100 * (mean / mean[0] - 1), marker="o", ms=3, label=size)
     ax_r.axhline(100 * cfg.min_peak, color="grey", ls=":", lw=1, label=f"{cfg.min_peak:.0%} gate")
     ax_r.axhline(0, color="k", lw=0.8)
-    for ax, ylab in ((ax_a, "held-out loss on unique data (nats/token)"),
-                     (ax_r, "held-out loss vs E = 1 (%)")):
+    for ax, ylab in (
+        (ax_a, "held-out loss on unique data (nats/token)"),
+        (ax_r, "held-out loss vs E = 1 (%)"),
+    ):
         _e_axis(ax, reps)
         label(ax, "repeats E (log; subset = f·N/E sequences)", ylab)
         ax.legend(fontsize=7, title="size (non-embedding params)" if ax is ax_a else None, title_fontsize=7)
@@ -90,9 +92,11 @@ def report(reader: Reader, cfg: RepeatedDataConfig, run_id: str) -> list[Section
     _plot_vs_e(ax_m, points, sizes, "repeated_loss", n_of, labelled=False)
     ax_i.axhline(points[0]["uniform_prefix_matching"], color="grey", ls=":", lw=1, label="uniform attention")
     ax_i.axhline(cfg.induction_threshold, color="grey", ls="--", lw=1, label="induction threshold")
-    for ax, ylab, title in ((ax_c, "copying loss (nats/token, 2nd copy)", "Copying [block; block]"),
-                            (ax_i, "max prefix-matching score", "Induction heads"),
-                            (ax_m, "loss on the repeated subset", "Memorisation")):
+    for ax, ylab, title in (
+        (ax_c, "copying loss (nats/token, 2nd copy)", "Copying [block; block]"),
+        (ax_i, "max prefix-matching score", "Induction heads"),
+        (ax_m, "loss on the repeated subset", "Memorisation"),
+    ):
         _e_axis(ax, reps)
         label(ax, "repeats E (log)", ylab, title)
     ax_c.legend(fontsize=7, loc="center left", title="size (non-embedding params)", title_fontsize=7)
@@ -110,25 +114,50 @@ def report(reader: Reader, cfg: RepeatedDataConfig, run_id: str) -> list[Section
         ax.legend(fontsize=7)
 
     # Figure 4: effective model size
-    figures = [Figure("repeated_heldout", fig1, "Held-out loss on unique data vs repeat count E at fixed "
-                      "total tokens and repeated fraction (mean over seeds; band = min–max)."),
-               Figure("repeated_copying", fig2, "Copying loss and best prefix-matching score on [random "
-                      "block; same block] sequences, and the loss on the repeated subset, vs E."),
-               Figure("repeated_curves", fig3, "Held-out loss over training (solid) and loss on the "
-                      "repeated subset (dashed, at checkpoints) at the worst E and at E = 1 (seed mean).")]
+    figures = [
+        Figure(
+            "repeated_heldout",
+            fig1,
+            "Held-out loss on unique data vs repeat count E at fixed "
+            "total tokens and repeated fraction (mean over seeds; band = min–max).",
+        ),
+        Figure(
+            "repeated_copying",
+            fig2,
+            "Copying loss and best prefix-matching score on [random "
+            "block; same block] sequences, and the loss on the repeated subset, vs E.",
+        ),
+        Figure(
+            "repeated_curves",
+            fig3,
+            "Held-out loss over training (solid) and loss on the "
+            "repeated subset (dashed, at checkpoints) at the worst E and at E = 1 (seed mean).",
+        ),
+    ]
     fit = rec["scaling_fit"][0] if rec["scaling_fit"] else {}
     eff = rec["effective_size"]
     if fit.get("a") is not None:
         fig4, (ax_f, ax_e) = new_figure(2)
         base = [p for p in points if p["repeats"] == 1]
-        ax_f.scatter([p["n_params_non_embedding"] for p in base], [p["heldout_loss"] for p in base],
-                     color="k", zorder=3, label="E = 1 runs")
-        ax_f.plot([r["n"] for r in rec["law"]], [r["heldout_loss"] for r in rec["law"]], color="k", lw=1,
-                  label=f"{fit['form']} law, b = {fit['b']:.3g}")
+        ax_f.scatter(
+            [p["n_params_non_embedding"] for p in base],
+            [p["heldout_loss"] for p in base],
+            color="k",
+            zorder=3,
+            label="E = 1 runs",
+        )
+        ax_f.plot(
+            [r["n"] for r in rec["law"]],
+            [r["heldout_loss"] for r in rec["law"]],
+            color="k",
+            lw=1,
+            label=f"{fit['form']} law, b = {fit['b']:.3g}",
+        )
         for size in sizes:
             r = next(r for r in eff if r["size"] == size and r["repeats"] == worst[size])
-            ax_f.scatter([r["n_eff"]], [r["heldout_loss"]], marker="x",
-                         label=f"{size} at E = {worst[size]} (N_eff)")
+            ax_f.scatter(
+                [r["n_eff"]], [r["heldout_loss"]], marker="x", label=f"{size} at E = {worst[size]} (N_eff)"
+            )
         ax_f.set_xscale("log")
         label(ax_f, "non-embedding parameters N (log)", "held-out loss", "Scaling law on E = 1, inverted")
         ax_f.legend(fontsize=7)
@@ -139,34 +168,68 @@ def report(reader: Reader, cfg: RepeatedDataConfig, run_id: str) -> list[Section
         _e_axis(ax_e, reps)
         label(ax_e, "repeats E (log)", "N_eff(E) / N_eff(E = 1)", "Effective model size")
         ax_e.legend(fontsize=7)
-        figures.append(Figure("repeated_effective_size", fig4, "Loss-vs-parameters law fitted on the E = 1 "
-                              "runs; effective size N_eff of each (size, E): the size whose predicted loss "
-                              "equals its own (seed mean), relative to the same size's N_eff at E = 1 (so "
-                              "the law's residual at that size cancels)."))
+        figures.append(
+            Figure(
+                "repeated_effective_size",
+                fig4,
+                "Loss-vs-parameters law fitted on the E = 1 "
+                "runs; effective size N_eff of each (size, E): the size whose predicted loss "
+                "equals its own (seed mean), relative to the same size's N_eff at E = 1 (so "
+                "the law's residual at that size cancels).",
+            )
+        )
 
-    table = [{"size": p["size"], "params (non-emb)": p["n_params_non_embedding"], "E": p["repeats"],
-              "seed": p["seed"], "subset seqs": p["subset_sequences"], "held-out": p["heldout_loss"],
-              "spans text": p["spans_loss"], "copying": p["copying_loss"],
-              "max prefix-match": p["max_prefix_matching"], "repeated subset": p["repeated_loss"]}
-             for p in sorted(points, key=lambda p: (n_of[p["size"]], p["repeats"], p["seed"]))]
-    eff_rows = [{"size": r["size"], "E": r["repeats"], "subset share": r["subset_share"],
-                 "held-out": r["heldout_loss"], "N": r["n"], "N_eff": r["n_eff"],
-                 "N_eff / N": r["ratio_to_n"], "N_eff / N_eff(E=1)": r["ratio"],
-                 "extrapolated": r["extrapolated"]}
-                for r in sorted(eff, key=lambda r: (n_of[r["size"]], r["repeats"]))]
+    table = [
+        {
+            "size": p["size"],
+            "params (non-emb)": p["n_params_non_embedding"],
+            "E": p["repeats"],
+            "seed": p["seed"],
+            "subset seqs": p["subset_sequences"],
+            "held-out": p["heldout_loss"],
+            "spans text": p["spans_loss"],
+            "copying": p["copying_loss"],
+            "max prefix-match": p["max_prefix_matching"],
+            "repeated subset": p["repeated_loss"],
+        }
+        for p in sorted(points, key=lambda p: (n_of[p["size"]], p["repeats"], p["seed"]))
+    ]
+    eff_rows = [
+        {
+            "size": r["size"],
+            "E": r["repeats"],
+            "subset share": r["subset_share"],
+            "held-out": r["heldout_loss"],
+            "N": r["n"],
+            "N_eff": r["n_eff"],
+            "N_eff / N": r["ratio_to_n"],
+            "N_eff / N_eff(E=1)": r["ratio"],
+            "extrapolated": r["extrapolated"],
+        }
+        for r in sorted(eff, key=lambda r: (n_of[r["size"]], r["repeats"]))
+    ]
     headline = next((r["text"] for r in rec["recommendation"] if r.get("text")), "")
     table_claims, passed = claims_table(rows, "Claims of Hernandez et al. 2022 at CPU scale")
     t = cfg.train
-    text = [f"<b>{headline}</b>" if headline else "",
-            f"{passed} Study run <code>{run_id}</code>: {len(sizes)} sizes × {len(reps)} repeat counts × "
-            f"{len(cfg.seeds)} seed(s), each trained on {cfg.sequences * t.seq_len:,} tokens "
-            f"({cfg.sequences:,} sequences of {t.seq_len}), {cfg.fraction:.0%} of them repeats of a "
-            f"subset of round(f·N/E) sequences. Effective size inverts the {fit.get('form', '?')} law "
-            "fitted on the E = 1 runs (non-embedding parameters; the pure power law L = a·N^-b with fewer "
-            "than 4 sizes)."]
+    text = [
+        f"<b>{headline}</b>" if headline else "",
+        f"{passed} Study run <code>{run_id}</code>: {len(sizes)} sizes × {len(reps)} repeat counts × "
+        f"{len(cfg.seeds)} seed(s), each trained on {cfg.sequences * t.seq_len:,} tokens "
+        f"({cfg.sequences:,} sequences of {t.seq_len}), {cfg.fraction:.0%} of them repeats of a "
+        f"subset of round(f·N/E) sequences. Effective size inverts the {fit.get('form', '?')} law "
+        "fitted on the E = 1 runs (non-embedding parameters; the pure power law L = a·N^-b with fewer "
+        "than 4 sizes).",
+    ]
     (run,) = reader.runs(run_ids=[run_id])
-    return [Section("Repeated data: claims", text=[x for x in text if x], tables=[table_claims]),
-            Section("Repeated data: figures", figures=figures,
-                    tables=[Table(table, "Every run (final checkpoint)"),
-                            Table(eff_rows, "Effective model size per size and E (seed means)")],
-                    details=[("Study config (resolved)", dump_yaml(json.loads(run["config"])))])]
+    return [
+        Section("Repeated data: claims", text=[x for x in text if x], tables=[table_claims]),
+        Section(
+            "Repeated data: figures",
+            figures=figures,
+            tables=[
+                Table(table, "Every run (final checkpoint)"),
+                Table(eff_rows, "Effective model size per size and E (seed means)"),
+            ],
+            details=[("Study config (resolved)", dump_yaml(json.loads(run["config"])))],
+        ),
+    ]

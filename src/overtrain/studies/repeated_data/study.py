@@ -7,7 +7,17 @@ from overtrain.studies.repeated_data.config import PRESETS, RepeatedDataConfig
 from overtrain.studies.repeated_data.plan import work
 from overtrain.studies.repeated_data.report import report
 
-STUDY = register(Study(
-    name="repeated_data", config_cls=RepeatedDataConfig, work=work, analyse=analyse, report=report,
-    presets=PRESETS, analysis_modules=("overtrain.studies.repeated_data.analysis",
-                                       "overtrain.studies.repeated_data.effective_size")))
+STUDY = register(
+    Study(
+        name="repeated_data",
+        config_cls=RepeatedDataConfig,
+        work=work,
+        analyse=analyse,
+        report=report,
+        presets=PRESETS,
+        analysis_modules=(
+            "overtrain.studies.repeated_data.analysis",
+            "overtrain.studies.repeated_data.effective_size",
+        ),
+    )
+)

@@ -8,5 +8,8 @@ One run computes every trial's risk curve (`engine`); the analysis run decides t
 
 from overtrain.studies import announce
 
-announce(__name__, kinds=("samplewise_linear", "samplewise_linear_analysis"),
-         help="sample-wise double descent of linear regression: more data hurts near n = d")
+announce(
+    __name__,
+    kinds=("samplewise_linear", "samplewise_linear_analysis"),
+    help="sample-wise double descent of linear regression: more data hurts near n = d",
+)

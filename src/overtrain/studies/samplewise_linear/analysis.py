@@ -44,16 +44,31 @@ def claims(cfg: SamplewiseLinearConfig, rows: list[dict]) -> list[Claim]:
     out = []
     half = int(ns[np.argmin(np.abs(ns - d / 2))])
     if d not in ns.tolist() or abs(half - d / 2) > 0.05 * d:
-        out.append(check(*_HURTS[:2], None, None, _HURTS[2], detail=f"need n = {d} and n ≈ {d / 2:g} in the grid"))
+        out.append(
+            check(*_HURTS[:2], None, None, _HURTS[2], detail=f"need n = {d} and n ≈ {d / 2:g} in the grid")
+        )
     else:
         at_d, at_half = med[ns.tolist().index(d)], med[ns.tolist().index(half)]
         expected = closed.get(half)
-        out.append(check(
-            *_HURTS[:2], at_d / at_half, at_d > at_half, _HURTS[2],
-            detail=f"median test MSE {at_d:.4g} at n = {d} vs {at_half:.4g} at n = {half} "
-                   f"(closed form at n = {half}: {math.inf if expected is None else expected:.4g})"))
+        out.append(
+            check(
+                *_HURTS[:2],
+                at_d / at_half,
+                at_d > at_half,
+                _HURTS[2],
+                detail=f"median test MSE {at_d:.4g} at n = {d} vs {at_half:.4g} at n = {half} "
+                f"(closed form at n = {half}: {math.inf if expected is None else expected:.4g})",
+            )
+        )
     n_star = int(ns[np.argmax(med)])
-    out.append(check(*_PEAK[:2], n_star, abs(n_star - d) <= 0.05 * d, _PEAK[2],
-                     detail=f"d = {d}; median test MSE at the peak {med.max():.4g}; grid {ns[0]}..{ns[-1]} "
-                            f"({len(ns)} points)"))
+    out.append(
+        check(
+            *_PEAK[:2],
+            n_star,
+            abs(n_star - d) <= 0.05 * d,
+            _PEAK[2],
+            detail=f"d = {d}; median test MSE at the peak {med.max():.4g}; grid {ns[0]}..{ns[-1]} "
+            f"({len(ns)} points)",
+        )
+    )
     return out

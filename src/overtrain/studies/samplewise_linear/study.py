@@ -6,6 +6,13 @@ from overtrain.studies.samplewise_linear.config import SamplewiseLinearConfig
 from overtrain.studies.samplewise_linear.engine import compute
 from overtrain.studies.samplewise_linear.report import report
 
-STUDY = register(SingleRunStudy(
-    name="samplewise_linear", config_cls=SamplewiseLinearConfig, compute=compute, claims=claims, report=report,
-    analysis_modules=("overtrain.studies.samplewise_linear.analysis",)))
+STUDY = register(
+    SingleRunStudy(
+        name="samplewise_linear",
+        config_cls=SamplewiseLinearConfig,
+        compute=compute,
+        claims=claims,
+        report=report,
+        analysis_modules=("overtrain.studies.samplewise_linear.analysis",),
+    )
+)

@@ -72,16 +72,33 @@ class LoraGgpoFinetune(LoraFinetune):
     steps); ``factors``: kohya's approximation s·(B∇A + ∇B A) from the LoRA gradients (no extra product)."""
 
     def step_rule(self, model, optimizer, seed: int = 0):
-        return RowNoise(model, sigma=self.sigma, beta=self.beta, std_form=self.std_form,
-                        norm_dim=self.norm_dim, grad_every=self.grad_every, grad_source=self.grad_source,
-                        seed=seed)
+        return RowNoise(
+            model,
+            sigma=self.sigma,
+            beta=self.beta,
+            std_form=self.std_form,
+            norm_dim=self.norm_dim,
+            grad_every=self.grad_every,
+            grad_source=self.grad_source,
+            seed=seed,
+        )
 
 
 class RowNoise(StepRule):
     """Row-wise Gaussian noise on the merged weight of every LoRA layer (module docstring)."""
 
-    def __init__(self, model, *, sigma: float, beta: float = 0.0, std_form: str = "paper", norm_dim: str = "in",
-                 grad_every: int = 1, grad_source: str = "merged", seed: int = 0):
+    def __init__(
+        self,
+        model,
+        *,
+        sigma: float,
+        beta: float = 0.0,
+        std_form: str = "paper",
+        norm_dim: str = "in",
+        grad_every: int = 1,
+        grad_source: str = "merged",
+        seed: int = 0,
+    ):
         super().__init__(model)
         self.layers = lora_layers(model)
         self.sigma, self.beta, self.grad_every, self.grad_source = sigma, beta, grad_every, grad_source
@@ -95,8 +112,14 @@ class RowNoise(StepRule):
 
     def row_std(self, layer: LoraView) -> tuple[torch.Tensor, torch.Tensor]:
         """(std_i, the gradient term's share) for every row of `layer`, float32."""
-        return row_std(layer, sigma=self.sigma, beta=self.beta, grad_sq=self.grad_sq.get(layer.weight_name),
-                       std_form=self.std_form, norm_dim=self.norm_dim)
+        return row_std(
+            layer,
+            sigma=self.sigma,
+            beta=self.beta,
+            grad_sq=self.grad_sq.get(layer.weight_name),
+            std_form=self.std_form,
+            norm_dim=self.norm_dim,
+        )
 
     def sample(self) -> dict[str, torch.Tensor]:
         """One draw of ε for every adapted layer (base weight name -> d_out x d_in), recording its stats."""
@@ -149,4 +172,4 @@ def factor_grad_sq(layer: LoraView) -> torch.Tensor:
     ``‖G_i‖² = s²·c_i (D Dᵀ) c_iᵀ`` with ``c_i = [B_i, ∇B_i]`` (1 x 2r) and ``D = [∇A; A]`` (2r x d_in)."""
     C = torch.cat([layer.B, layer.B.grad], 1).float()
     D = torch.cat([layer.A.grad, layer.A], 0).float()
-    return (C @ (D @ D.T) * C).sum(1).mul_(layer.scaling ** 2)
+    return (C @ (D @ D.T) * C).sum(1).mul_(layer.scaling**2)

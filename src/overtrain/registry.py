@@ -98,12 +98,15 @@ class Registry(Generic[T]):
         return sorted(self._entries)
 
     def describe(self, name: str) -> str:
-        """One line about the entry: its registered help, else the first line of its docstring."""
+        """One line about the entry: its registered help, else its own ``help`` attribute (a lazy entry is
+        imported for it), else the first line of its docstring."""
         self._load_builtins()
-        if name in self._help:
+        if self._help.get(name):
             return self._help[name]
-        entry = self._entries[name]
-        doc = "" if isinstance(entry, str) else (getattr(entry, "__doc__", None) or "")
+        entry = self.get(name)
+        if isinstance(getattr(entry, "help", None), str) and entry.help:
+            return entry.help
+        doc = getattr(entry, "__doc__", None) or ""
         return doc.strip().splitlines()[0] if doc.strip() else ""
 
     def __contains__(self, name: object) -> bool:

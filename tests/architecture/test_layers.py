@@ -41,6 +41,27 @@ SHARED_STUDY_MODULES = {"overtrain.studies", "overtrain.studies.base"}
 DEFERRED: dict[tuple[str, str], str] = {}
 """(module, imported module) -> why the import sits inside a function."""
 
+LAZY_THIRD_PARTY: dict[str, str] = {
+    "torch": "the ground layer, data configs and the CLI validate configs without importing torch (~1 s)",
+    "transformers": "~2 s to import; only model building, checkpoints and tokenizers need it",
+    "tokenizers": "only the BPE tokenizer trains or loads one",
+    "peft": "imports transformers; only LoRA methods need it",
+    "accelerate": "only a multi-process launch needs it",
+    "safetensors": "only checkpoint reading and writing need it",
+    "scipy": "~0.3 s; only a few statistics and solvers need it",
+    "sklearn": "~1 s; only the digits dataset needs it",
+    "matplotlib": "~0.5 s; only figures need it",
+    "rich": "only progress bars and tables on a terminal need it",
+    "duckdb": "only queries need it",
+    "pyarrow": "only the Parquet/Arrow paths need it",
+    "threadpoolctl": "only BLAS thread limits need it",
+    "lm_eval": "an optional extra (overtrain[eval]): imported only for --lm-eval-tasks",
+    "datasets": "an optional dependency: only `hf_dataset` directories need it",
+    "ray": "an optional extra (overtrain[ray]): imported only by the Ray executor",
+    "ctypes": "platform-specific (Linux renameat2); probed once, where it is used",
+}
+"""Packages that may be imported inside a function (outside the CLI), each with the reason."""
+
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(SRC.parent).with_suffix("").parts
@@ -132,6 +153,42 @@ def _violation(src: str, dst: str) -> str | None:
 
 
 EDGES = _imports()
+
+
+def _lazy_third_party() -> list[tuple[str, str, int]]:
+    """``(module, top-level package, line)`` for every import of another package inside a function."""
+    out = []
+    for path in sorted(SRC.rglob("*.py")):
+        module = _module_name(path)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.ImportFrom) and sub.level == 0:
+                    names = [sub.module]
+                elif isinstance(sub, ast.Import):
+                    names = [a.name for a in sub.names]
+                else:
+                    continue
+                out += [
+                    (module, n.split(".")[0], sub.lineno) for n in names if n.split(".")[0] != "overtrain"
+                ]
+    return out
+
+
+def test_lazy_imports_of_other_packages_have_a_reason():
+    unexplained = sorted(
+        {
+            f"{m}:{line} imports {pkg}"
+            for m, pkg, line in _lazy_third_party()
+            if _layer(m) != "cli" and pkg not in LAZY_THIRD_PARTY
+        }
+    )
+    assert not unexplained, (
+        "import these at the top, or add the package to LAZY_THIRD_PARTY with its reason:\n"
+        + "\n".join(unexplained)
+    )
 
 
 def test_every_module_has_a_layer():

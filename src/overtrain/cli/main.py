@@ -184,7 +184,9 @@ def _study_command(name: str, help_text: str):
         _run_study(name, config, preset, overrides, workers, dry_run, report_dir, redo_analysis)
 
     command_fn.__doc__ = f"{help_text} Example: overtrain {command} --report report/"
-    app.command(command)(command_fn)
+    # the listing shows the phenomenon and its paper (the text before the colon); click's default would
+    # stop at the first full stop, which cuts "Springer et al." in two
+    app.command(command, short_help=help_text.split(": ", 1)[0])(command_fn)
 
 
 def _add_study_commands() -> None:

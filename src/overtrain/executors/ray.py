@@ -22,6 +22,7 @@ and only when the executor runs.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,6 @@ def _task(
 ) -> dict:
     """Ray task body: give torch the task's CPUs, check the store is visible, run (errors come back as
     data)."""
-    import socket
-
     import torch
 
     torch.set_num_threads(threads)

@@ -7,6 +7,7 @@ matplotlib figures saved as PNG beside the page (so a person can open them alone
 from __future__ import annotations
 
 import html
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -89,8 +90,6 @@ def render_table(table: Table) -> str:
 
 def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], *, dpi: int = 110) -> Path:
     """Write ``out_dir/index.html`` and one PNG per figure; return the page's path."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")

@@ -11,5 +11,5 @@ from overtrain.studies import announce
 announce(
     __name__,
     kinds=("dd_optimization", "dd_optimization_analysis"),
-    help="role of optimization in double descent: the peak needs a low training loss",
+    help="The role of optimization in double descent (Liu & Flanigan 2023): the peak appears only when the optimizer reaches a low training loss.",
 )

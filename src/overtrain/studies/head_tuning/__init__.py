@@ -11,5 +11,5 @@ from overtrain.studies import announce
 announce(
     __name__,
     kinds=("head_tuning", "head_tuning_analysis"),
-    help="head tuning on HMM representations: risk vs head width, peak at p = n, degenerate first descent",
+    help="Head tuning on HMM representations (Luo et al. 2024): risk vs head width p, peak at p = n, degenerate first descent.",
 )

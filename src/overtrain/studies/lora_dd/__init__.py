@@ -16,5 +16,5 @@ from overtrain.studies import announce
 announce(
     __name__,
     kinds=("lora_dd", "lora_dd_analysis"),
-    help="LoRA double descent and its cures: rank sweep × LoRA / Flat-LoRA / GGPO / MGPO / SAM",
+    help="LoRA double descent and its cures (Chang et al. 2025): rank sweep of LoRA, Flat-LoRA, LoRA-GGPO, LoRA-MGPO and SAM on a frozen digits MLP and a tiny pre-trained LM.",
 )

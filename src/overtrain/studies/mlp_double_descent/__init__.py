@@ -12,5 +12,5 @@ from overtrain.studies import announce
 announce(
     __name__,
     kinds=("mlp_double_descent", "mlp_double_descent_analysis"),
-    help="two-layer networks on digits: width-wise and epoch-wise double descent",
+    help="Two-layer networks on digits (Nakkiran et al. 2020): width-wise and epoch-wise double descent with label noise.",
 )

@@ -11,5 +11,5 @@ from overtrain.studies import announce
 announce(
     __name__,
     kinds=("samplewise_linear", "samplewise_linear_analysis"),
-    help="sample-wise double descent of linear regression: more data hurts near n = d",
+    help="Sample-wise double descent of linear regression: more data hurts near n = d.",
 )

@@ -94,7 +94,7 @@ RTOL = 1e-5
 
 # name: (preset, vocab, batch size, seq len, eval batches, draws, gammas, law)
 SETTINGS = {
-    # science.md §1 tiny reproduction C (the CPU regime): 256 x 64 tokens per batch, V = 64
+    # the CPU regime of docs/overtraining.md: 256 x 64 tokens per batch, V = 64
     "nano": ("llama-nano", 64, 256, 64, 2, 4, [1.0, 4.0], "init_scale"),
     # a 4x larger model on the same batches (llama-micro is ~41K parameters at V = 128)
     "micro": ("llama-micro", 128, 256, 64, 2, 4, [1.0, 4.0], "init_scale"),

@@ -106,7 +106,7 @@ def test_spans_background_is_the_zipf_bigram():
 def test_spans_floor_none_and_bigram_entropy():
     src = CopyConfig().build()
     assert src.loss_floor(128) is None
-    assert src.bigram_entropy_rate() == pytest.approx(3.9969, abs=1e-4)  # science.md §3: 4.0 nats
+    assert src.bigram_entropy_rate() == pytest.approx(3.9969, abs=1e-4)  # ~4.0 nats (docs/repeated_data.md)
     with pytest.raises(DataError, match="spans"):
         CopyConfig(mode="repeat").build().bigram_entropy_rate()
 

@@ -120,7 +120,11 @@ def test_default_base_is_copy_spans():
     src = RepeatConfig(total_tokens=24000 * 128).build()
     assert src.cfg.base.name == "copy" and src.cfg.base.mode == "spans"
     lay = src.layout(128)
-    assert (lay.sequences, lay.subset, lay.repeated) == (24000, 24, 2400)  # science.md §3 at E = 100
+    assert (lay.sequences, lay.subset, lay.repeated) == (
+        24000,
+        24,
+        2400,
+    )  # Hernandez et al. 2022's layout at E = 100 (docs/repeated_data.md)
     assert src.loss_floor(128) is None
 
 

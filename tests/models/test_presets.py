@@ -13,9 +13,9 @@ from overtrain.models.presets import ModelConfig, build_model, count_params
 @pytest.mark.parametrize(
     ("preset", "vocab", "params"),
     [
-        ("llama-nano", 64, 10_320),  # science.md §1's CPU regime: d16, 2 layers, ffn 64, untied
-        ("llama-micro", 128, 41_120),  # science.md's "41K" model
-        ("llama-tiny", 128, 1_082_496),  # science.md's "1.08M" model
+        ("llama-nano", 64, 10_320),  # the CPU regime of docs/overtraining.md: d16, 2 layers, ffn 64, untied
+        ("llama-micro", 128, 41_120),  # the "41K" model of our pilot runs
+        ("llama-tiny", 128, 1_082_496),  # the "1.08M" model of our pilot runs
     ],
 )
 def test_parameter_counts_match_the_science_notes(preset, vocab, params):

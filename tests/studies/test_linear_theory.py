@@ -1,4 +1,4 @@
-"""The two-layer linear theory model: science.md §1 Tiny reproduction A's checks, a plain numpy reference,
+"""The two-layer linear theory model: the checks of docs/theory.md, a plain numpy reference,
 and the run kind's records.
 
 The two shipped configs run once each per module (~3 s each on one core); everything else is tiny.
@@ -48,9 +48,9 @@ def interior(curve: np.ndarray) -> bool:
 
 
 def test_check1_delta_trends_up(default):
-    """Spearman(T, Δ) >= 0.8 and Δ(last) >= 1.5 Δ(first) per seed at γ = 0.01 (science.md check 1).
+    """Spearman(T, Δ) >= 0.8 and Δ(last) >= 1.5 Δ(first) per seed at γ = 0.01 (docs/theory.md, check 1).
 
-    Measured: Δ 0.0118 / 0.0125 / 0.0129 -> 0.0275 / 0.0280 / 0.0280 (ratio 2.34 / 2.24 / 2.16; science.md
+    Measured: Δ 0.0118 / 0.0125 / 0.0129 -> 0.0275 / 0.0280 / 0.0280 (ratio 2.34 / 2.24 / 2.16; an earlier pilot:
     0.011 -> 0.028, ratio 2.3-2.5), Spearman 0.999 for every seed (Δ is flat once the base loss is ~0, so
     the last ranks are near-ties decided by rounding: exact monotonicity is not required).
     """
@@ -59,7 +59,9 @@ def test_check1_delta_trends_up(default):
         rho = spearman(default.steps, delta[s])
         assert rho >= 0.8, (seed, rho)
         assert delta[s, -1] >= 1.5 * delta[s, 0], (seed, delta[s, 0], delta[s, -1])
-        assert 0.009 < delta[s, 0] < 0.015 and 0.024 < delta[s, -1] < 0.032  # science.md's magnitudes
+        assert (
+            0.009 < delta[s, 0] < 0.015 and 0.024 < delta[s, -1] < 0.032
+        )  # the magnitudes of our earlier numpy pilot
     assert (default.delta_se > 0).all()
 
 
@@ -79,11 +81,11 @@ def test_delta_matches_its_exact_expectation(default):
 
 
 def test_check2_post_finetune_pretrain_loss_is_u_shaped(default):
-    """science.md check 2: argmin_T of the post-fine-tuning pre-training loss is strictly interior and
+    """docs/theory.md check 2: argmin_T of the post-fine-tuning pre-training loss is strictly interior and
     the last checkpoint is >= 5% above the minimum.
 
     Measured per seed (argmin step, rise at T = 1e5): seed 1 562, +51%; seed 2 3162, +2.0%; seed 3
-    1778, +7.1% (science.md: +7/+28/+60% on its own seeds). The rise varies a lot with the random
+    1778, +7.1% (an earlier numpy pilot: +7/+28/+60% on its own seeds). The rise varies a lot with the random
     fine-tuning feature: over seeds 1..30, 27 pass the 5% threshold (rise 1.5%..90%, median ~18%), so the
     5% claim is asserted on the seed-mean curve (the statistic the study reports: +11.7%, T* = 1778),
     and per seed we assert the U itself (interior minimum, higher at the end).
@@ -94,13 +96,13 @@ def test_check2_post_finetune_pretrain_loss_is_u_shaped(default):
         assert rise(loss[s]) > 0.01, (seed, rise(loss[s]))
     inf = inflection_point(default.steps, loss, n_boot=2000, seed=0)
     assert inf.is_u(min_rise=0.05), inf
-    assert 300 <= inf.t_star <= 3200  # science.md: minimum at T ~ 1k-3k
+    assert 300 <= inf.t_star <= 3200  # the pilot's minimum at T ~ 1k-3k
     # the base model keeps improving all along: the U is not a worse base model
     assert (np.diff(default.base_loss, axis=1) <= 1e-12).all()
 
 
 def test_perturbed_loss_is_u_shaped(default):
-    """science.md: the perturbed loss at γ = 0.03 has its minimum near T ~ 1k-2k, then rises ~5-15%.
+    """As in the pilot (docs/theory.md): the perturbed loss at γ = 0.03 has its minimum near T ~ 1k-2k, then rises ~5-15%.
     Measured: argmin 1778 for every seed, rise +5.8 / +6.1 / +6.0% (4.6-7.2% over seeds 1..30)."""
     loss = default.curve("perturbed_loss", gamma=0.03)
     for s, seed in enumerate(default.seeds):

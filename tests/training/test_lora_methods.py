@@ -1,4 +1,4 @@
-"""Weight-perturbation fine-tuning methods (science.md §2): the noise law, the special cases, restoring,
+"""Weight-perturbation fine-tuning methods (Flat-LoRA, Li et al. 2025; LoRA-GGPO, Chang et al. 2025; docs/lora_dd.md): the noise law, the special cases, restoring,
 and statistics that never turn into NaN."""
 
 from __future__ import annotations

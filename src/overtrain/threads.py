@@ -1,8 +1,8 @@
 """Thread limits for small dense linear algebra.
 
-On 2 cores, OpenBLAS's own threading makes the mid-sized matrices of the double-descent sweeps (n ≤ 1,000)
-slower, not faster: the random-features study runs 2.2x faster with one BLAS thread (11.0 s vs 24.8 s,
-one seed of the default preset), and much slower still when another process is busy.
+On few cores, OpenBLAS's own threading makes the mid-sized matrices of the double-descent sweeps
+(n ≤ 1,000) slower, not faster, and much slower when another process is busy; the measured times are in
+docs/double_descent.md.
 """
 
 from __future__ import annotations

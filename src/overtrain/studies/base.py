@@ -115,8 +115,12 @@ class Study:
                     f"unknown preset {preset!r} of {self.name}; choose from: {', '.join(self.presets)}"
                 )
             config = (repo_root() or Path.cwd()) / "configs" / self.name / f"{preset}.yaml"
-            if not config.is_file():  # installed without the repo: the preset is the config's defaults
-                config = None
+            if not config.is_file():
+                if preset != "default":  # a named preset's values live only in its file
+                    raise UserError(
+                        f"preset file not found: {config} (presets ship with the source checkout)"
+                    )
+                config = None  # installed without the repo: the default preset is the config's defaults
         elif preset is not None:
             raise UserError("give --config or --preset, not both")
         return build_config(self.config_cls, config, list(overrides))

@@ -26,7 +26,8 @@ class Registry(Generic[T]):
     Args:
         kind: what the entries are, for messages (``"dataset"``).
         package: dotted package (or packages) whose submodules and subpackages hold the built-in
-            entries; imported on first lookup.
+            entries; imported on first lookup. ``"pkg.*"``: only its subpackages (one folder per entry;
+            its plain modules are shared code, not entries).
     """
 
     def __init__(self, kind: str, package: str | tuple[str, ...] | None = None) -> None:
@@ -67,9 +68,10 @@ class Registry(Generic[T]):
             return
         self._loaded = True
         for package in self.packages:
-            pkg = importlib.import_module(package)
+            folders_only = package.endswith(".*")
+            pkg = importlib.import_module(package.removesuffix(".*"))
             for info in pkgutil.iter_modules(pkg.__path__, prefix=pkg.__name__ + "."):
-                if not info.name.rsplit(".", 1)[-1].startswith("_"):
+                if not info.name.rsplit(".", 1)[-1].startswith("_") and (info.ispkg or not folders_only):
                     importlib.import_module(info.name)
 
     def get(self, name: str) -> T:
@@ -123,7 +125,7 @@ DATASETS: Registry[type] = Registry("dataset", "overtrain.data")
 MODELS: Registry = Registry("model preset", "overtrain.models")
 """Model size presets (`overtrain.models.presets.Preset`) by name."""
 
-RUN_KINDS: Registry = Registry("run kind", ("overtrain.runs.kinds", "overtrain.studies"))
+RUN_KINDS: Registry = Registry("run kind", ("overtrain.runs.kinds", "overtrain.studies.*"))
 """Run kinds (`overtrain.runs.kinds.RunKind`): config class + run function, e.g. ``pretrain``; a study
 registers its own kinds (its analysis, its computations) in its folder."""
 
@@ -136,7 +138,7 @@ PROBES: Registry = Registry("probe", "overtrain.probes")
 FINETUNE_METHODS: Registry = Registry("fine-tuning method", "overtrain.training.methods")
 """Fine-tuning methods (full, lora, lora_ggpo, ...)."""
 
-STUDIES: Registry = Registry("study", "overtrain.studies")
+STUDIES: Registry = Registry("study", "overtrain.studies.*")
 """Studies (`overtrain.studies.base.Study`), one folder each under ``overtrain/studies/``; the CLI's study
 commands are generated from this registry."""
 

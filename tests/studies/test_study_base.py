@@ -38,6 +38,18 @@ def test_every_study_has_a_cli_command_and_a_default_preset(capsys):
         assert isinstance(study.load_config(), study.config_cls)  # configs/<name>/<first preset>.yaml loads
 
 
+def test_a_study_package_is_its_python_api():
+    from overtrain.studies import overtraining
+    from overtrain.studies.overtraining import plan, report  # submodules are never shadowed by the API
+
+    study = STUDIES.get("overtraining")
+    cfg = overtraining.load_config(preset="demo")
+    assert overtraining.run == study.run and overtraining.analysis_id(cfg) == study.analysis_id(cfg)
+    assert callable(plan.work) and callable(report.report)
+    with pytest.raises(AttributeError):
+        getattr(overtraining, "no_such_thing")  # noqa: B009 (an attribute lookup is the point)
+
+
 def test_a_lazy_entry_must_register_what_it_announces():
     reg = Registry("thing")
     reg.register("json", "json")  # importing json registers nothing

@@ -8,7 +8,7 @@ and by torch optimizer settings (`engine`, `training`); the analysis run decides
 
 from overtrain.studies import announce
 
-announce(
+__getattr__ = announce(
     __name__,
     kinds=("dd_optimization", "dd_optimization_analysis"),
     help="The role of optimization in double descent (Liu & Flanigan 2023): the peak appears only when the optimizer reaches a low training loss.",

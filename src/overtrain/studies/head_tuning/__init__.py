@@ -8,7 +8,7 @@ claims from its rows (`analysis`); the report plots them (`report`). Config and 
 
 from overtrain.studies import announce
 
-announce(
+__getattr__ = announce(
     __name__,
     kinds=("head_tuning", "head_tuning_analysis"),
     help="Head tuning on HMM representations (Luo et al. 2024): risk vs head width p, peak at p = n, degenerate first descent.",

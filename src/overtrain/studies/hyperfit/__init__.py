@@ -23,7 +23,7 @@ Config and presets: `config`, ``configs/hyperfit/``.
 
 from overtrain.studies import announce
 
-announce(
+__getattr__ = announce(
     __name__,
     kinds=("hyperfit", "hyperfit_train"),
     help="Hyperfitting (Carlsson et al. 2025): over-fit a pre-trained LM on a few sequences, compare its greedy text with the base's greedy, nucleus and entropy-matched sampling.",

@@ -13,7 +13,7 @@ plots them (`report`). Config and presets: `config`, ``configs/lora_dd/``.
 
 from overtrain.studies import announce
 
-announce(
+__getattr__ = announce(
     __name__,
     kinds=("lora_dd", "lora_dd_analysis"),
     help="LoRA double descent and its cures (Chang et al. 2025): rank sweep of LoRA, Flat-LoRA, LoRA-GGPO, LoRA-MGPO and SAM on a frozen digits MLP and a tiny pre-trained LM.",

@@ -9,7 +9,7 @@ report plots them (`report`). Config and presets: `config`, ``configs/mlp_double
 
 from overtrain.studies import announce
 
-announce(
+__getattr__ = announce(
     __name__,
     kinds=("mlp_double_descent", "mlp_double_descent_analysis"),
     help="Two-layer networks on digits (Nakkiran et al. 2020): width-wise and epoch-wise double descent with label noise.",

@@ -21,7 +21,7 @@ The science and the measured results: docs/overtraining.md, docs/theory.md.
 
 from overtrain.studies import announce
 
-announce(
+__getattr__ = announce(
     __name__,
     kinds=("overtraining", "linear_theory"),
     help="Catastrophic overtraining (Springer et al. 2025): pre-train at many budgets, fine-tune and perturb "

@@ -6,7 +6,7 @@ the report plots them (`report`). Config and presets: `config`, ``configs/random
 
 from overtrain.studies import announce
 
-announce(
+__getattr__ = announce(
     __name__,
     kinds=("random_features", "random_features_analysis"),
     help="Random-features double descent (Belkin et al. 2019, Nakkiran et al. 2020): model-wise and sample-wise "

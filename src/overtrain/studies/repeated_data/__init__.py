@@ -20,7 +20,7 @@ Config and presets: `config`, ``configs/repeated_data/``. Rerunning the study re
 
 from overtrain.studies import announce
 
-announce(
+__getattr__ = announce(
     __name__,
     kinds=("repeated_data",),
     help="Repeated data (Hernandez et al. 2022): a subset repeated E times at fixed total tokens; held-out loss peaks at an intermediate E, copying suffers, the model behaves like a smaller one.",

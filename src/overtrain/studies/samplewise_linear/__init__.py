@@ -8,7 +8,7 @@ One run computes every trial's risk curve (`engine`); the analysis run decides t
 
 from overtrain.studies import announce
 
-announce(
+__getattr__ = announce(
     __name__,
     kinds=("samplewise_linear", "samplewise_linear_analysis"),
     help="Sample-wise double descent of linear regression: more data hurts near n = d.",

@@ -7,6 +7,7 @@ import pytest
 from overtrain.cli.main import main
 from overtrain.registry import RUN_KINDS, STUDIES
 from overtrain.runs.store import Store
+from overtrain.studies import base as study_base
 from overtrain.studies.random_features.analysis import claims as rf_claims
 from overtrain.studies.random_features.config import RandomFeaturesConfig
 from overtrain.studies.random_features.engine import compute
@@ -64,6 +65,12 @@ def test_study_runs_from_the_cli_and_reports(tmp_path, home, capsys, monkeypatch
     assert result.ok and result.skipped and not result.done
     assert Store().status("random_features_analysis", run_id) == "success"
     assert RUN_KINDS.get("random_features").config_cls is RandomFeaturesConfig
+    # an edited claim is a new analysis run over the stored curves: the computation is not redone
+    compute_id = study.compute_kind().run_id(study.load_config(cfg))
+    key = (*study.analysis_modules, "overtrain.analysis")
+    monkeypatch.setitem(study_base._DIGESTS, key, "edited")
+    again, new_id = study.run(study.load_config(cfg), Store(), progress=False)
+    assert new_id != run_id and again.done == [new_id] and again.skipped == [compute_id]
 
 
 def test_bad_cli_input_is_a_one_line_error(home, capsys):

@@ -92,9 +92,19 @@ def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch):
     result, study_id = STUDIES.get("overtraining").run(tiny_cfg, store, progress=False)
     assert result.ok and len(result.done) == 23
     claims = query(
-        f"select claim, verdict from evals where run_id = '{study_id}' and record = 'claim'", store
+        "select claim, verdict, type, fpr, power from evals where run_id = ? and record = 'claim'",
+        store,
+        [study_id],
     ).to_pylist()
-    assert len(claims) >= 8 and all(c["verdict"] in ("PASS", "FAIL", "N/A") for c in claims)
+    assert len(claims) >= 8 and all(c["verdict"] in ("PASS", "FAIL", "N/A", "UNDERPOWERED") for c in claims)
+    findings = [c for c in claims if c["type"] == "finding"]
+    assert [c["claim"] for c in claims if c["type"] == "check"] == [
+        c["claim"] for c in claims if c["claim"].startswith("Linear theory")
+    ]
+    # two seeds: no finding may PASS; the rise and trend rules carry their measured fpr and power
+    assert not any(c["verdict"] == "PASS" for c in findings)
+    rises = [c for c in findings if "U-shaped" in c["claim"] or "degrad" in c["claim"]]
+    assert len(rises) == 3 and all(0 <= c["fpr"] <= 1 and 0 <= c["power"] <= 1 for c in rises)
     infl = query(
         f"select * from evals where run_id = '{study_id}' and record = 'inflection'", store
     ).to_pylist()
@@ -128,4 +138,5 @@ def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch):
     for name in ("sensitivity", "perturbed", "finetune_full", "theory", "monitor"):
         assert (page.parent / f"overtraining_{name}.png").stat().st_size > 10_000
         assert f"overtraining_{name}.png" in html
-    assert html.count('class="pass"') + html.count('class="fail"') + html.count('class="na"') >= len(claims)
+    assert sum(html.count(f'class="{css}"') for css in ("pass", "fail", "na", "under")) >= len(claims)
+    assert "findings hold" in html and "<th>fpr</th>" in html

@@ -56,7 +56,7 @@ def test_study_runs_records_claims_and_reports(home, tmp_path, name, overrides, 
     # the compute run holds the curves only
     assert not any(r.get("record") == "claim" for r in _compute_rows(store, study, cfg))
     html = build_report(tmp_path / "rep", name, store).read_text()
-    assert "claims pass" in html
+    assert "findings hold" in html
     again, _ = study.run(cfg, store, progress=False)
     assert len(again.skipped) == 2 and not again.done
 

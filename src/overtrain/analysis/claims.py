@@ -1,11 +1,27 @@
-"""A paper's claim checked on stored results: the row every study's claims table is made of."""
+"""A paper's claim checked on stored results: the row every study's claims table is made of.
+
+A claim is a **finding** — a statement about the phenomenon that a reader could doubt — or a **check** — a
+verification of a solver or an implementation (a peak of κ at the interpolation threshold, a closed form).
+A finding's decision rule is calibrated where it can be (`overtrain.analysis.calibration`): ``fpr`` is how
+often the rule passes on null data at the study's measured noise, ``power`` how often it passes on a
+planted effect of the paper's size. A finding whose rule passes but whose data cannot make that rule
+trustworthy (fpr above `MAX_FPR`, or fewer than `MIN_SEEDS` seeds where seeds vary) is ``UNDERPOWERED``,
+never ``PASS``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-Verdict = Literal["PASS", "FAIL", "N/A"]
+Verdict = Literal["PASS", "FAIL", "N/A", "UNDERPOWERED"]
+ClaimType = Literal["finding", "check"]
+
+MAX_FPR = 0.05
+"""A finding may PASS only if its rule passes at most this often on null data."""
+
+MIN_SEEDS = 4
+"""A finding over seeds may PASS only with at least this many independent seeds."""
 
 
 @dataclass
@@ -18,8 +34,12 @@ class Claim:
         value: the measured statistic (None when it could not be computed).
         ci_low, ci_high: its confidence interval, when there is one.
         threshold: the pass condition, in words (e.g. ``"peak within ±10% of n"``).
-        verdict: ``PASS``, ``FAIL`` or ``N/A`` (not testable with these runs; `detail` says why).
+        verdict: ``PASS``, ``FAIL``, ``N/A`` (not testable with these runs; `detail` says why) or
+            ``UNDERPOWERED`` (the rule passed, but it passes too often on null data, or too few seeds).
         detail: anything a reader needs to interpret the verdict.
+        type: ``finding`` or ``check`` (module docstring).
+        fpr: the rule's false-positive rate on null data at the measured noise (None: not calibrated).
+        power: the rule's pass rate on a planted effect of the paper's size (None: not calibrated).
     """
 
     claim: str
@@ -28,8 +48,11 @@ class Claim:
     ci_low: float | None
     ci_high: float | None
     threshold: str
-    verdict: str  # PASS | FAIL | N/A
+    verdict: str  # PASS | FAIL | N/A | UNDERPOWERED
     detail: str = ""
+    type: str = "finding"  # finding | check
+    fpr: float | None = None
+    power: float | None = None
 
     def row(self) -> dict[str, Any]:
         """The ``evals.jsonl`` row of the claim (``record = 'claim'``)."""
@@ -44,10 +67,23 @@ def check(
     threshold: str,
     ci: tuple[float, float] | None = None,
     detail: str = "",
+    type: ClaimType = "finding",
 ) -> Claim:
     """A `Claim` with its verdict from `passed` (None: N/A)."""
     verdict = "N/A" if passed is None or value is None else ("PASS" if passed else "FAIL")
     lo, hi = ci if ci is not None else (None, None)
     return Claim(
-        claim, statistic, None if value is None else float(value), lo, hi, threshold, verdict, detail
+        claim, statistic, None if value is None else float(value), lo, hi, threshold, verdict, detail, type
     )
+
+
+def finding_verdict(passed: bool | None, fpr: float | None, n_seeds: int | None) -> str:
+    """The verdict of a calibrated finding: PASS only when its rule passed, its false-positive rate is at
+    most `MAX_FPR` and (where seeds vary) it rests on at least `MIN_SEEDS` seeds; a rule that passed
+    without those is UNDERPOWERED; a rule that did not pass is FAIL (None: N/A)."""
+    if passed is None:
+        return "N/A"
+    if not passed:
+        return "FAIL"
+    trusted = fpr is not None and fpr <= MAX_FPR and (n_seeds is None or n_seeds >= MIN_SEEDS)
+    return "PASS" if trusted else "UNDERPOWERED"

@@ -130,9 +130,13 @@ def _run_study(
         raise typer.Exit(result.exit_code)
     out = _console()
     with Reader(store) as reader:
+        cols = reader.columns("evals")
+        typed = "type, " if "type" in cols else ""
+        calibrated = ", round(fpr, 3) as fpr, round(power, 3) as power" if {"fpr", "power"} <= cols else ""
         claims = reader.query(
-            "select claim, verdict, round(value, 4) as value, round(ci_low, 4) as ci_low, "
-            "round(ci_high, 4) as ci_high, threshold from evals where run_id = ? and record = 'claim'",
+            f"select {typed}claim, verdict, round(value, 4) as value, round(ci_low, 4) as ci_low, "
+            f"round(ci_high, 4) as ci_high, threshold{calibrated} from evals "
+            "where run_id = ? and record = 'claim'",
             [study_id],
         )
         out.print(format_table(claims, "table"))

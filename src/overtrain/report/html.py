@@ -24,7 +24,7 @@ table { border-collapse: collapse; margin: .8em 0; font-size: .92em; }
 th, td { border: 1px solid #d8dce4; padding: .3em .6em; text-align: left; vertical-align: top; }
 th { background: #f3f5f9; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .pass { color: #176f2c; font-weight: 600; } .fail { color: #b3261e; font-weight: 600; }
-.na { color: #6b7280; font-weight: 600; }
+.na { color: #6b7280; font-weight: 600; } .under { color: #9a6700; font-weight: 600; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eceff4; }
 figcaption { color: #4b5563; font-size: .92em; } .note { color: #4b5563; }
 code { background: #f3f5f9; padding: 0 .25em; border-radius: 3px; }
@@ -72,8 +72,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, int):
         return f'<td class="num">{value:,}</td>'
     text = str(value)
-    if text in ("PASS", "FAIL", "N/A"):
-        css = {"PASS": "pass", "FAIL": "fail", "N/A": "na"}[text]
+    if text in ("PASS", "FAIL", "N/A", "UNDERPOWERED"):
+        css = {"PASS": "pass", "FAIL": "fail", "N/A": "na", "UNDERPOWERED": "under"}[text]
         return f'<td class="{css}">{text}</td>'
     return f"<td>{html.escape(text)}</td>"
 

@@ -240,7 +240,14 @@ def log_claims(run: Run, claims: list, **info: Any) -> None:
     run.truncate("evals", 0)
     for claim in claims:
         run.log_eval(claim.row())
-    run.set_info(**info, claims_passed=sum(c.verdict == "PASS" for c in claims), claims_total=len(claims))
+    findings = [c for c in claims if c.type == "finding"]
+    run.set_info(
+        **info,
+        findings_held=sum(c.verdict == "PASS" for c in findings),
+        findings_total=len(findings),
+        claims_passed=sum(c.verdict == "PASS" for c in claims),
+        claims_total=len(claims),
+    )
 
 
 def register(study: Study, *kinds: RunKind) -> Study:
@@ -255,11 +262,14 @@ def register(study: Study, *kinds: RunKind) -> Study:
 
 
 def claims_table(rows: list[dict[str, Any]], caption: str) -> tuple[Table, str]:
-    """The report table of claim rows, and a sentence counting the passes."""
+    """The report table of claim rows, findings first, and the headline sentence: how many findings hold
+    (and how many of those PASSes rest on a measured false-positive rate), how many checks pass."""
     claims = [r for r in rows if r.get("record") == "claim"]
+    claims.sort(key=lambda c: (c.get("type") or "finding") != "finding")  # stable: findings, then checks
     table = Table(
         [
             {
+                "type": c.get("type") or "finding",
                 "claim": c["claim"],
                 "verdict": c["verdict"],
                 "statistic": c.get("statistic"),
@@ -267,14 +277,33 @@ def claims_table(rows: list[dict[str, Any]], caption: str) -> tuple[Table, str]:
                 "CI low": c.get("ci_low"),
                 "CI high": c.get("ci_high"),
                 "threshold": c.get("threshold"),
+                "fpr": c.get("fpr"),
+                "power": c.get("power"),
                 "detail": c.get("detail") or "",
             }
             for c in claims
         ],
         caption,
     )
-    passed = sum(c["verdict"] == "PASS" for c in claims)
-    return table, f"{passed} of {len(claims)} claims pass."
+    return table, headline(claims)
+
+
+def headline(claims: list[dict[str, Any]]) -> str:
+    """ "k of n findings hold", with the checks counted apart and the PASSes that lack a measured
+    false-positive rate named as such."""
+    findings = [c for c in claims if (c.get("type") or "finding") == "finding"]
+    checks = [c for c in claims if c.get("type") == "check"]
+    held = [c for c in findings if c["verdict"] == "PASS"]
+    unmeasured = sum(c.get("fpr") is None for c in held)
+    under = sum(c["verdict"] == "UNDERPOWERED" for c in findings)
+    text = f"{len(held)} of {len(findings)} findings hold"
+    if unmeasured:
+        text += f" ({unmeasured} of them without a measured false-positive rate: their rules are not calibrated yet)"
+    if under:
+        text += f"; {under} underpowered (the rule passed, but it also passes noise this often or rests on fewer than 4 seeds)"
+    if checks:
+        text += f"; {sum(c['verdict'] == 'PASS' for c in checks)} of {len(checks)} checks pass"
+    return text + "."
 
 
 _DIGESTS: dict[tuple[str, ...], str] = {}

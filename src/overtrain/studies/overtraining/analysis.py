@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from overtrain.analysis.claims import Claim
+from overtrain.analysis.calibration import Calibration
+from overtrain.analysis.claims import Claim, finding_verdict
 from overtrain.analysis.inflection import Inflection, inflection_point
 from overtrain.analysis.stats import spearman, spearman_ci
 from overtrain.config import config_hash
 from overtrain.runs.query import Reader
 from overtrain.runs.run import Run
+from overtrain.studies.overtraining.calibrate import rise_calibration, trend_calibration
 from overtrain.studies.overtraining.config import OvertrainingConfig
 from overtrain.studies.overtraining.plan import child_ids, pretrain_configs
 from overtrain.studies.overtraining.theory_run import LinearTheoryResult
@@ -39,9 +41,10 @@ class OvertrainingResult:
     curves: list[dict[str, Any]] = field(default_factory=list)
     """The curves the statistics were computed from (`_curve_rows`)."""
     passed: int = field(init=False)
+    """Findings that hold (PASS)."""
 
     def __post_init__(self) -> None:
-        self.passed = sum(c.verdict == "PASS" for c in self.claims)
+        self.passed = sum(c.verdict == "PASS" and c.type == "finding" for c in self.claims)
 
     def rows(self) -> list[dict[str, Any]]:
         out = [{"record": "claim", **asdict(c)} for c in self.claims]
@@ -61,7 +64,10 @@ def analyse(cfg: OvertrainingConfig, run: Run) -> None:
     for row in result.rows():
         run.log_eval(row)
     run.set_info(
-        recommendation=result.recommendation, claims_passed=result.passed, claims_total=len(result.claims)
+        recommendation=result.recommendation,
+        findings_held=result.passed,
+        findings_total=sum(c.type == "finding" for c in result.claims),
+        claims_total=len(result.claims),
     )
 
 
@@ -103,6 +109,21 @@ def _inflection_row(inf: Inflection, **labels: Any) -> dict[str, Any]:
         "n_groups": inf.n_groups,
         "note": inf.note,
     }
+
+
+_PASSED = {"PASS": True, "FAIL": False, "N/A": None}
+
+
+def _calibrated(claim: Claim, passed: bool | None, cal: Calibration | None, n_seeds: int) -> Claim:
+    """Give a finding its verdict from its rule's outcome, its calibration and the number of seeds
+    (`finding_verdict`): a rule that passed is PASS only at fpr ≤ 5% with ≥ 4 seeds."""
+    claim.verdict = finding_verdict(passed, cal.fpr if cal else None, n_seeds)
+    if cal is not None:
+        claim.fpr, claim.power = cal.fpr, cal.power
+        claim.detail += f"; {cal.describe()}"
+    else:
+        claim.detail += "; its rule is not calibrated yet (no fpr: it cannot PASS)"
+    return claim
 
 
 def _verdict(ok: bool | None) -> str:
@@ -147,6 +168,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
     ft = reader.evals(ids["finetune"])
     methods = sorted({r["method"] for r in ft})
     fixed: dict[tuple[str, float], Inflection] = {}
+    matrices: dict[tuple, np.ndarray] = {}  # the [seed, budget] curves the findings are decided on
+    n_seeds = len(seeds)
     for method in methods:
         for lr in cfg.finetune.lrs_for(method):
             rows = [r for r in ft if r["method"] == method and math.isclose(r["lr"], lr)]
@@ -167,6 +190,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             )
             inf = inflection_point(t, pre, n_boot=boot)
             fixed[(method, lr)] = inf
+            matrices[("fixed", method, lr)] = pre
             inflections.append(
                 _inflection_row(
                     inf,
@@ -199,6 +223,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     tuned_pre[i, j], tuned_lr[i, j] = best["pretrain_loss"], best["lr"]
         inf = inflection_point(t, tuned_pre, n_boot=boot)
         fixed[(method, "tuned")] = inf
+        matrices[("fixed", method, "tuned")] = tuned_pre
         inflections.append(
             _inflection_row(
                 inf, regime="tuned LR", method=method, lr=None, quantity="pre-training loss after fine-tuning"
@@ -235,6 +260,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             )
             inf = inflection_point(t, loss, n_boot=boot)
             pert[(law, g)] = inf
+            matrices[("perturbed", law, g)] = loss
+            matrices[("delta", law, g)] = delta
             inflections.append(
                 _inflection_row(inf, regime=f"{law} noise", gamma=g, quantity="perturbed loss")
             )
@@ -252,13 +279,15 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     worst["ci_low"],
                     worst["ci_high"],
                     ">= 0.8 for every γ",
-                    _verdict(all(tr["spearman"] >= 0.8 for tr in rel)),
+                    "",
                     "; ".join(
                         f"γ={tr['gamma']:g}: ρ={tr['spearman']:.2f}, Δ {tr['first']:.3f}→{tr['last']:.3f}"
                         for tr in rel
                     ),
                 )
             )
+            cal = trend_calibration(t, [matrices[("delta", law, tr["gamma"])] for tr in rel])
+            _calibrated(claims[-1], all(tr["spearman"] >= 0.8 for tr in rel), cal, n_seeds)
     if ("init_scale", gammas[-1] if gammas else None) in pert:
         inf = pert[("init_scale", gammas[-1])]
         claims.append(
@@ -269,10 +298,18 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                 inf.rise_ci_low,
                 inf.rise_ci_high,
                 f"interior minimum and rise CI above {cfg.min_rise:.1%}",
-                _verdict(inf.interior and inf.rise_ci_low > cfg.min_rise),
+                "",
                 f"T* = {inf.t_star:,.0f} tokens [{inf.ci_low:,.0f}, {inf.ci_high:,.0f}]",
             )
         )
+        cal = rise_calibration(
+            t,
+            matrices[("perturbed", "init_scale", gammas[-1])],
+            min_rise=cfg.min_rise,
+            interior=True,
+            n_boot=boot,
+        )
+        _calibrated(claims[-1], inf.interior and inf.rise_ci_low > cfg.min_rise, cal, n_seeds)
     for method in methods:
         lrs = cfg.finetune.lrs_for(method)
         top = lrs[-1]
@@ -285,10 +322,14 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                 inf.rise_ci_low,
                 inf.rise_ci_high,
                 f"rise CI above {cfg.min_rise:.1%}",
-                _verdict(inf.rise_ci_low > cfg.min_rise),
+                "",
                 f"T* = {inf.t_star:,.0f} tokens [{inf.ci_low:,.0f}, {inf.ci_high:,.0f}]; interior: {inf.interior}",
             )
         )
+        cal = rise_calibration(
+            t, matrices[("fixed", method, top)], min_rise=cfg.min_rise, interior=False, n_boot=boot
+        )
+        _calibrated(claims[-1], inf.rise_ci_low > cfg.min_rise, cal, n_seeds)
         inf = fixed[(method, "tuned")]
         claims.append(
             Claim(
@@ -298,10 +339,14 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                 inf.rise_ci_low,
                 inf.rise_ci_high,
                 f"rise CI above {cfg.min_rise:.1%}",
-                _verdict(inf.rise_ci_low > cfg.min_rise),
+                "",
                 f"T* = {inf.t_star:,.0f} tokens",
             )
         )
+        cal = rise_calibration(
+            t, matrices[("fixed", method, "tuned")], min_rise=cfg.min_rise, interior=False, n_boot=boot
+        )
+        _calibrated(claims[-1], inf.rise_ci_low > cfg.min_rise, cal, n_seeds)
         if len(lrs) > 1:
             lo, hi = fixed[(method, lrs[0])], fixed[(method, lrs[-1])]
             claims.append(
@@ -312,10 +357,11 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     None,
                     None,
                     "<= 1",
-                    _order_verdict(lo, hi, cfg.min_rise),
+                    "",
                     f"T*(LR {lrs[0]:g}) = {lo.t_star:,.0f}; T*(LR {lrs[-1]:g}) = {hi.t_star:,.0f}",
                 )
             )
+            _calibrated(claims[-1], _PASSED[_order_verdict(lo, hi, cfg.min_rise)], None, n_seeds)
     if len(gammas) > 1 and ("init_scale", gammas[0]) in pert:
         lo, hi = pert[("init_scale", gammas[0])], pert[("init_scale", gammas[-1])]
         claims.append(
@@ -326,10 +372,11 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                 None,
                 None,
                 "<= 1",
-                _order_verdict(lo, hi, cfg.min_rise),
+                "",
                 f"T*(γ={gammas[0]:g}) = {lo.t_star:,.0f}; T*(γ={gammas[-1]:g}) = {hi.t_star:,.0f}",
             )
         )
+        _calibrated(claims[-1], _PASSED[_order_verdict(lo, hi, cfg.min_rise)], None, n_seeds)
 
     # --- early-warning monitor: when did it fire, relative to the measured T*? --------------------------
     monitor, leads = cfg.pretrain.monitor, []
@@ -358,7 +405,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     float(min(lead)) if lead else None,
                     float(max(lead)) if lead else None,
                     "fires before T* in every seed",
-                    _verdict(all(fired_before)) if testable else "N/A",
+                    "",
                     "; ".join(
                         f"seed {r['seed']}: "
                         + (
@@ -373,6 +420,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     + ("" if testable else " (no U: nothing to warn about)"),
                 )
             )
+            _calibrated(claims[-1], all(fired_before) if testable else None, None, n_seeds)
 
     # --- linear theory ----------------------------------------------------------------------------------
     for key, label in (("theory", "slow spectrum i^-1.5"), ("theory_control", "negative control 1/i")):
@@ -422,6 +470,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     rho.high,
                     ">= 0.8",
                     _verdict(rho.value >= 0.8),
+                    type="check",
                 )
             )
             claims.append(
@@ -434,6 +483,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     "interior minimum, rise >= 5%",
                     _verdict(inf.is_u(0.05)),
                     f"T* = {inf.t_star:,.0f} steps",
+                    type="check",
                 )
             )
         else:
@@ -447,11 +497,12 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     "not (interior and rise >= 1%)",
                     _verdict(not inf.is_u(0.01)),
                     f"T* = {inf.t_star:,.0f} steps",
+                    type="check",
                 )
             )
 
     return OvertrainingResult(
-        claims, inflections, trends, _recommend(cfg, fixed, methods, tokens, n_params), leads, curves
+        claims, inflections, trends, _recommend(cfg, fixed, methods, tokens, n_params, claims), leads, curves
     )
 
 
@@ -493,21 +544,37 @@ def monitor_leads(reader: Reader, pretrain_ids, seed_of_parent, targets, min_ris
     return out
 
 
-def _recommend(cfg, fixed, methods, tokens, n_params) -> str:
+def _recommend(cfg, fixed, methods, tokens, n_params, claims: list[Claim]) -> str:
+    """The budget advice from the degradation finding of the main method at its top LR, qualified by that
+    finding's verdict (an underpowered rise is reported as such, with its false-positive rate)."""
     if not methods or not tokens:
         return "no fine-tuning results to base a recommendation on"
     method = "full" if "full" in methods else methods[0]
     lr = cfg.finetune.lrs_for(method)[-1]
     inf = fixed[(method, lr)]
     per_param = f" (~{inf.t_star / n_params:,.0f} tokens per parameter)" if n_params else ""
+    name = f"Post-fine-tuning pre-training loss degrades with more pre-training ({method}, LR {lr:g})"
+    finding = next((c for c in claims if c.claim == name), None)
+    n = len(cfg.seeds)
     if inf.rise_ci_low > cfg.min_rise:
-        return (
+        text = (
             f"For {method} fine-tuning at LR {lr:g}, pre-training past ~{inf.t_star:,.0f} tokens{per_param} "
             f"hurt: at {tokens[-1]:,} tokens the pre-training loss after fine-tuning is {inf.rise:.1%} higher "
-            f"than at T* (95% CI {inf.rise_ci_low:.1%} to {inf.rise_ci_high:.1%})."
+            f"than at T* (bootstrap interval over {n} seeds {inf.rise_ci_low:.1%} to {inf.rise_ci_high:.1%})."
         )
+        if finding is not None and finding.verdict == "UNDERPOWERED":
+            fpr = (
+                ""
+                if finding.fpr is None
+                else f" passes curves without any rise {finding.fpr:.0%} of the time"
+            )
+            text += (
+                f" Underpowered: at the measured noise with {n} seeds this rule{fpr}; rerun with at least "
+                "4 seeds before acting on it."
+            )
+        return text
     return (
         f"For {method} fine-tuning at LR {lr:g}, no budget up to {tokens[-1]:,} tokens was measurably worse "
-        f"than T* = {inf.t_star:,.0f}{per_param} (rise {inf.rise:.1%}, CI {inf.rise_ci_low:.1%} to "
+        f"than T* = {inf.t_star:,.0f}{per_param} (rise {inf.rise:.1%}, interval {inf.rise_ci_low:.1%} to "
         f"{inf.rise_ci_high:.1%}): more pre-training did not hurt at this scale."
     )

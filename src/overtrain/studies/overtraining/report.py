@@ -14,6 +14,7 @@ from overtrain.config import dump_yaml, to_plain
 from overtrain.report.html import Figure, Section, Table
 from overtrain.report.plots import label, new_figure
 from overtrain.runs.query import Reader
+from overtrain.studies.base import claims_table
 from overtrain.studies.overtraining.config import OvertrainingConfig
 
 
@@ -183,19 +184,7 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
 
     monitor_section = _monitor_section(reader, cfg, [r for r in rows if r["record"] == "monitor"], x_label)
 
-    claim_rows = [
-        {
-            "claim": c["claim"],
-            "verdict": c["verdict"],
-            "statistic": c["statistic"],
-            "value": c["value"],
-            "CI low": c["ci_low"],
-            "CI high": c["ci_high"],
-            "threshold": c["threshold"],
-            "detail": c["detail"],
-        }
-        for c in claims
-    ]
+    claims_tab, headline = claims_table(claims, "Claims of Springer et al. 2025")
     infl_rows = [
         {
             "regime": r.get("regime"),
@@ -211,10 +200,12 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
         }
         for r in infl
     ]
-    n_pass = sum(c["verdict"] == "PASS" for c in claims)
     text = [
         f"<b>Recommendation.</b> {advice}",
-        f"{n_pass} of {len(claims)} claims pass. Study run <code>{study_id}</code>; {len(seeds)} seeds, "
+        f"{headline} Findings are statements about the phenomenon, each with the false-positive rate (fpr) of "
+        "its rule on null curves at the measured seed-to-seed noise and its power on the paper's effect size; "
+        "checks verify the theory model. "
+        f"Study run <code>{study_id}</code>; {len(seeds)} seeds, "
         f"{len(tokens)} budgets from {tokens[0]:,} to {tokens[-1]:,} tokens "
         f"({tokens[0] / n_params:,.0f} to {tokens[-1] / n_params:,.0f} tokens per parameter).",
     ]
@@ -222,7 +213,7 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
         Section(
             "Catastrophic overtraining: claims",
             text=text,
-            tables=[Table(claim_rows, "Claims of Springer et al. 2025")],
+            tables=[claims_tab],
         ),
         Section(
             "Sensitivity to Gaussian perturbations",

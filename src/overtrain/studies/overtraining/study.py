@@ -15,7 +15,10 @@ STUDY = register(
         analyse=analyse,
         report=report,
         presets=PRESETS,
-        analysis_modules=("overtrain.studies.overtraining.analysis",),
+        analysis_modules=(
+            "overtrain.studies.overtraining.analysis",
+            "overtrain.studies.overtraining.calibrate",
+        ),
     ),
     LINEAR_THEORY,
 )

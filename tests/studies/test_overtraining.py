@@ -99,12 +99,15 @@ def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch):
     assert len(claims) >= 8 and all(c["verdict"] in ("PASS", "FAIL", "N/A", "UNDERPOWERED") for c in claims)
     findings = [c for c in claims if c["type"] == "finding"]
     assert [c["claim"] for c in claims if c["type"] == "check"] == [
-        c["claim"] for c in claims if c["claim"].startswith("Linear theory")
+        c["claim"] for c in claims if c["claim"].startswith(("Linear theory", "Precondition"))
     ]
     # two seeds: no finding may PASS; the rise and trend rules carry their measured fpr and power
     assert not any(c["verdict"] == "PASS" for c in findings)
     rises = [c for c in findings if "U-shaped" in c["claim"] or "degrad" in c["claim"]]
-    assert len(rises) == 3 and all(0 <= c["fpr"] <= 1 and 0 <= c["power"] <= 1 for c in rises)
+    assert len(rises) == 5 and all(0 <= c["fpr"] <= 1 and 0 <= c["power"] <= 1 for c in rises)
+    assert sum(c["claim"].startswith("Task loss after fine-tuning degrades") for c in rises) == 2
+    tuned = query("select value from evals where run_id = ? and curve = 'tuned LR'", store, [study_id])
+    assert set(tuned.column("value").to_pylist()) <= {1e-3, 1e-2}  # the chosen LR of every (seed, budget)
     infl = query(
         f"select * from evals where run_id = '{study_id}' and record = 'inflection'", store
     ).to_pylist()

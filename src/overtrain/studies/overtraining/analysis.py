@@ -22,6 +22,7 @@ from overtrain.analysis.stats import spearman, spearman_ci
 from overtrain.config import config_hash
 from overtrain.runs.query import Reader
 from overtrain.runs.run import Run
+from overtrain.studies.overtraining.advice import monitor_leads, recommend
 from overtrain.studies.overtraining.calibrate import rise_calibration, trend_calibration
 from overtrain.studies.overtraining.config import OvertrainingConfig
 from overtrain.studies.overtraining.plan import child_ids, pretrain_configs
@@ -169,6 +170,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
     methods = sorted({r["method"] for r in ft})
     fixed: dict[tuple[str, float], Inflection] = {}
     matrices: dict[tuple, np.ndarray] = {}  # the [seed, budget] curves the findings are decided on
+    bracket: dict[str, str] = {}  # per method: whether the tuned LR sits inside its grid
     n_seeds = len(seeds)
     for method in methods:
         for lr in cfg.finetune.lrs_for(method):
@@ -200,9 +202,11 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     quantity="pre-training loss after fine-tuning",
                 )
             )
+            matrices[("task", method, lr)] = task
+            fixed[(method, lr, "task")] = inflection_point(t, task, n_boot=boot)
             inflections.append(
                 _inflection_row(
-                    inflection_point(t, task, n_boot=boot),
+                    fixed[(method, lr, "task")],
                     regime="fixed LR",
                     method=method,
                     lr=lr,
@@ -215,15 +219,35 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
         }
         tuned_pre = np.full((len(seeds), len(tokens)), np.nan)
         tuned_lr = np.full_like(tuned_pre, np.nan)
+        tuned_task = np.full_like(tuned_pre, np.nan)
         for i, s in enumerate(seeds):
             for j, tok in enumerate(tokens):
                 cands = [by[(s, tok, lr)] for lr in cfg.finetune.lrs_for(method) if (s, tok, lr) in by]
                 if cands:
                     best = min(cands, key=lambda r: r["task_loss"])
                     tuned_pre[i, j], tuned_lr[i, j] = best["pretrain_loss"], best["lr"]
+                    tuned_task[i, j] = best["task_loss"]
         inf = inflection_point(t, tuned_pre, n_boot=boot)
         fixed[(method, "tuned")] = inf
+        fixed[(method, "tuned", "task")] = inflection_point(t, tuned_task, n_boot=boot)
         matrices[("fixed", method, "tuned")] = tuned_pre
+        matrices[("task", method, "tuned")] = tuned_task
+        grid = cfg.finetune.lrs_for(method)
+        at_edge = int(np.sum(np.isin(tuned_lr, [grid[0], grid[-1]])))
+        bracket[method] = (
+            f"the tuned LR is an end of the grid {grid} at {at_edge} of {tuned_lr.size} (seed, budget) cells"
+            + (": the grid does not bracket the optimum" if at_edge else "")
+        )
+        # the LR each (seed, budget) chose, so the tuned regime can be audited
+        curves += _curve_rows(tuned_lr, seeds, tokens, "tokens_seen", curve="tuned LR", method=method)
+        curves += _curve_rows(
+            tuned_task,
+            seeds,
+            tokens,
+            "tokens_seen",
+            curve="task loss after fine-tuning, tuned LR",
+            method=method,
+        )
         inflections.append(
             _inflection_row(
                 inf, regime="tuned LR", method=method, lr=None, quantity="pre-training loss after fine-tuning"
@@ -288,6 +312,20 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             )
             cal = trend_calibration(t, [matrices[("delta", law, tr["gamma"])] for tr in rel])
             _calibrated(claims[-1], all(tr["spearman"] >= 0.8 for tr in rel), cal, n_seeds)
+    base_trend = trends[0]["spearman"]
+    claims.append(
+        Claim(
+            "Precondition: the base model keeps improving with more pre-training",
+            "Spearman(T, base val loss), seed means",
+            base_trend,
+            None,
+            None,
+            "<= -0.8",
+            _verdict(None if not np.isfinite(base_trend) else base_trend <= -0.8),
+            "the paper's effect is about fine-tuning a model that is itself still getting better",
+            type="check",
+        )
+    )
     if ("init_scale", gammas[-1] if gammas else None) in pert:
         inf = pert[("init_scale", gammas[-1])]
         claims.append(
@@ -340,13 +378,41 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                 inf.rise_ci_high,
                 f"rise CI above {cfg.min_rise:.1%}",
                 "",
-                f"T* = {inf.t_star:,.0f} tokens",
+                f"T* = {inf.t_star:,.0f} tokens; {bracket[method]}",
             )
         )
         cal = rise_calibration(
             t, matrices[("fixed", method, "tuned")], min_rise=cfg.min_rise, interior=False, n_boot=boot
         )
         _calibrated(claims[-1], inf.rise_ci_low > cfg.min_rise, cal, n_seeds)
+        # in-distribution: the paper's headline is worse *task* performance after fine-tuning
+        for regime, key, label in (
+            (f"LR {top:g}", top, "fixed"),
+            ("LR tuned per checkpoint", "tuned", "tuned"),
+        ):
+            inf = fixed[(method, key, "task")]
+            claims.append(
+                Claim(
+                    f"Task loss after fine-tuning degrades with more pre-training ({method}, {regime})",
+                    "rise final/min − 1 of the task (in-distribution) loss",
+                    inf.rise,
+                    inf.rise_ci_low,
+                    inf.rise_ci_high,
+                    f"rise CI above {cfg.min_rise:.1%}",
+                    "",
+                    f"T* = {inf.t_star:,.0f} tokens; task loss {inf.min_loss:.3f} at T*, {inf.final_loss:.3f} at "
+                    f"the largest budget"
+                    + (
+                        f"; the LR is chosen on the same task batches it is scored on; {bracket[method]}"
+                        if label == "tuned"
+                        else ""
+                    ),
+                )
+            )
+            cal = rise_calibration(
+                t, matrices[("task", method, key)], min_rise=cfg.min_rise, interior=False, n_boot=boot
+            )
+            _calibrated(claims[-1], inf.rise_ci_low > cfg.min_rise, cal, n_seeds)
         if len(lrs) > 1:
             lo, hi = fixed[(method, lrs[0])], fixed[(method, lrs[-1])]
             claims.append(
@@ -502,79 +568,5 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             )
 
     return OvertrainingResult(
-        claims, inflections, trends, _recommend(cfg, fixed, methods, tokens, n_params, claims), leads, curves
-    )
-
-
-def monitor_leads(reader: Reader, pretrain_ids, seed_of_parent, targets, min_rise) -> list[dict[str, Any]]:
-    """One row per (seed, target): where the monitor fired and its lead over T* in doublings of tokens,
-    log2(T* / fired tokens) — positive: it fired before T*; None: it never fired. Each row names its
-    pre-training run (``run_id``), whose ``monitor/*`` metrics the report plots."""
-    rows = reader.rows(
-        "select run_id, tokens_seen, name, value from metrics where list_contains(?, run_id) "
-        "and name in ('monitor/warning', 'monitor/predicted_min') order by tokens_seen",
-        [pretrain_ids],
-    )
-    warned = {
-        (r["run_id"], r["tokens_seen"]) for r in rows if r["name"] == "monitor/warning" and r["value"] > 0
-    }
-    fired: dict[str, tuple[int, float]] = {}
-    for r in rows:
-        if r["name"] == "monitor/predicted_min" and (r["run_id"], r["tokens_seen"]) in warned:
-            fired.setdefault(r["run_id"], (r["tokens_seen"], r["value"]))
-    out = []
-    for run_id in pretrain_ids:
-        t_fire, t_hat = fired.get(run_id, (None, None))
-        for target, inf in targets.items():
-            if inf is None:
-                continue
-            out.append(
-                {
-                    "seed": seed_of_parent.get(run_id),
-                    "run_id_pretrain": run_id,
-                    "target": target,
-                    "fired_tokens": t_fire,
-                    "predicted_min": t_hat,
-                    "t_star": inf.t_star,
-                    "t_star_is_u": inf.is_u(min_rise),
-                    "lead_doublings": math.log2(inf.t_star / t_fire) if t_fire else None,
-                    "predicted_min_error_doublings": math.log2(t_hat / inf.t_star) if t_hat else None,
-                }
-            )
-    return out
-
-
-def _recommend(cfg, fixed, methods, tokens, n_params, claims: list[Claim]) -> str:
-    """The budget advice from the degradation finding of the main method at its top LR, qualified by that
-    finding's verdict (an underpowered rise is reported as such, with its false-positive rate)."""
-    if not methods or not tokens:
-        return "no fine-tuning results to base a recommendation on"
-    method = "full" if "full" in methods else methods[0]
-    lr = cfg.finetune.lrs_for(method)[-1]
-    inf = fixed[(method, lr)]
-    per_param = f" (~{inf.t_star / n_params:,.0f} tokens per parameter)" if n_params else ""
-    name = f"Post-fine-tuning pre-training loss degrades with more pre-training ({method}, LR {lr:g})"
-    finding = next((c for c in claims if c.claim == name), None)
-    n = len(cfg.seeds)
-    if inf.rise_ci_low > cfg.min_rise:
-        text = (
-            f"For {method} fine-tuning at LR {lr:g}, pre-training past ~{inf.t_star:,.0f} tokens{per_param} "
-            f"hurt: at {tokens[-1]:,} tokens the pre-training loss after fine-tuning is {inf.rise:.1%} higher "
-            f"than at T* (bootstrap interval over {n} seeds {inf.rise_ci_low:.1%} to {inf.rise_ci_high:.1%})."
-        )
-        if finding is not None and finding.verdict == "UNDERPOWERED":
-            fpr = (
-                ""
-                if finding.fpr is None
-                else f" passes curves without any rise {finding.fpr:.0%} of the time"
-            )
-            text += (
-                f" Underpowered: at the measured noise with {n} seeds this rule{fpr}; rerun with at least "
-                "4 seeds before acting on it."
-            )
-        return text
-    return (
-        f"For {method} fine-tuning at LR {lr:g}, no budget up to {tokens[-1]:,} tokens was measurably worse "
-        f"than T* = {inf.t_star:,.0f}{per_param} (rise {inf.rise:.1%}, interval {inf.rise_ci_low:.1%} to "
-        f"{inf.rise_ci_high:.1%}): more pre-training did not hurt at this scale."
+        claims, inflections, trends, recommend(cfg, fixed, methods, tokens, n_params, claims), leads, curves
     )

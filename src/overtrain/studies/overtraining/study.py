@@ -18,6 +18,7 @@ STUDY = register(
         analysis_modules=(
             "overtrain.studies.overtraining.analysis",
             "overtrain.studies.overtraining.calibrate",
+            "overtrain.studies.overtraining.advice",
         ),
     ),
     LINEAR_THEORY,

@@ -132,10 +132,12 @@ def _verdict(ok: bool | None) -> str:
 
 
 def _order_verdict(lo: Inflection, hi: Inflection, min_rise: float) -> str:
-    """Whether T* moved earlier: untestable (N/A) unless at least one curve turns up inside the grid."""
-    if not (lo.is_u(min_rise) or hi.is_u(min_rise)):
+    """Whether T* moved strictly earlier. Testable (else N/A) only when *both* curves turn up inside the
+    grid: a curve with no interior minimum has its argmin at an edge, so comparing with it would follow
+    from the other curve's U alone; a tie is not "earlier"."""
+    if not (lo.is_u(min_rise) and hi.is_u(min_rise)):
         return "N/A"
-    return _verdict(hi.t_star <= lo.t_star)
+    return _verdict(hi.t_star < lo.t_star)
 
 
 def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[str]]) -> OvertrainingResult:
@@ -422,7 +424,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     hi.t_star / lo.t_star,
                     None,
                     None,
-                    "<= 1",
+                    "< 1, both curves U-shaped",
                     "",
                     f"T*(LR {lrs[0]:g}) = {lo.t_star:,.0f}; T*(LR {lrs[-1]:g}) = {hi.t_star:,.0f}",
                 )
@@ -437,7 +439,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                 hi.t_star / lo.t_star,
                 None,
                 None,
-                "<= 1",
+                "< 1, both curves U-shaped",
                 "",
                 f"T*(γ={gammas[0]:g}) = {lo.t_star:,.0f}; T*(γ={gammas[-1]:g}) = {hi.t_star:,.0f}",
             )

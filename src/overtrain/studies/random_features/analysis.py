@@ -123,7 +123,13 @@ def _ridge_claim(cfg, rows, curves):
     absorbs the coarseness of the λ grid; the min-norm ratio is in the hundreds)."""
     if not cfg.ridges:
         return check(
-            "tuned ridge removes the peak", "ratio", None, None, "≤ 1", detail="no ridge values configured"
+            "ridge with λ tuned per width on the test loss (an oracle) removes the peak",
+            "ratio",
+            None,
+            None,
+            "≤ 1",
+            detail="no ridge values configured",
+            type="check",
         )
     ratios, details = [], []
     for ds, feat in curves:
@@ -143,12 +149,14 @@ def _ridge_claim(cfg, rows, curves):
             details.append(f"{ds} / {feat}: {ratio:.3g} (min-norm {_at(x0, y0, 1.0) / _at(x0, y0, 0.5):.3g})")
     worst = max(ratios) if ratios else None
     return check(
-        "ridge tuned per width removes the peak",
+        "ridge with λ tuned per width on the test loss (an oracle) removes the peak",
         f"max over curves of test loss at P = n / at P = n/2, best λ of {cfg.ridges}",
         worst,
         worst is not None and worst <= 1.05,
         "≤ 1.05",
         detail="; ".join(details),
+        # λ is chosen on the very loss it is scored on: it verifies what optimal ridge can do, not a finding
+        type="check",
     )
 
 

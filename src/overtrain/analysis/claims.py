@@ -4,9 +4,8 @@ A claim is a **finding** — a statement about the phenomenon that a reader coul
 verification of a solver or an implementation (a peak of κ at the interpolation threshold, a closed form).
 A finding's decision rule is calibrated where it can be (`overtrain.analysis.calibration`): ``fpr`` is how
 often the rule passes on null data at the study's measured noise, ``power`` how often it passes on a
-planted effect of the paper's size. A finding whose rule passes but whose data cannot make that rule
-trustworthy (fpr above `MAX_FPR`, or fewer than `MIN_SEEDS` seeds where seeds vary) is ``UNDERPOWERED``,
-never ``PASS``.
+planted effect of the paper's size. A finding resting on fewer than `MIN_SEEDS` seeds (where seeds vary),
+or whose rule passed but passes null data more often than `MAX_FPR`, is ``UNDERPOWERED``, never ``PASS``.
 """
 
 from __future__ import annotations
@@ -78,12 +77,14 @@ def check(
 
 
 def finding_verdict(passed: bool | None, fpr: float | None, n_seeds: int | None) -> str:
-    """The verdict of a calibrated finding: PASS only when its rule passed, its false-positive rate is at
-    most `MAX_FPR` and (where seeds vary) it rests on at least `MIN_SEEDS` seeds; a rule that passed
-    without those is UNDERPOWERED; a rule that did not pass is FAIL (None: N/A)."""
+    """The verdict of a finding: with fewer than `MIN_SEEDS` seeds (where seeds vary) it is UNDERPOWERED
+    whatever its rule says — so few seeds support neither a PASS nor a FAIL; otherwise PASS only when its
+    rule passed and its false-positive rate is at most `MAX_FPR` (UNDERPOWERED when it passed without
+    that), FAIL when the rule did not pass. None: N/A (nothing to test)."""
     if passed is None:
         return "N/A"
+    if n_seeds is not None and n_seeds < MIN_SEEDS:
+        return "UNDERPOWERED"
     if not passed:
         return "FAIL"
-    trusted = fpr is not None and fpr <= MAX_FPR and (n_seeds is None or n_seeds >= MIN_SEEDS)
-    return "PASS" if trusted else "UNDERPOWERED"
+    return "PASS" if fpr is not None and fpr <= MAX_FPR else "UNDERPOWERED"

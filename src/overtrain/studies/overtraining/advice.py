@@ -55,8 +55,8 @@ def monitor_leads(reader: Reader, pretrain_ids, seed_of_parent, targets, min_ris
 
 
 def recommend(cfg, fixed, methods, tokens, n_params, claims: list[Claim]) -> str:
-    """The budget advice from the degradation finding of the main method at its top LR, qualified by that
-    finding's verdict (an underpowered rise is reported as such, with its false-positive rate)."""
+    """The budget advice from the degradation finding of the main method at its top LR: what the curves
+    show, and whether the finding's verdict lets a reader act on it."""
     if not methods or not tokens:
         return "no fine-tuning results to base a recommendation on"
     method = "full" if "full" in methods else methods[0]
@@ -66,25 +66,28 @@ def recommend(cfg, fixed, methods, tokens, n_params, claims: list[Claim]) -> str
     name = f"Post-fine-tuning pre-training loss degrades with more pre-training ({method}, LR {lr:g})"
     finding = next((c for c in claims if c.claim == name), None)
     n = len(cfg.seeds)
-    if inf.rise_ci_low > cfg.min_rise:
-        text = (
-            f"For {method} fine-tuning at LR {lr:g}, pre-training past ~{inf.t_star:,.0f} tokens{per_param} "
-            f"hurt: at {tokens[-1]:,} tokens the pre-training loss after fine-tuning is {inf.rise:.1%} higher "
-            f"than at T* (bootstrap interval over {n} seeds {inf.rise_ci_low:.1%} to {inf.rise_ci_high:.1%})."
+    where = f"For {method} fine-tuning at LR {lr:g}"
+    if finding is None or finding.value is None:
+        return f"{where}: no degradation finding to base a recommendation on."
+    rise = f"the pre-training loss after fine-tuning at {tokens[-1]:,} tokens is {finding.value:.1%} higher"
+    if finding.verdict == "PASS":
+        return (
+            f"{where}, pre-training past ~{inf.t_star:,.0f} tokens{per_param} hurt: {rise} than at T* "
+            f"(T* chosen on held-out seeds; 95% lower bound {finding.ci_low:.1%}; fpr {finding.fpr:.0%})."
         )
-        if finding is not None and finding.verdict == "UNDERPOWERED":
-            fpr = (
-                ""
-                if finding.fpr is None
-                else f" passes curves without any rise {finding.fpr:.0%} of the time"
-            )
-            text += (
-                f" Underpowered: at the measured noise with {n} seeds this rule{fpr}; rerun with at least "
-                "4 seeds before acting on it."
-            )
-        return text
+    if finding.verdict == "FAIL":
+        return (
+            f"{where}, no budget up to {tokens[-1]:,} tokens was measurably worse than T* = "
+            f"{inf.t_star:,.0f}{per_param} (held-out rise {finding.value:.1%}): more pre-training did not hurt "
+            "at this scale."
+        )
+    why = (
+        ""
+        if finding.fpr is None
+        else f" (the rule passes rise-free curves {finding.fpr:.0%} of the time and finds the paper's 2% rise "
+        f"{finding.power:.0%} of the time at this noise and seed count)"
+    )
     return (
-        f"For {method} fine-tuning at LR {lr:g}, no budget up to {tokens[-1]:,} tokens was measurably worse "
-        f"than T* = {inf.t_star:,.0f}{per_param} (rise {inf.rise:.1%}, interval {inf.rise_ci_low:.1%} to "
-        f"{inf.rise_ci_high:.1%}): more pre-training did not hurt at this scale."
+        f"{where}, the curves put T* at ~{inf.t_star:,.0f} tokens{per_param} and {rise} than there, but "
+        f"{n} seeds cannot support a verdict{why}: rerun with at least 4 seeds before acting on it."
     )

@@ -18,12 +18,13 @@ import numpy as np
 from overtrain.analysis.calibration import Calibration
 from overtrain.analysis.claims import Claim, finding_verdict
 from overtrain.analysis.inflection import Inflection, inflection_point
+from overtrain.analysis.rise import held_out_rise
 from overtrain.analysis.stats import spearman, spearman_ci
 from overtrain.config import config_hash
 from overtrain.runs.query import Reader
 from overtrain.runs.run import Run
 from overtrain.studies.overtraining.advice import monitor_leads, recommend
-from overtrain.studies.overtraining.calibrate import rise_calibration, trend_calibration
+from overtrain.studies.overtraining.calibrate import rise_calibration, rise_rule, trend_calibration
 from overtrain.studies.overtraining.config import OvertrainingConfig
 from overtrain.studies.overtraining.plan import child_ids, pretrain_configs
 from overtrain.studies.overtraining.theory_run import LinearTheoryResult
@@ -138,6 +139,34 @@ def _order_verdict(lo: Inflection, hi: Inflection, min_rise: float) -> str:
     if not (lo.is_u(min_rise) and hi.is_u(min_rise)):
         return "N/A"
     return _verdict(hi.t_star < lo.t_star)
+
+
+def _rise_claim(
+    name: str,
+    curves: np.ndarray,
+    inf: Inflection,
+    detail: str,
+    *,
+    min_rise: float,
+    interior: bool,
+    n_seeds: int,
+) -> Claim:
+    """A rise finding decided by `rise_rule` (the leave-one-seed-out rise, no winner's curse) and
+    calibrated on null and planted curves at the noise of `curves`; `inf` (bootstrap T*) is for the detail."""
+    held = held_out_rise(curves) if curves.shape[0] >= 2 else None
+    claim = Claim(
+        name,
+        "held-out rise: mean over seeds of L_s(last) / L_s(T* chosen on the other seeds) − 1",
+        None if held is None else held.rise,
+        None if held is None else held.lower,
+        None,
+        f"one-sided 95% lower bound above {min_rise:.1%} (needs ≥ 4 seeds)"
+        + (" and an interior minimum" if interior else ""),
+        "",
+        f"{detail}; naive rise {inf.rise:.2%}",
+    )
+    passed = None if held is None else rise_rule(min_rise, interior)(curves)
+    return _calibrated(claim, passed, rise_calibration(curves, min_rise=min_rise, interior=interior), n_seeds)
 
 
 def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[str]]) -> OvertrainingResult:
@@ -328,93 +357,51 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             type="check",
         )
     )
-    if ("init_scale", gammas[-1] if gammas else None) in pert:
-        inf = pert[("init_scale", gammas[-1])]
+
+    def rise_finding(name: str, key: tuple, inf: Inflection, detail: str, interior: bool = False) -> None:
         claims.append(
-            Claim(
-                f"Perturbed loss is U-shaped in tokens (init-scale, γ={gammas[-1]:g})",
-                "rise final/min − 1",
-                inf.rise,
-                inf.rise_ci_low,
-                inf.rise_ci_high,
-                f"interior minimum and rise CI above {cfg.min_rise:.1%}",
-                "",
-                f"T* = {inf.t_star:,.0f} tokens [{inf.ci_low:,.0f}, {inf.ci_high:,.0f}]",
+            _rise_claim(
+                name, matrices[key], inf, detail, min_rise=cfg.min_rise, interior=interior, n_seeds=n_seeds
             )
         )
-        cal = rise_calibration(
-            t,
-            matrices[("perturbed", "init_scale", gammas[-1])],
-            min_rise=cfg.min_rise,
+
+    if ("init_scale", gammas[-1] if gammas else None) in pert:
+        inf = pert[("init_scale", gammas[-1])]
+        rise_finding(
+            f"Perturbed loss is U-shaped in tokens (init-scale, γ={gammas[-1]:g})",
+            ("perturbed", "init_scale", gammas[-1]),
+            inf,
+            f"T* = {inf.t_star:,.0f} tokens [{inf.ci_low:,.0f}, {inf.ci_high:,.0f}]",
             interior=True,
-            n_boot=boot,
         )
-        _calibrated(claims[-1], inf.interior and inf.rise_ci_low > cfg.min_rise, cal, n_seeds)
     for method in methods:
         lrs = cfg.finetune.lrs_for(method)
         top = lrs[-1]
         inf = fixed[(method, top)]
-        claims.append(
-            Claim(
-                f"Post-fine-tuning pre-training loss degrades with more pre-training ({method}, LR {top:g})",
-                "rise final/min − 1",
-                inf.rise,
-                inf.rise_ci_low,
-                inf.rise_ci_high,
-                f"rise CI above {cfg.min_rise:.1%}",
-                "",
-                f"T* = {inf.t_star:,.0f} tokens [{inf.ci_low:,.0f}, {inf.ci_high:,.0f}]; interior: {inf.interior}",
-            )
+        rise_finding(
+            f"Post-fine-tuning pre-training loss degrades with more pre-training ({method}, LR {top:g})",
+            ("fixed", method, top),
+            inf,
+            f"T* = {inf.t_star:,.0f} tokens [{inf.ci_low:,.0f}, {inf.ci_high:,.0f}]; interior: {inf.interior}",
         )
-        cal = rise_calibration(
-            t, matrices[("fixed", method, top)], min_rise=cfg.min_rise, interior=False, n_boot=boot
-        )
-        _calibrated(claims[-1], inf.rise_ci_low > cfg.min_rise, cal, n_seeds)
         inf = fixed[(method, "tuned")]
-        claims.append(
-            Claim(
-                f"The degradation persists with the LR tuned per checkpoint ({method})",
-                "rise final/min − 1",
-                inf.rise,
-                inf.rise_ci_low,
-                inf.rise_ci_high,
-                f"rise CI above {cfg.min_rise:.1%}",
-                "",
-                f"T* = {inf.t_star:,.0f} tokens; {bracket[method]}",
-            )
+        rise_finding(
+            f"The degradation persists with the LR tuned per checkpoint ({method})",
+            ("fixed", method, "tuned"),
+            inf,
+            f"T* = {inf.t_star:,.0f} tokens; {bracket[method]}",
         )
-        cal = rise_calibration(
-            t, matrices[("fixed", method, "tuned")], min_rise=cfg.min_rise, interior=False, n_boot=boot
-        )
-        _calibrated(claims[-1], inf.rise_ci_low > cfg.min_rise, cal, n_seeds)
         # in-distribution: the paper's headline is worse *task* performance after fine-tuning
-        for regime, key, label in (
-            (f"LR {top:g}", top, "fixed"),
-            ("LR tuned per checkpoint", "tuned", "tuned"),
-        ):
+        for regime, key in ((f"LR {top:g}", top), ("LR tuned per checkpoint", "tuned")):
             inf = fixed[(method, key, "task")]
-            claims.append(
-                Claim(
-                    f"Task loss after fine-tuning degrades with more pre-training ({method}, {regime})",
-                    "rise final/min − 1 of the task (in-distribution) loss",
-                    inf.rise,
-                    inf.rise_ci_low,
-                    inf.rise_ci_high,
-                    f"rise CI above {cfg.min_rise:.1%}",
-                    "",
-                    f"T* = {inf.t_star:,.0f} tokens; task loss {inf.min_loss:.3f} at T*, {inf.final_loss:.3f} at "
-                    f"the largest budget"
-                    + (
-                        f"; the LR is chosen on the same task batches it is scored on; {bracket[method]}"
-                        if label == "tuned"
-                        else ""
-                    ),
-                )
+            tuned = "; the LR is chosen on the same task batches it is scored on; " + bracket[method]
+            rise_finding(
+                f"Task loss after fine-tuning degrades with more pre-training ({method}, {regime})",
+                ("task", method, key),
+                inf,
+                f"task (in-distribution) loss; T* = {inf.t_star:,.0f} tokens; {inf.min_loss:.3f} at T*, "
+                f"{inf.final_loss:.3f} at the largest budget" + (tuned if key == "tuned" else ""),
             )
-            cal = rise_calibration(
-                t, matrices[("task", method, key)], min_rise=cfg.min_rise, interior=False, n_boot=boot
-            )
-            _calibrated(claims[-1], inf.rise_ci_low > cfg.min_rise, cal, n_seeds)
         if len(lrs) > 1:
             lo, hi = fixed[(method, lrs[0])], fixed[(method, lrs[-1])]
             claims.append(

@@ -300,7 +300,7 @@ def headline(claims: list[dict[str, Any]]) -> str:
     if unmeasured:
         text += f" ({unmeasured} of them without a measured false-positive rate: their rules are not calibrated yet)"
     if under:
-        text += f"; {under} underpowered (the rule passed, but it also passes noise this often or rests on fewer than 4 seeds)"
+        text += f"; {under} underpowered (fewer than 4 seeds, or a rule that passes null data more than 5% of the time)"
     if checks:
         text += f"; {sum(c['verdict'] == 'PASS' for c in checks)} of {len(checks)} checks pass"
     return text + "."

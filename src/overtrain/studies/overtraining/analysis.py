@@ -18,7 +18,7 @@ import numpy as np
 from overtrain.analysis.calibration import Calibration
 from overtrain.analysis.claims import Claim, finding_verdict
 from overtrain.analysis.inflection import Inflection, inflection_point
-from overtrain.analysis.rise import held_out_rise
+from overtrain.analysis.rise import MIN_SEEDS_FOR_CI, held_out_rise
 from overtrain.analysis.stats import spearman, spearman_ci
 from overtrain.config import config_hash
 from overtrain.runs.query import Reader
@@ -96,20 +96,28 @@ def _matrix(rows, seeds, tokens, value, seed_of) -> np.ndarray:
     return out
 
 
+def _ci(value: float | None, n_groups: int) -> float | None:
+    """A confidence bound only where at least `MIN_SEEDS_FOR_CI` independent seeds exist: with fewer, a
+    bootstrap over seeds is little more than their range."""
+    return value if n_groups >= MIN_SEEDS_FOR_CI else None
+
+
 def _inflection_row(inf: Inflection, **labels: Any) -> dict[str, Any]:
+    n = inf.n_groups
+    note = inf.note if n >= MIN_SEEDS_FOR_CI else "; ".join(filter(None, [inf.note, f"no CI with {n} seeds"]))
     return {
         **labels,
         "t_star": inf.t_star,
-        "t_star_ci_low": inf.ci_low,
-        "t_star_ci_high": inf.ci_high,
+        "t_star_ci_low": _ci(inf.ci_low, n),
+        "t_star_ci_high": _ci(inf.ci_high, n),
         "interior": inf.interior,
         "rise": inf.rise,
-        "rise_ci_low": inf.rise_ci_low,
-        "rise_ci_high": inf.rise_ci_high,
+        "rise_ci_low": _ci(inf.rise_ci_low, n),
+        "rise_ci_high": _ci(inf.rise_ci_high, n),
         "min_loss": inf.min_loss,
         "final_loss": inf.final_loss,
-        "n_groups": inf.n_groups,
-        "note": inf.note,
+        "n_groups": n,
+        "note": note,
     }
 
 
@@ -307,8 +315,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     "law": law,
                     "gamma": g,
                     "spearman": rho.value,
-                    "ci_low": rho.low,
-                    "ci_high": rho.high,
+                    "ci_low": _ci(rho.low, n_seeds),
+                    "ci_high": _ci(rho.high, n_seeds),
                     "first": float(np.nanmean(delta[:, 0])),
                     "last": float(np.nanmean(delta[:, -1])),
                 }
@@ -457,8 +465,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     f"Early-warning monitor fires before T* ({target})",
                     "mean lead, doublings of tokens",
                     float(np.mean(lead)) if lead else None,
-                    float(min(lead)) if lead else None,
-                    float(max(lead)) if lead else None,
+                    _ci(float(min(lead)), n_seeds) if lead else None,
+                    _ci(float(max(lead)), n_seeds) if lead else None,
                     "fires before T* in every seed",
                     "",
                     "; ".join(
@@ -511,8 +519,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             {
                 "quantity": f"theory Δ γ={g0:g} ({label})",
                 "spearman": rho.value,
-                "ci_low": rho.low,
-                "ci_high": rho.high,
+                "ci_low": _ci(rho.low, len(theory_seeds)),
+                "ci_high": _ci(rho.high, len(theory_seeds)),
             }
         )
         if key == "theory":
@@ -521,8 +529,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     "Linear theory: sensitivity rises with pre-training steps",
                     f"Spearman(T, Δ), γ={g0:g}",
                     rho.value,
-                    rho.low,
-                    rho.high,
+                    _ci(rho.low, len(theory_seeds)),
+                    _ci(rho.high, len(theory_seeds)),
                     ">= 0.8",
                     _verdict(rho.value >= 0.8),
                     type="check",
@@ -533,8 +541,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     "Linear theory: post-fine-tuning pre-training loss is U-shaped",
                     "rise final/min − 1",
                     inf.rise,
-                    inf.rise_ci_low,
-                    inf.rise_ci_high,
+                    _ci(inf.rise_ci_low, inf.n_groups),
+                    _ci(inf.rise_ci_high, inf.n_groups),
                     "interior minimum, rise >= 5%",
                     _verdict(inf.is_u(0.05)),
                     f"T* = {inf.t_star:,.0f} steps",
@@ -547,8 +555,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     "Linear theory negative control (s_i ∝ 1/i): no U",
                     "rise final/min − 1",
                     inf.rise,
-                    inf.rise_ci_low,
-                    inf.rise_ci_high,
+                    _ci(inf.rise_ci_low, inf.n_groups),
+                    _ci(inf.rise_ci_high, inf.n_groups),
                     "not (interior and rise >= 1%)",
                     _verdict(not inf.is_u(0.01)),
                     f"T* = {inf.t_star:,.0f} steps",

@@ -116,3 +116,47 @@ def calibrate(
         passed_null += bool(rule(null_mean + noise))
         passed_effect += bool(rule(effect_mean + noise))
     return Calibration(passed_null / n_sim, passed_effect / n_sim, n_sim, float(sigma), n_groups)
+
+
+def no_peak(mean: np.ndarray) -> np.ndarray:
+    """The curve with every interior peak removed: each interior point lowered to at most the higher of the
+    best point before it and the best point after it, until nothing changes — a curve that falls and then
+    rises at most once (no second descent), equal to `mean` wherever `mean` has no peak."""
+    y = np.array(mean, dtype=float)
+    for _ in range(len(y)):
+        changed = False
+        for i in range(1, len(y) - 1):
+            cap = max(y[:i].min(), y[i + 1 :].min())
+            if y[i] > cap:
+                y[i], changed = cap, True
+        if not changed:
+            break
+    return y
+
+
+def planted_peak(null: np.ndarray, height: float, at: int, width: int = 1) -> np.ndarray:
+    """`null` with a peak planted at grid index `at`: multiplied by ``1 + height·max(0, 1 − |i − at| / width)``,
+    so point `at` is ``(1 + height)`` times the null (relative: 0.2 = 20% above) and the bump falls linearly
+    to nothing `width` grid points either side."""
+    null = np.asarray(null, dtype=float)
+    i = np.arange(len(null))
+    return null * (1 + height * np.clip(1 - np.abs(i - at) / width, 0, None))
+
+
+def paired_share_calibration(
+    diffs: np.ndarray, share: float, effect: float, *, n_sim: int = 200, seed: int = 0
+) -> Calibration | None:
+    """fpr and power of "at least `share` of the paired differences are ≤ 0" (one method's value minus
+    another's, per cell). Null: differences ~ N(0, σ²) (the methods exchangeable), σ the standard deviation
+    of the measured `diffs` around their mean; effect: differences ~ N(−effect, σ²). None with fewer than
+    three differences (no σ)."""
+    d = np.asarray(diffs, dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size < 3:
+        return None
+    sigma = float(d.std(ddof=1))
+
+    def rule(x: np.ndarray) -> bool:
+        return float(np.mean(x[0] <= 0)) >= share
+
+    return calibrate(rule, np.zeros(d.size), np.full(d.size, -effect), sigma, 1, n_sim=n_sim, seed=seed)

@@ -11,7 +11,10 @@ or whose rule passed but passes null data more often than `MAX_FPR`, is ``UNDERP
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # a type only: claims stay importable without numpy's calibration machinery
+    from overtrain.analysis.calibration import Calibration
 
 Verdict = Literal["PASS", "FAIL", "N/A", "UNDERPOWERED"]
 ClaimType = Literal["finding", "check"]
@@ -88,3 +91,27 @@ def finding_verdict(passed: bool | None, fpr: float | None, n_seeds: int | None)
     if not passed:
         return "FAIL"
     return "PASS" if fpr is not None and fpr <= MAX_FPR else "UNDERPOWERED"
+
+
+def calibrated(claim: Claim, passed: bool | None, cal: Calibration | None, n_seeds: int | None) -> Claim:
+    """Give the finding `claim` its verdict (`finding_verdict`) from its rule's outcome `passed`, its
+    calibration `cal` and the number of independent seeds (None where seeds do not vary), and store the
+    calibration's fpr and power on it; without a calibration it cannot PASS."""
+    claim.type = "finding"
+    claim.verdict = finding_verdict(passed, cal.fpr if cal else None, n_seeds)
+    if cal is not None:
+        claim.fpr, claim.power = cal.fpr, cal.power
+        claim.detail = f"{claim.detail}; {cal.describe()}" if claim.detail else cal.describe()
+    else:
+        claim.detail += "; its rule is not calibrated (no fpr: it cannot PASS)"
+    return claim
+
+
+def guard(claims: list[Claim]) -> list[Claim]:
+    """The invariant of every claims table, applied where claims are logged: a finding PASSes only with a
+    measured false-positive rate at most `MAX_FPR`; any other PASS of a finding becomes UNDERPOWERED."""
+    for c in claims:
+        if c.type == "finding" and c.verdict == "PASS" and (c.fpr is None or c.fpr > MAX_FPR):
+            c.verdict = "UNDERPOWERED"
+            c.detail += "; no calibrated false-positive rate ≤ 5%: not a PASS"
+    return claims

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from overtrain.analysis.claims import guard
 from overtrain.config import BaseConfig, build_config, validate
 from overtrain.errors import UserError
 from overtrain.executors.local import PlanResult, run_plan
@@ -236,7 +237,9 @@ class SingleRunStudy(Study):
 
 
 def log_claims(run: Run, claims: list, **info: Any) -> None:
-    """Log every claim's row and count the passes into the manifest info."""
+    """Log every claim's row (after `guard`: no uncalibrated finding PASSes) and count the passes into the
+    manifest info."""
+    guard(claims)
     run.truncate("evals", 0)
     for claim in claims:
         run.log_eval(claim.row())

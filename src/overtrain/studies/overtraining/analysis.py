@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from overtrain.analysis.calibration import Calibration
-from overtrain.analysis.claims import Claim, finding_verdict
+from overtrain.analysis.claims import Claim, calibrated
 from overtrain.analysis.inflection import Inflection, inflection_point
 from overtrain.analysis.rise import MIN_SEEDS_FOR_CI, held_out_rise
 from overtrain.analysis.stats import spearman, spearman_ci
@@ -124,18 +123,6 @@ def _inflection_row(inf: Inflection, **labels: Any) -> dict[str, Any]:
 _PASSED = {"PASS": True, "FAIL": False, "N/A": None}
 
 
-def _calibrated(claim: Claim, passed: bool | None, cal: Calibration | None, n_seeds: int) -> Claim:
-    """Give a finding its verdict from its rule's outcome, its calibration and the number of seeds
-    (`finding_verdict`): a rule that passed is PASS only at fpr ≤ 5% with ≥ 4 seeds."""
-    claim.verdict = finding_verdict(passed, cal.fpr if cal else None, n_seeds)
-    if cal is not None:
-        claim.fpr, claim.power = cal.fpr, cal.power
-        claim.detail += f"; {cal.describe()}"
-    else:
-        claim.detail += "; its rule is not calibrated yet (no fpr: it cannot PASS)"
-    return claim
-
-
 def _verdict(ok: bool | None) -> str:
     return "N/A" if ok is None else ("PASS" if ok else "FAIL")
 
@@ -174,7 +161,7 @@ def _rise_claim(
         f"{detail}; naive rise {inf.rise:.2%}",
     )
     passed = None if held is None else rise_rule(min_rise, interior)(curves)
-    return _calibrated(claim, passed, rise_calibration(curves, min_rise=min_rise, interior=interior), n_seeds)
+    return calibrated(claim, passed, rise_calibration(curves, min_rise=min_rise, interior=interior), n_seeds)
 
 
 def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[str]]) -> OvertrainingResult:
@@ -350,7 +337,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                 )
             )
             cal = trend_calibration(t, [matrices[("delta", law, tr["gamma"])] for tr in rel])
-            _calibrated(claims[-1], all(tr["spearman"] >= 0.8 for tr in rel), cal, n_seeds)
+            calibrated(claims[-1], all(tr["spearman"] >= 0.8 for tr in rel), cal, n_seeds)
     base_trend = trends[0]["spearman"]
     claims.append(
         Claim(
@@ -424,7 +411,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     f"T*(LR {lrs[0]:g}) = {lo.t_star:,.0f}; T*(LR {lrs[-1]:g}) = {hi.t_star:,.0f}",
                 )
             )
-            _calibrated(claims[-1], _PASSED[_order_verdict(lo, hi, cfg.min_rise)], None, n_seeds)
+            calibrated(claims[-1], _PASSED[_order_verdict(lo, hi, cfg.min_rise)], None, n_seeds)
     if len(gammas) > 1 and ("init_scale", gammas[0]) in pert:
         lo, hi = pert[("init_scale", gammas[0])], pert[("init_scale", gammas[-1])]
         claims.append(
@@ -439,7 +426,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                 f"T*(γ={gammas[0]:g}) = {lo.t_star:,.0f}; T*(γ={gammas[-1]:g}) = {hi.t_star:,.0f}",
             )
         )
-        _calibrated(claims[-1], _PASSED[_order_verdict(lo, hi, cfg.min_rise)], None, n_seeds)
+        calibrated(claims[-1], _PASSED[_order_verdict(lo, hi, cfg.min_rise)], None, n_seeds)
 
     # --- early-warning monitor: when did it fire, relative to the measured T*? --------------------------
     monitor, leads = cfg.pretrain.monitor, []
@@ -483,7 +470,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     + ("" if testable else " (no U: nothing to warn about)"),
                 )
             )
-            _calibrated(claims[-1], all(fired_before) if testable else None, None, n_seeds)
+            calibrated(claims[-1], all(fired_before) if testable else None, None, n_seeds)
 
     # --- linear theory ----------------------------------------------------------------------------------
     for key, label in (("theory", "slow spectrum i^-1.5"), ("theory_control", "negative control 1/i")):

@@ -53,3 +53,13 @@ def test_fit_that_does_not_fall_with_size_is_not_inverted():
 def test_bad_inputs(n, loss, form, text):
     with pytest.raises(ValueError, match=text):
         fit_scaling_law(n, loss, form)
+
+
+def test_effective_size_below_own_size_iff_loss_above_the_law():
+    """Why "behaves like a smaller model" is a check: the fitted law is monotone in N, so N_eff < N_eff(E = 1)
+    exactly when the loss is above the E = 1 loss."""
+    fit = fit_scaling_law(N[:3], 9.0 * N[:3] ** -0.08)
+    base = float(fit.loss(3e4))
+    for loss in (base - 0.01, base + 0.01, base + 0.2):
+        ratio = effective_size(fit, 3e4, loss).n_eff / float(fit.size(base))
+        assert (ratio < 1) == (loss > base)

@@ -3,19 +3,33 @@ claims, report (from the analysis rows only), and a rerun that skips every finis
 
 from __future__ import annotations
 
-import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
+from overtrain.analysis.calibration import no_peak, planted_peak
 from overtrain.config import ConfigError, validate
 from overtrain.registry import RUN_KINDS, STUDIES
 from overtrain.report.build import build_report
 from overtrain.runs.query import Reader
 from overtrain.runs.store import Store
-from overtrain.studies.repeated_data.analysis import decide
+from overtrain.studies.repeated_data.calibrate import (
+    PAPER_EFFECT,
+    bump_calibration,
+    bump_rule,
+    held_out_bump,
+    lower_bound,
+    order_calibration,
+    order_rule,
+    paired_calibration,
+    paired_rule,
+    text_peak_calibration,
+    text_peak_rule,
+)
 from overtrain.studies.repeated_data.config import RepeatedDataConfig
+from overtrain.studies.repeated_data.findings import decide, worst_rows
 from overtrain.studies.repeated_data.plan import cells
 from overtrain.studies.repeated_data.study import STUDY
 
@@ -124,8 +138,11 @@ def test_study_writes_rows_and_claims(done):
     )
     assert len(by["law"]) == 100 and all(r["heldout_loss"] > 0 for r in by["law"])
     claims = by["claim"]
-    assert len(claims) == 2 * 4 + 3 and all(c["verdict"] in ("PASS", "FAIL", "N/A") for c in claims)
-    assert all(c["value"] is not None for c in claims if c["verdict"] != "N/A")
+    # per size: text peak, precondition, copying, induction, rise; then the size order and effective size
+    assert len(claims) == 2 * 5 + 2 and all(c["value"] is not None for c in claims if c["verdict"] != "N/A")
+    # one seed: no finding can PASS or FAIL (fewer than 4 seeds), the checks can
+    assert all(c["verdict"] in ("UNDERPOWERED", "N/A") for c in claims if c["type"] == "finding")
+    assert {r["chosen_on"] for r in by["worst"]} == {"spans_loss"}
 
 
 def test_rerun_skips_every_finished_run(done):
@@ -151,9 +168,15 @@ def test_resume_redoes_only_missing_runs(done):
     assert again.ok and sorted(again.done) == sorted([probe_id, study_id]) and len(again.skipped) == 17
 
 
-def _points(cfg, heldout, copying, prefix):
-    """Synthetic per-run rows: value tables are {size: [per-E values]}, the same for every seed plus a
-    small seed offset."""
+# --- the claims on synthetic rows ----------------------------------------------------------------------
+
+SIX = {**TINY, "repeats": [1, 2, 4, 8, 16], "seeds": [0, 1, 2, 3, 4, 5]}  # subsets 19, 10, 5, 2, 1
+
+
+def _points(cfg, tables, noise=0.003):
+    """Synthetic per-run rows: `tables` is {key: {size: [per-E values]}}, each value times (1 + noise·z)
+    with z standard normal per (size, E, seed, key), from a fixed generator."""
+    rng = np.random.default_rng(0)
     n = {"nano": 8000, "micro": 32000}
     return [
         {
@@ -161,10 +184,8 @@ def _points(cfg, heldout, copying, prefix):
             "repeats": e,
             "seed": seed,
             "n_params_non_embedding": n[size],
-            "heldout_loss": heldout[size][i] + 0.001 * seed,
-            "copying_loss": copying[size][i] + 0.01 * seed,
-            "max_prefix_matching": prefix[size][i] + 0.001 * seed,
             "uniform_prefix_matching": 0.02,
+            **{key: t[size][i] * (1 + noise * rng.standard_normal()) for key, t in tables.items()},
         }
         for size in n
         for i, e in enumerate(cfg.repeats)
@@ -172,37 +193,140 @@ def _points(cfg, heldout, copying, prefix):
     ]
 
 
-def test_claims_on_synthetic_points():
-    cfg = validate(RepeatedDataConfig, {**TINY, "seeds": [0, 1, 2]})
-    # micro: an interior peak of 3% at E = 4, copying 50% worse and induction 20% weaker there;
-    # nano: loss rising to the last E (no interior peak) and no induction head
-    points = _points(
-        cfg,
-        heldout={"nano": [3.0, 3.01, 3.05], "micro": [2.5, 2.575, 2.52]},
-        copying={"nano": [4.0, 4.0, 4.0], "micro": [1.0, 1.5, 1.1]},
-        prefix={"nano": [0.02, 0.02, 0.02], "micro": [0.6, 0.48, 0.59]},
-    )
-    # held-out curve 2.9, 2.8, 2.85, 2.6: a rise of 0.05 above the running minimum at step 3
-    curves = [
-        {"size": s, "repeats": e, "step": step, "heldout_loss": loss}
-        for s in ("nano", "micro")
+def _curves(cfg, shapes, noise=0.002):
+    """Text-loss curves over 8 steps at every (size, E, seed): `shapes` is {size: curve}, each value times
+    (1 + noise·z)."""
+    rng = np.random.default_rng(1)
+    return [
+        {"size": s, "repeats": e, "seed": seed, "step": 100 * (k + 1), "spans_loss": v * (1 + noise * z)}
+        for s, curve in shapes.items()
         for e in cfg.repeats
-        for step, loss in enumerate((2.9, 2.8, 2.85, 2.6))
+        for seed in cfg.seeds
+        for k, (v, z) in enumerate(zip(curve, rng.standard_normal(len(curve))))
     ]
-    claims, worst, fit, effective, headline = decide(cfg, points, curves)
-    by = {c.claim: c for c in claims}
-    assert worst == {"nano": 16, "micro": 4}
-    peak = by["Held-out loss peaks at an intermediate E (micro)"]
-    assert peak.verdict == "PASS" and peak.value == pytest.approx(2.576 / 2.521 - 1, rel=1e-9)
-    assert peak.ci_low is not None and peak.ci_low <= peak.value <= peak.ci_high
-    assert by["Held-out loss peaks at an intermediate E (nano)"].verdict == "FAIL"
-    assert by["At the worst E, copying is worse (micro)"].verdict == "PASS"
-    assert by["At the worst E, induction heads are weaker (micro)"].verdict == "PASS"
-    assert by["At the worst E, copying is worse (nano)"].verdict == "N/A"  # no head at E = 1
+
+
+TABLES = {
+    # text: nano peaks at E = 4 (+5%), micro at E = 2 (+6%): the larger model at the larger subset
+    "spans_loss": {"nano": [3.4, 3.42, 3.57, 3.42, 3.43], "micro": [3.3, 3.5, 3.32, 3.31, 3.33]},
+    # the mixed held-out loss is worst at E = 16 for micro: the worst E must not be chosen on it
+    "heldout_loss": {"nano": [3.7, 3.71, 3.8, 3.72, 3.73], "micro": [3.2, 3.3, 3.21, 3.22, 3.6]},
+    "copy_task_loss": {"nano": [4.4] * 5, "micro": [2.0, 2.6, 2.0, 2.1, 3.5]},
+    # micro's copying 50% worse and its head 20% weaker at E = 2; nano has no head
+    "copying_loss": {"nano": [4.0] * 5, "micro": [1.0, 1.5, 1.0, 1.05, 2.0]},
+    "max_prefix_matching": {"nano": [0.02] * 5, "micro": [0.6, 0.48, 0.6, 0.6, 0.3]},
+}
+BUMP = [4.0, 3.6, 3.4, 3.3, 3.5, 3.4, 3.35, 3.3]  # 6% above the running minimum at step 5
+FALLING = [4.0, 3.7, 3.55, 3.45, 3.4, 3.37, 3.35, 3.34]
+
+
+def _decide(cfg, tables=TABLES, curves=None):
+    curves = _curves(cfg, curves or {"nano": FALLING, "micro": BUMP})
+    claims, worst, fit, effective, headline = decide(cfg, _points(cfg, tables), curves)
+    return {c.claim: c for c in claims}, worst, fit, effective, headline
+
+
+def test_claims_on_synthetic_points():
+    cfg = validate(RepeatedDataConfig, SIX)
+    by, worst, fit, effective, headline = _decide(cfg)
+    assert worst == {"nano": 4, "micro": 2}  # chosen on the text, not on the mixed held-out loss
+    for size in ("nano", "micro"):
+        peak = by[f"An intermediate E is worst for the text loss ({size})"]
+        assert peak.verdict == "PASS" and peak.type == "finding" and peak.ci_low > cfg.min_peak
+        assert peak.fpr <= 0.05 and peak.power > 0.9
+    assert by["At the worst E on text, copying is worse (micro)"].verdict == "PASS"
+    weaker = by["At the worst E on text, induction heads are weaker (micro)"]
+    assert weaker.verdict == "PASS" and weaker.value == pytest.approx(-0.2, abs=0.01) and weaker.ci_high < 0
+    # the copy task is read at the E chosen on the text (E = 2: 2.6 vs 2.0), not at its own worst (E = 16)
+    rows = {r["size"]: r for r in worst_rows(cfg, _points(cfg, TABLES), worst)}
+    assert rows["micro"]["copy_task_loss"] == pytest.approx(2.6, rel=0.01)
+    assert rows["micro"]["copy_task_loss_e1"] == pytest.approx(2.0, rel=0.01)
+    assert by["At the worst E on text, copying is worse (nano)"].verdict == "N/A"  # no head at E = 1
     assert by["Precondition: an induction head forms without repetition (nano)"].verdict == "FAIL"
-    # nano's worst E (16) holds 1 sequence, micro's (4) holds 5: larger model, larger subset
-    assert by["Larger models are hurt most by larger repeated subsets"].value == pytest.approx(math.log2(5))
-    assert fit["form"] == "power" and fit["b"] > 0
-    micro = next(r for r in effective if r["size"] == "micro" and r["repeats"] == 4)
-    assert micro["ratio"] < 1 and headline.startswith("Repeating")
-    assert by["Held-out loss rises mid-training at the worst E"].value == pytest.approx(0.05 / 2.8)
+    order = by["Larger models are hurt most by larger repeated subsets"]
+    assert order.verdict == "PASS" and order.value == pytest.approx(1.0) and order.fpr <= 0.05
+    rise = by["The text loss rises mid-training at the worst E (micro)"]
+    assert rise.verdict == "PASS" and rise.value == pytest.approx(3.5 / 3.3 - 1, abs=0.005)
+    assert by["The text loss rises mid-training at the worst E (nano)"].verdict == "FAIL"
+    effective_check = by["Repetition makes a model behave like a smaller one"]
+    assert effective_check.type == "check" and effective_check.verdict == "PASS"
+    assert fit["form"] == "power" and fit["b"] > 0 and headline.startswith("Repeating")
+    assert "Indicative only" not in headline  # micro's peak finding holds
+    micro = next(r for r in effective if r["size"] == "micro" and r["repeats"] == 2)
+    assert micro["ratio"] < 1
+
+
+def test_findings_with_fewer_than_4_seeds_are_underpowered():
+    cfg = validate(RepeatedDataConfig, {**SIX, "seeds": [0, 1, 2]})
+    by, _, _, _, headline = _decide(cfg)
+    findings = [c for c in by.values() if c.type == "finding"]
+    assert findings and all(c.verdict in ("UNDERPOWERED", "N/A") for c in findings)
+    # the noise is measured from 3 seeds, so the rules are still calibrated (and cannot pass with 3)
+    peak = by["An intermediate E is worst for the text loss (micro)"]
+    assert peak.fpr is not None and peak.power == 0.0
+    assert "Indicative only: the interior peak of the text loss of that model is UNDERPOWERED" in headline
+
+
+def test_no_text_peak_makes_the_size_order_not_testable():
+    cfg = validate(RepeatedDataConfig, SIX)
+    flat = {**TABLES, "spans_loss": {**TABLES["spans_loss"], "nano": [3.4, 3.41, 3.42, 3.43, 3.44]}}
+    by, worst, *_ = _decide(cfg, flat)
+    assert worst["nano"] == 16  # its worst E is the grid edge: no interior peak
+    assert by["An intermediate E is worst for the text loss (nano)"].verdict == "FAIL"
+    order = by["Larger models are hurt most by larger repeated subsets"]
+    assert order.verdict == "N/A" and "not testable" in order.detail
+
+
+# --- the decision rules on planted nulls and effects ----------------------------------------------------
+
+
+def _noisy(mean, sigma=0.01, seeds=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.asarray(mean, dtype=float) + rng.normal(0, sigma, (seeds, len(mean)))
+
+
+def test_text_peak_rule_passes_a_planted_peak_and_fails_the_null():
+    null = no_peak(np.array([3.4, 3.38, 3.39, 3.42]))
+    rule = text_peak_rule(0.01)
+    assert rule(_noisy(planted_peak(null, PAPER_EFFECT, 2)))
+    assert not rule(_noisy(null))
+    assert not rule(_noisy(planted_peak(null, PAPER_EFFECT, 2), seeds=3))  # no bound below 4 seeds
+    cal = text_peak_calibration(_noisy(null), 0.01)
+    assert cal.fpr <= 0.05 and cal.power > 0.9
+
+
+def test_paired_rule_passes_a_planted_change_and_fails_the_null():
+    rule = paired_rule(0.05)
+    assert rule(_noisy([0.3], sigma=0.05))
+    assert not rule(_noisy([0.0], sigma=0.05))
+    assert not rule(_noisy([0.03], sigma=0.001))  # significant but below the 5% gate
+    cal = paired_calibration(_noisy([0.0], sigma=0.01)[:, 0], 0.05)
+    assert cal.fpr <= 0.05 and cal.power > 0.5
+    assert paired_calibration(np.array([0.1]), 0.05) is None  # one seed: no noise to measure
+
+
+def test_bump_rule_passes_a_planted_rise_and_fails_a_falling_curve():
+    falling = np.array([4.0, 3.7, 3.55, 3.45, 3.4, 3.37, 3.35, 3.34])
+    rule = bump_rule(0.005)
+    assert rule(_noisy(planted_peak(falling, PAPER_EFFECT, 4)))
+    assert not rule(_noisy(falling))
+    bump = held_out_bump(_noisy(planted_peak(falling, PAPER_EFFECT, 4), sigma=0.001))
+    assert set(bump.step_index) == {4} and bump.excess == pytest.approx(3.4 * 1.054 / 3.45 - 1, abs=0.002)
+    cal = bump_calibration(_noisy(falling), 0.005)
+    assert cal.fpr <= 0.05 and cal.power > 0.9
+
+
+def test_order_rule_passes_a_shifted_peak_and_fails_a_common_one():
+    null = np.array([3.4, 3.41, 3.42, 3.43, 3.44])
+    same = np.concatenate([planted_peak(null, PAPER_EFFECT, 2), planted_peak(null, PAPER_EFFECT, 2)])
+    shifted = np.concatenate([planted_peak(null, PAPER_EFFECT, 2), planted_peak(null, PAPER_EFFECT, 1)])
+    rule = order_rule(5)
+    assert rule(_noisy(shifted)) and not rule(_noisy(same))
+    cal = order_calibration(_noisy(planted_peak(null, 0.05, 2)), _noisy(planted_peak(null, 0.05, 1)))
+    assert cal.fpr <= 0.05 and cal.power > 0.9
+
+
+def test_lower_bound_needs_4_values():
+    assert lower_bound([1.0, 2.0, 3.0]) is None
+    assert lower_bound([1.0, 1.0, 1.0, 1.0]) == pytest.approx(1.0)
+    assert PAPER_EFFECT == pytest.approx(0.054, abs=0.001)

@@ -17,6 +17,8 @@ STUDY = register(
         presets=PRESETS,
         analysis_modules=(
             "overtrain.studies.repeated_data.analysis",
+            "overtrain.studies.repeated_data.findings",
+            "overtrain.studies.repeated_data.calibrate",
             "overtrain.studies.repeated_data.effective_size",
         ),
     )

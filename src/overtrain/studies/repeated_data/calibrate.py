@@ -1,0 +1,218 @@
+"""Decision rules of the repeated-data findings and their calibration (`overtrain.analysis.calibration`):
+each rule is re-run on null data and on data with the paper's effect planted, at the seed-to-seed noise
+measured on the study's own runs, with the study's own number of seeds.
+
+The effect size. Hernandez et al. (2022) report that repeating 0.1% of the data 100 times makes an 800M
+model perform like a 400M one (a 2x smaller model). Through the loss-vs-size law of Kaplan et al. (2020),
+L ∝ N^(−α_N) with α_N = 0.076, a 2x smaller model's loss is 2^0.076 = 1.054 times as high: `PAPER_EFFECT`
+= +5.4% relative. It is planted as
+
+- the interior peak over E (text loss at the peak 5.4% above the null's no-peak curve, `planted_peak`);
+- the damage to copying (copying loss +5.4%) and to induction heads (max prefix-matching score −5.4%) at
+  the worst E. The paper says repetition damages both *disproportionately* — more than the loss — without
+  a number we can transfer, so the loss's own 5.4% is a conservative stand-in;
+- the mid-training rise at the worst E: a bump of 5.4% above the running minimum (the paper shows the rise
+  in its curves, with no number; the same stand-in);
+- the peak location vs size: the larger model's peak one grid step towards smaller E (a larger subset)
+  than the smaller model's, both peaks of height 5.4%.
+
+Rules that pick a location (the peak over E, the bump over training) pick it on the *other* seeds (leave one
+seed out), so the measured quantity is not selected on its own noise; every rule needs a one-sided 95%
+lower bound over ≥ 4 seeds (`overtrain.analysis.rise.MIN_SEEDS_FOR_CI`), so it cannot pass with fewer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from overtrain.analysis.calibration import (
+    Calibration,
+    Rule,
+    calibrate,
+    no_peak,
+    no_rise,
+    planted_peak,
+    seed_sd,
+)
+from overtrain.analysis.rise import MIN_SEEDS_FOR_CI, peak_calibration, peak_rule
+
+PAPER_ALPHA_N = 0.076
+"""Kaplan et al. 2020: L(N) ∝ N^(−0.076) in non-embedding parameters."""
+
+PAPER_EFFECT = 2.0**PAPER_ALPHA_N - 1
+"""≈ 0.054: the relative loss increase of "behaves like a 2x smaller model" (Hernandez et al. 2022, 800M →
+400M) under Kaplan's law: the planted effect of every finding (module docstring)."""
+
+LEVEL = 0.95
+"""One-sided coverage of every lower bound."""
+
+N_SIM = 200
+"""Simulated null and effect draws per finding (Monte-Carlo SE of a rate ≤ 0.035)."""
+
+
+def lower_bound(values: Sequence[float], level: float = LEVEL) -> float | None:
+    """One-sided Student-t lower bound ``mean − t_{level, n−1}·sd/√n`` of `values` (NaN dropped); None with
+    fewer than `MIN_SEEDS_FOR_CI` values."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size < MIN_SEEDS_FOR_CI:
+        return None
+    return float(v.mean() - stats.t.ppf(level, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+
+
+# --- the interior peak over E (text loss) ----------------------------------------------------------------
+
+
+def text_peak_rule(min_peak: float) -> Rule:
+    """ "An interior E is worst" on ``[seeds, E]`` text losses: `overtrain.analysis.rise.peak_rule` — the
+    peak and its two valleys located on the other seeds, the one-sided 95% lower bound of the seeds'
+    excess above `min_peak`."""
+    return peak_rule(min_peak, LEVEL)
+
+
+def text_peak_calibration(text: np.ndarray, min_peak: float) -> Calibration | None:
+    """fpr and power of `text_peak_rule` at the noise of `text` (null: `no_peak` of its seed mean; effect:
+    a peak of `PAPER_EFFECT` planted where the mean peaks, else mid-grid). None with one seed."""
+    return peak_calibration(text, PAPER_EFFECT, min_excess=min_peak, n_sim=N_SIM)
+
+
+# --- paired change at the worst E vs E = 1 (copying, induction) ------------------------------------------
+
+
+def paired_rule(min_change: float) -> Rule:
+    """Damage on a ``[seeds, 1]`` matrix of per-seed signed relative changes d_s (worse = positive): the
+    mean is at least `min_change` and its one-sided 95% lower bound is above 0 (≥ 4 seeds)."""
+
+    def rule(d: np.ndarray) -> bool:
+        lb = lower_bound(d[:, 0])
+        return lb is not None and lb > 0 and float(np.nanmean(d[:, 0])) >= min_change
+
+    return rule
+
+
+def paired_calibration(changes: np.ndarray, min_change: float) -> Calibration | None:
+    """fpr and power of `paired_rule` on per-seed changes like `changes`: null d_s ~ N(0, σ²), effect
+    N(`PAPER_EFFECT`, σ²), σ their measured seed-to-seed SD. None with fewer than 2 finite changes."""
+    d = np.asarray(changes, dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return None
+    sigma = float(d.std(ddof=1))
+    return calibrate(
+        paired_rule(min_change), np.zeros(1), np.full(1, PAPER_EFFECT), sigma, d.size, n_sim=N_SIM
+    )
+
+
+# --- the mid-training rise (a bump above the running minimum) --------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeldOutBump:
+    """The leave-one-seed-out rise of a ``[seeds, steps]`` loss matrix above its running minimum.
+
+    For seed s the step i* with the largest ``m(i) / min m[:i]`` and the minimum j* before it are located
+    on the mean m of the *other* seeds; the seed contributes ``e_s = y_s(i*) / y_s(j*) − 1`` (relative:
+    0.01 = 1% above the best loss so far). `excess` is the mean of e_s, `lower` its one-sided bound (None
+    with < 4 seeds), `step_index` the i* per seed.
+    """
+
+    excess: float
+    lower: float | None
+    per_seed: tuple[float, ...]
+    step_index: tuple[int, ...]
+
+
+def _bump_at(m: np.ndarray) -> tuple[int, int]:
+    ratio = [m[i] / np.nanmin(m[:i]) for i in range(1, len(m))]
+    i = 1 + int(np.nanargmax(ratio))
+    return i, int(np.nanargmin(m[:i]))
+
+
+def held_out_bump(curves: np.ndarray) -> HeldOutBump:
+    """`HeldOutBump` of a ``[seeds ≥ 2, steps ≥ 2]`` matrix of losses."""
+    y = np.asarray(curves, dtype=float)
+    if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 2:
+        raise ValueError(f"need a [seeds >= 2, steps >= 2] matrix, got shape {y.shape}")
+    per, at = [], []
+    for s in range(y.shape[0]):
+        i, j = _bump_at(np.nanmean(np.delete(y, s, axis=0), axis=0))
+        per.append(float(y[s, i] / y[s, j] - 1))
+        at.append(i)
+    return HeldOutBump(float(np.mean(per)), lower_bound(per), tuple(per), tuple(at))
+
+
+def bump_rule(min_rise: float) -> Rule:
+    """ "The loss rises mid-training": `held_out_bump`'s mean is at least `min_rise` and its one-sided 95%
+    lower bound above 0 (≥ 4 seeds)."""
+
+    def rule(curves: np.ndarray) -> bool:
+        if curves.shape[0] < 2:
+            return False
+        b = held_out_bump(curves)
+        return b.lower is not None and b.lower > 0 and b.excess >= min_rise
+
+    return rule
+
+
+def bump_calibration(curves: np.ndarray, min_rise: float) -> Calibration | None:
+    """fpr and power of `bump_rule` at the noise of `curves` (``[seeds, steps]``): null the running minimum
+    of the seed mean (`no_rise`: never worse again), effect that null with a bump of `PAPER_EFFECT` at the
+    middle step. None with one seed or fewer than 3 steps."""
+    y = np.asarray(curves, dtype=float)
+    if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 3:
+        return None
+    sigma, mean = seed_sd(y), np.nanmean(y, axis=0)
+    if not np.isfinite(sigma) or not np.all(np.isfinite(mean)):
+        return None
+    null = no_rise(mean)
+    effect = planted_peak(null, PAPER_EFFECT, y.shape[1] // 2)
+    return calibrate(bump_rule(min_rise), null, effect, sigma, y.shape[0], n_sim=N_SIM)
+
+
+# --- the peak's location vs model size -------------------------------------------------------------------
+
+
+def interior_peak(loss: np.ndarray) -> int:
+    """Grid index of the highest interior seed mean of a ``[seeds, E]`` matrix."""
+    return 1 + int(np.nanargmax(np.nanmean(loss, axis=0)[1:-1]))
+
+
+def order_rule(n_e: int) -> Rule:
+    """ "The larger model's peak is at a smaller E (a larger subset)" on ``[seeds, 2·n_e]``: the smaller
+    model's text losses over E, then the larger's; the larger's interior peak at a lower grid index."""
+
+    def rule(y: np.ndarray) -> bool:
+        return interior_peak(y[:, n_e:]) < interior_peak(y[:, :n_e])
+
+    return rule
+
+
+def order_calibration(small: np.ndarray, big: np.ndarray) -> Calibration | None:
+    """fpr and power of `order_rule` at the pooled noise of both sizes' ``[seeds, E]`` text losses. Each
+    null is the size's `no_peak` seed mean with a `PAPER_EFFECT` peak planted at the *same* index k for
+    both; the fpr is the largest over k (the least favourable common location). The effect plants the
+    smaller model's peak at its measured location k and the larger's at k − 1. None with one seed, fewer
+    than 2 interior points or unequal grids."""
+    small, big = np.asarray(small, dtype=float), np.asarray(big, dtype=float)
+    n_e = small.shape[1]
+    if small.shape != big.shape or small.shape[0] < 2 or n_e < 4:
+        return None
+    sigma = float(np.sqrt((seed_sd(small) ** 2 + seed_sd(big) ** 2) / 2))
+    if not np.isfinite(sigma):
+        return None
+    nulls = [no_peak(np.nanmean(x, axis=0)) for x in (small, big)]
+    rule, seeds = order_rule(n_e), small.shape[0]
+
+    def both(k_small: int, k_big: int) -> np.ndarray:
+        return np.concatenate(
+            [planted_peak(nulls[0], PAPER_EFFECT, k_small), planted_peak(nulls[1], PAPER_EFFECT, k_big)]
+        )
+
+    k = max(2, interior_peak(small))
+    effect = both(k, k - 1)  # the same in every call, and so is its pass rate (same noise draws)
+    cals = [calibrate(rule, both(j, j), effect, sigma, seeds, n_sim=N_SIM) for j in range(1, n_e - 1)]
+    return Calibration(max(c.fpr for c in cals), cals[0].power, N_SIM, sigma, seeds)

@@ -1,0 +1,338 @@
+"""The repeated-data claims (Hernandez et al. 2022), decided from the per-run rows of `analysis`.
+
+The held-out loss mixes two sources: the Zipf-bigram text with copied spans (3/4 of the rows) and the
+[random block; same block] copy task (1/4). The paper's double descent is about the loss on unique *text*,
+and the copy task's loss jumps when the induction head forms, so the two are kept apart: the worst E of a
+size is chosen on the **text** part (``spans_loss``: argmax over E > 1 of the seed-mean text loss), the
+peak and the mid-training rise are measured on the text, and the copy task is reported on its own, at the
+E chosen on the text (so its damage is never selected on its own noise).
+
+Findings (per size where marked; `calibrate` gives each rule's fpr and power; every rule needs ≥ 4 seeds):
+
+- an interior E is worst (per size): leave-one-seed-out interior peak of the text loss over E, one-sided
+  95% lower bound above `min_peak`;
+- at the worst E copying is worse / induction heads are weaker (per size, N/A without a head at E = 1):
+  per-seed relative change of the copying loss (2nd copy of [block; block]) / max prefix-matching score
+  against E = 1, mean past `min_change` and one-sided lower bound past 0;
+- the text loss rises mid-training at the worst E (per size): leave-one-seed-out rise above the running
+  minimum, mean ≥ `min_rise`, lower bound > 0;
+- larger models are hurt most by larger subsets: the largest model's interior peak at a smaller E than the
+  smallest's; N/A unless both have an interior peak (their peak findings' rules passed).
+
+Checks: an induction head forms at E = 1 (the precondition of the copying findings); "repetition makes a
+model behave like a smaller one" — the fitted law is monotone in size, so N_eff(worst E) < N_eff(E = 1)
+restates L(worst E) > L(E = 1): it checks the inversion, not the phenomenon.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from overtrain.analysis.claims import Claim, calibrated, check
+from overtrain.analysis.rise import held_out_peak
+from overtrain.analysis.stats import bootstrap_ci
+from overtrain.studies.repeated_data.calibrate import (
+    bump_calibration,
+    bump_rule,
+    held_out_bump,
+    interior_peak,
+    lower_bound,
+    order_calibration,
+    order_rule,
+    paired_calibration,
+    paired_rule,
+    text_peak_calibration,
+    text_peak_rule,
+)
+from overtrain.studies.repeated_data.config import RepeatedDataConfig
+from overtrain.studies.repeated_data.effective_size import effective_size, fit_scaling_law
+
+TEXT = "spans_loss"
+"""The text part of the held-out loss (the `spans` evaluation source)."""
+
+
+def text_key(rows: list[dict]) -> str:
+    """`TEXT` where every row has it; the mixed held-out loss where the config evaluates no `spans`."""
+    return TEXT if rows and all(r.get(TEXT) is not None for r in rows) else "heldout_loss"
+
+
+def grid(points: list[dict], size: str, repeats: list[int], seeds: list[int], key: str) -> np.ndarray:
+    """[seed, E] matrix of `key` for one size (NaN where missing)."""
+    out = np.full((len(seeds), len(repeats)), np.nan)
+    for p in points:
+        if p["size"] == size and p.get(key) is not None:
+            out[seeds.index(p["seed"]), repeats.index(p["repeats"])] = p[key]
+    return out
+
+
+def worst_index(loss: np.ndarray) -> int:
+    """Grid index of the worst E > 1 (highest seed-mean loss)."""
+    return 1 + int(np.nanargmax(np.nanmean(loss, axis=0)[1:]))
+
+
+def _in_sample_peak(m: np.ndarray) -> tuple[float, int]:
+    """Largest ``m(i) / max(min m[:i], min m[i+1:]) − 1`` over interior i, and that i (one curve)."""
+    best = max((m[i] / max(np.nanmin(m[:i]), np.nanmin(m[i + 1 :])) - 1, i) for i in range(1, len(m) - 1))
+    return float(best[0]), int(best[1])
+
+
+def _curve_matrix(curves: list[dict], size: str, e: int, seeds: list[int], key: str) -> np.ndarray:
+    """[seed, step] matrix of `key` at (size, E) over the steps every seed has (a step logged twice: mean)."""
+    by: dict[tuple[int, int], list[float]] = {}
+    for r in curves:
+        if r["size"] == size and r["repeats"] == e and r.get(key) is not None:
+            by.setdefault((r["seed"], r["step"]), []).append(r[key])
+    steps = sorted({st for s, st in by if all((seed, st) in by for seed in seeds)})
+    return np.array([[np.mean(by[(seed, st)]) for st in steps] for seed in seeds]).reshape(len(seeds), -1)
+
+
+def _peak_claim(cfg: RepeatedDataConfig, points: list[dict], size: str, key: str) -> tuple[Claim, bool]:
+    """The interior-peak finding of one size on the text loss, and whether its rule passed."""
+    reps, seeds = list(cfg.repeats), list(cfg.seeds)
+    text = grid(points, size, reps, seeds, key)
+    full = np.nanmean(grid(points, size, reps, seeds, "heldout_loss"), axis=0)
+    m = np.nanmean(text, axis=0)
+    value, i = _in_sample_peak(m)
+    lower, passed = None, False
+    if len(seeds) >= 2:
+        held = held_out_peak(text)
+        value, lower = held.excess, held.lower
+        passed = text_peak_rule(cfg.min_peak)(text)
+    what = "text loss" if key == TEXT else "held-out loss (no `spans` evaluation: text and copy task mixed)"
+    claim = check(
+        f"An intermediate E is worst for the text loss ({size})",
+        f"interior peak of the seed-mean {what} over the higher of its valleys before and after, − 1 "
+        "(peak and valleys located on the other seeds, leave-one-seed-out, with ≥ 2 seeds)",
+        value,
+        passed,
+        f"one-sided 95% lower bound > {cfg.min_peak:g} (≥ 4 seeds)",
+        detail=f"text peak at E = {reps[i]} ({cfg.subset(reps[i])} sequences): {m[i]:.4f}; E = 1: {m[0]:.4f}; "
+        f"E = {reps[-1]}: {m[-1]:.4f}; held-out loss with the copy task at E = {reps[i]}: "
+        f"{full[i] / full[0] - 1:+.2%} vs E = 1",
+    )
+    claim.ci_low = lower
+    return calibrated(claim, passed, text_peak_calibration(text, cfg.min_peak), len(seeds)), passed
+
+
+def _damage_claims(cfg: RepeatedDataConfig, points: list[dict], size: str, w: int) -> list[Claim]:
+    """The precondition check and the copying / induction findings of one size at worst-E index `w`."""
+    reps, seeds = list(cfg.repeats), list(cfg.seeds)
+    formed = float(np.nanmean(grid(points, size, reps, seeds, "max_prefix_matching")[:, 0]))
+    out = [
+        check(
+            f"Precondition: an induction head forms without repetition ({size})",
+            "max prefix-matching score over heads at E = 1 (seed mean)",
+            formed,
+            formed >= cfg.induction_threshold,
+            f"≥ {cfg.induction_threshold:g}",
+            detail=f"uniform attention scores {points[0]['uniform_prefix_matching']:.3f}",
+            type="check",
+        )
+    ]
+    has_head = formed >= cfg.induction_threshold
+    task = np.nanmean(grid(points, size, reps, seeds, "copy_task_loss")[:, [0, w]], axis=0)
+    for key, what, sign in (
+        ("copying_loss", "copying loss (2nd copy of [block; block])", 1),
+        ("max_prefix_matching", "max prefix-matching score", -1),
+    ):
+        pair = grid(points, size, reps, seeds, key)[:, [0, w]]
+        change = pair[:, 1] / pair[:, 0] - 1  # per seed, paired by seed (same init and placement)
+        worse = sign * change[:, None]  # damage is positive
+        value = float(np.nanmean(change))
+        bound = lower_bound(worse[:, 0])
+        passed = paired_rule(cfg.min_change)(worse) if has_head else None
+        m1, mw = np.nanmean(pair, axis=0)
+        claim = check(
+            f"At the worst E on text, {'copying is worse' if sign > 0 else 'induction heads are weaker'} ({size})",
+            f"mean over seeds of the relative change of the {what}, E = {reps[w]} (chosen on the text) "
+            "vs E = 1",
+            value,
+            passed,
+            f"{'≥ +' if sign > 0 else '≤ −'}{cfg.min_change:g}, one-sided 95% bound excludes 0 (≥ 4 seeds)",
+            detail=f"{mw:.4g} vs {m1:.4g}"
+            + (f"; copy-task part of the held-out loss {task[1]:.4g} vs {task[0]:.4g}" if sign > 0 else "")
+            + ("" if has_head else "; no induction head at E = 1 (precondition fails): not testable"),
+        )
+        if bound is not None:
+            claim.ci_low, claim.ci_high = (bound, None) if sign > 0 else (None, -bound)
+        out.append(calibrated(claim, passed, paired_calibration(worse, cfg.min_change), len(seeds)))
+    return out
+
+
+def _rise_claim(cfg: RepeatedDataConfig, curves: list[dict], size: str, e: int, key: str) -> Claim:
+    """The mid-training rise finding of one size at its worst E `e`, on the text loss over training."""
+    seeds = list(cfg.seeds)
+    y = _curve_matrix(curves, size, e, seeds, key)
+    value, lower, passed = math.nan, None, False
+    if y.shape[1] >= 2:
+        m = np.nanmean(y, axis=0)
+        value = float(np.max(m / np.minimum.accumulate(m) - 1))  # one seed: the in-sample rise
+        if len(seeds) >= 2:
+            b = held_out_bump(y)
+            value, lower, passed = b.excess, b.lower, bump_rule(cfg.min_rise)(y)
+    claim = check(
+        f"The text loss rises mid-training at the worst E ({size})",
+        f"rise of the text loss above its running minimum at E = {e} (the step and the minimum before it "
+        "located on the other seeds, leave-one-seed-out, with ≥ 2 seeds)",
+        None if math.isnan(value) else value,
+        passed,
+        f"≥ {cfg.min_rise:g}, one-sided 95% lower bound > 0 (≥ 4 seeds)",
+        detail=f"{y.shape[1]} evaluations",
+    )
+    claim.ci_low = lower
+    return calibrated(claim, passed, bump_calibration(y, cfg.min_rise), len(seeds))
+
+
+def _order_claim(
+    cfg: RepeatedDataConfig, points: list[dict], sizes: list[str], n_of: dict, peaked: dict, key: str
+) -> Claim:
+    """Larger models are hurt most by larger subsets: the largest model's interior text peak at a smaller E
+    than the smallest model's; N/A unless both peak findings' rules passed."""
+    reps, seeds = list(cfg.repeats), list(cfg.seeds)
+    small, big = (grid(points, s, reps, seeds, key) for s in (sizes[0], sizes[-1]))
+    at = {s: reps[interior_peak(x)] for s, x in ((sizes[0], small), (sizes[-1], big))}
+    value = math.log2(cfg.subset(at[sizes[-1]]) / cfg.subset(at[sizes[0]]))
+    both = peaked[sizes[0]] and peaked[sizes[-1]]
+    passed = order_rule(len(reps))(np.concatenate([small, big], axis=1)) if both else None
+    claim = check(
+        "Larger models are hurt most by larger repeated subsets",
+        "log2(subset at the interior text-loss peak: largest / smallest model)",
+        value,
+        passed,
+        "> 0, both models with an interior peak (their peak findings' rules pass)",
+        detail="; ".join(
+            f"{s} ({n_of[s]:,} params): interior peak at E = {at[s]}, {cfg.subset(at[s])} sequences"
+            + ("" if peaked[s] else " (no established interior peak)")
+            for s in (sizes[0], sizes[-1])
+        ),
+    )
+    if not both:
+        claim.detail += ": not testable"
+        return claim
+    return calibrated(claim, passed, order_calibration(small, big), len(seeds))
+
+
+def _effective(
+    cfg: RepeatedDataConfig, points: list[dict], sizes: list[str], n_of: dict[str, int], worst: dict[str, int]
+) -> tuple[list[Claim], dict[str, Any], list[dict[str, Any]], str]:
+    """Scaling law of the held-out loss on the E = 1 runs, every (size, E)'s effective size, its check and
+    the headline."""
+    base = [p for p in points if p["repeats"] == 1]
+    fit = fit_scaling_law([p["n_params_non_embedding"] for p in base], [p["heldout_loss"] for p in base])
+    reps, seeds = list(cfg.repeats), list(cfg.seeds)
+    rows = []
+    for size in sizes:
+        loss = np.nanmean(grid(points, size, reps, seeds, "heldout_loss"), axis=0)
+        own = float(fit.size(loss[0]))  # the size's own E = 1 loss read through the law
+        for e, value in zip(cfg.repeats, loss):
+            eff = effective_size(fit, n_of[size], float(value))
+            rows.append(
+                {
+                    "record": "effective_size",
+                    "size": size,
+                    "repeats": e,
+                    "n": eff.n,
+                    "heldout_loss": eff.loss,
+                    "n_eff": eff.n_eff,
+                    "ratio_to_n": eff.ratio,
+                    "ratio": eff.n_eff / own,
+                    "extrapolated": eff.extrapolated,
+                    "subset_share": cfg.subset(e) / cfg.sequences,
+                }
+            )
+    big = sizes[-1]
+    row = next(r for r in rows if r["size"] == big and r["repeats"] == worst[big])
+    pair = grid(points, big, reps, seeds, "heldout_loss")[:, [0, reps.index(worst[big])]]
+    ci = None
+    if fit.invertible:  # the law held fixed, the seeds resampled
+        est = bootstrap_ci(
+            pair, lambda x: float(np.divide(*fit.size(np.nanmean(x, axis=0)[::-1]))), cfg.bootstrap
+        )
+        ci = None if est.degenerate else (est.low, est.high)
+    law = f"{fit.form} law L = {fit.a:.4g}·N^-{fit.b:.3g} + {fit.c:.3g} on {fit.sizes} sizes"
+    claim = check(
+        "Repetition makes a model behave like a smaller one",
+        f"N_eff(E = {worst[big]}) / N_eff(E = 1) of the largest model ({big}), held-out loss (text and copy "
+        "task) through the law fitted on the E = 1 runs",
+        row["ratio"],
+        row["ratio"] < 1 if fit.invertible else None,
+        "< 1",
+        ci,
+        detail=law
+        + (" (extrapolated)" if row["extrapolated"] else "")
+        + ("" if fit.invertible else ": loss does not fall with size, no inversion"),
+        # the fitted law is monotone in size, so this restates L(worst E) > L(E = 1): a check of the inversion
+        type="check",
+    )
+    headline = (
+        "No effective-size headline: the held-out loss of the E = 1 runs does not fall with model "
+        f"size (fitted exponent b = {fit.b:.3g})."
+    )
+    if fit.invertible and row["ratio"] > 0:
+        headline = (
+            f"Repeating {row['subset_share']:.2%} of the data {worst[big]} times "
+            f"({cfg.fraction:.0%} of the training tokens) makes the {n_of[big]:,}-parameter model "
+            f"behave like one {1 / row['ratio']:.1f}x smaller than itself without repetition "
+            f"(N_eff = {row['n_eff']:,.0f} non-embedding parameters"
+            f"{', extrapolated beyond the fitted sizes' if row['extrapolated'] else ''})."
+        )
+    return [claim], {"record": "scaling_fit", **fit.row()}, rows, headline
+
+
+def worst_rows(cfg: RepeatedDataConfig, points: list[dict], worst: dict[str, int]) -> list[dict[str, Any]]:
+    """Per size the worst E (chosen on the text loss) with the seed means there and at E = 1: the text loss,
+    the copy task's held-out loss, the copying loss and the mixed held-out loss."""
+    reps, seeds = list(cfg.repeats), list(cfg.seeds)
+    key = text_key(points)
+    rows = []
+    for size, e in worst.items():
+        row = {
+            "record": "worst",
+            "size": size,
+            "repeats": e,
+            "subset_sequences": cfg.subset(e),
+            "chosen_on": key,
+        }
+        for name in (key, "copy_task_loss", "copying_loss", "heldout_loss"):
+            m = np.nanmean(grid(points, size, reps, seeds, name)[:, [0, reps.index(e)]], axis=0)
+            row[name], row[f"{name}_e1"] = float(m[1]), float(m[0])
+        rows.append(row)
+    return rows
+
+
+def decide(
+    cfg: RepeatedDataConfig, points: list[dict], curves: list[dict]
+) -> tuple[list[Claim], dict[str, int], dict[str, Any], list[dict[str, Any]], str]:
+    """From the per-run rows: the claims, the worst E per size (chosen on the text loss), the scaling-fit
+    row, the effective-size rows and the headline sentence."""
+    n_of = {p["size"]: p["n_params_non_embedding"] for p in points}
+    sizes = sorted(cfg.models, key=n_of.__getitem__)
+    reps, seeds = list(cfg.repeats), list(cfg.seeds)
+    key = text_key(points)
+    claims: list[Claim] = []
+    worst: dict[str, int] = {}
+    peaked: dict[str, bool] = {}
+    peaks: dict[str, Claim] = {}
+    for size in sizes:
+        w = worst_index(grid(points, size, reps, seeds, key))
+        worst[size] = reps[w]
+        peaks[size], peaked[size] = _peak_claim(cfg, points, size, key)
+        claims += [peaks[size], *_damage_claims(cfg, points, size, w)]
+    claims += [_rise_claim(cfg, curves, size, worst[size], key) for size in sizes]
+    fit_row: dict[str, Any] = {"record": "scaling_fit"}
+    effective: list[dict[str, Any]] = []
+    headline = "No effective-size headline: it needs at least 2 model sizes."
+    if len(sizes) >= 2:
+        claims.append(_order_claim(cfg, points, sizes, n_of, peaked, key))
+        more, fit_row, effective, headline = _effective(cfg, points, sizes, n_of, worst)
+        claims += more
+        verdict = peaks[sizes[-1]].verdict
+        if verdict != "PASS" and headline.startswith("Repeating"):
+            headline += (
+                f" Indicative only: the interior peak of the text loss of that model is {verdict}, so its "
+                "worst E is not established."
+            )
+    return claims, worst, fit_row, effective, headline

@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from overtrain.analysis.rise import held_out_peak
 from overtrain.errors import ConfigError
 from overtrain.probes.lora_sharpness import row_noise_sharpness
 from overtrain.registry import FINETUNE_METHODS, STUDIES
 from overtrain.report.build import build_report
 from overtrain.runs.store import Store
+from overtrain.studies.lora_dd import calibrate as cal_mod
 from overtrain.studies.lora_dd.analysis import claims as lora_claims
 from overtrain.studies.lora_dd.config import LoraMlpConfig
 from overtrain.studies.lora_dd.lm_part import run_lora_lm
@@ -62,7 +65,11 @@ def test_study_trains_every_cell_and_reports(home, tmp_path):
     assert not [r for r in rows if r["record"] == "claim"]
     claims = _evals(store, "lora_dd_analysis", analysis_id)
     assert claims == [c.row() for c in lora_claims(cfg, rows)]
-    assert len(claims) == 7 and {c["verdict"] for c in claims} <= {"PASS", "FAIL", "N/A"}
+    assert len(claims) == 7 and {c["verdict"] for c in claims if c["type"] == "check"} <= {"PASS", "FAIL"}
+    findings = [c for c in claims if c["type"] == "finding"]
+    assert len(findings) == 5 and all(c["fpr"] is not None and c["power"] is not None for c in findings)
+    # two seeds support neither a PASS nor a FAIL of a finding
+    assert {c["verdict"] for c in findings} == {"UNDERPOWERED"}
     assert all(c["value"] is not None and c["claim"].endswith("(digits MLP)") for c in claims)
     html = build_report(tmp_path / "rep", "lora_dd", store).read_text()
     assert "LoRA double descent" in html and (tmp_path / "rep" / "lora_dd_mlp_rank.png").is_file()
@@ -163,3 +170,38 @@ def test_base_is_pretrained_on_classes_0_to_4():
     cfg = LoraMlpConfig(hidden=32, pretrain_steps=150)
     _, acc = pretrain_base(cfg, task_data(cfg))
     assert acc > 0.95
+
+
+def _noisy(mean, seeds: int, sigma: float, seed: int = 0) -> np.ndarray:
+    return np.asarray(mean) + np.random.default_rng(seed).normal(0, sigma, size=(seeds, len(mean)))
+
+
+def test_lower_peak_and_no_worse_rules_on_planted_nulls_and_effects():
+    """GGPO's peak: a 20% lower peak at 6 seeds passes, identical methods do not; accuracy: GGPO equal to
+    LoRA is non-inferior, GGPO 5 points worse is not. Calibrations keep fpr ≤ 5% (+3 Monte-Carlo SE)."""
+    lora = np.array([1.0, 1.3, 1.6, 1.2, 1.1])
+    g_cut = np.minimum(lora, 1.6 * 0.8)
+    assert cal_mod.lower_peak_rule(np.concatenate([_noisy(g_cut, 6, 0.02), _noisy(lora, 6, 0.02, 1)], axis=1))
+    same = np.concatenate([_noisy(lora, 6, 0.02), _noisy(lora, 6, 0.02, 1)], axis=1)
+    assert not cal_mod.lower_peak_rule(same)
+    acc = np.array([0.70, 0.72, 0.71, 0.74])
+    assert cal_mod.no_worse_rule(np.concatenate([_noisy(acc, 6, 0.002), _noisy(acc, 6, 0.002, 1)], axis=1))
+    worse = np.concatenate([_noisy(acc - 0.05, 6, 0.002), _noisy(acc, 6, 0.002, 1)], axis=1)
+    assert not cal_mod.no_worse_rule(worse)
+    for cal in (
+        cal_mod.lower_peak_calibration(_noisy(lora, 6, 0.02), _noisy(lora, 6, 0.02, 1)),
+        cal_mod.no_worse_calibration(_noisy(acc, 6, 0.002), _noisy(acc, 6, 0.002, 1)),
+    ):
+        assert cal is not None and cal.fpr <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / cal.n_sim) and cal.power >= 0.8
+
+
+def test_transient_rule_finds_a_planted_spike_and_not_a_smooth_descent():
+    steps = np.linspace(1.0, 0.1, 8)
+    spiky = steps.copy()
+    spiky[4] *= 1.6
+    flat = [_noisy(steps, 5, 0.005, s) for s in range(3)]
+    cal = cal_mod.transient_calibration(flat)
+    assert cal is not None and cal.fpr <= 0.05 and cal.power >= 0.8
+    level = 1 - 0.025 / 3
+    assert not any(held_out_peak(m, level).exceeds(cal_mod.TRANSIENT_GATE) for m in flat)
+    assert held_out_peak(_noisy(spiky, 5, 0.005), level).exceeds(cal_mod.TRANSIENT_GATE)

@@ -1,14 +1,28 @@
-"""The random-features double-descent study, end to end on a reduced grid."""
+"""The random-features double-descent study, end to end on a reduced grid, and its calibrated decision rules
+(each passes a planted effect and fails a planted null on fixed draws)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from overtrain.analysis.calibration import Calibration, no_peak, planted_peak
+from overtrain.analysis.rise import held_out_peak
 from overtrain.cli.main import main
 from overtrain.registry import RUN_KINDS, STUDIES
 from overtrain.runs.store import Store
 from overtrain.studies import base as study_base
 from overtrain.studies.random_features.analysis import claims as rf_claims
+from overtrain.studies.random_features.calibrate import (
+    held_out_log_peak,
+    joint,
+    log_peak,
+    log_peak_calibration,
+    paired_calibration,
+    paired_rule,
+    trend_calibration,
+    trend_rule,
+)
 from overtrain.studies.random_features.config import RandomFeaturesConfig
 from overtrain.studies.random_features.engine import compute
 
@@ -16,24 +30,36 @@ SMALL = {
     "datasets": [
         {"name": "teacher", "n_train": 60, "n_test": 300},
         {"name": "digits", "n_train": 120, "n_test": 300, "label_noise": 0.0},
-        {"name": "digits", "n_train": 120, "n_test": 300, "label_noise": 0.2},
+        {"name": "digits", "n_train": 120, "n_test": 300, "label_noise": 0.4},
     ],
     "features": ["relu"],
     "width_ratios": [0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.3, 2.0, 4.0, 10.0],
     "ridges": [1e-2, 1e-1, 1.0],
     "steps": [1e2],
-    "seeds": [0, 1, 2],
+    "seeds": [0, 1, 2, 3],
     "samplewise": {"width": 60, "n_ratios": [0.5, 0.9, 1.0, 1.1, 2.0]},
 }
 
 
-def test_every_claim_of_the_reduced_study_holds_on_fixed_seeds():
+@pytest.fixture(scope="module")
+def reduced() -> tuple[RandomFeaturesConfig, list[dict]]:
     cfg = RandomFeaturesConfig.model_validate(SMALL)
     rows, info = compute(cfg)
+    assert info["curves"] == 3 * 4  # datasets x seeds (one feature map)
+    return cfg, rows
+
+
+def test_every_claim_of_the_reduced_study_holds_on_fixed_seeds(reduced):
+    cfg, rows = reduced
     claims = {c.claim: c.row() for c in rf_claims(cfg, rows)}
-    assert len(claims) == 8 and info["curves"] == 9
+    assert len(claims) == 8
     failed = {k: (v["value"], v["detail"]) for k, v in claims.items() if v["verdict"] != "PASS"}
     assert not failed
+    findings = [v for v in claims.values() if v["type"] == "finding"]
+    assert len(findings) == 5
+    # every finding carries its calibration: a measured fpr within the 5% a PASS needs, and a power
+    assert all(v["fpr"] is not None and v["fpr"] <= 0.05 and v["power"] is not None for v in findings)
+    assert all("simulations of 4 seeds" in v["detail"] for v in findings)
     curve = [
         r
         for r in rows
@@ -45,6 +71,92 @@ def test_every_claim_of_the_reduced_study_holds_on_fixed_seeds():
     # widths round P = ratio·n; the threshold itself is always on the grid and interpolates exactly
     at_n = next(r for r in curve if r["width"] == 60)
     assert at_n["train_loss"] < 1e-12 and at_n["kappa"] > 10 * min(r["kappa"] for r in curve)
+
+
+def test_findings_on_three_seeds_are_underpowered(reduced):
+    """The same runs without seed 3: no finding can PASS or FAIL on three seeds; the checks still decide."""
+    cfg, rows = reduced
+    three = cfg.model_copy(update={"seeds": [0, 1, 2]})
+    claims = rf_claims(three, [r for r in rows if r.get("seed") != 3])
+    assert {c.verdict for c in claims if c.type == "finding"} == {"UNDERPOWERED"}
+    assert {c.verdict for c in claims if c.type == "check"} == {"PASS"}
+
+
+# --- the decision rules on planted nulls and effects -----------------------------------------------------
+
+GRID = np.array([0.25, 0.5, 0.7, 0.9, 1.0, 1.1, 1.5, 2.0, 4.0, 10.0])
+AT_N = 4
+
+
+def _curves(mean: np.ndarray, sigma: float, seeds: int = 4, seed: int = 0) -> np.ndarray:
+    """Seeds x grid positive curves: the mean times log-normal noise of log-SD `sigma` (fixed draws)."""
+    rng = np.random.default_rng(seed)
+    return mean * np.exp(rng.normal(0, sigma, size=(seeds, len(mean))))
+
+
+def test_held_out_log_peak_locates_as_the_shared_held_out_peak():
+    """Same peak index and the same excess (on log scale) as `overtrain.analysis.rise.held_out_peak`."""
+    rng = np.random.default_rng(1)
+    for k in range(300):
+        y = np.exp(rng.normal(size=(int(rng.integers(2, 9)), int(rng.integers(3, 30)))))
+        if k % 3 == 0:
+            y = np.round(y, 1) + 0.1  # ties: both take the first maximum and the first minima
+        ref = held_out_peak(y)
+        logs, index = held_out_log_peak(y)
+        assert tuple(index) == ref.peak_index
+        assert np.allclose(logs, np.log1p(ref.per_seed))
+
+
+def test_peak_rule_passes_a_planted_peak_and_fails_a_planted_null():
+    null = no_peak(np.array([1.0, 0.8, 0.7, 0.75, 0.9, 0.85, 0.6, 0.5, 0.45, 0.4]))
+    assert np.all(np.diff(null[4:]) <= 0)  # the bump at P = n removed: a monotone descent after P/n = 0.7
+    peaked = planted_peak(null, 0.5, AT_N)
+    for seed in range(3):
+        assert log_peak(_curves(peaked, 0.05, seed=seed), GRID, 1.0, 0.1).passed
+        assert not log_peak(_curves(null, 0.05, seed=seed), GRID, 1.0, 0.1).passed
+    # a real peak in the wrong place is not a peak at P = n
+    elsewhere = log_peak(_curves(planted_peak(null, 0.5, 7), 0.05), GRID, 1.0, 0.1)
+    assert elsewhere.lower > 0 and not elsewhere.located and not elsewhere.passed
+    # three seeds give no bound, so no pass
+    assert log_peak(_curves(peaked, 0.05, seeds=3), GRID, 1.0, 0.1).lower is None
+
+
+def test_peak_calibration_measures_a_small_fpr_and_the_power_of_a_large_peak():
+    curves = _curves(planted_peak(no_peak(np.linspace(1.0, 0.5, len(GRID))), 3.0, AT_N), 0.1)
+    cal = log_peak_calibration(curves, GRID, 1.0, 0.1, height=0.5)
+    assert cal.fpr <= 0.05 and cal.power >= 0.8 and cal.n_groups == 4
+    assert abs(cal.sigma - 0.1) < 0.03  # the log noise measured from the curves themselves
+    small = log_peak_calibration(curves, GRID, 1.0, 0.1, height=0.02)
+    assert small.power < cal.power  # a peak small against the noise is rarely seen
+
+
+def test_paired_rule_passes_a_planted_gap_and_fails_a_planted_null():
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        assert paired_rule(rng.normal(np.log(1.5), 0.1, size=(4, 1)))
+        assert not paired_rule(rng.normal(0.0, 0.1, size=(4, 1)) - 0.05)
+    assert not paired_rule(np.full((3, 1), 1.0))  # three seeds: no bound
+    cal = paired_calibration(rng.normal(0, 0.05, size=6), gap=0.2)
+    assert cal.fpr <= 0.05 and cal.power >= 0.9 and cal.n_groups == 6
+
+
+def test_trend_rule_passes_a_planted_rise_and_fails_a_flat_null():
+    levels = [0.0, 0.1, 0.2]
+    rng = np.random.default_rng(0)
+    rule = trend_rule(levels)
+    rise = np.log([0.80, 0.88, 0.96])
+    for _ in range(3):
+        assert rule(rise + rng.normal(0, 0.01, size=(4, 3)))
+        assert not rule(np.log(0.88) + rng.normal(0, 0.01, size=(4, 3)))
+    cal = trend_calibration(levels, rise + rng.normal(0, 0.01, size=(4, 3)), rise=0.2)
+    assert cal.fpr <= 0.05 and cal.power >= 0.9
+
+
+def test_joint_calibration_takes_the_worst_fpr_and_the_product_of_powers():
+    a, b = Calibration(0.01, 0.9, 200, 0.1, 4), Calibration(0.03, 0.5, 200, 0.3, 5)
+    both = joint([a, b])
+    assert (both.fpr, both.power, both.sigma, both.n_groups) == (0.03, pytest.approx(0.45), 0.3, 4)
+    assert joint([a, None]) is None and joint([]) is None
 
 
 def test_study_runs_from_the_cli_and_reports(tmp_path, home, capsys, monkeypatch):

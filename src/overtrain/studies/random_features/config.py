@@ -90,8 +90,9 @@ class RandomFeaturesConfig(BaseConfig):
     steps: list[float] = [1e2, 1e4]
     """Lengths T of exact full-batch GD from zero (step 1/s_max²), each one more curve."""
 
-    seeds: Seeds = [0, 1, 2]
-    """Seeds: each redraws the features and the dataset (split, label noise, teacher sample)."""
+    seeds: Seeds = [0, 1, 2, 3]
+    """Seeds: each redraws the features and the dataset (split, label noise, teacher sample). A finding
+    needs at least 4 to PASS (`overtrain.analysis.claims.MIN_SEEDS`)."""
 
     samplewise: SamplewiseConfig | None = SamplewiseConfig()
     """The sample-wise sweep on every dataset (None: skip)."""

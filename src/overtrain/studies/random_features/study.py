@@ -13,6 +13,9 @@ STUDY = register(
         compute=compute,
         claims=claims,
         report=report,
-        analysis_modules=("overtrain.studies.random_features.analysis",),
+        analysis_modules=(
+            "overtrain.studies.random_features.analysis",
+            "overtrain.studies.random_features.calibrate",
+        ),
     )
 )

@@ -9,10 +9,18 @@ import math
 import numpy as np
 import pytest
 
+from overtrain.analysis.calibration import no_peak, planted_peak
 from overtrain.config import validate
 from overtrain.errors import ConfigError
 from overtrain.seed import numpy_rng
 from overtrain.studies.samplewise_linear.analysis import claims
+from overtrain.studies.samplewise_linear.calibrate import (
+    locate_peak,
+    paired_calibration,
+    paired_rule,
+    split_peak,
+    split_peak_calibration,
+)
 from overtrain.studies.samplewise_linear.config import SamplewiseLinearConfig
 from overtrain.studies.samplewise_linear.engine import (
     SamplewiseLinearResult,
@@ -110,13 +118,67 @@ def test_default_claims(default):
     hurts, peak = claims(SamplewiseLinearConfig(), default.rows())
     assert hurts.verdict == "PASS" and hurts.value > 10
     assert peak.verdict == "PASS" and peak.value == 100
+    for c in (hurts, peak):  # calibrated findings: a measured fpr within 5%, and a power
+        assert c.type == "finding" and c.fpr <= 0.05 and c.power is not None and "simulations" in c.detail
 
 
 def test_claims_na_without_n_equal_d():
     cfg = SamplewiseLinearConfig(d=20, n_grid=[10, 30], trials=2)
     hurts, peak = claims(cfg, run_samplewise_linear(cfg).rows())
     assert hurts.verdict == "N/A"
-    assert peak.verdict == "FAIL"  # the argmax (n = 10 or 30) is far from d
+    assert peak.verdict == "N/A"  # two sizes: no interior point to peak at
+
+
+def test_few_trials_are_underpowered():
+    """Six trials: the paired claim has its six replicates, the peak only three held-out trials — too few
+    to PASS or FAIL."""
+    cfg = SamplewiseLinearConfig(d=20, n_grid=[6, 10, 14, 18, 20, 22, 30, 60], trials=6)
+    hurts, peak = claims(cfg, run_samplewise_linear(cfg).rows())
+    assert hurts.verdict == "PASS"
+    assert peak.verdict == "UNDERPOWERED" and "on 3 held-out trials" in peak.detail
+
+
+# --- the decision rules on planted nulls and effects -----------------------------------------------------
+
+NS = np.array([10, 20, 40, 60, 80, 90, 100, 110, 120, 150, 200, 400])
+D = 6  # index of n = 100
+
+
+def _risks(mean: np.ndarray, sigma: float, trials: int = 20, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return mean * np.exp(rng.normal(0, sigma, size=(trials, len(mean))))
+
+
+def test_locate_peak():
+    m = np.log([3.0, 1.0, 2.0, 9.0, 4.0, 0.5, 0.7])
+    assert locate_peak(m) == (3, 1, 5)
+
+
+def test_split_peak_passes_a_planted_peak_and_fails_a_planted_null():
+    null = no_peak(np.array([1.2, 1.0, 0.98, 1.0, 1.1, 1.3, 1.5, 1.2, 0.9, 0.6, 0.5, 0.33]))
+    peaked = planted_peak(null, 0.5, D)
+    for seed in range(3):
+        assert split_peak(_risks(peaked, 0.1, seed=seed), NS, 100, 5).passed
+        assert not split_peak(_risks(null, 0.1, seed=seed), NS, 100, 5).passed
+    off = split_peak(_risks(planted_peak(null, 3.0, 9), 0.1), NS, 100, 5)  # a peak at n = 150
+    assert off.lower > 0 and not off.located and not off.passed
+    assert split_peak(_risks(peaked, 0.1, trials=6), NS, 100, 5).lower is None  # three held-out trials
+
+
+def test_split_peak_calibration():
+    risks = _risks(planted_peak(no_peak(np.linspace(1.0, 0.4, len(NS))), 5.0, D), 0.1, trials=30)
+    cal = split_peak_calibration(risks, NS, 100, 5, height=0.5)
+    assert cal.fpr <= 0.05 and cal.power >= 0.8 and cal.n_groups == 30
+    assert split_peak_calibration(risks, NS, 100, 5, height=0.02).power < cal.power
+
+
+def test_paired_rule_passes_a_planted_gap_and_fails_a_planted_null():
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        assert paired_rule(rng.normal(np.log(1.5), 0.2, size=(20, 1)))
+        assert not paired_rule(rng.normal(0.0, 0.2, size=(20, 1)) - 0.05)
+    cal = paired_calibration(rng.normal(0, 0.1, size=20), gap=0.2)
+    assert cal.fpr <= 0.05 and cal.power >= 0.9
 
 
 def test_rows(default):

@@ -13,6 +13,9 @@ STUDY = register(
         compute=compute,
         claims=claims,
         report=report,
-        analysis_modules=("overtrain.studies.samplewise_linear.analysis",),
+        analysis_modules=(
+            "overtrain.studies.samplewise_linear.analysis",
+            "overtrain.studies.samplewise_linear.calibrate",
+        ),
     )
 )

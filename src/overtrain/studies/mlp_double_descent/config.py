@@ -69,8 +69,9 @@ class MLPSweepConfig(BaseConfig):
     eval_every: int = Field(50, ge=1)
     """Steps between measurements (step 0 and the last step are always measured)."""
 
-    seeds: list[int] = [0, 1, 2]
-    """Initialisation seeds (the data and its label noise are fixed by `data.seed`)."""
+    seeds: list[int] = [0, 1, 2, 3, 4, 5]
+    """Initialisation seeds (the data and its label noise are fixed by `data.seed`): the replicates of the
+    claims, which need at least 4 to PASS (`overtrain.analysis.claims.MIN_SEEDS`)."""
 
     init_scale: float = Field(1.0, gt=0, le=100)
     """Multiplier on PyTorch's default ``nn.Linear`` init: every weight and bias of a layer with fan-in f
@@ -89,12 +90,14 @@ class MLPSweepConfig(BaseConfig):
     ~3% rms. (Zero training *error* comes much earlier, at ~0.7·n·k parameters; the claim reports both.)"""
 
     peak_tolerance: float = Field(0.3, gt=0)
-    """Model-wise claim: the peak's parameter count must lie within this relative distance of the
-    threshold width's parameter count (±30% by default)."""
+    """Model-wise claim: the peak's parameter count (the most common held-out peak width over seeds) must
+    lie within this relative distance of the threshold width's parameter count (±30% by default)."""
 
     min_rise: float = Field(0.02, gt=0, lt=1)
-    """Smallest rise of the test error (fraction: 0.02 = 2 points) that counts as a peak, model-wise (over
-    the classical minimum) and epoch-wise (over the first minimum); also the drop a second descent needs."""
+    """Smallest rise of the test error (fraction: 0.02 = 2 points) that counts: the epoch-wise rise over
+    the first minimum and the drop a second descent needs must clear it (their lower bounds), and "no peak"
+    far from interpolation means a rise below it (its upper bound). The model-wise peak needs only a held-out
+    excess whose lower bound is above 0 (`overtrain.analysis.rise.peak_rule`)."""
 
     early_step: int | None = Field(None, ge=0)
     """Measured step at which the model-wise curve is read for the "no interpolation, no peak" check.
@@ -171,8 +174,8 @@ class MLPEpochwiseConfig(MLPSweepConfig):
     lr: float = Field(1e-4, gt=0, le=1)
     """Adam learning rate (constant; betas 0.9, 0.999, eps 1e-8, no weight decay)."""
 
-    seeds: list[int] = [0]
-    """Initialisation seeds (one: the rise is ~11 points, far above seed noise)."""
+    seeds: list[int] = [0, 1, 2, 3]
+    """Initialisation seeds: the replicates of the epoch-wise claims (at least 4 to PASS)."""
 
 
 class MLPDoubleDescentConfig(BaseConfig):

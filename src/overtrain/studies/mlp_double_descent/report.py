@@ -72,7 +72,13 @@ def report(reader: Reader, cfg: MLPDoubleDescentConfig, rows: list[dict], run_id
         ax.set_xscale("symlog", linthresh=100)
         label(ax, "Adam steps (symlog)", "fraction", f"epoch-wise, width {max(cfg.epochwise.widths)}")
         ax.legend(fontsize=7)
-        figs.append(Figure("mlp_epochwise", fig, "One wide network over training."))
+        figs.append(
+            Figure(
+                "mlp_epochwise",
+                fig,
+                f"One wide network over training, mean over {len(cfg.epochwise.seeds)} seeds.",
+            )
+        )
     table, passed = claims_table(rows, "Claims of Nakkiran et al. 2020 / Belkin et al. 2019 (two-layer nets)")
     text = [f"{passed} Run <code>{run_id}</code>. Full-batch Adam, no weight decay; test labels are clean."]
     return [Section("Two-layer networks on digits", text=text, figures=figs, tables=[table])]

@@ -13,6 +13,9 @@ STUDY = register(
         compute=compute,
         claims=claims,
         report=report,
-        analysis_modules=("overtrain.studies.mlp_double_descent.analysis",),
+        analysis_modules=(
+            "overtrain.studies.mlp_double_descent.analysis",
+            "overtrain.studies.mlp_double_descent.calibrate",
+        ),
     )
 )

@@ -13,6 +13,9 @@ STUDY = register(
         compute=compute,
         claims=claims,
         report=report,
-        analysis_modules=("overtrain.studies.head_tuning.analysis",),
+        analysis_modules=(
+            "overtrain.studies.head_tuning.analysis",
+            "overtrain.studies.head_tuning.calibrate",
+        ),
     )
 )

@@ -1,5 +1,7 @@
 """The hyperfit study end to end on a byte-level nano model pre-trained on the packaged Shakespeare excerpt:
-wiring, stored rows, idempotence, the report, a user's local checkpoint as the base, and bad inputs."""
+wiring, stored rows, idempotence, the report, a user's local checkpoint as the base, and bad inputs; and
+its findings' decision rules on synthetic per-prompt data: a planted effect passes, exchangeable models
+fail, too few prompts are UNDERPOWERED, fpr ≤ 5% at the simulated noise."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from overtrain.errors import CheckpointError, ConfigError, DataError, UserError
@@ -17,6 +20,17 @@ from overtrain.report.build import build_report
 from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.query import query
 from overtrain.runs.store import Store
+from overtrain.studies.hyperfit.calibrate import (
+    above,
+    below,
+    equivalence_calibration,
+    share_calibration,
+    share_rule,
+    unit_calibration,
+    within,
+)
+from overtrain.studies.hyperfit.claims import claims as hyperfit_claims
+from overtrain.studies.hyperfit.config import HyperfitConfig
 from overtrain.studies.hyperfit.report import _text
 from overtrain.studies.hyperfit.study import STUDY
 
@@ -102,8 +116,10 @@ def test_study_runs_every_run_and_stores_its_rows(study_store):
     if temp["inside_range"]:
         assert abs(temp["subset_entropy"] - temp["target_entropy"]) < 1e-3
     claims = [r for r in rows if r["record"] == "claim"]
-    assert len(claims) == 8 and {c["verdict"] for c in claims} <= {"PASS", "FAIL", "N/A"}
+    assert len(claims) == 8 and {c["verdict"] for c in claims} <= {"PASS", "FAIL", "N/A", "UNDERPOWERED"}
     assert all(c["value"] is not None for c in claims[:7])
+    assert [c["type"] for c in claims] == ["check"] + ["finding"] * 7
+    assert all(c["fpr"] <= 0.05 for c in claims if c["type"] == "finding" and c["verdict"] == "PASS")
     samples = [r for r in rows if r["record"] == "sample"]
     assert len(samples) == 4 * (1 + 7)
     runs = [(r["child_kind"], r["child_id"], r["sequences"]) for r in rows if r["record"] == "run"]
@@ -179,3 +195,96 @@ def test_bad_inputs_are_one_line_user_errors(home, tmp_path):
         study.plan(study.load_config(None, None, [*_overrides(TINY), f"base_model={tmp_path}"]))
     with pytest.raises(DataError, match="overtrain data prepare shakespeare"):  # default preset, unprepared
         study.plan(study.load_config())
+
+
+# --- the findings' decision rules on synthetic per-prompt data ------------------------------------------
+
+
+def synthetic(prompts: int = 128, windows: int = 256, effect: bool = True, seed: int = 0) -> dict:
+    """Per-prompt and per-window arrays like the analysis's. With `effect`: the paper's picture (entropy
+    halved, perplexity x20, TTR +0.2 over base greedy and +0.1 over the matched base, no copying, blocking
+    changes nothing, the n = 8 run keeps none of the gain); without: every compared pair exchangeable
+    (same mean), copying common, blocking costs 0.1 TTR."""
+    rng = np.random.default_rng(seed)
+
+    def noise(sd: float, n: int = prompts) -> np.ndarray:
+        return rng.normal(0.0, sd, n)
+
+    base = 0.3 + noise(0.05)
+    main = base + (0.2 if effect else 0.0) + noise(0.05)
+    zeros = np.zeros(prompts)
+    per = {
+        "human": {"ttr": 0.7 + noise(0.03), "copied": zeros},
+        "base_greedy": {"ttr": base, "copied": zeros},
+        "base_nucleus": {"ttr": 0.6 + noise(0.03), "copied": zeros},
+        "base_matched": {"ttr": main - (0.1 if effect else 0.0) + noise(0.05), "copied": zeros},
+        "hyperfit": {
+            "ttr": main,
+            "copied": zeros if effect else (rng.random(prompts) < 0.3).astype(float),
+            "longest_copy": 3.0 + zeros,
+        },
+        "blocked": {"ttr": main + (0.0 if effect else -0.1) + noise(0.01), "copied": zeros},
+        "ablation_8": {"ttr": (base if effect else main) + noise(0.03), "copied": zeros},
+    }
+    entropy = 4.0 + rng.normal(0, 0.3, windows)
+    nll = 4.3 + rng.normal(0, 0.3, windows)
+    base_val = {"entropy": entropy, "nll": nll, "top1": 0.2 + 0 * entropy}
+    hf_val = {
+        "entropy": entropy * (0.5 if effect else 1.0) + rng.normal(0, 0.1, windows),
+        "nll": nll + (3.0 if effect else 0.0) + rng.normal(0, 0.2, windows),
+        "top1": 0.5 + 0 * entropy,
+    }
+    train = {64: np.full(64, 0.02), 8: np.full(8, 0.2)}
+    temperature = {"tau": 0.6, "entropy_at_tau": 2.0, "target_entropy": 2.0}
+    return {
+        "per": per,
+        "base_val": base_val,
+        "hf_val": hf_val,
+        "train_nll": train,
+        "temperature": temperature,
+    }
+
+
+def run_claims(data: dict):
+    cfg = HyperfitConfig(bootstrap=200)
+    return hyperfit_claims(
+        cfg, data["per"], data["base_val"], data["hf_val"], data["train_nll"], data["temperature"]
+    )
+
+
+def test_planted_effects_pass_and_exchangeable_models_fail():
+    found = run_claims(synthetic())
+    assert [c.type for c in found] == ["check"] + ["finding"] * 7
+    assert [c.verdict for c in found] == ["PASS"] * 8, [(c.claim, c.verdict, c.detail) for c in found]
+    for c in found[1:]:
+        assert c.fpr is not None and c.fpr <= 0.05 and c.power >= 0.8 and "replicates" in c.detail
+    null = run_claims(synthetic(effect=False))
+    assert [c.verdict for c in null[1:7]] == ["FAIL"] * 6, [(c.claim, c.verdict) for c in null]
+    assert null[7].verdict == "N/A" and "gained nothing" in null[7].detail  # no gain to lose
+    keeps = synthetic()  # the main run gains, and the n = 8 run keeps all of it
+    keeps["per"]["ablation_8"]["ttr"] = keeps["per"]["hyperfit"]["ttr"] + np.random.default_rng(2).normal(
+        0, 0.03, 128
+    )
+    last = run_claims(keeps)[7]
+    assert last.verdict == "FAIL" and last.value == pytest.approx(1.0, abs=0.05)
+
+
+def test_too_few_prompts_are_underpowered():
+    found = run_claims(synthetic(prompts=3, windows=3))
+    assert [c.verdict for c in found[1:]] == ["UNDERPOWERED"] * 7
+
+
+def test_rules_and_their_calibrations():
+    rng = np.random.default_rng(1)
+    d = rng.normal(0.0, 0.05, 128)
+    assert not above(0.0)(d) and above(0.0)(d + 0.05) and below(0.0)(d - 0.05)
+    cal = unit_calibration(d, above(0.0), 0.0, 0.03)
+    assert cal.fpr <= 0.05 and cal.power >= 0.8 and cal.n_groups == 128
+    assert cal.sigma == pytest.approx(0.05, rel=0.2)
+    assert within(0.05)(d) and not within(0.05)(d + 0.06)
+    cal = equivalence_calibration(d, 0.05, 0.0)
+    assert cal.fpr <= 0.05 and cal.power >= 0.8
+    assert share_rule(0.1)(np.zeros(128)) and not share_rule(0.1)(np.r_[np.ones(13), np.zeros(115)])
+    cal = share_calibration(128, 0.1, 0.02)
+    assert cal.fpr <= 0.05 and cal.power >= 0.8
+    assert share_calibration(3, 0.1, 0.02) is None and unit_calibration(d[:2], above(0.0), 0, 1) is None

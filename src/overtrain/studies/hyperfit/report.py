@@ -17,6 +17,7 @@ from overtrain.report.html import Figure, Section, Table
 from overtrain.report.plots import label, new_figure
 from overtrain.runs.query import Reader
 from overtrain.studies.base import claims_table
+from overtrain.studies.hyperfit.calibrate import LEVEL
 from overtrain.studies.hyperfit.config import HyperfitConfig
 
 CURVES = [
@@ -155,8 +156,10 @@ def report(reader: Reader, cfg: HyperfitConfig, run_id: str) -> list[Section]:
         f"n = {tc.sequences} windows of its training text (ablations: {ablations or 'none'}), "
         f"{tc.epochs} epochs, Adam lr {tc.lr:g}, batch {tc.batch_size}. {ec.prompts} held-out prompts of "
         f"{ec.prompt_len} tokens, {ec.new_tokens} generated tokens, TTR over the last {ec.ttr_window} "
-        f"tokens; sampled settings average {ec.samples} continuations per prompt. CIs: 95% bootstrap "
-        f"({cfg.bootstrap} replicates), paired over prompts or validation windows.",
+        f"tokens; sampled settings average {ec.samples} continuations per prompt. Table CIs: 95% bootstrap "
+        f"({cfg.bootstrap} replicates) over prompts. Findings: one-sided {LEVEL:.1%} bounds paired over prompts or "
+        "validation windows (the replicates), each with its false-positive rate on null data and its power "
+        "on the paper's effect, both at the measured per-unit noise.",
         f"Sharpening control: the base model sampled at τ = {temp['tau']:.3f}, where its validation entropy "
         f"({temp['entropy_at_tau']:.3f} nats) matches the hyperfitted model's "
         f"({temp['target_entropy']:.3f}). "

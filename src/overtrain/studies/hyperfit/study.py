@@ -23,6 +23,7 @@ STUDY = register(
         analysis_modules=(
             "overtrain.studies.hyperfit.analysis",
             "overtrain.studies.hyperfit.claims",
+            "overtrain.studies.hyperfit.calibrate",
             "overtrain.probes.generation",
         ),
     ),

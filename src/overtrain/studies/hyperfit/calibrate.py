@@ -1,0 +1,195 @@
+"""Decision rules of the hyperfitting findings and their calibration (`overtrain.analysis.calibration`).
+
+The study has one base model and one hyperfit set, so its replicates are the held-out **units** every
+setting is evaluated on: the prompts (generations) and the validation windows (entropy, perplexity). Every
+comparison is paired over them. Each rule is a one-sided Student-t bound at `LEVEL` on the mean over units
+of a per-unit value (a paired difference, or a linearised ratio), compared with the claim's threshold:
+
+- a difference claim (perplexity up, TTR up, not just sharpening) passes when the lower bound of the mean
+  paired difference is above 0. Null: the two models exchangeable (differences ~ N(0, σ²), σ the measured
+  SD of the per-unit differences); effect: the paper's difference.
+- a ratio claim ``mean(a) / mean(b) ≤ r`` (entropy down, the ablation keeps at most a share of the gain)
+  is the difference claim ``mean(a − r·b) ≤ 0`` (exact, no delta method): passes when the upper bound of
+  that mean is below 0. Null: the claim's boundary (ratio exactly r: the hardest case; exchangeable models
+  are further from passing); effect: the paper's ratio.
+- a share claim (few continuations copy the hyperfit set) passes when the exact (Clopper-Pearson) upper
+  bound of the share is below the threshold. Null: the share exactly at the threshold (Bernoulli draws);
+  effect: the paper's share.
+- an equivalence claim (citation blocking barely changes TTR) passes when both bounds lie within
+  ± tolerance (two one-sided tests). The roles swap: its false positive is passing while the change is a
+  full tolerance, so ``fpr`` is its pass rate at a true difference of ± tolerance (the larger of the two);
+  ``power`` its pass rate at the paper's "no change" (0).
+
+At a boundary null a one-sided bound at coverage c passes with probability ≈ 1 − c, so `LEVEL` = 0.975
+keeps fpr near 0.025, clear of `MAX_FPR` by more than the Monte-Carlo error of the calibration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from overtrain.analysis.calibration import Calibration, Rule, calibrate
+
+LEVEL = 0.975
+"""One-sided coverage of every bound of the hyperfit findings."""
+
+N_SIM = 400
+"""Simulated null and effect draws per finding (Monte-Carlo SE of a rate ≤ 0.025; 0.008 at 0.025)."""
+
+MIN_UNITS = 4
+"""Fewer paired units (prompts, windows) give no bound."""
+
+# Effects of the paper's size (Carlsson et al. 2025, arXiv 2412.04318):
+PAPER_ENTROPY_RATIO = 1.46 / 3.47
+"""Validation entropy, hyperfitted / base: Llama 3.1 8B, 3.47 → 1.46 nats."""
+
+PAPER_PERPLEXITY_RATIO = 103 / 13
+"""Validation perplexity, hyperfitted / base: Llama 3.1 8B, 13 → 103."""
+
+PAPER_TTR_GAIN = 0.03
+"""Greedy TTR gain over a baseline. The paper's hyperfitted models reach TTRs above 0.60 against 0.17–0.57
+for the originals' greedy text (its TTR table), so 0.03 is the smallest gain it shows: a conservative size,
+also used for the entropy-matched control, for which the paper gives no number."""
+
+PAPER_COPY_SHARE = 0.02
+"""Share of hyperfitted greedy continuations with a > 10-token span of the training set: below 2%."""
+
+PAPER_BLOCKING_CHANGE = 0.0
+"""TTR change from citation blocking: the paper finds it barely matters (none planted)."""
+
+PAPER_ABLATION_SHARE = 0.0
+"""Share of the TTR gain kept by a hyperfit on as few sequences as the batch size, as the claim states it
+(the gain collapses). Note: the paper's own code README reports good results down to 8 samples."""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The mean of per-unit values with one-sided Student-t bounds at `LEVEL`.
+
+    Attributes:
+        value: mean over units.
+        lower, upper: one-sided bounds (None with fewer than `MIN_UNITS` units).
+        sd: SD of the values over units (ddof 1; NaN with one unit).
+        n: units.
+    """
+
+    value: float
+    lower: float | None
+    upper: float | None
+    sd: float
+    n: int
+
+
+def mean_bounds(values, level: float = LEVEL) -> Bounds:
+    """`Bounds` of the finite entries of `values` (any shape: flattened)."""
+    x = np.asarray(values, dtype=float).ravel()
+    x = x[np.isfinite(x)]
+    n = x.size
+    mean = float(x.mean()) if n else float("nan")
+    sd = float(x.std(ddof=1)) if n > 1 else float("nan")
+    if n < MIN_UNITS:
+        return Bounds(mean, None, None, sd, n)
+    half = float(stats.t.ppf(level, n - 1)) * sd / np.sqrt(n)
+    return Bounds(mean, mean - half, mean + half, sd, n)
+
+
+def above(threshold: float = 0.0) -> Rule:
+    """The mean's lower bound is above `threshold` (no bound: fail)."""
+
+    def rule(values: np.ndarray) -> bool:
+        b = mean_bounds(values)
+        return b.lower is not None and b.lower > threshold
+
+    return rule
+
+
+def below(threshold: float = 0.0) -> Rule:
+    """The mean's upper bound is below `threshold` (no bound: fail)."""
+
+    def rule(values: np.ndarray) -> bool:
+        b = mean_bounds(values)
+        return b.upper is not None and b.upper < threshold
+
+    return rule
+
+
+def within(tolerance: float) -> Rule:
+    """Both bounds of the mean lie inside ± `tolerance` (two one-sided tests; no bound: fail)."""
+
+    def rule(values: np.ndarray) -> bool:
+        b = mean_bounds(values)
+        return b.lower is not None and -tolerance < b.lower and b.upper < tolerance
+
+    return rule
+
+
+def linearised(a, b, ratio: float) -> np.ndarray:
+    """Per-unit ``a − ratio·b``: its mean is ≤ 0 exactly when ``mean(a) / mean(b) ≤ ratio`` (mean(b) > 0)."""
+    return np.asarray(a, dtype=float) - ratio * np.asarray(b, dtype=float)
+
+
+def ratio_upper(a, b) -> tuple[float, float | None]:
+    """``mean(a) / mean(b)`` and its one-sided upper bound: ``R + t·SE(a − R·b) / mean(b)`` (the bound of
+    the linearised mean at the estimate R, to first order)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    r = float(a.mean() / b.mean())
+    up = mean_bounds(linearised(a, b, r)).upper
+    return r, None if up is None else r + up / float(b.mean())
+
+
+def unit_calibration(values, rule: Rule, null: float, effect: float) -> Calibration | None:
+    """fpr and power of `rule` on per-unit values ~ N(null, σ²) and N(effect, σ²), σ the SD of the measured
+    `values` around their mean, as many units as measured (each a group of one point). None with fewer than
+    3 finite values or no spread."""
+    x = np.asarray(values, dtype=float).ravel()
+    x = x[np.isfinite(x)]
+    if x.size < 3 or not x.std() > 0:
+        return None
+    return calibrate(rule, np.array([null]), np.array([effect]), float(x.std(ddof=1)), x.size, n_sim=N_SIM)
+
+
+def equivalence_calibration(values, tolerance: float, effect: float) -> Calibration | None:
+    """fpr and power of `within` (module docstring: the roles swap): fpr the larger pass rate at a true
+    mean of +`tolerance` and of −`tolerance`, power the pass rate at `effect`."""
+    up = unit_calibration(values, within(tolerance), tolerance, effect)
+    down = unit_calibration(values, within(tolerance), -tolerance, effect)
+    if up is None or down is None:
+        return None
+    return Calibration(max(up.fpr, down.fpr), up.power, up.n_sim, up.sigma, up.n_groups)
+
+
+def share_upper(hits, level: float = LEVEL) -> float | None:
+    """Exact (Clopper-Pearson) one-sided upper bound of the share of units with a hit (`hits`: 0/1 per
+    unit, or fractions, rounded to a count); None with fewer than `MIN_UNITS` units."""
+    h = np.asarray(hits, dtype=float).ravel()
+    n = h.size
+    if n < MIN_UNITS:
+        return None
+    k = int(round(float(h.sum())))
+    return 1.0 if k >= n else float(stats.beta.ppf(level, k + 1, n - k))
+
+
+def share_rule(max_share: float) -> Rule:
+    """The share's upper bound (`share_upper`) is below `max_share`."""
+
+    def rule(hits: np.ndarray) -> bool:
+        up = share_upper(hits)
+        return up is not None and up < max_share
+
+    return rule
+
+
+def share_calibration(n: int, max_share: float, effect: float, seed: int = 0) -> Calibration | None:
+    """fpr and power of `share_rule` on `n` Bernoulli units: fpr at a true share of `max_share` (the
+    boundary), power at `effect`; ``sigma`` is the Bernoulli SD at the boundary. None below `MIN_UNITS`."""
+    if n < MIN_UNITS:
+        return None
+    rng = np.random.default_rng(seed)
+    rule = share_rule(max_share)
+    u = rng.random((N_SIM, n))  # common random numbers for the two worlds
+    fpr = float(np.mean([rule(row < max_share) for row in u]))
+    power = float(np.mean([rule(row < effect) for row in u]))
+    return Calibration(fpr, power, N_SIM, float(np.sqrt(max_share * (1 - max_share))), n)

@@ -1,5 +1,6 @@
 """Optimisation and double descent: batched readout training against per-width training, torch.optim and
-the closed forms; the peak statistic; the claims on a reduced run; config validation."""
+the closed forms; the peak statistic; the claims on a reduced run and their calibrated decision rules (each
+passes a planted effect and fails a planted null); config validation."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ from pydantic import ValidationError
 from overtrain.errors import ConfigError
 from overtrain.models.random_features import FeatureConfig, fits, random_features, sweep_widths
 from overtrain.studies.dd_optimization.analysis import claims as optim_claims
+from overtrain.studies.dd_optimization.calibrate import (
+    no_peak_calibration,
+    no_peak_rule,
+    spearman_calibration,
+    spearman_rule,
+    trend_calibration,
+    trend_rule,
+)
 from overtrain.studies.dd_optimization.config import OptimizationDDConfig, OptimizerSetting
 from overtrain.studies.dd_optimization.engine import peak_statistics, run_optimization_dd
 from overtrain.studies.dd_optimization.training import (
@@ -165,7 +174,7 @@ def _small_config(**kw):
     base = dict(
         data={"name": "teacher", "n_train": 60, "n_test": 300},
         width_ratios=[0.25, 0.5, 0.7, 0.9, 1.0, 1.1, 1.5, 2.0],
-        seeds=[0, 1],
+        seeds=[0, 1, 2, 3],
         steps=[1e1, 1e3, 1e5],
         settings=[
             OptimizerSetting(name="GD short", lr=0.5, epochs=10),
@@ -186,14 +195,23 @@ def test_claims_on_a_reduced_run():
     res = run_optimization_dd(cfg, progress=lambda done, total: calls.append((done, total)))
     assert calls[-1] == (5, 5)
     claims = optim_claims(cfg, res.rows())
-    assert len(claims) == 5
-    kappa, norm, rise, no_peak, rank = claims
+    assert len(claims) == 6
+    kappa, norm, rise, falls, no_peak, rank = claims
+    assert [c.type for c in claims] == ["check", "check", "finding", "check", "finding", "finding"]
     assert kappa.verdict == "PASS" and kappa.value == 1.0
-    assert norm.verdict == "PASS"
-    assert rise.verdict == "PASS" and rise.value == pytest.approx(1.0)
+    assert norm.verdict == "PASS" and falls.verdict == "PASS"
+    assert rise.verdict == "PASS" and rise.value > 0
     assert no_peak.verdict == "PASS" and no_peak.value <= 1.1
     assert rank.value is not None and rank.ci_low <= rank.value <= rank.ci_high
-    assert rank.verdict in ("PASS", "FAIL")
+    assert rank.verdict == "PASS"
+    for finding in (rise, no_peak, rank):  # calibrated: a measured fpr within 5%, and a power
+        assert (
+            finding.fpr <= 0.05 and finding.power is not None and "simulations of 4 seeds" in finding.detail
+        )
+    # the same runs on two seeds: no finding can PASS or FAIL
+    two = _small_config(seeds=[0, 1])
+    fewer = optim_claims(two, [r for r in res.rows() if r.get("seed") in (None, 0, 1)])
+    assert [c.verdict for c in fewer if c.type == "finding"] == ["UNDERPOWERED"] * 3
 
     summary = {r["setting"]: r for r in res.summary()}
     assert set(summary) == {
@@ -217,6 +235,43 @@ def test_claims_on_a_reduced_run():
     assert keys <= set(curves[0])
     settings = [r for r in rows if r["record"] == "setting"]
     assert len(settings) == len(summary) and all(r["description"] for r in settings)
+
+
+# --- the decision rules on planted nulls and effects -----------------------------------------------------
+
+
+def test_trend_rule_passes_a_planted_rise_and_fails_a_flat_null():
+    rng = np.random.default_rng(0)
+    rise = np.log([0.2, 0.3, 0.6, 1.6, 5.7, 60.0])
+    for _ in range(3):
+        assert trend_rule(rise + rng.normal(0, 0.2, size=(4, 6)))
+        assert not trend_rule(np.log(0.5) + rng.normal(0, 0.2, size=(4, 6)))
+    assert not trend_rule(rise + np.zeros((3, 6)))  # three seeds: no bound
+    cal = trend_calibration(rise + rng.normal(0, 0.02, size=(4, 6)), rise=0.5)
+    assert cal.fpr <= 0.05 and cal.power >= 0.8
+
+
+def test_no_peak_rule_passes_a_flat_curve_and_fails_a_planted_peak():
+    """Local log ratios at P = n: none (≈ 0) passes; a 30% peak fails; the boundary null is calibrated."""
+    rng = np.random.default_rng(0)
+    rule = no_peak_rule(0.1)
+    for _ in range(3):
+        assert rule(rng.normal(0.0, 0.02, size=(4, 1)))
+        assert not rule(rng.normal(np.log(1.3), 0.02, size=(4, 1)))
+    cal = no_peak_calibration(rng.normal(0, 0.02, size=4), 0.1)
+    assert cal.fpr <= 0.05 and cal.power >= 0.8
+
+
+def test_spearman_rule_passes_a_planted_tracking_and_fails_a_constant_height():
+    rng = np.random.default_rng(0)
+    x = np.linspace(1.0, 6.0, 12)
+    rule = spearman_rule(x, 0.8)
+    tracking = np.log(1 + x)
+    for _ in range(3):
+        assert rule(tracking + rng.normal(0, 0.05, size=(4, 12)))
+        assert not rule(rng.normal(0, 0.05, size=(4, 12)))
+    cal = spearman_calibration(x, tracking + rng.normal(0, 0.01, size=(4, 12)), 0.8, peak=1.0)
+    assert cal.fpr <= 0.05 and cal.power >= 0.8
 
 
 def test_config_defaults_and_validation():

@@ -13,6 +13,9 @@ STUDY = register(
         compute=compute,
         claims=claims,
         report=report,
-        analysis_modules=("overtrain.studies.dd_optimization.analysis",),
+        analysis_modules=(
+            "overtrain.studies.dd_optimization.analysis",
+            "overtrain.studies.dd_optimization.calibrate",
+        ),
     )
 )

@@ -54,6 +54,46 @@ def test_finetune_learns_the_task_and_records_forgetting(parent, method):
         assert row["trainable_params"] == row["n_params"]
 
 
+def test_held_out_capability_and_selection_split(parent):
+    """The OOD language's loss is measured before and after; the selection loss is on val batches disjoint
+    from the reported ones (so it differs from the task loss); adding neither changes the run id."""
+    store, pre = parent
+    ood = {"name": "hmm", "seed": 2, "states": 4, "vocab_size": 16, "floor_sequences": 64}
+    plain = _ft(pre.run_id)
+    cfg = _ft(pre.run_id, ood_data=ood, selection_batches=2)
+    assert (
+        store.execute(RUN_KINDS.get("finetune"), plain).run_id
+        != store.execute(RUN_KINDS.get("finetune"), cfg).run_id
+    )
+    out = store.execute(RUN_KINDS.get("finetune"), cfg)
+    row = read_jsonl(out.dir / "evals.jsonl")[0]
+    assert row["base_ood_loss"] > 0 and row["ood_loss"] > 0 and row["ood_loss"] != row["base_ood_loss"]
+    assert row["select_loss"] != row["task_loss"] and abs(row["select_loss"] - row["task_loss"]) < 0.5
+    assert "steps_run" not in row
+    plain_row = read_jsonl(store.execute(RUN_KINDS.get("finetune"), plain).dir / "evals.jsonl")[0]
+    assert plain_row["task_loss"] == row["task_loss"]  # the extra evaluations do not touch training
+
+
+def test_fine_tuning_to_convergence_stops_at_a_plateau(parent):
+    store, pre = parent
+    with pytest.raises(ConfigError, match="selection_batches"):
+        _ft(pre.run_id, train={"steps": 40, "batch_size": 8, "lr": 1e-2, "converge": {"every": 4}})
+    train = {
+        "steps": 400,
+        "batch_size": 8,
+        "lr": 1e-2,
+        "log_every": 4,
+        "converge": {"every": 4, "patience": 2},
+    }
+    out = store.execute(RUN_KINDS.get("finetune"), _ft(pre.run_id, train=train, selection_batches=2))
+    row = read_jsonl(out.dir / "evals.jsonl")[0]
+    assert row["converged"] and row["steps_run"] < 400 and row["steps_run"] % 4 == 0
+    select = [m["task/select_loss"] for m in read_jsonl(out.dir / "metrics.jsonl") if "task/select_loss" in m]
+    best = min(select[:-2])
+    # it stopped because the last two checks did not beat the best before them by 0.2%
+    assert all(x >= best * (1 - 0.002) for x in select[-2:])
+
+
 def test_bad_parent_and_checkpoint(parent):
     store, pre = parent
     with pytest.raises(ConfigError, match="12 hex digits"):

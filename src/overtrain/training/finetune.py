@@ -5,7 +5,15 @@ with a fine-tuning method (``full``, ``lora``, ...), and evaluates before and af
 
 - ``task/loss``: in-distribution loss on the task's ``val`` split (nats per token);
 - ``pretrain/loss``: loss on the parent's pre-training distribution (its ``val`` split, the very batches
-  the parent evaluated), the paper's "base capability" proxy; ``forgetting`` = after − before.
+  the parent evaluated), the paper's "base capability" proxy; ``forgetting`` = after − before;
+- ``ood/loss`` (with `ood_data`): loss on a language seen neither in pre-training nor in fine-tuning, a
+  stand-in for the generalist benchmarks Springer et al. 2025 score after fine-tuning;
+- ``task/select_loss`` (with `selection_batches`): the task loss on further ``val`` batches, disjoint from
+  the reported ones, for choosing among runs (a tuned learning rate, a convergence stop) without
+  selecting on the loss that is reported.
+
+With ``train.converge`` the run stops early once the selection loss has stopped improving (a plateau):
+fine-tuning "to convergence" rather than for a fixed number of steps.
 
 Fine-tuning runs are short, so a restarted run starts again from the checkpoint (its records are
 truncated first) rather than resuming mid-way.
@@ -17,10 +25,10 @@ import time
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from overtrain import distributed
-from overtrain.config import BaseConfig, NotInId, Registered
+from overtrain.config import BaseConfig, InIdWhenSet, NotInId, Registered
 from overtrain.core.evaluate import evaluate_loss
 from overtrain.errors import DataError, RunFailed
 from overtrain.models.presets import count_params
@@ -31,6 +39,19 @@ from overtrain.training.loop import build_optimizer, divergence, train_segment
 from overtrain.training.parent import ParentCheckpoint, resolve_parent
 from overtrain.training.pretrain import resolve_device
 from overtrain.training.schedules import LR, cosine, linear_decay, warmup_stable
+
+
+class ConvergeConfig(BaseConfig):
+    """Stop fine-tuning at a plateau of the selection loss (``task/select_loss``)."""
+
+    every: int = Field(50, gt=0)
+    """Steps between checks."""
+
+    patience: int = Field(2, gt=0)
+    """Stop after this many checks in a row without an improvement of at least `tol`."""
+
+    tol: float = Field(0.002, ge=0)
+    """Relative improvement of the best selection loss that counts (0.002 = 0.2%)."""
 
 
 class FinetuneTrainConfig(BaseConfig):
@@ -69,6 +90,10 @@ class FinetuneTrainConfig(BaseConfig):
     eval_every: int | None = Field(None, gt=0)
     """Also evaluate every this many steps (default: before and after only)."""
 
+    converge: ConvergeConfig | None = InIdWhenSet()
+    """Train until the selection loss plateaus (`ConvergeConfig`), `steps` being the most allowed; needs
+    ``selection_batches`` on the run."""
+
 
 class FinetuneConfig(ParentCheckpoint):
     """One checkpoint fine-tuned on one task with one method and learning rate (``overtrain finetune``)."""
@@ -99,6 +124,20 @@ class FinetuneConfig(ParentCheckpoint):
     device: str = NotInId("cpu")
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
 
+    ood_data: Registered(DATASETS) | None = InIdWhenSet()
+    """A held-out capability probe: a language in neither the pre-training nor the task data (e.g. a third
+    HMM with the parent's vocabulary), its loss measured before and after fine-tuning (nats per token)."""
+
+    selection_batches: int | None = InIdWhenSet(gt=0)
+    """Task ``val`` batches, after the reported ones, whose loss (``task/select_loss``) is for selection
+    only: choosing a tuned learning rate, stopping at convergence."""
+
+    @model_validator(mode="after")
+    def _converge_needs_a_selection_split(self) -> FinetuneConfig:
+        if self.train.converge is not None and self.selection_batches is None:
+            raise ValueError("train.converge needs selection_batches (the loss it stops on)")
+        return self
+
 
 def _lr_schedule(tc: FinetuneTrainConfig) -> LR:
     if tc.schedule == "cosine":
@@ -109,7 +148,7 @@ def _lr_schedule(tc: FinetuneTrainConfig) -> LR:
     return base
 
 
-def check_same_tokens(task_tok, parent_tok) -> None:
+def check_same_tokens(task_tok, parent_tok, field: str = "data") -> None:
     """Refuse a task whose token ids mean something else to the parent (e.g. a BPE trained on other text).
 
     The task's vocabulary must be a subset of the parent's with the same ids: a second HMM with fewer
@@ -119,9 +158,48 @@ def check_same_tokens(task_tok, parent_tok) -> None:
     clashes = [t for t, i in task_vocab.items() if parent_vocab.get(t) != i]
     if clashes:
         raise DataError(
-            f"data: the task's tokenizer does not match the parent's ({len(clashes)} of {len(task_vocab)} "
+            f"{field}: the task's tokenizer does not match the parent's ({len(clashes)} of {len(task_vocab)} "
             f"tokens differ, e.g. {clashes[0]!r}); fine-tune on data tokenised like the pre-training data"
         )
+
+
+def _build_task(data, parent_tok, model, field: str):
+    """The dataset of config field `field`, refused unless it is tokenised like the parent's data."""
+    source = data.build(parent_tok) if getattr(data, "tokenizer", None) == "parent" else data.build()
+    if source.vocab_size > model.config.vocab_size:
+        raise DataError(
+            f"{field}: vocab_size {source.vocab_size} exceeds the model's {model.config.vocab_size}"
+        )
+    check_same_tokens(source.tokenizer(), parent_tok, field)
+    return source
+
+
+class _Plateau:
+    """Counts checks since the best selection loss last improved by a relative `tol`."""
+
+    def __init__(self, cc: ConvergeConfig, start: float) -> None:
+        self.cc, self.best, self.stale = cc, start, 0
+
+    def update(self, loss: float) -> bool:
+        """Record a check's loss; True once `patience` checks in a row have not improved."""
+        if loss < self.best * (1 - self.cc.tol):
+            self.best, self.stale = loss, 0
+        else:
+            self.stale += 1
+        return self.stale >= self.cc.patience
+
+
+def _optional(before: dict, after: dict, step: int, plateau: _Plateau | None) -> dict:
+    """The eval row's fields of the optional measurements: the held-out capability, the selection loss,
+    the steps a converging run took."""
+    out = {}
+    if "ood/loss" in after:
+        out.update(base_ood_loss=before["ood/loss"], ood_loss=after["ood/loss"])
+    if "task/select_loss" in after:
+        out["select_loss"] = after["task/select_loss"]
+    if plateau is not None:
+        out.update(steps_run=step, converged=plateau.stale >= plateau.cc.patience)
+    return out
 
 
 def run_finetune(cfg: FinetuneConfig, run) -> None:
@@ -137,26 +215,23 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
 
     pretrain_source = parent.data.build()
     parent_tok = parent_tok or pretrain_source.tokenizer()
-    if getattr(cfg.data, "tokenizer", None) == "parent":
-        task = cfg.data.build(parent_tok)
-    else:
-        task = cfg.data.build()
-    if task.vocab_size > model.config.vocab_size:
-        raise DataError(
-            f"data: task vocab_size {task.vocab_size} exceeds the model's {model.config.vocab_size}"
-        )
-    check_same_tokens(task.tokenizer(), parent_tok)
+    task = _build_task(cfg.data, parent_tok, model, "data")
     seq_len = cfg.train.seq_len or parent.train.seq_len
     n_eval = cfg.eval_batches or parent.eval.batches
     eval_bs = parent.eval.batch_size or parent.train.batch_size
     task_val = [task.batch("val", i, eval_bs, seq_len) for i in range(n_eval)]
     pre_val = [pretrain_source.batch("val", i, eval_bs, parent.train.seq_len) for i in range(n_eval)]
+    sets = {"task/loss": task_val, "pretrain/loss": pre_val}
+    if cfg.selection_batches:  # later val batches than the reported ones: disjoint from them
+        sets["task/select_loss"] = [
+            task.batch("val", n_eval + i, eval_bs, seq_len) for i in range(cfg.selection_batches)
+        ]
+    if cfg.ood_data is not None:
+        ood = _build_task(cfg.ood_data, parent_tok, model, "ood_data")
+        sets["ood/loss"] = [ood.batch("val", i, eval_bs, seq_len) for i in range(n_eval)]
 
     def evaluate(m) -> dict[str, float]:
-        return {
-            "task/loss": evaluate_loss(m, task_val, autocast_dtype=autocast, device=device),
-            "pretrain/loss": evaluate_loss(m, pre_val, autocast_dtype=autocast, device=device),
-        }
+        return {k: evaluate_loss(m, v, autocast_dtype=autocast, device=device) for k, v in sets.items()}
 
     before = evaluate(model)
     run.log_metrics({"step": 0, "tokens_seen": 0, **before})
@@ -175,9 +250,12 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
 
     tokens_per_step = tc.batch_size * seq_len
     events = set(range(tc.log_every, tc.steps + 1, tc.log_every)) | {tc.steps}
-    if tc.eval_every:
-        events |= set(range(tc.eval_every, tc.steps + 1, tc.eval_every))
+    evals = set(range(tc.eval_every, tc.steps + 1, tc.eval_every)) if tc.eval_every else set()
+    if tc.converge:
+        evals |= set(range(tc.converge.every, tc.steps + 1, tc.converge.every))
+    events |= evals
     step, after = 0, {}
+    plateau = _Plateau(tc.converge, before.get("task/select_loss")) if tc.converge else None
     for event in sorted(events):
         stats = train_segment(
             train_model,
@@ -205,11 +283,15 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
             "train/grad_norm": stats.grad_norm,
             **rule.stats(),
         }
-        if step == tc.steps or (tc.eval_every and step % tc.eval_every == 0):
+        converged = False
+        if step == tc.steps or step in evals:
             after = evaluate(model)  # the last one is the run's final evaluation
             record.update(after)
+            converged = plateau is not None and plateau.update(after["task/select_loss"])
         run.log_metrics(record)
         run.progress(step, tc.steps)
+        if converged:
+            break
     run.log_eval(
         {
             "parent": cfg.parent_id,
@@ -228,6 +310,7 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
             "base_pretrain_loss": before["pretrain/loss"],
             "pretrain_loss": after["pretrain/loss"],
             "forgetting": after["pretrain/loss"] - before["pretrain/loss"],
+            **_optional(before, after, step, plateau),
         }
     )
     run.set_info(n_params=n_params, trainable_params=trainable, wall_s=time.perf_counter() - started)

@@ -4,7 +4,7 @@ the study's own stored risks, with the study's own number of trials (each trial 
 data and the coordinate order, so the trials are the replicates).
 
 The rules work on **log** test risk: near p = n the risk spreads over orders of magnitude between trials
-(measured at the defaults, s = 1: SD of the log risk ≈ 1.4 at p = n, 0.1–0.3 elsewhere).
+(measured at the defaults, s = 1: SD of the log risk 2.2 at p = n, 0.17–1.3 elsewhere).
 
 - **Peak at p = n** (`split_peak`): the peak and its valleys are located on the geometric-mean curve of the
   first half of the trials and measured on the second half, ``l_t = log risk_t(peak) −

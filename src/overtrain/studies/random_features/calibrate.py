@@ -3,7 +3,7 @@ each rule is re-run on null curves and on curves with a planted effect, at the s
 on the study's own stored curves, with the study's own number of seeds.
 
 Every rule works on **log** values. Near P = n a test loss spreads over orders of magnitude between
-seeds (measured at the defaults: SD of the log loss 1.0–1.7 at P = n, 0.02–0.4 elsewhere), so its spread is
+seeds (measured at the defaults: SD of the log loss up to 1.7 at P = n, 0.02–0.4 elsewhere), so its spread is
 multiplicative; the per-seed ratio of a peak to its valleys ranges over 50–13,000, and a t bound on raw
 ratios that skewed has little meaning. Noise is therefore measured (`seed_sd`) and simulated on log values,
 and every rule is applied to ``exp`` of the simulated draws exactly as it is to the data.

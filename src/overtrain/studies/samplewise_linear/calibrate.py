@@ -3,7 +3,7 @@ rule is re-run on null curves and on curves with a planted effect, at the trial-
 the study's own stored risks, with the study's own number of trials (the trials are the replicates).
 
 The rules work on **log** test MSE: at n = d the risk has no finite mean (inverse-Wishart moments) and its
-spread is multiplicative (measured at the defaults: SD of the log risk 2.6 at n = d, 0.04–0.5 elsewhere).
+spread is multiplicative (measured at the defaults: SD of the log risk 2.6 at n = d, 0.04–1.3 elsewhere).
 
 - **Peak at n = d** (`split_peak`): the peak and its two valleys are located on the geometric-mean curve of
   the first half of the trials, and each trial of the second half contributes ``l_t = log risk_t(peak) −

@@ -34,6 +34,8 @@ TINY = {
         "data": {"name": "hmm", "seed": 1, "states": 4, "vocab_size": 16, "floor_sequences": 64},
         "lrs": [1e-3, 1e-2],
         "train": {"steps": 4, "batch_size": 8, "log_every": 2},
+        "ood": {"name": "hmm", "seed": 2, "states": 4, "vocab_size": 16, "floor_sequences": 64},
+        "selection_batches": 2,
     },
     "sensitivity": {"gammas": [1.0, 4.0], "draws": 2, "eval_batches": 1, "batch_size": 4},
     "theory": {"dim": 8, "max_steps": 1000, "n_checkpoints": 5, "draws": 4, "seeds": [1, 2]},
@@ -104,8 +106,28 @@ def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch):
     # two seeds: no finding may PASS; the rise and trend rules carry their measured fpr and power
     assert not any(c["verdict"] == "PASS" for c in findings)
     rises = [c for c in findings if "U-shaped" in c["claim"] or "degrad" in c["claim"]]
-    assert len(rises) == 5 and all(0 <= c["fpr"] <= 1 and 0 <= c["power"] <= 1 for c in rises)
-    assert sum(c["claim"].startswith("Task loss after fine-tuning degrades") for c in rises) == 2
+    # the perturbed U, and per quantity (retention, in-distribution, held-out language) the top and tuned LR
+    assert len(rises) == 7 and all(0 <= c["fpr"] <= 1 and 0 <= c["power"] <= 1 for c in rises)
+    for what in ("Task loss", "Held-out language loss", "Post-fine-tuning pre-training loss"):
+        assert (
+            sum(
+                c["claim"].startswith(f"{what} after fine-tuning degrades") or c["claim"].startswith(what)
+                for c in rises
+            )
+            == 2
+        )
+    details = (
+        query(
+            "select detail from evals where run_id = ? and record = 'claim' and claim like '%tuned%'",
+            store,
+            [study_id],
+        )
+        .column("detail")
+        .to_pylist()
+    )
+    assert details and all("chosen on task batches disjoint from the reported ones" in d for d in details)
+    advice = Store().manifest("overtraining", study_id)["info"]["recommendation"]
+    assert "In-distribution:" in advice and "Retention:" in advice and "Both:" in advice
     tuned = query("select value from evals where run_id = ? and curve = 'tuned LR'", store, [study_id])
     assert set(tuned.column("value").to_pylist()) <= {1e-3, 1e-2}  # the chosen LR of every (seed, budget)
     infl = query(

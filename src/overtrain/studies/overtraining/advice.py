@@ -54,40 +54,70 @@ def monitor_leads(reader: Reader, pretrain_ids, seed_of_parent, targets, min_ris
     return out
 
 
+OBJECTIVES = (
+    ("in-distribution", "task_loss", "Task loss after fine-tuning"),
+    ("retention", "pretrain_loss", "Post-fine-tuning pre-training loss"),
+)
+"""The objectives a budget can be chosen for: (name, curve field, the finding's name prefix)."""
+
+
 def recommend(cfg, fixed, methods, tokens, n_params, claims: list[Claim]) -> str:
-    """The budget advice from the degradation finding of the main method at its top LR: what the curves
-    show, and whether the finding's verdict lets a reader act on it."""
+    """The budget advice for the main method (full fine-tuning if run) with its LR tuned per checkpoint, per
+    objective — in-distribution (the task loss after fine-tuning: the paper's headline) and retention (the
+    pre-training loss after fine-tuning) — then for both: what the curves show, and whether each finding's
+    verdict lets a reader act on it."""
     if not methods or not tokens:
         return "no fine-tuning results to base a recommendation on"
     method = "full" if "full" in methods else methods[0]
-    lr = cfg.finetune.lrs_for(method)[-1]
-    inf = fixed[(method, lr)]
-    per_param = f" (~{inf.t_star / n_params:,.0f} tokens per parameter)" if n_params else ""
-    name = f"Post-fine-tuning pre-training loss degrades with more pre-training ({method}, LR {lr:g})"
-    finding = next((c for c in claims if c.claim == name), None)
-    n = len(cfg.seeds)
-    where = f"For {method} fine-tuning at LR {lr:g}"
-    if finding is None or finding.value is None:
-        return f"{where}: no degradation finding to base a recommendation on."
-    rise = f"the pre-training loss after fine-tuning at {tokens[-1]:,} tokens is {finding.value:.1%} higher"
-    if finding.verdict == "PASS":
-        return (
-            f"{where}, pre-training past ~{inf.t_star:,.0f} tokens{per_param} hurt: {rise} than at T* "
-            f"(T* chosen on held-out seeds; 95% lower bound {finding.ci_low:.1%}; fpr {finding.fpr:.0%})."
+    lines, stops = [], []
+    for objective, fld, prefix in OBJECTIVES:
+        inf = fixed.get((method, "tuned", fld))
+        name = f"{prefix} degrades with more pre-training ({method}, LR tuned per checkpoint)"
+        finding = next((c for c in claims if c.claim == name), None)
+        if inf is None or finding is None or finding.value is None:
+            lines.append(f"{objective.capitalize()}: no finding to base a recommendation on.")
+            continue
+        per_param = f" (~{inf.t_star / n_params:,.0f} tokens per parameter)" if n_params else ""
+        shape = (
+            f"{prefix.lower()} is {inf.min_loss:.3f} at its best budget ({inf.t_star:,.0f} tokens{per_param}) "
+            f"and {inf.final_loss:.3f} at the largest ({tokens[-1]:,})"
         )
-    if finding.verdict == "FAIL":
-        return (
-            f"{where}, no budget up to {tokens[-1]:,} tokens was measurably worse than T* = "
-            f"{inf.t_star:,.0f}{per_param} (held-out rise {finding.value:.1%}): more pre-training did not hurt "
-            "at this scale."
-        )
-    why = (
-        ""
-        if finding.fpr is None
-        else f" (the rule passes rise-free curves {finding.fpr:.0%} of the time and finds the paper's 2% rise "
-        f"{finding.power:.0%} of the time at this noise and seed count)"
-    )
+        if finding.verdict == "PASS":
+            stops.append(inf.t_star)
+            lines.append(
+                f"{objective.capitalize()}: stop near {inf.t_star:,.0f} tokens{per_param}: more pre-training "
+                f"hurt ({shape}; held-out rise {finding.value:.1%}, 95% lower bound {finding.ci_low:.1%}, "
+                f"fpr {finding.fpr:.0%})."
+            )
+        elif finding.verdict == "FAIL":
+            lines.append(
+                f"{objective.capitalize()}: more pre-training did not measurably hurt up to {tokens[-1]:,} "
+                f"tokens ({shape}; held-out rise {finding.value:.1%}): pre-train as long as the base model "
+                "keeps improving."
+            )
+        else:
+            lines.append(
+                f"{objective.capitalize()}: "
+                + (
+                    "the curves show no degradation"
+                    if inf.t_star == tokens[-1]
+                    else "the curves suggest a degradation"
+                )
+                + f" ({shape}), but {len(cfg.seeds)} seeds cannot support a verdict"
+                + _rates(finding)
+                + ": rerun with at least 4 seeds before acting on it."
+            )
+    if stops:
+        lines.append(f"Both: stop at the earlier, ~{min(stops):,.0f} tokens.")
+    else:
+        lines.append("Both: no finding supports stopping before the largest budget measured.")
+    return f"For {method} fine-tuning with the LR tuned per checkpoint — " + " ".join(lines)
+
+
+def _rates(finding: Claim) -> str:
+    if finding.fpr is None:
+        return ""
     return (
-        f"{where}, the curves put T* at ~{inf.t_star:,.0f} tokens{per_param} and {rise} than there, but "
-        f"{n} seeds cannot support a verdict{why}: rerun with at least 4 seeds before acting on it."
+        f" (at this noise and seed count the rule passes rise-free curves {finding.fpr:.0%} of the time and "
+        f"finds the paper's 2% rise {finding.power:.0%} of the time)"
     )

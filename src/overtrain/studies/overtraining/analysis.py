@@ -9,7 +9,6 @@ report plots exactly what was decided on.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from overtrain.analysis.claims import Claim, calibrated
 from overtrain.analysis.inflection import Inflection, inflection_point
-from overtrain.analysis.rise import MIN_SEEDS_FOR_CI, held_out_rise
+from overtrain.analysis.rise import held_out_rise
 from overtrain.analysis.stats import spearman, spearman_ci
 from overtrain.config import config_hash
 from overtrain.runs.query import Reader
@@ -25,6 +24,7 @@ from overtrain.runs.run import Run
 from overtrain.studies.overtraining.advice import monitor_leads, recommend
 from overtrain.studies.overtraining.calibrate import rise_calibration, rise_rule, trend_calibration
 from overtrain.studies.overtraining.config import OvertrainingConfig
+from overtrain.studies.overtraining.curves import ci, curve_rows, finetune_curves, inflection_row, matrix
 from overtrain.studies.overtraining.plan import child_ids, pretrain_configs
 from overtrain.studies.overtraining.theory_run import LinearTheoryResult
 
@@ -70,54 +70,6 @@ def analyse(cfg: OvertrainingConfig, run: Run) -> None:
         findings_total=sum(c.type == "finding" for c in result.claims),
         claims_total=len(result.claims),
     )
-
-
-def _curve_rows(
-    matrix: np.ndarray, seeds: list[int], x: list[float] | np.ndarray, axis: str, **labels: Any
-) -> list[dict[str, Any]]:
-    """One row per (seed, x) of a [S, P] curve matrix: ``{curve labels, seed, <axis>, value}``; NaN kept."""
-    return [
-        {**labels, "seed": s, axis: x[j], "value": float(matrix[i, j])}
-        for i, s in enumerate(seeds)
-        for j in range(matrix.shape[1])
-    ]
-
-
-def _matrix(rows, seeds, tokens, value, seed_of) -> np.ndarray:
-    """[S, P] array of `value` from rows keyed by (seed, tokens_seen); NaN where missing."""
-    out = np.full((len(seeds), len(tokens)), np.nan)
-    si = {s: i for i, s in enumerate(seeds)}
-    ti = {t: j for j, t in enumerate(tokens)}
-    for r in rows:
-        s, t = seed_of(r), r["tokens_seen"]
-        if s in si and t in ti:
-            out[si[s], ti[t]] = r[value]
-    return out
-
-
-def _ci(value: float | None, n_groups: int) -> float | None:
-    """A confidence bound only where at least `MIN_SEEDS_FOR_CI` independent seeds exist: with fewer, a
-    bootstrap over seeds is little more than their range."""
-    return value if n_groups >= MIN_SEEDS_FOR_CI else None
-
-
-def _inflection_row(inf: Inflection, **labels: Any) -> dict[str, Any]:
-    n = inf.n_groups
-    note = inf.note if n >= MIN_SEEDS_FOR_CI else "; ".join(filter(None, [inf.note, f"no CI with {n} seeds"]))
-    return {
-        **labels,
-        "t_star": inf.t_star,
-        "t_star_ci_low": _ci(inf.ci_low, n),
-        "t_star_ci_high": _ci(inf.ci_high, n),
-        "interior": inf.interior,
-        "rise": inf.rise,
-        "rise_ci_low": _ci(inf.rise_ci_low, n),
-        "rise_ci_high": _ci(inf.rise_ci_high, n),
-        "min_loss": inf.min_loss,
-        "final_loss": inf.final_loss,
-        "n_groups": n,
-        "note": note,
-    }
 
 
 _PASSED = {"PASS": True, "FAIL": False, "N/A": None}
@@ -184,101 +136,22 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
     claims: list[Claim] = []
     curves: list[dict[str, Any]] = []
 
-    base = _matrix(budgets, seeds, tokens, "loss", lambda r: seed_of_parent[r["run_id"]])
+    base = matrix(budgets, seeds, tokens, "loss", lambda r: seed_of_parent[r["run_id"]])
     trends.append({"quantity": "base val loss", "spearman": spearman(t, np.nanmean(base, 0))})
     floor = next((r["loss_floor"] for r in budgets if r.get("loss_floor") is not None), None)
-    curves += _curve_rows(
+    curves += curve_rows(
         base, seeds, tokens, "tokens_seen", curve="base val loss", n_params=n_params, loss_floor=floor
     )
 
     # --- fine-tuning: fixed LR and LR tuned per checkpoint -----------------------------------------
     ft = reader.evals(ids["finetune"])
     methods = sorted({r["method"] for r in ft})
-    fixed: dict[tuple[str, float], Inflection] = {}
-    matrices: dict[tuple, np.ndarray] = {}  # the [seed, budget] curves the findings are decided on
-    bracket: dict[str, str] = {}  # per method: whether the tuned LR sits inside its grid
     n_seeds = len(seeds)
-    for method in methods:
-        for lr in cfg.finetune.lrs_for(method):
-            rows = [r for r in ft if r["method"] == method and math.isclose(r["lr"], lr)]
-            seed_of = lambda r: seed_of_parent[r["parent"]]  # noqa: E731
-            pre = _matrix(rows, seeds, tokens, "pretrain_loss", seed_of)
-            task = _matrix(rows, seeds, tokens, "task_loss", seed_of)
-            curves += _curve_rows(
-                pre,
-                seeds,
-                tokens,
-                "tokens_seen",
-                curve="pre-training loss after fine-tuning",
-                method=method,
-                lr=lr,
-            )
-            curves += _curve_rows(
-                task, seeds, tokens, "tokens_seen", curve="task loss after fine-tuning", method=method, lr=lr
-            )
-            inf = inflection_point(t, pre, n_boot=boot)
-            fixed[(method, lr)] = inf
-            matrices[("fixed", method, lr)] = pre
-            inflections.append(
-                _inflection_row(
-                    inf,
-                    regime="fixed LR",
-                    method=method,
-                    lr=lr,
-                    quantity="pre-training loss after fine-tuning",
-                )
-            )
-            matrices[("task", method, lr)] = task
-            fixed[(method, lr, "task")] = inflection_point(t, task, n_boot=boot)
-            inflections.append(
-                _inflection_row(
-                    fixed[(method, lr, "task")],
-                    regime="fixed LR",
-                    method=method,
-                    lr=lr,
-                    quantity="task loss after fine-tuning",
-                )
-            )
-        # tuned regime: per (seed, budget) the LR with the lowest task loss
-        by = {
-            (seed_of_parent[r["parent"]], r["tokens_seen"], r["lr"]): r for r in ft if r["method"] == method
-        }
-        tuned_pre = np.full((len(seeds), len(tokens)), np.nan)
-        tuned_lr = np.full_like(tuned_pre, np.nan)
-        tuned_task = np.full_like(tuned_pre, np.nan)
-        for i, s in enumerate(seeds):
-            for j, tok in enumerate(tokens):
-                cands = [by[(s, tok, lr)] for lr in cfg.finetune.lrs_for(method) if (s, tok, lr) in by]
-                if cands:
-                    best = min(cands, key=lambda r: r["task_loss"])
-                    tuned_pre[i, j], tuned_lr[i, j] = best["pretrain_loss"], best["lr"]
-                    tuned_task[i, j] = best["task_loss"]
-        inf = inflection_point(t, tuned_pre, n_boot=boot)
-        fixed[(method, "tuned")] = inf
-        fixed[(method, "tuned", "task")] = inflection_point(t, tuned_task, n_boot=boot)
-        matrices[("fixed", method, "tuned")] = tuned_pre
-        matrices[("task", method, "tuned")] = tuned_task
-        grid = cfg.finetune.lrs_for(method)
-        at_edge = int(np.sum(np.isin(tuned_lr, [grid[0], grid[-1]])))
-        bracket[method] = (
-            f"the tuned LR is an end of the grid {grid} at {at_edge} of {tuned_lr.size} (seed, budget) cells"
-            + (": the grid does not bracket the optimum" if at_edge else "")
-        )
-        # the LR each (seed, budget) chose, so the tuned regime can be audited
-        curves += _curve_rows(tuned_lr, seeds, tokens, "tokens_seen", curve="tuned LR", method=method)
-        curves += _curve_rows(
-            tuned_task,
-            seeds,
-            tokens,
-            "tokens_seen",
-            curve="task loss after fine-tuning, tuned LR",
-            method=method,
-        )
-        inflections.append(
-            _inflection_row(
-                inf, regime="tuned LR", method=method, lr=None, quantity="pre-training loss after fine-tuning"
-            )
-        )
+    fc = finetune_curves(cfg, ft, seeds, tokens, seed_of_parent, boot)
+    fixed, bracket = fc.inflections, fc.bracket
+    matrices: dict[tuple, np.ndarray] = dict(fc.matrices)  # the [seed, budget] curves the findings read
+    curves += fc.curve_rows
+    inflections += fc.inflection_rows
 
     # --- perturbation sensitivity --------------------------------------------------------------------
     pr = reader.evals(ids["probe"])
@@ -289,12 +162,10 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
         for g in gammas:
             rows = [r for r in pr if r["law"] == law and r["gamma"] == g]
             seed_of = lambda r: seed_of_parent[r["parent"]]  # noqa: E731
-            delta = _matrix(rows, seeds, tokens, "delta", seed_of)
-            loss = _matrix(rows, seeds, tokens, "mean_loss", seed_of)
-            curves += _curve_rows(delta, seeds, tokens, "tokens_seen", curve="delta", law=law, gamma=g)
-            curves += _curve_rows(
-                loss, seeds, tokens, "tokens_seen", curve="perturbed loss", law=law, gamma=g
-            )
+            delta = matrix(rows, seeds, tokens, "delta", seed_of)
+            loss = matrix(rows, seeds, tokens, "mean_loss", seed_of)
+            curves += curve_rows(delta, seeds, tokens, "tokens_seen", curve="delta", law=law, gamma=g)
+            curves += curve_rows(loss, seeds, tokens, "tokens_seen", curve="perturbed loss", law=law, gamma=g)
             rho = spearman_ci(t, delta, n_boot=boot)
             trends.append(
                 {
@@ -302,8 +173,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     "law": law,
                     "gamma": g,
                     "spearman": rho.value,
-                    "ci_low": _ci(rho.low, n_seeds),
-                    "ci_high": _ci(rho.high, n_seeds),
+                    "ci_low": ci(rho.low, n_seeds),
+                    "ci_high": ci(rho.high, n_seeds),
                     "first": float(np.nanmean(delta[:, 0])),
                     "last": float(np.nanmean(delta[:, -1])),
                 }
@@ -312,9 +183,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             pert[(law, g)] = inf
             matrices[("perturbed", law, g)] = loss
             matrices[("delta", law, g)] = delta
-            inflections.append(
-                _inflection_row(inf, regime=f"{law} noise", gamma=g, quantity="perturbed loss")
-            )
+            inflections.append(inflection_row(inf, regime=f"{law} noise", gamma=g, quantity="perturbed loss"))
 
     # --- claims ---------------------------------------------------------------------------------------
     for law, name in (("init_scale", "init-scale (canonical)"), ("relative", "relative")):
@@ -372,33 +241,27 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
     for method in methods:
         lrs = cfg.finetune.lrs_for(method)
         top = lrs[-1]
-        inf = fixed[(method, top)]
-        rise_finding(
-            f"Post-fine-tuning pre-training loss degrades with more pre-training ({method}, LR {top:g})",
-            ("fixed", method, top),
-            inf,
-            f"T* = {inf.t_star:,.0f} tokens [{inf.ci_low:,.0f}, {inf.ci_high:,.0f}]; interior: {inf.interior}",
-        )
-        inf = fixed[(method, "tuned")]
-        rise_finding(
-            f"The degradation persists with the LR tuned per checkpoint ({method})",
-            ("fixed", method, "tuned"),
-            inf,
-            f"T* = {inf.t_star:,.0f} tokens; {bracket[method]}",
-        )
-        # in-distribution: the paper's headline is worse *task* performance after fine-tuning
-        for regime, key in ((f"LR {top:g}", top), ("LR tuned per checkpoint", "tuned")):
-            inf = fixed[(method, key, "task")]
-            tuned = "; the LR is chosen on the same task batches it is scored on; " + bracket[method]
-            rise_finding(
-                f"Task loss after fine-tuning degrades with more pre-training ({method}, {regime})",
-                ("task", method, key),
-                inf,
-                f"task (in-distribution) loss; T* = {inf.t_star:,.0f} tokens; {inf.min_loss:.3f} at T*, "
-                f"{inf.final_loss:.3f} at the largest budget" + (tuned if key == "tuned" else ""),
-            )
+        tuned = f"; {fc.selection[method]}; {bracket[method]}"
+        # retention (the pre-training loss), in-distribution (the task: the paper's headline) and, when
+        # measured, out-of-distribution capability (a held-out language), at the top LR and the tuned LR
+        for fld, what in (
+            ("pretrain_loss", "Post-fine-tuning pre-training loss"),
+            ("task_loss", "Task loss after fine-tuning"),
+            ("ood_loss", "Held-out language loss after fine-tuning"),
+        ):
+            for regime, key in ((f"LR {top:g}", top), ("LR tuned per checkpoint", "tuned")):
+                if (method, key, fld) not in fixed:
+                    continue
+                inf = fixed[(method, key, fld)]
+                rise_finding(
+                    f"{what} degrades with more pre-training ({method}, {regime})",
+                    (method, key, fld),
+                    inf,
+                    f"T* = {inf.t_star:,.0f} tokens; {inf.min_loss:.3f} at T*, {inf.final_loss:.3f} at the "
+                    "largest budget" + (tuned if key == "tuned" else ""),
+                )
         if len(lrs) > 1:
-            lo, hi = fixed[(method, lrs[0])], fixed[(method, lrs[-1])]
+            lo, hi = fixed[(method, lrs[0], "pretrain_loss")], fixed[(method, lrs[-1], "pretrain_loss")]
             claims.append(
                 Claim(
                     f"T* moves earlier for a larger fine-tuning LR ({method})",
@@ -438,7 +301,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             top_method = "full" if "full" in methods else methods[0]
             targets[
                 f"pre-training loss after {top_method} FT, LR {cfg.finetune.lrs_for(top_method)[-1]:g}"
-            ] = fixed[(top_method, cfg.finetune.lrs_for(top_method)[-1])]
+            ] = fixed[(top_method, cfg.finetune.lrs_for(top_method)[-1], "pretrain_loss")]
         leads = monitor_leads(reader, ids["pretrain"], seed_of_parent, targets, cfg.min_rise)
         for target, inf in targets.items():
             rows = [r for r in leads if r["target"] == target]
@@ -452,8 +315,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     f"Early-warning monitor fires before T* ({target})",
                     "mean lead, doublings of tokens",
                     float(np.mean(lead)) if lead else None,
-                    _ci(float(min(lead)), n_seeds) if lead else None,
-                    _ci(float(max(lead)), n_seeds) if lead else None,
+                    ci(float(min(lead)), n_seeds) if lead else None,
+                    ci(float(max(lead)), n_seeds) if lead else None,
                     "fires before T* in every seed",
                     "",
                     "; ".join(
@@ -477,7 +340,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
         res = LinearTheoryResult.from_rows(reader.evals(ids[key]))
         steps = res.steps.astype(float)
         theory_seeds = list(range(res.pretrain_loss.shape[0]))
-        curves += _curve_rows(
+        curves += curve_rows(
             res.curve("delta", float(res.gammas[0])),
             theory_seeds,
             steps,
@@ -486,7 +349,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             model=key,
             gamma=float(res.gammas[0]),
         )
-        curves += _curve_rows(
+        curves += curve_rows(
             res.pretrain_loss,
             theory_seeds,
             steps,
@@ -496,7 +359,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
         )
         inf = inflection_point(steps, res.pretrain_loss, n_boot=boot)
         inflections.append(
-            _inflection_row(
+            inflection_row(
                 inf, regime=f"linear theory, {label}", quantity="pre-training loss after fine-tuning (steps)"
             )
         )
@@ -506,8 +369,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             {
                 "quantity": f"theory Δ γ={g0:g} ({label})",
                 "spearman": rho.value,
-                "ci_low": _ci(rho.low, len(theory_seeds)),
-                "ci_high": _ci(rho.high, len(theory_seeds)),
+                "ci_low": ci(rho.low, len(theory_seeds)),
+                "ci_high": ci(rho.high, len(theory_seeds)),
             }
         )
         if key == "theory":
@@ -516,8 +379,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     "Linear theory: sensitivity rises with pre-training steps",
                     f"Spearman(T, Δ), γ={g0:g}",
                     rho.value,
-                    _ci(rho.low, len(theory_seeds)),
-                    _ci(rho.high, len(theory_seeds)),
+                    ci(rho.low, len(theory_seeds)),
+                    ci(rho.high, len(theory_seeds)),
                     ">= 0.8",
                     _verdict(rho.value >= 0.8),
                     type="check",
@@ -528,8 +391,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     "Linear theory: post-fine-tuning pre-training loss is U-shaped",
                     "rise final/min − 1",
                     inf.rise,
-                    _ci(inf.rise_ci_low, inf.n_groups),
-                    _ci(inf.rise_ci_high, inf.n_groups),
+                    ci(inf.rise_ci_low, inf.n_groups),
+                    ci(inf.rise_ci_high, inf.n_groups),
                     "interior minimum, rise >= 5%",
                     _verdict(inf.is_u(0.05)),
                     f"T* = {inf.t_star:,.0f} steps",
@@ -542,8 +405,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     "Linear theory negative control (s_i ∝ 1/i): no U",
                     "rise final/min − 1",
                     inf.rise,
-                    _ci(inf.rise_ci_low, inf.n_groups),
-                    _ci(inf.rise_ci_high, inf.n_groups),
+                    ci(inf.rise_ci_low, inf.n_groups),
+                    ci(inf.rise_ci_high, inf.n_groups),
                     "not (interior and rise >= 1%)",
                     _verdict(not inf.is_u(0.01)),
                     f"T* = {inf.t_star:,.0f} steps",

@@ -45,7 +45,17 @@ class FinetuneGridConfig(BaseConfig):
     1e-2]}``: LoRA's adapters start at zero and usually want a ~10x larger LR than full fine-tuning."""
 
     train: FinetuneTrainConfig = FinetuneTrainConfig()
-    """Steps, batch size, schedule (``lr`` is set from `lrs`)."""
+    """Steps, batch size, schedule (``lr`` is set from `lrs`); ``train.converge`` fine-tunes every run to a
+    plateau of the selection loss instead of a fixed number of steps."""
+
+    ood: Registered(DATASETS) | None = None
+    """A held-out capability probe: a language in neither the pre-training nor the task data (e.g. a third
+    HMM with the same vocabulary), its loss measured before and after every fine-tuning run — a stand-in
+    for the generalist benchmarks Springer et al. 2025 score after fine-tuning. None: not measured."""
+
+    selection_batches: int = Field(8, gt=0)
+    """Task validation batches, disjoint from the reported ones, on which the tuned LR of each checkpoint
+    is chosen (and a converging run stops), so the reported task loss is not the one selected on."""
 
     @field_validator("lrs")
     @classmethod

@@ -45,6 +45,8 @@ def work(cfg: OvertrainingConfig) -> list[PlanItem]:
                             "seed": pre.seed,
                             "dtype": pre.dtype,
                             "device": pre.device,
+                            "ood_data": ft_plain["ood"],
+                            "selection_batches": cfg.finetune.selection_batches,
                         },
                         "finetune",
                     )

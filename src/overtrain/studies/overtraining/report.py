@@ -18,6 +18,21 @@ from overtrain.studies.base import claims_table
 from overtrain.studies.overtraining.config import OvertrainingConfig
 
 
+def _inflection(infl: list[dict], regime: str, method: str, lr, curve: str) -> dict | None:
+    """The stored inflection row of one fine-tuning curve (its quantity is the curve's name)."""
+    return next(
+        (
+            r
+            for r in infl
+            if r.get("regime") == regime
+            and r.get("method") == method
+            and r.get("lr") == lr
+            and r["quantity"] == curve
+        ),
+        None,
+    )
+
+
 def _curve(rows: list[dict], seeds: list[int], curve: str, axis: str = "tokens_seen", **labels) -> tuple:
     """``(x, [S, P] matrix)`` of one stored curve (rows of `curve` matching `labels`), seeds in `seeds`
     order; NaN where a cell is missing."""
@@ -113,51 +128,41 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
     label(ax_b, x_label, "validation loss (nats/token)", "Base model keeps improving")
     ax_b.legend(fontsize=8)
 
-    # Figure 3: after fine-tuning, per LR: pre-training loss (forgetting) and task loss (in-distribution)
+    # Figure 3: after fine-tuning, per LR and with the LR tuned per checkpoint: the pre-training loss
+    # (retention), the task loss (in-distribution) and, when measured, a held-out language's loss
     methods = sorted({r["method"] for r in ft})
+    panels = [
+        (name, title)
+        for name, title in (
+            ("pre-training loss after fine-tuning", "Retention"),
+            ("task loss after fine-tuning", "In-distribution"),
+            ("held-out language loss after fine-tuning", "Held-out language"),
+        )
+        if any(r["curve"] == name for r in curves)
+    ]
     figs3 = []
     for method in methods:
-        fig3, (ax_f, ax_t) = new_figure(2)
-        for lr in cfg.finetune.lrs_for(method):
-            line = _band(
-                ax_f,
-                *_curve(curves, seeds, "pre-training loss after fine-tuning", method=method, lr=lr),
-                label=f"LR {lr:g}",
-            )
-            _mark(
-                ax_f,
-                next(
-                    (
-                        r
-                        for r in infl
-                        if r.get("regime") == "fixed LR"
-                        and r.get("method") == method
-                        and r.get("lr") == lr
-                        and r["quantity"].startswith("pre-training")
-                    ),
-                    None,
-                ),
-                line.get_color(),
-                cfg.min_rise,
-            )
-            _band(
-                ax_t,
-                *_curve(curves, seeds, "task loss after fine-tuning", method=method, lr=lr),
-                label=f"LR {lr:g}",
-            )
-        for ax, ylab, title in (
-            (ax_f, "pre-training loss after fine-tuning (nats/token)", "Forgetting"),
-            (ax_t, "task loss after fine-tuning (nats/token)", "In-distribution"),
-        ):
+        fig3, axes = new_figure(len(panels), per_row=3)
+        for ax, (name, title) in zip(axes, panels):
+            for lr in cfg.finetune.lrs_for(method):
+                line = _band(ax, *_curve(curves, seeds, name, method=method, lr=lr), label=f"LR {lr:g}")
+                _mark(ax, _inflection(infl, "fixed LR", method, lr, name), line.get_color(), cfg.min_rise)
+            tuned = _curve(curves, seeds, f"{name}, tuned LR", method=method)
+            if len(tuned[0]):
+                line = _band(ax, *tuned, label="LR tuned per checkpoint", color="k", ls="--")
+                _mark(ax, _inflection(infl, "tuned LR", method, None, name), "k", cfg.min_rise)
             ax.set_xscale("log")
-            label(ax, x_label, ylab, f"{title} ({method} fine-tuning, {cfg.finetune.train.steps} steps)")
-            ax.legend(fontsize=8)
+            label(
+                ax, x_label, f"{name} (nats/token)", f"{title} ({method}, {cfg.finetune.train.steps} steps)"
+            )
+            ax.legend(fontsize=7)
         figs3.append(
             Figure(
                 f"overtraining_finetune_{method}",
                 fig3,
                 f"{method} fine-tuning of every budget checkpoint: mean over {len(seeds)} seeds, band = "
-                "min-max over seeds; T* (dotted; CI shaded with ≥ 4 seeds) where the curve has an interior minimum and rises after it.",
+                "min-max over seeds; dashed: the LR tuned per checkpoint (chosen on a selection split); T* "
+                "(dotted; CI shaded with ≥ 4 seeds) where the curve has an interior minimum and rises after it.",
             )
         )
 

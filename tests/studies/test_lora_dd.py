@@ -83,6 +83,7 @@ LM_SMALL = [
     "lm.n_train=4",
     "lm.n_test=8",
     "lm.ranks=[1,4]",
+    "lm.seeds=[0,1]",
     "lm.steps=30",
     "lm.curve_every=10",
     "lm.sharpness_draws=3",

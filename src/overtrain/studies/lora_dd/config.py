@@ -60,7 +60,7 @@ class LoraMlpConfig(BaseConfig):
     methods: list[Registered(FINETUNE_METHODS)] = Field(default_factory=default_lora_methods)
     """Fine-tuning methods with their settings; their rank, alpha and target modules are set per cell."""
 
-    seeds: Seeds = [0, 1, 2]
+    seeds: Seeds = [0, 1, 2, 3]
     """Seeds of the adapter initialisation and the methods' noise (the base and the data are fixed)."""
 
     steps: int = Field(1000, ge=1)
@@ -129,7 +129,7 @@ class LoraLmConfig(BaseConfig):
     methods: list[Registered(FINETUNE_METHODS)] = Field(default_factory=default_lora_methods)
     """Fine-tuning methods with their settings; their rank, alpha and target modules are set per cell."""
 
-    seeds: Seeds = [0, 1]
+    seeds: Seeds = [0, 1, 2, 3]
     """Seeds of the adapter initialisation and the methods' noise (the base and the data are fixed)."""
 
     steps: int = Field(300, ge=1)

@@ -22,7 +22,13 @@ from overtrain.config import config_hash
 from overtrain.runs.query import Reader
 from overtrain.runs.run import Run
 from overtrain.studies.overtraining.advice import monitor_leads, recommend
-from overtrain.studies.overtraining.calibrate import rise_calibration, rise_rule, trend_calibration
+from overtrain.studies.overtraining.calibrate import (
+    order_calibration,
+    order_rule,
+    rise_calibration,
+    rise_rule,
+    trend_calibration,
+)
 from overtrain.studies.overtraining.config import OvertrainingConfig
 from overtrain.studies.overtraining.curves import ci, curve_rows, finetune_curves, inflection_row, matrix
 from overtrain.studies.overtraining.plan import child_ids, pretrain_configs
@@ -72,20 +78,18 @@ def analyse(cfg: OvertrainingConfig, run: Run) -> None:
     )
 
 
-_PASSED = {"PASS": True, "FAIL": False, "N/A": None}
-
-
 def _verdict(ok: bool | None) -> str:
     return "N/A" if ok is None else ("PASS" if ok else "FAIL")
 
 
-def _order_verdict(lo: Inflection, hi: Inflection, min_rise: float) -> str:
-    """Whether T* moved strictly earlier. Testable (else N/A) only when *both* curves turn up inside the
-    grid: a curve with no interior minimum has its argmin at an edge, so comparing with it would follow
-    from the other curve's U alone; a tie is not "earlier"."""
-    if not (lo.is_u(min_rise) and hi.is_u(min_rise)):
-        return "N/A"
-    return _verdict(hi.t_star < lo.t_star)
+def _order_claim(claim, lo_m, hi_m, lo: Inflection, hi: Inflection, min_rise: float, n_seeds: int) -> Claim:
+    """ "T* moves earlier", decided by `order_rule` (both curves a calibrated U, the larger setting's minimum
+    strictly earlier) and calibrated by `order_calibration`. Testable (else N/A) only when *both* curves turn
+    up inside the grid: a curve with no interior minimum has its argmin at an edge, so comparing with it would
+    follow from the other curve's U alone."""
+    testable = lo.is_u(min_rise) and hi.is_u(min_rise) and lo_m.shape[0] >= 2
+    passed = order_rule(min_rise)(np.concatenate([lo_m, hi_m], axis=1)) if testable else None
+    return calibrated(claim, passed, order_calibration(lo_m, hi_m, min_rise=min_rise), n_seeds)
 
 
 def _rise_claim(
@@ -274,7 +278,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     f"T*(LR {lrs[0]:g}) = {lo.t_star:,.0f}; T*(LR {lrs[-1]:g}) = {hi.t_star:,.0f}",
                 )
             )
-            calibrated(claims[-1], _PASSED[_order_verdict(lo, hi, cfg.min_rise)], None, n_seeds)
+            pair = [matrices[(method, lr, "pretrain_loss")] for lr in (lrs[0], lrs[-1])]
+            _order_claim(claims[-1], *pair, lo, hi, cfg.min_rise, n_seeds)
     if len(gammas) > 1 and ("init_scale", gammas[0]) in pert:
         lo, hi = pert[("init_scale", gammas[0])], pert[("init_scale", gammas[-1])]
         claims.append(
@@ -289,7 +294,8 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                 f"T*(γ={gammas[0]:g}) = {lo.t_star:,.0f}; T*(γ={gammas[-1]:g}) = {hi.t_star:,.0f}",
             )
         )
-        calibrated(claims[-1], _PASSED[_order_verdict(lo, hi, cfg.min_rise)], None, n_seeds)
+        pair = [matrices[("perturbed", "init_scale", g)] for g in (gammas[0], gammas[-1])]
+        _order_claim(claims[-1], *pair, lo, hi, cfg.min_rise, n_seeds)
 
     # --- early-warning monitor: when did it fire, relative to the measured T*? --------------------------
     monitor, leads = cfg.pretrain.monitor, []

@@ -19,6 +19,7 @@ on the study's own curves, with the study's own number of seeds and bootstrap re
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 from overtrain.analysis.calibration import (
     Calibration,
@@ -113,3 +114,59 @@ def trend_calibration(
 
     cal = calibrate(rule, null, effect, 1.0, deltas[0].shape[0], n_sim=N_SIM, seed=seed)
     return Calibration(cal.fpr, cal.power, cal.n_sim, float(max(sigmas)), cal.n_groups)
+
+
+def order_rule(min_rise: float, level: float = 0.975) -> Rule:
+    """ "T* moves earlier" on ``[seeds, 2·budgets]`` (the smaller setting's curves, then the larger's): both
+    pass `rise_rule` with an interior minimum (each a calibrated U), and the larger setting's curve is already
+    rising at the smaller setting's T*. Leave one seed out: on the other seeds locate T*_lo and T*_hi (seed-mean
+    argmins); seed s contributes ``d_s = hi_s(T*_lo) / hi_s(T*_hi) − 1`` when T*_hi is strictly earlier, else
+    0 (a tie is not "earlier"); the one-sided `level` lower bound of mean d_s must exceed 0. Comparing argmins
+    alone passes a tie half the time wherever a curve is flat around its minimum."""
+    u = rise_rule(min_rise, interior=True)
+
+    def rule(curves: np.ndarray) -> bool:
+        lo, hi = np.split(curves, 2, axis=1)
+        n = lo.shape[0]
+        if n < 4 or not (u(lo) and u(hi)):
+            return False
+        d = []
+        for s in range(n):
+            j_lo = int(np.nanargmin(np.nanmean(np.delete(lo, s, axis=0), axis=0)))
+            j_hi = int(np.nanargmin(np.nanmean(np.delete(hi, s, axis=0), axis=0)))
+            d.append(hi[s, j_lo] / hi[s, j_hi] - 1 if j_hi < j_lo else 0.0)
+        d = np.array(d)
+        sd = d.std(ddof=1)
+        return (
+            bool(d.mean() - stats.t.ppf(level, n - 1) * sd / np.sqrt(n) > 0) if sd > 0 else bool(d.mean() > 0)
+        )
+
+    return rule
+
+
+def order_calibration(
+    lo: np.ndarray, hi: np.ndarray, *, min_rise: float, seed: int = 0
+) -> Calibration | None:
+    """fpr and power of `order_rule` at the pooled seed noise of both ``[seeds, budgets]`` curves. Null: both
+    curves the same U (the smaller setting's `no_rise` curve with the paper's 2% rise planted after the middle
+    budget), so T* does not move; effect: the larger setting's minimum planted one budget earlier. None when
+    the noise cannot be measured or the grid has fewer than 4 budgets."""
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    sigma = seed_sd(np.concatenate([lo, hi], axis=1))
+    mean = np.nanmean(lo, axis=0)
+    n = lo.shape[1]
+    if not np.isfinite(sigma) or n < 4 or lo.shape != hi.shape or not np.all(np.isfinite(mean)):
+        return None
+    base = no_rise(mean)
+    at = n // 2
+    same = planted_rise(base, PAPER_RISE, at)
+    earlier = planted_rise(base, PAPER_RISE, at - 1)
+    return calibrate(
+        order_rule(min_rise),
+        np.concatenate([same, same]),
+        np.concatenate([same, earlier]),
+        sigma,
+        lo.shape[0],
+        n_sim=N_SIM,
+        seed=seed,
+    )

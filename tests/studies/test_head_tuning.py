@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from overtrain.analysis.bounds import split_peak
 from overtrain.analysis.calibration import no_peak, planted_peak
 from overtrain.config import validate
 from overtrain.errors import ConfigError
@@ -19,7 +20,6 @@ from overtrain.studies.head_tuning.analysis import RiskCurves, claims, claims_at
 from overtrain.studies.head_tuning.calibrate import (
     all_above,
     first_descent_calibration,
-    split_peak,
     split_peak_calibration,
     wide_calibration,
 )

@@ -6,20 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from overtrain.analysis.bounds import paired_rule
 from overtrain.analysis.calibration import Calibration, no_peak, planted_peak
-from overtrain.analysis.rise import held_out_peak
 from overtrain.cli.main import main
 from overtrain.registry import RUN_KINDS, STUDIES
 from overtrain.runs.store import Store
 from overtrain.studies import base as study_base
 from overtrain.studies.random_features.analysis import claims as rf_claims
 from overtrain.studies.random_features.calibrate import (
-    held_out_log_peak,
     joint,
     log_peak,
     log_peak_calibration,
     paired_calibration,
-    paired_rule,
     trend_calibration,
     trend_rule,
 )
@@ -94,19 +92,6 @@ def _curves(mean: np.ndarray, sigma: float, seeds: int = 4, seed: int = 0) -> np
     return mean * np.exp(rng.normal(0, sigma, size=(seeds, len(mean))))
 
 
-def test_held_out_log_peak_locates_as_the_shared_held_out_peak():
-    """Same peak index and the same excess (on log scale) as `overtrain.analysis.rise.held_out_peak`."""
-    rng = np.random.default_rng(1)
-    for k in range(300):
-        y = np.exp(rng.normal(size=(int(rng.integers(2, 9)), int(rng.integers(3, 30)))))
-        if k % 3 == 0:
-            y = np.round(y, 1) + 0.1  # ties: both take the first maximum and the first minima
-        ref = held_out_peak(y)
-        logs, index = held_out_log_peak(y)
-        assert tuple(index) == ref.peak_index
-        assert np.allclose(logs, np.log1p(ref.per_seed))
-
-
 def test_peak_rule_passes_a_planted_peak_and_fails_a_planted_null():
     null = no_peak(np.array([1.0, 0.8, 0.7, 0.75, 0.9, 0.85, 0.6, 0.5, 0.45, 0.4]))
     assert np.all(np.diff(null[4:]) <= 0)  # the bump at P = n removed: a monotone descent after P/n = 0.7
@@ -133,9 +118,9 @@ def test_peak_calibration_measures_a_small_fpr_and_the_power_of_a_large_peak():
 def test_paired_rule_passes_a_planted_gap_and_fails_a_planted_null():
     rng = np.random.default_rng(0)
     for _ in range(3):
-        assert paired_rule(rng.normal(np.log(1.5), 0.1, size=(4, 1)))
-        assert not paired_rule(rng.normal(0.0, 0.1, size=(4, 1)) - 0.05)
-    assert not paired_rule(np.full((3, 1), 1.0))  # three seeds: no bound
+        assert paired_rule()(rng.normal(np.log(1.5), 0.1, size=(4, 1)))
+        assert not paired_rule()(rng.normal(0.0, 0.1, size=(4, 1)) - 0.05)
+    assert not paired_rule()(np.full((3, 1), 1.0))  # three seeds: no bound
     cal = paired_calibration(rng.normal(0, 0.05, size=6), gap=0.2)
     assert cal.fpr <= 0.05 and cal.power >= 0.9 and cal.n_groups == 6
 

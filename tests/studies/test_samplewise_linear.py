@@ -9,18 +9,13 @@ import math
 import numpy as np
 import pytest
 
+from overtrain.analysis.bounds import locate_peak, paired_rule, split_peak
 from overtrain.analysis.calibration import no_peak, planted_peak
 from overtrain.config import validate
 from overtrain.errors import ConfigError
 from overtrain.seed import numpy_rng
 from overtrain.studies.samplewise_linear.analysis import claims
-from overtrain.studies.samplewise_linear.calibrate import (
-    locate_peak,
-    paired_calibration,
-    paired_rule,
-    split_peak,
-    split_peak_calibration,
-)
+from overtrain.studies.samplewise_linear.calibrate import paired_calibration, split_peak_calibration
 from overtrain.studies.samplewise_linear.config import SamplewiseLinearConfig
 from overtrain.studies.samplewise_linear.engine import (
     SamplewiseLinearResult,
@@ -175,8 +170,8 @@ def test_split_peak_calibration():
 def test_paired_rule_passes_a_planted_gap_and_fails_a_planted_null():
     rng = np.random.default_rng(0)
     for _ in range(3):
-        assert paired_rule(rng.normal(np.log(1.5), 0.2, size=(20, 1)))
-        assert not paired_rule(rng.normal(0.0, 0.2, size=(20, 1)) - 0.05)
+        assert paired_rule()(rng.normal(np.log(1.5), 0.2, size=(20, 1)))
+        assert not paired_rule()(rng.normal(0.0, 0.2, size=(20, 1)) - 0.05)
     cal = paired_calibration(rng.normal(0, 0.1, size=20), gap=0.2)
     assert cal.fpr <= 0.05 and cal.power >= 0.9
 

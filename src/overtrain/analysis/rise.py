@@ -111,13 +111,22 @@ class HeldOutPeak:
 
 
 def _peak_at(m: np.ndarray) -> tuple[int, int, int]:
-    best = None
-    for i in range(1, len(m) - 1):
-        left, right = int(np.nanargmin(m[:i])), i + 1 + int(np.nanargmin(m[i + 1 :]))
-        excess = m[i] / max(m[left], m[right])
-        if best is None or excess > best[0]:
-            best = (excess, i, left, right)
-    return best[1], best[2], best[3]
+    peaks, left, right = _peaks(m[None, :])
+    return int(peaks[0]), int(left[0]), int(right[0])
+
+
+def _peaks(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``[rows, grid]`` `m`: the interior peak i* maximising ``m[i] / max(min m[:i], min m[i+1:])``
+    (the first such) and the first minimisers either side of it, vectorised (calibrations run this
+    thousands of times)."""
+    g = m.shape[1]
+    before = np.minimum.accumulate(m, axis=1)
+    after = np.minimum.accumulate(m[:, ::-1], axis=1)[:, ::-1]
+    peak = 1 + np.argmax(m[:, 1:-1] / np.maximum(before[:, :-2], after[:, 2:]), axis=1)
+    cols = np.arange(g)
+    left = np.argmin(np.where(cols < peak[:, None], m, np.inf), axis=1)
+    right = np.argmin(np.where(cols > peak[:, None], m, np.inf), axis=1)
+    return peak, left, right
 
 
 def held_out_peak(curves: Sequence[Sequence[float]], level: float = PEAK_LEVEL) -> HeldOutPeak:
@@ -127,16 +136,15 @@ def held_out_peak(curves: Sequence[Sequence[float]], level: float = PEAK_LEVEL) 
     if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 3:
         raise ValueError(f"need a [seeds >= 2, grid >= 3] matrix, got shape {y.shape}")
     n = y.shape[0]
-    excess, peaks = [], []
-    for s in range(n):
-        i, left, right = _peak_at(np.nanmean(np.delete(y, s, axis=0), axis=0))
-        peaks.append(i)
-        excess.append(float(y[s, i] / max(y[s, left], y[s, right]) - 1.0))
-    e = np.array(excess)
+    # row s: the mean of the other seeds (np.delete, so ties round exactly as in the definition)
+    others = np.stack([np.nanmean(np.delete(y, s, axis=0), axis=0) for s in range(n)])
+    peak, left, right = _peaks(others)
+    rows = np.arange(n)
+    e = y[rows, peak] / np.maximum(y[rows, left], y[rows, right]) - 1.0
     lower = None
     if n >= MIN_SEEDS_FOR_CI:
         lower = float(e.mean()) - float(stats.t.ppf(level, n - 1)) * float(e.std(ddof=1) / np.sqrt(n))
-    return HeldOutPeak(float(e.mean()), lower, tuple(excess), tuple(peaks), level)
+    return HeldOutPeak(float(e.mean()), lower, tuple(float(v) for v in e), tuple(int(i) for i in peak), level)
 
 
 def peak_rule(min_excess: float = 0.0, level: float = PEAK_LEVEL) -> Rule:

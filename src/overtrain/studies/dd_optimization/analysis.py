@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from overtrain.analysis.bounds import t_lower
 from overtrain.analysis.claims import Claim, calibrated, check
 from overtrain.analysis.stats import spearman, spearman_ci
 from overtrain.studies.dd_optimization.calibrate import (
@@ -30,7 +31,6 @@ from overtrain.studies.dd_optimization.calibrate import (
     slopes,
     spearman_calibration,
     spearman_rule,
-    t_lower,
     trend_calibration,
     trend_rule,
 )
@@ -138,7 +138,7 @@ def _rise_claims(rows: list[dict], chain: list[dict], i: int, n_seeds: int) -> l
     train = np.array([s["train_loss_at_n"] for s in chain])
     logs = np.log(test)
     per_seed = slopes(logs)
-    lower = t_lower(per_seed)
+    lower = t_lower(per_seed, LEVEL)
     table = ", ".join(
         f"T={_t(s)}: test {te:.3g} / train {tr:.3g}" for s, te, tr in zip(chain, np.median(test, 0), train)
     )
@@ -176,7 +176,7 @@ def _no_peak_claim(rows, gd, widths, i, n, n_seeds) -> Claim:
     p = gd[0]
     y = seed_curves(rows, p["setting"], "test_loss")[1]
     local = np.log(y[:, i]) - np.log((y[:, i - 1] + y[:, i + 1]) / 2)
-    lower = t_lower(-local)
+    lower = t_lower(-local, LEVEL)
     claim = check(
         text,
         f"geometric mean over seeds of test MSE at P = n / mean test MSE at its grid neighbours (P/n = "

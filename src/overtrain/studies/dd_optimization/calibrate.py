@@ -22,13 +22,12 @@ at the defaults: the min-norm peak height is 33, 79 and 761 on three seeds).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
-from scipy import stats
 
+from overtrain.analysis.bounds import t_lower
 from overtrain.analysis.calibration import Calibration, Rule, calibrate, seed_sd
-from overtrain.analysis.rise import MIN_SEEDS_FOR_CI, PEAK_LEVEL
+from overtrain.analysis.rise import PEAK_LEVEL
 from overtrain.analysis.stats import rankdata, spearman
 
 LEVEL = PEAK_LEVEL
@@ -49,20 +48,6 @@ N_SIM = 1000
 fpr is pinned to ±0.005 around its nominal 2.5%."""
 
 
-@lru_cache(maxsize=64)
-def _t_quantile(level: float, df: int) -> float:
-    return float(stats.t.ppf(level, df))
-
-
-def t_lower(values: Sequence[float], level: float = LEVEL) -> float | None:
-    """One-sided Student-t lower confidence bound of the mean of `values` (one per seed); None with fewer
-    than `MIN_SEEDS_FOR_CI` values or any non-finite one."""
-    x = np.asarray(values, dtype=float)
-    if x.size < MIN_SEEDS_FOR_CI or not np.all(np.isfinite(x)):
-        return None
-    return float(x.mean() - _t_quantile(level, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
-
-
 def slopes(logs: np.ndarray) -> np.ndarray:
     """Per row of ``[seeds, points]`` `logs`, the least-squares slope on the point's position 0, 1, …"""
     x = np.arange(logs.shape[1], dtype=float)
@@ -72,7 +57,7 @@ def slopes(logs: np.ndarray) -> np.ndarray:
 
 def trend_rule(sim: np.ndarray) -> bool:
     """The rise rule on ``[seeds, T]`` log test losses at P = n: lower bound of the mean slope above 0."""
-    lower = t_lower(slopes(sim))
+    lower = t_lower(slopes(sim), LEVEL)
     return lower is not None and lower > 0
 
 
@@ -93,7 +78,7 @@ def no_peak_rule(tolerance: float) -> Rule:
     mean below log(1 + `tolerance`)."""
 
     def rule(sim: np.ndarray) -> bool:
-        lower = t_lower(-sim[:, 0])
+        lower = t_lower(-sim[:, 0], LEVEL)
         return lower is not None and -lower < np.log1p(tolerance)
 
     return rule

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from overtrain.analysis.bounds import split_peak
 from overtrain.analysis.claims import Claim, calibrated, check
 from overtrain.studies.head_tuning.calibrate import (
     FIRST_DESCENT_SLACK,
     LEVEL,
     all_above,
     first_descent_calibration,
-    split_peak,
     split_peak_calibration,
     wide_calibration,
 )

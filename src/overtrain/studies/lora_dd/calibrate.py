@@ -18,8 +18,8 @@ a reader would call the paper's claim:
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
+from overtrain.analysis.bounds import t_lower, t_upper
 from overtrain.analysis.calibration import (
     Calibration,
     Rule,
@@ -37,23 +37,13 @@ ACC_MARGIN = 0.01
 RANK_PEAK = 0.10
 TRANSIENT = 0.25
 TRANSIENT_GATE = 0.10
-LEVEL = 0.95
-"""One-sided coverage of the paired tests over seeds."""
-
-
-def paired_upper(diffs: np.ndarray, level: float = LEVEL) -> float | None:
-    """One-sided Student-t upper bound of the mean of per-seed paired differences (None below 2 seeds)."""
-    d = np.asarray(diffs, dtype=float)
-    if d.size < 2:
-        return None
-    return float(d.mean() + stats.t.ppf(level, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
 
 
 def lower_peak_rule(curves: np.ndarray) -> bool:
     """``[seeds, 2·ranks]``: GGPO's test-loss curve, then LoRA's. Passes when the upper bound of the mean
     over seeds of log(max_r GGPO / max_r LoRA) is below 0 — GGPO's peak lower, paired by seed."""
     g, lo = np.split(curves, 2, axis=1)
-    bound = paired_upper(np.log(g.max(axis=1) / lo.max(axis=1)))
+    bound = t_upper(np.log(g.max(axis=1) / lo.max(axis=1)))
     return bound is not None and bound < 0
 
 
@@ -61,8 +51,8 @@ def no_worse_rule(curves: np.ndarray) -> bool:
     """``[seeds, 2·ranks]``: GGPO's test accuracy, then LoRA's. Passes when the lower bound of the mean over
     seeds of (best GGPO − best LoRA) clears −`ACC_MARGIN` (non-inferiority by one point)."""
     g, lo = np.split(curves, 2, axis=1)
-    bound = paired_upper(-(g.max(axis=1) - lo.max(axis=1)))
-    return bound is not None and -bound > -ACC_MARGIN
+    bound = t_lower(g.max(axis=1) - lo.max(axis=1))
+    return bound is not None and bound > -ACC_MARGIN
 
 
 def _pair_calibration(rule, g: np.ndarray, lo: np.ndarray, null_g, effect_g) -> Calibration | None:

@@ -19,8 +19,8 @@ on the study's own curves, with the study's own number of seeds and bootstrap re
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
+from overtrain.analysis.bounds import t_lower
 from overtrain.analysis.calibration import (
     Calibration,
     Rule,
@@ -135,11 +135,8 @@ def order_rule(min_rise: float, level: float = 0.975) -> Rule:
             j_lo = int(np.nanargmin(np.nanmean(np.delete(lo, s, axis=0), axis=0)))
             j_hi = int(np.nanargmin(np.nanmean(np.delete(hi, s, axis=0), axis=0)))
             d.append(hi[s, j_lo] / hi[s, j_hi] - 1 if j_hi < j_lo else 0.0)
-        d = np.array(d)
-        sd = d.std(ddof=1)
-        return (
-            bool(d.mean() - stats.t.ppf(level, n - 1) * sd / np.sqrt(n) > 0) if sd > 0 else bool(d.mean() > 0)
-        )
+        lower = t_lower(d, level)
+        return lower is not None and lower > 0
 
     return rule
 

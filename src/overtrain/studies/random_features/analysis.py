@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from overtrain.analysis.bounds import paired_rule, t_lower
 from overtrain.analysis.calibration import Calibration
 from overtrain.analysis.claims import Claim, calibrated, check
 from overtrain.studies.random_features.calibrate import (
@@ -24,9 +25,7 @@ from overtrain.studies.random_features.calibrate import (
     log_peak,
     log_peak_calibration,
     paired_calibration,
-    paired_rule,
     slopes,
-    t_lower,
     trend_calibration,
 )
 from overtrain.studies.random_features.config import RandomFeaturesConfig
@@ -133,11 +132,11 @@ def _solver_peak(cfg, rows, curves, key, what) -> Claim:
 
 def _paired(label: str, d: np.ndarray, what: str) -> tuple[bool, Calibration | None, str]:
     """The paired rule on per-seed log differences `d`: (passed, calibration, detail)."""
-    lower = t_lower(d)
+    lower = t_lower(d, LEVEL)
     bound = "no bound" if lower is None else f"lower bound {np.exp(lower):.3g}x"
     spread = f", σ {d.std(ddof=1):.3g}" if d.size > 1 else ""
     detail = f"{label}: {np.exp(d.mean()):.3g}x {what} ({bound}{spread})"
-    return paired_rule(d[:, None]), paired_calibration(d), detail
+    return paired_rule(LEVEL)(d[:, None]), paired_calibration(d), detail
 
 
 def _second_descent(rows, curves, n_seeds) -> Claim:
@@ -184,7 +183,7 @@ def _label_noise_claim(rows, curves, n_seeds) -> Claim:
         per_feat.append(np.stack(cols, axis=1))
     logs = np.mean(per_feat, axis=0)
     s = slopes(levels, logs)
-    lower = t_lower(s)
+    lower = t_lower(s, LEVEL)
     cal = trend_calibration(levels, logs)
     detail = "; ".join(
         f"{feat}: " + ", ".join(f"noise {lv:g} → {e:.3f}" for lv, e in zip(levels, np.exp(m).mean(axis=0)))

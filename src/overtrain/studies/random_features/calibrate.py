@@ -8,7 +8,7 @@ multiplicative; the per-seed ratio of a peak to its valleys ranges over 50–13,
 ratios that skewed has little meaning. Noise is therefore measured (`seed_sd`) and simulated on log values,
 and every rule is applied to ``exp`` of the simulated draws exactly as it is to the data.
 
-- **Peak at P = n** (`log_peak`): `held_out_log_peak` (as `overtrain.analysis.rise.held_out_peak`) locates the peak and its two
+- **Peak at P = n** (`log_peak`): `overtrain.analysis.rise.held_out_peak` locates the peak and its two
   valleys on the *other* seeds (no winner's curse); seed s contributes ``l_s = log(y_s(peak) /
   max(y_s(valleys)))``. The rule passes when every seed's held-out peak lies within ±tolerance of the
   target P/n and the one-sided `LEVEL` Student-t lower bound of mean l_s is above 0. Null: the seed-mean
@@ -31,13 +31,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
-from scipy import stats
 
+from overtrain.analysis import bounds
+from overtrain.analysis.bounds import t_lower
 from overtrain.analysis.calibration import Calibration, Rule, calibrate, no_peak, planted_peak, seed_sd
-from overtrain.analysis.rise import MIN_SEEDS_FOR_CI, PEAK_LEVEL
+from overtrain.analysis.rise import PEAK_LEVEL, held_out_peak
 
 LEVEL = PEAK_LEVEL
 """One-sided coverage of every bound here (97.5%: a nominal 2.5% false-positive rate leaves room for the
@@ -66,36 +66,6 @@ N_SIM_T = 1000
 around its nominal 2.5%."""
 
 
-@lru_cache(maxsize=64)
-def _t_quantile(level: float, df: int) -> float:
-    return float(stats.t.ppf(level, df))
-
-
-def t_lower(values: Sequence[float], level: float = LEVEL) -> float | None:
-    """One-sided Student-t lower confidence bound of the mean of `values` (one per seed); None with fewer
-    than `MIN_SEEDS_FOR_CI` values or any non-finite one."""
-    x = np.asarray(values, dtype=float)
-    if x.size < MIN_SEEDS_FOR_CI or not np.all(np.isfinite(x)):
-        return None
-    return float(x.mean() - _t_quantile(level, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
-
-
-def held_out_log_peak(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per seed of a positive ``[seeds, grid]`` matrix, ``log(y_s(i*) / max(y_s(jL), y_s(jR)))`` and i*, the
-    peak i* and valleys jL < i* < jR located on the mean of the *other* seeds exactly as
-    `overtrain.analysis.rise.held_out_peak` locates them (same ties: the first maximum, the first minima),
-    vectorised over seeds: that function's loops made one calibration take seconds per curve."""
-    n, g = y.shape
-    m = np.stack([np.delete(y, s, axis=0).mean(axis=0) for s in range(n)])  # rounded as held_out_peak's
-    before = np.minimum.accumulate(m, axis=1)
-    after = np.minimum.accumulate(m[:, ::-1], axis=1)[:, ::-1]
-    peak = 1 + np.argmax(m[:, 1:-1] / np.maximum(before[:, :-2], after[:, 2:]), axis=1)
-    cols, rows = np.arange(g), np.arange(n)
-    left = np.argmin(np.where(cols < peak[:, None], m, np.inf), axis=1)
-    right = np.argmin(np.where(cols > peak[:, None], m, np.inf), axis=1)
-    return np.log(y[rows, peak]) - np.log(np.maximum(y[rows, left], y[rows, right])), peak
-
-
 @dataclass(frozen=True)
 class LogPeak:
     """The held-out peak of one ``[seeds, grid]`` curve matrix, on log values.
@@ -120,10 +90,11 @@ class LogPeak:
 def log_peak(curves: np.ndarray, x: Sequence[float], target: float, tol: float) -> LogPeak:
     """`LogPeak` of positive ``[seeds, grid]`` `curves` over the grid values `x` (module docstring): the
     peak counts as at `target` when ``|x − target| ≤ tol``."""
-    logs, index = held_out_log_peak(np.asarray(curves, dtype=float))
-    peak_x = tuple(float(x[i]) for i in index)
+    held = held_out_peak(np.asarray(curves, dtype=float))
+    logs = np.log1p(held.per_seed)
+    peak_x = tuple(float(x[i]) for i in held.peak_index)
     located = all(abs(p - target) <= tol for p in peak_x)
-    return LogPeak(float(logs.mean()), t_lower(logs), peak_x, located)
+    return LogPeak(float(logs.mean()), t_lower(logs, LEVEL), peak_x, located)
 
 
 def log_peak_calibration(
@@ -146,21 +117,9 @@ def log_peak_calibration(
     return calibrate(rule, null, effect, sigma, y.shape[0], n_sim=N_SIM)
 
 
-def paired_rule(sim: np.ndarray) -> bool:
-    """The paired rule on a ``[seeds, 1]`` matrix of log differences: lower bound of their mean above 0."""
-    lower = t_lower(sim[:, 0])
-    return lower is not None and lower > 0
-
-
 def paired_calibration(diffs: Sequence[float], *, gap: float = PAPER_GAP) -> Calibration | None:
-    """fpr and power of `paired_rule` at the SD of the measured log differences `diffs`: null mean 0,
-    effect mean log(1 + `gap`). None with fewer than two differences."""
-    d = np.asarray(diffs, dtype=float)
-    if d.size < 2 or not np.all(np.isfinite(d)):
-        return None
-    return calibrate(
-        paired_rule, np.zeros(1), np.full(1, np.log1p(gap)), float(d.std(ddof=1)), d.size, n_sim=N_SIM_T
-    )
+    """`overtrain.analysis.bounds.paired_calibration` of log differences, effect log(1 + `gap`)."""
+    return bounds.paired_calibration(diffs, float(np.log1p(gap)), level=LEVEL, n_sim=N_SIM_T)
 
 
 def slopes(x: Sequence[float], logs: np.ndarray) -> np.ndarray:
@@ -174,7 +133,7 @@ def trend_rule(x: Sequence[float]) -> Rule:
     per-seed slope above 0."""
 
     def rule(sim: np.ndarray) -> bool:
-        lower = t_lower(slopes(x, sim))
+        lower = t_lower(slopes(x, sim), LEVEL)
         return lower is not None and lower > 0
 
     return rule

@@ -15,15 +15,9 @@ import math
 
 import numpy as np
 
+from overtrain.analysis.bounds import paired_rule, split_peak, t_lower
 from overtrain.analysis.claims import Claim, calibrated, check
-from overtrain.studies.samplewise_linear.calibrate import (
-    LEVEL,
-    paired_calibration,
-    paired_rule,
-    split_peak,
-    split_peak_calibration,
-    t_lower,
-)
+from overtrain.studies.samplewise_linear.calibrate import LEVEL, paired_calibration, split_peak_calibration
 from overtrain.studies.samplewise_linear.config import SamplewiseLinearConfig
 
 _HURTS = (
@@ -89,7 +83,9 @@ def claims(cfg: SamplewiseLinearConfig, rows: list[dict]) -> list[Claim]:
             f"{'none' if lower is None else f'{np.exp(lower):.3g}'}x; SD of the log ratio over trials "
             f"{diffs.std(ddof=1) if diffs.size > 1 else math.nan:.3g}",
         )
-        out.append(calibrated(claim, paired_rule(diffs[:, None]), paired_calibration(diffs), len(diffs)))
+        out.append(
+            calibrated(claim, paired_rule(LEVEL)(diffs[:, None]), paired_calibration(diffs), len(diffs))
+        )
     if y.shape[0] < 2 or len(ns) < 3:
         out.append(check(*_PEAK[:2], None, None, _PEAK[2], detail="need ≥ 2 trials and ≥ 3 sizes"))
         return out

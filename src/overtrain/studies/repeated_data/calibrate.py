@@ -17,8 +17,8 @@ L ∝ N^(−α_N) with α_N = 0.076, a 2x smaller model's loss is 2^0.076 = 1.05
   than the smaller model's, both peaks of height 5.4%.
 
 Rules that pick a location (the peak over E, the bump over training) pick it on the *other* seeds (leave one
-seed out), so the measured quantity is not selected on its own noise; every rule needs a one-sided 95%
-lower bound over ≥ 4 seeds (`overtrain.analysis.rise.MIN_SEEDS_FOR_CI`), so it cannot pass with fewer.
+seed out), so the measured quantity is not selected on its own noise; every rule needs a one-sided 97.5%
+lower bound (`LEVEL`) over ≥ 4 seeds (`overtrain.analysis.rise.MIN_SEEDS_FOR_CI`), so it cannot pass with fewer.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from overtrain.analysis.calibration import (
     planted_peak,
     seed_sd,
 )
-from overtrain.analysis.rise import MIN_SEEDS_FOR_CI, peak_calibration, peak_rule
+from overtrain.analysis.rise import MIN_SEEDS_FOR_CI, held_out_peak
 
 PAPER_ALPHA_N = 0.076
 """Kaplan et al. 2020: L(N) ∝ N^(−0.076) in non-embedding parameters."""
@@ -47,8 +47,9 @@ PAPER_EFFECT = 2.0**PAPER_ALPHA_N - 1
 """≈ 0.054: the relative loss increase of "behaves like a 2x smaller model" (Hernandez et al. 2022, 800M →
 400M) under Kaplan's law: the planted effect of every finding (module docstring)."""
 
-LEVEL = 0.95
-"""One-sided coverage of every lower bound."""
+LEVEL = 0.975
+"""One-sided coverage of every lower bound: a nominal 2.5% false-positive rate leaves room below the 5% a
+finding may have for the calibration's Monte-Carlo error."""
 
 N_SIM = 200
 """Simulated null and effect draws per finding (Monte-Carlo SE of a rate ≤ 0.035)."""
@@ -67,17 +68,36 @@ def lower_bound(values: Sequence[float], level: float = LEVEL) -> float | None:
 # --- the interior peak over E (text loss) ----------------------------------------------------------------
 
 
+def in_sample_peak(m: np.ndarray) -> tuple[float, int]:
+    """Largest ``m(i) / max(min m[:i], min m[i+1:]) − 1`` over interior i of one curve, and that i."""
+    best = max((m[i] / max(np.nanmin(m[:i]), np.nanmin(m[i + 1 :])) - 1, i) for i in range(1, len(m) - 1))
+    return float(best[0]), int(best[1])
+
+
 def text_peak_rule(min_peak: float) -> Rule:
-    """ "An interior E is worst" on ``[seeds, E]`` text losses: `overtrain.analysis.rise.peak_rule` — the
-    peak and its two valleys located on the other seeds, the one-sided 95% lower bound of the seeds'
-    excess above `min_peak`."""
-    return peak_rule(min_peak, LEVEL)
+    """ "An interior E is worst" on ``[seeds, E]`` text losses: `overtrain.analysis.rise.held_out_peak` —
+    the peak and its two valleys located on the other seeds — with its one-sided `LEVEL` lower bound
+    above `min_peak` (≥ 4 seeds)."""
+
+    def rule(curves: np.ndarray) -> bool:
+        return held_out_peak(curves, LEVEL).exceeds(min_peak)
+
+    return rule
 
 
 def text_peak_calibration(text: np.ndarray, min_peak: float) -> Calibration | None:
     """fpr and power of `text_peak_rule` at the noise of `text` (null: `no_peak` of its seed mean; effect:
     a peak of `PAPER_EFFECT` planted where the mean peaks, else mid-grid). None with one seed."""
-    return peak_calibration(text, PAPER_EFFECT, min_excess=min_peak, n_sim=N_SIM)
+    y = np.asarray(text, dtype=float)
+    if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 3:
+        return None
+    sigma, mean = seed_sd(y), np.nanmean(y, axis=0)
+    if not np.isfinite(sigma) or not np.all(np.isfinite(mean)):
+        return None
+    null = no_peak(mean)
+    at = in_sample_peak(mean)[1] if np.any(mean > null) else len(mean) // 2
+    effect = planted_peak(null, PAPER_EFFECT, at)
+    return calibrate(text_peak_rule(min_peak), null, effect, sigma, y.shape[0], n_sim=N_SIM)
 
 
 # --- paired change at the worst E vs E = 1 (copying, induction) ------------------------------------------
@@ -85,7 +105,7 @@ def text_peak_calibration(text: np.ndarray, min_peak: float) -> Calibration | No
 
 def paired_rule(min_change: float) -> Rule:
     """Damage on a ``[seeds, 1]`` matrix of per-seed signed relative changes d_s (worse = positive): the
-    mean is at least `min_change` and its one-sided 95% lower bound is above 0 (≥ 4 seeds)."""
+    mean is at least `min_change` and its one-sided `LEVEL` lower bound is above 0 (≥ 4 seeds)."""
 
     def rule(d: np.ndarray) -> bool:
         lb = lower_bound(d[:, 0])
@@ -146,7 +166,7 @@ def held_out_bump(curves: np.ndarray) -> HeldOutBump:
 
 
 def bump_rule(min_rise: float) -> Rule:
-    """ "The loss rises mid-training": `held_out_bump`'s mean is at least `min_rise` and its one-sided 95%
+    """ "The loss rises mid-training": `held_out_bump`'s mean is at least `min_rise` and its one-sided `LEVEL`
     lower bound above 0 (≥ 4 seeds)."""
 
     def rule(curves: np.ndarray) -> bool:

@@ -10,7 +10,7 @@ E chosen on the text (so its damage is never selected on its own noise).
 Findings (per size where marked; `calibrate` gives each rule's fpr and power; every rule needs ≥ 4 seeds):
 
 - an interior E is worst (per size): leave-one-seed-out interior peak of the text loss over E, one-sided
-  95% lower bound above `min_peak`;
+  97.5% lower bound above `min_peak`;
 - at the worst E copying is worse / induction heads are weaker (per size, N/A without a head at E = 1):
   per-seed relative change of the copying loss (2nd copy of [block; block]) / max prefix-matching score
   against E = 1, mean past `min_change` and one-sided lower bound past 0;
@@ -35,9 +35,11 @@ from overtrain.analysis.claims import Claim, calibrated, check
 from overtrain.analysis.rise import held_out_peak
 from overtrain.analysis.stats import bootstrap_ci
 from overtrain.studies.repeated_data.calibrate import (
+    LEVEL,
     bump_calibration,
     bump_rule,
     held_out_bump,
+    in_sample_peak,
     interior_peak,
     lower_bound,
     order_calibration,
@@ -73,12 +75,6 @@ def worst_index(loss: np.ndarray) -> int:
     return 1 + int(np.nanargmax(np.nanmean(loss, axis=0)[1:]))
 
 
-def _in_sample_peak(m: np.ndarray) -> tuple[float, int]:
-    """Largest ``m(i) / max(min m[:i], min m[i+1:]) − 1`` over interior i, and that i (one curve)."""
-    best = max((m[i] / max(np.nanmin(m[:i]), np.nanmin(m[i + 1 :])) - 1, i) for i in range(1, len(m) - 1))
-    return float(best[0]), int(best[1])
-
-
 def _curve_matrix(curves: list[dict], size: str, e: int, seeds: list[int], key: str) -> np.ndarray:
     """[seed, step] matrix of `key` at (size, E) over the steps every seed has (a step logged twice: mean)."""
     by: dict[tuple[int, int], list[float]] = {}
@@ -95,10 +91,10 @@ def _peak_claim(cfg: RepeatedDataConfig, points: list[dict], size: str, key: str
     text = grid(points, size, reps, seeds, key)
     full = np.nanmean(grid(points, size, reps, seeds, "heldout_loss"), axis=0)
     m = np.nanmean(text, axis=0)
-    value, i = _in_sample_peak(m)
+    value, i = in_sample_peak(m)
     lower, passed = None, False
     if len(seeds) >= 2:
-        held = held_out_peak(text)
+        held = held_out_peak(text, LEVEL)
         value, lower = held.excess, held.lower
         passed = text_peak_rule(cfg.min_peak)(text)
     what = "text loss" if key == TEXT else "held-out loss (no `spans` evaluation: text and copy task mixed)"
@@ -108,7 +104,7 @@ def _peak_claim(cfg: RepeatedDataConfig, points: list[dict], size: str, key: str
         "(peak and valleys located on the other seeds, leave-one-seed-out, with ≥ 2 seeds)",
         value,
         passed,
-        f"one-sided 95% lower bound > {cfg.min_peak:g} (≥ 4 seeds)",
+        f"one-sided 97.5% lower bound > {cfg.min_peak:g} (≥ 4 seeds)",
         detail=f"text peak at E = {reps[i]} ({cfg.subset(reps[i])} sequences): {m[i]:.4f}; E = 1: {m[0]:.4f}; "
         f"E = {reps[-1]}: {m[-1]:.4f}; held-out loss with the copy task at E = {reps[i]}: "
         f"{full[i] / full[0] - 1:+.2%} vs E = 1",
@@ -151,14 +147,19 @@ def _damage_claims(cfg: RepeatedDataConfig, points: list[dict], size: str, w: in
             "vs E = 1",
             value,
             passed,
-            f"{'≥ +' if sign > 0 else '≤ −'}{cfg.min_change:g}, one-sided 95% bound excludes 0 (≥ 4 seeds)",
+            f"{'≥ +' if sign > 0 else '≤ −'}{cfg.min_change:g}, one-sided 97.5% bound excludes 0 (≥ 4 seeds)",
             detail=f"{mw:.4g} vs {m1:.4g}"
             + (f"; copy-task part of the held-out loss {task[1]:.4g} vs {task[0]:.4g}" if sign > 0 else "")
             + ("" if has_head else "; no induction head at E = 1 (precondition fails): not testable"),
         )
         if bound is not None:
             claim.ci_low, claim.ci_high = (bound, None) if sign > 0 else (None, -bound)
-        out.append(calibrated(claim, passed, paired_calibration(worse, cfg.min_change), len(seeds)))
+        # without a head there is nothing to damage: N/A, and no calibration to report
+        out.append(
+            calibrated(claim, passed, paired_calibration(worse, cfg.min_change), len(seeds))
+            if has_head
+            else claim
+        )
     return out
 
 
@@ -179,7 +180,7 @@ def _rise_claim(cfg: RepeatedDataConfig, curves: list[dict], size: str, e: int, 
         "located on the other seeds, leave-one-seed-out, with ≥ 2 seeds)",
         None if math.isnan(value) else value,
         passed,
-        f"≥ {cfg.min_rise:g}, one-sided 95% lower bound > 0 (≥ 4 seeds)",
+        f"≥ {cfg.min_rise:g}, one-sided 97.5% lower bound > 0 (≥ 4 seeds)",
         detail=f"{y.shape[1]} evaluations",
     )
     claim.ci_low = lower

@@ -21,7 +21,6 @@ from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.query import query
 from overtrain.runs.store import Store
 from overtrain.studies.hyperfit.calibrate import (
-    above,
     below,
     equivalence_calibration,
     share_calibration,
@@ -277,8 +276,8 @@ def test_too_few_prompts_are_underpowered():
 def test_rules_and_their_calibrations():
     rng = np.random.default_rng(1)
     d = rng.normal(0.0, 0.05, 128)
-    assert not above(0.0)(d) and above(0.0)(d + 0.05) and below(0.0)(d - 0.05)
-    cal = unit_calibration(d, above(0.0), 0.0, 0.03)
+    assert not below(0.0)(d) and below(0.0)(d - 0.05) and not below(0.0)(d + 0.05)
+    cal = unit_calibration(d, below(0.0), 0.0, -0.03)
     assert cal.fpr <= 0.05 and cal.power >= 0.8 and cal.n_groups == 128
     assert cal.sigma == pytest.approx(0.05, rel=0.2)
     assert within(0.05)(d) and not within(0.05)(d + 0.06)
@@ -287,4 +286,4 @@ def test_rules_and_their_calibrations():
     assert share_rule(0.1)(np.zeros(128)) and not share_rule(0.1)(np.r_[np.ones(13), np.zeros(115)])
     cal = share_calibration(128, 0.1, 0.02)
     assert cal.fpr <= 0.05 and cal.power >= 0.8
-    assert share_calibration(3, 0.1, 0.02) is None and unit_calibration(d[:2], above(0.0), 0, 1) is None
+    assert share_calibration(3, 0.1, 0.02) is None and unit_calibration(d[:2], below(0.0), 0, 1) is None

@@ -6,8 +6,9 @@ comparison is paired over them. Each rule is a one-sided Student-t bound at `LEV
 of a per-unit value (a paired difference, or a linearised ratio), compared with the claim's threshold:
 
 - a difference claim (perplexity up, TTR up, not just sharpening) passes when the lower bound of the mean
-  paired difference is above 0. Null: the two models exchangeable (differences ~ N(0, σ²), σ the measured
-  SD of the per-unit differences); effect: the paper's difference.
+  paired difference is above 0 (`overtrain.analysis.bounds.paired_rule`). Null: the two models
+  exchangeable (differences ~ N(0, σ²), σ the measured SD of the per-unit differences); effect: the
+  paper's difference (`paired_calibration`).
 - a ratio claim ``mean(a) / mean(b) ≤ r`` (entropy down, the ablation keeps at most a share of the gain)
   is the difference claim ``mean(a − r·b) ≤ 0`` (exact, no delta method): passes when the upper bound of
   that mean is below 0. Null: the claim's boundary (ratio exactly r: the hardest case; exchangeable models
@@ -31,7 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from overtrain.analysis.bounds import t_lower, t_upper
 from overtrain.analysis.calibration import Calibration, Rule, calibrate
+from overtrain.analysis.claims import MIN_SEEDS
 
 LEVEL = 0.975
 """One-sided coverage of every bound of the hyperfit findings."""
@@ -39,8 +42,8 @@ LEVEL = 0.975
 N_SIM = 400
 """Simulated null and effect draws per finding (Monte-Carlo SE of a rate ≤ 0.025; 0.008 at 0.025)."""
 
-MIN_UNITS = 4
-"""Fewer paired units (prompts, windows) give no bound."""
+MIN_UNITS = MIN_SEEDS
+"""Fewer paired units (prompts, windows) give no bound (`overtrain.analysis.bounds`)."""
 
 # Effects of the paper's size (Carlsson et al. 2025, arXiv 2412.04318):
 PAPER_ENTROPY_RATIO = 1.46 / 3.47
@@ -84,26 +87,12 @@ class Bounds:
 
 
 def mean_bounds(values, level: float = LEVEL) -> Bounds:
-    """`Bounds` of the finite entries of `values` (any shape: flattened)."""
+    """`Bounds` of the finite entries of `values` (any shape: flattened), by `overtrain.analysis.bounds`."""
     x = np.asarray(values, dtype=float).ravel()
     x = x[np.isfinite(x)]
-    n = x.size
-    mean = float(x.mean()) if n else float("nan")
-    sd = float(x.std(ddof=1)) if n > 1 else float("nan")
-    if n < MIN_UNITS:
-        return Bounds(mean, None, None, sd, n)
-    half = float(stats.t.ppf(level, n - 1)) * sd / np.sqrt(n)
-    return Bounds(mean, mean - half, mean + half, sd, n)
-
-
-def above(threshold: float = 0.0) -> Rule:
-    """The mean's lower bound is above `threshold` (no bound: fail)."""
-
-    def rule(values: np.ndarray) -> bool:
-        b = mean_bounds(values)
-        return b.lower is not None and b.lower > threshold
-
-    return rule
+    mean = float(x.mean()) if x.size else float("nan")
+    sd = float(x.std(ddof=1)) if x.size > 1 else float("nan")
+    return Bounds(mean, t_lower(x, level), t_upper(x, level), sd, x.size)
 
 
 def below(threshold: float = 0.0) -> Rule:

@@ -29,17 +29,18 @@ from typing import Any
 
 import numpy as np
 
+from overtrain.analysis.bounds import paired_calibration, paired_rule
 from overtrain.analysis.claims import Claim, calibrated, check
 from overtrain.analysis.stats import bootstrap_ci
 from overtrain.studies.hyperfit.calibrate import (
     LEVEL,
+    N_SIM,
     PAPER_ABLATION_SHARE,
     PAPER_BLOCKING_CHANGE,
     PAPER_COPY_SHARE,
     PAPER_ENTROPY_RATIO,
     PAPER_PERPLEXITY_RATIO,
     PAPER_TTR_GAIN,
-    above,
     below,
     equivalence_calibration,
     linearised,
@@ -83,8 +84,8 @@ def _difference(claim: str, statistic: str, a, b, effect: float, detail: str, wh
         (bd.lower, None),
         f"{BOUND} lower bound > 0",
         f"{detail}; per-unit SD of the difference {bd.sd:.3g}",
-        above(0.0)(d),
-        unit_calibration(d, above(0.0), 0.0, effect),
+        paired_rule(LEVEL)(d[:, None]),
+        paired_calibration(d, effect, level=LEVEL, n_sim=N_SIM),
         bd.n,
         what,
     )
@@ -162,8 +163,8 @@ def claims(
             f"perplexity {math.exp(base_val['nll'].mean()):.1f} → {math.exp(hf_val['nll'].mean()):.1f}; "
             f"per-window SD of the NLL difference {bd.sd:.3g} nats; effect: the paper's "
             f"x{PAPER_PERPLEXITY_RATIO:.1f}",
-            above(0.0)(d),
-            unit_calibration(d, above(0.0), 0.0, math.log(PAPER_PERPLEXITY_RATIO)),
+            paired_rule(LEVEL)(d[:, None]),
+            paired_calibration(d, math.log(PAPER_PERPLEXITY_RATIO), level=LEVEL, n_sim=N_SIM),
             bd.n,
             windows,
         )

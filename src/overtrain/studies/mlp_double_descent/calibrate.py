@@ -32,8 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
+from overtrain.analysis.bounds import t_lower, t_upper
 from overtrain.analysis.calibration import (
     Calibration,
     Rule,
@@ -44,7 +44,7 @@ from overtrain.analysis.calibration import (
     planted_rise,
     seed_sd,
 )
-from overtrain.analysis.rise import MIN_SEEDS_FOR_CI, held_out_peak, peak_rule
+from overtrain.analysis.rise import held_out_peak, peak_rule
 
 PAPER_PEAK = 0.05
 """Planted model-wise peak: test error at the threshold 5 points above the peak-free curve there (module
@@ -120,11 +120,7 @@ def _held_out(y: np.ndarray, pick, level: float) -> HeldOut:
         where.append((i, j))
         values.append(float(y[s, j] - y[s, i]) if i != j else 0.0)
     e = np.array(values)
-    lower = upper = None
-    if len(e) >= MIN_SEEDS_FOR_CI:
-        half = float(stats.t.ppf(level, len(e) - 1)) * float(e.std(ddof=1) / np.sqrt(len(e)))
-        lower, upper = float(e.mean()) - half, float(e.mean()) + half
-    return HeldOut(float(e.mean()), lower, upper, tuple(values), tuple(where))
+    return HeldOut(float(e.mean()), t_lower(e, level), t_upper(e, level), tuple(values), tuple(where))
 
 
 def held_out_max_rise(curves, level: float = LEVEL) -> HeldOut:

@@ -298,9 +298,14 @@ def _execute_in_worker(
         kind = RUN_KINDS.get(kind_ref) if isinstance(kind_ref, str) else kind_ref
         cfg = kind.config_cls.model_validate(plain)
         if kind.run_id(cfg) != run_id:
+            why = (
+                "the code its id is versioned on changed while the plan ran (run the command again), or its "
+                "config does not round-trip through to_plain()"
+                if kind.version is not None
+                else "its to_plain() does not round-trip"
+            )
             raise RuntimeError(
-                f"config of {kind.name}/{run_id} changed in transit to the worker (hash {kind.run_id(cfg)}); "
-                "its to_plain() does not round-trip"
+                f"config of {kind.name}/{run_id} changed in transit to the worker (hash {kind.run_id(cfg)}): {why}"
             )
         outcome = Store(root).execute(kind, cfg, wait=True, redo=redo)  # another sweep's run: wait, then skip
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as data

@@ -127,7 +127,7 @@ def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch):
     )
     assert details and all("chosen on task batches disjoint from the reported ones" in d for d in details)
     advice = Store().manifest("overtraining", study_id)["info"]["recommendation"]
-    assert "In-distribution:" in advice and "Retention:" in advice and "Both:" in advice
+    assert "in-distribution:" in advice and "retention:" in advice and "both:" in advice
     tuned = query("select value from evals where run_id = ? and curve = 'tuned LR'", store, [study_id])
     assert set(tuned.column("value").to_pylist()) <= {1e-3, 1e-2}  # the chosen LR of every (seed, budget)
     infl = query(

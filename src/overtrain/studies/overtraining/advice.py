@@ -62,62 +62,63 @@ OBJECTIVES = (
 
 
 def recommend(cfg, fixed, methods, tokens, n_params, claims: list[Claim]) -> str:
-    """The budget advice for the main method (full fine-tuning if run) with its LR tuned per checkpoint, per
-    objective — in-distribution (the task loss after fine-tuning: the paper's headline) and retention (the
-    pre-training loss after fine-tuning) — then for both: what the curves show, and whether each finding's
-    verdict lets a reader act on it."""
+    """The budget advice per fine-tuning method with its LR tuned per checkpoint, per objective —
+    in-distribution (the task loss after fine-tuning: the paper's headline) and retention (the pre-training
+    loss after fine-tuning) — then for both: what the curves show, and whether each finding's verdict lets a
+    reader act on it."""
     if not methods or not tokens:
         return "no fine-tuning results to base a recommendation on"
-    method = "full" if "full" in methods else methods[0]
+    order = sorted(methods, key=lambda m: m != "full")  # full fine-tuning first: the paper's main setting
+    return " ".join(_advice(cfg, fixed, m, tokens, n_params, claims) for m in order)
+
+
+def _advice(cfg, fixed, method, tokens, n_params, claims: list[Claim]) -> str:
     lines, stops = [], []
     for objective, fld, prefix in OBJECTIVES:
         inf = fixed.get((method, "tuned", fld))
         name = f"{prefix} degrades with more pre-training ({method}, LR tuned per checkpoint)"
         finding = next((c for c in claims if c.claim == name), None)
+        head = f"{objective}:"
         if inf is None or finding is None or finding.value is None:
-            lines.append(f"{objective.capitalize()}: no finding to base a recommendation on.")
+            lines.append(f"{head} no finding to base a recommendation on.")
             continue
-        per_param = f" (~{inf.t_star / n_params:,.0f} tokens per parameter)" if n_params else ""
+        per_param = f", ~{inf.t_star / n_params:,.0f} tokens per parameter" if n_params else ""
         shape = (
-            f"{prefix.lower()} is {inf.min_loss:.3f} at its best budget ({inf.t_star:,.0f} tokens{per_param}) "
-            f"and {inf.final_loss:.3f} at the largest ({tokens[-1]:,})"
+            f"{prefix.lower()} {inf.min_loss:.3f} at its best budget ({inf.t_star:,.0f} tokens{per_param}), "
+            f"{inf.final_loss:.3f} at the largest ({tokens[-1]:,}); held-out rise {finding.value:+.2%}"
         )
         if finding.verdict == "PASS":
             stops.append(inf.t_star)
             lines.append(
-                f"{objective.capitalize()}: stop near {inf.t_star:,.0f} tokens{per_param}: more pre-training "
-                f"hurt ({shape}; held-out rise {finding.value:.1%}, 95% lower bound {finding.ci_low:.1%}, "
-                f"fpr {finding.fpr:.0%})."
+                f"{head} stop near {inf.t_star:,.0f} tokens: more pre-training hurt ({shape}, 95% lower bound "
+                f"{finding.ci_low:.2%}, fpr {finding.fpr:.0%})."
             )
         elif finding.verdict == "FAIL":
             lines.append(
-                f"{objective.capitalize()}: more pre-training did not measurably hurt up to {tokens[-1]:,} "
-                f"tokens ({shape}; held-out rise {finding.value:.1%}): pre-train as long as the base model "
-                "keeps improving."
+                f"{head} more pre-training did not measurably hurt ({shape}): pre-train as long as the base "
+                "model keeps improving."
             )
         else:
+            seen = "no degradation" if finding.value <= cfg.min_rise else "a degradation"
             lines.append(
-                f"{objective.capitalize()}: "
-                + (
-                    "the curves show no degradation"
-                    if inf.t_star == tokens[-1]
-                    else "the curves suggest a degradation"
-                )
-                + f" ({shape}), but {len(cfg.seeds)} seeds cannot support a verdict"
+                f"{head} the curves show {seen} ({shape}), but {len(cfg.seeds)} seeds cannot support a verdict"
                 + _rates(finding)
-                + ": rerun with at least 4 seeds before acting on it."
+                + "."
             )
-    if stops:
-        lines.append(f"Both: stop at the earlier, ~{min(stops):,.0f} tokens.")
-    else:
-        lines.append("Both: no finding supports stopping before the largest budget measured.")
-    return f"For {method} fine-tuning with the LR tuned per checkpoint — " + " ".join(lines)
+    both = (
+        f"both: stop at the earlier, ~{min(stops):,.0f} tokens."
+        if stops
+        else "both: no finding supports stopping before the largest budget measured."
+    )
+    return f"{method} fine-tuning, LR tuned per checkpoint — " + " ".join([*lines, both])
 
 
 def _rates(finding: Claim) -> str:
     if finding.fpr is None:
         return ""
+    if finding.ci_low is None:
+        return " (with fewer than 4 seeds its rule has no bound: rerun with at least 4 before acting on it)"
     return (
-        f" (at this noise and seed count the rule passes rise-free curves {finding.fpr:.0%} of the time and "
-        f"finds the paper's 2% rise {finding.power:.0%} of the time)"
+        f" (at this noise the rule passes rise-free curves {finding.fpr:.0%} of the time and finds the paper's "
+        f"2% rise {finding.power:.0%} of the time)"
     )

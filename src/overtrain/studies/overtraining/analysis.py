@@ -273,7 +273,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     hi.t_star / lo.t_star,
                     None,
                     None,
-                    "< 1, both curves U-shaped",
+                    "both curves a calibrated U, the larger one rising at the smaller's T* (needs ≥ 4 seeds)",
                     "",
                     f"T*(LR {lrs[0]:g}) = {lo.t_star:,.0f}; T*(LR {lrs[-1]:g}) = {hi.t_star:,.0f}",
                 )
@@ -289,7 +289,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                 hi.t_star / lo.t_star,
                 None,
                 None,
-                "< 1, both curves U-shaped",
+                "both curves a calibrated U, the larger one rising at the smaller's T* (needs ≥ 4 seeds)",
                 "",
                 f"T*(γ={gammas[0]:g}) = {lo.t_star:,.0f}; T*(γ={gammas[-1]:g}) = {hi.t_star:,.0f}",
             )

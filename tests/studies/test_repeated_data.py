@@ -17,14 +17,14 @@ from overtrain.runs.query import Reader
 from overtrain.runs.store import Store
 from overtrain.studies.repeated_data.calibrate import (
     PAPER_EFFECT,
-    bump_calibration,
-    bump_rule,
     held_out_bump,
     lower_bound,
     order_calibration,
     order_rule,
     paired_calibration,
     paired_rule,
+    rise_calibration,
+    rise_rule,
     text_peak_calibration,
     text_peak_rule,
 )
@@ -194,15 +194,15 @@ def _points(cfg, tables, noise=0.003):
 
 
 def _curves(cfg, shapes, noise=0.002):
-    """Text-loss curves over 8 steps at every (size, E, seed): `shapes` is {size: curve}, each value times
-    (1 + noise·z)."""
+    """Text-loss curves over 8 steps at every (size, E, seed): `shapes` is {size: {E: curve}} (key None: every
+    other E), each value times (1 + noise·z)."""
     rng = np.random.default_rng(1)
     return [
         {"size": s, "repeats": e, "seed": seed, "step": 100 * (k + 1), "spans_loss": v * (1 + noise * z)}
-        for s, curve in shapes.items()
+        for s, by_e in shapes.items()
         for e in cfg.repeats
         for seed in cfg.seeds
-        for k, (v, z) in enumerate(zip(curve, rng.standard_normal(len(curve))))
+        for k, (v, z) in enumerate(zip(by_e.get(e, by_e[None]), rng.standard_normal(8)))
     ]
 
 
@@ -217,11 +217,14 @@ TABLES = {
     "max_prefix_matching": {"nano": [0.02] * 5, "micro": [0.6, 0.48, 0.6, 0.6, 0.3]},
 }
 BUMP = [4.0, 3.6, 3.4, 3.3, 3.5, 3.4, 3.35, 3.3]  # 6% above the running minimum at step 5
+SMALL_BUMP = [4.0, 3.6, 3.4, 3.3, 3.33, 3.32, 3.31, 3.3]  # 1% at step 5: the induction phase change
 FALLING = [4.0, 3.7, 3.55, 3.45, 3.4, 3.37, 3.35, 3.34]
+# micro rises 6% at its worst E (2) and 1% without repetition; nano rises 1% at every E
+CURVES = {"nano": {None: SMALL_BUMP}, "micro": {2: BUMP, None: SMALL_BUMP}}
 
 
 def _decide(cfg, tables=TABLES, curves=None):
-    curves = _curves(cfg, curves or {"nano": FALLING, "micro": BUMP})
+    curves = _curves(cfg, curves or CURVES)
     claims, worst, fit, effective, headline = decide(cfg, _points(cfg, tables), curves)
     return {c.claim: c for c in claims}, worst, fit, effective, headline
 
@@ -245,9 +248,11 @@ def test_claims_on_synthetic_points():
     assert by["Precondition: an induction head forms without repetition (nano)"].verdict == "FAIL"
     order = by["Larger models are hurt most by larger repeated subsets"]
     assert order.verdict == "PASS" and order.value == pytest.approx(1.0) and order.fpr <= 0.05
-    rise = by["The text loss rises mid-training at the worst E (micro)"]
-    assert rise.verdict == "PASS" and rise.value == pytest.approx(3.5 / 3.3 - 1, abs=0.005)
-    assert by["The text loss rises mid-training at the worst E (nano)"].verdict == "FAIL"
+    rise = by["The text loss rises mid-training at the worst E, more than at E = 1 (micro)"]
+    assert rise.verdict == "PASS" and rise.value == pytest.approx(3.5 / 3.3 - 3.33 / 3.3, abs=0.005)
+    assert rise.fpr <= 0.05 and rise.power > 0.9
+    # nano's text loss rises as much at its worst E as at E = 1: not the repetition's doing
+    assert by["The text loss rises mid-training at the worst E, more than at E = 1 (nano)"].verdict == "FAIL"
     effective_check = by["Repetition makes a model behave like a smaller one"]
     assert effective_check.type == "check" and effective_check.verdict == "PASS"
     assert fit["form"] == "power" and fit["b"] > 0 and headline.startswith("Repeating")
@@ -305,14 +310,15 @@ def test_paired_rule_passes_a_planted_change_and_fails_the_null():
     assert paired_calibration(np.array([0.1]), 0.05) is None  # one seed: no noise to measure
 
 
-def test_bump_rule_passes_a_planted_rise_and_fails_a_falling_curve():
-    falling = np.array([4.0, 3.7, 3.55, 3.45, 3.4, 3.37, 3.35, 3.34])
-    rule = bump_rule(0.005)
-    assert rule(_noisy(planted_peak(falling, PAPER_EFFECT, 4)))
-    assert not rule(_noisy(falling))
-    bump = held_out_bump(_noisy(planted_peak(falling, PAPER_EFFECT, 4), sigma=0.001))
-    assert set(bump.step_index) == {4} and bump.excess == pytest.approx(3.4 * 1.054 / 3.45 - 1, abs=0.002)
-    cal = bump_calibration(_noisy(falling), 0.005)
+def test_rise_rule_passes_a_rise_beyond_e1_and_fails_the_same_rise():
+    base = np.array([4.0, 3.7, 3.55, 3.45, 3.5, 3.42, 3.38, 3.36])  # a 1.4% rise at step 4 without repetition
+    rule = rise_rule(8, 0.005)
+    worse = np.concatenate([_noisy(base), _noisy(planted_peak(base, PAPER_EFFECT, 4), seed=1)], axis=1)
+    same = np.concatenate([_noisy(base), _noisy(base, seed=1)], axis=1)
+    assert rule(worse) and not rule(same)
+    bump = held_out_bump(_noisy(base, sigma=0.001))
+    assert set(bump.step_index) == {4} and bump.excess == pytest.approx(3.5 / 3.45 - 1, abs=0.002)
+    cal = rise_calibration(_noisy(base), _noisy(base, seed=1), 0.005)
     assert cal.fpr <= 0.05 and cal.power > 0.9
 
 

@@ -1,5 +1,5 @@
-"""Repeated data (Hernandez et al. 2022): a small subset repeated E times hurts held-out loss most at an
-intermediate E, damages copying, and shrinks the effective model size.
+"""Repeated data (Hernandez et al. 2022): a small subset repeated E times hurts the held-out text loss most
+at an intermediate E, damages copying, and shrinks the effective model size.
 
 The study expands into runs (`plan`):
 
@@ -23,5 +23,5 @@ from overtrain.studies import announce
 __getattr__ = announce(
     __name__,
     kinds=("repeated_data",),
-    help="Repeated data (Hernandez et al. 2022): a subset repeated E times at fixed total tokens; held-out loss peaks at an intermediate E, copying suffers, the model behaves like a smaller one.",
+    help="Repeated data (Hernandez et al. 2022): a subset repeated E times at fixed total tokens; the held-out text loss peaks at an intermediate E, copying suffers, the model behaves like a smaller one.",
 )

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import stats
 
-from overtrain.analysis.calibration import Calibration, Rule, calibrate, no_peak, planted_peak, seed_sd
+from overtrain.analysis.calibration import Calibration, Rule, calibrate, peak_null_and_effect
 from overtrain.analysis.claims import MIN_SEEDS
 
 LEVEL = 0.975
@@ -131,15 +131,13 @@ def split_peak_calibration(
     that null with a peak of relative `height` at the grid point nearest `target`, noise the pooled
     replicate-to-replicate SD of the log curves. None when it cannot be measured (< 2 replicates, < 3 grid
     points, a value ≤ 0)."""
-    y = np.asarray(curves, dtype=float)
-    if y.shape[0] < 2 or y.shape[1] < 3 or not np.all(y > 0):
-        return None
-    z = np.log(y)
-    sigma, null = seed_sd(z), no_peak(z.mean(axis=0))
     at = int(np.argmin(np.abs(np.asarray(x, dtype=float) - target)))
-    effect = np.log(planted_peak(np.exp(null), height, at))
+    setup = peak_null_and_effect(curves, height, at, log=True)
+    if setup is None:
+        return None
+    sigma, null, effect = setup
 
     def rule(sim: np.ndarray) -> bool:
         return split_peak(np.exp(sim), x, target, tol, level).passed
 
-    return calibrate(rule, null, effect, sigma, y.shape[0], n_sim=n_sim)
+    return calibrate(rule, null, effect, sigma, np.shape(curves)[0], n_sim=n_sim)

@@ -160,3 +160,25 @@ def paired_share_calibration(
         return float(np.mean(x[0] <= 0)) >= share
 
     return calibrate(rule, np.zeros(d.size), np.full(d.size, -effect), sigma, 1, n_sim=n_sim, seed=seed)
+
+
+def peak_null_and_effect(
+    curves: np.ndarray, height: float, at: int | Callable[[np.ndarray], int], *, log: bool = False
+) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """What a peak rule is calibrated on, from ``[groups, grid]`` `curves`: ``(σ, null, effect)`` — σ the
+    pooled group-to-group SD, null `no_peak` of the group-mean curve, effect that null with a peak of
+    relative `height` planted at grid index `at` (or ``at(mean)``). With `log` all three are on log values
+    (σ of the log curves; the peak still `height` above the null in the curves' own units). None with one
+    group, fewer than 3 grid points, a non-finite mean, or (with `log`) a value ≤ 0."""
+    y = np.asarray(curves, dtype=float)
+    if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 3 or (log and not np.all(y > 0)):
+        return None
+    z = np.log(y) if log else y
+    sigma, mean = seed_sd(z), np.nanmean(z, axis=0)
+    if not np.isfinite(sigma) or not np.all(np.isfinite(mean)):
+        return None
+    null = no_peak(mean)
+    i = at(mean) if callable(at) else at
+    if log:
+        return sigma, null, np.log(planted_peak(np.exp(null), height, i))
+    return sigma, null, planted_peak(null, height, i)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from overtrain.analysis.calibration import Calibration, Rule, calibrate, no_peak, planted_peak, seed_sd
+from overtrain.analysis.calibration import Calibration, Rule, calibrate, no_peak, peak_null_and_effect
 
 MIN_SEEDS_FOR_CI = 4
 """Seeds below which the rise gets no confidence bound."""
@@ -162,14 +162,12 @@ def peak_calibration(
     """fpr and power of `peak_rule` on ``[seeds, grid]`` curves like `curves`, at their measured seed-to-seed
     noise: null `no_peak` of the seed mean, effect that null with a peak of relative `height` planted at
     grid index `at` (default: where the seed mean peaks, else the middle). None with one seed or < 3 points."""
-    y = np.asarray(curves, dtype=float)
-    if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 3:
+
+    def where(mean: np.ndarray) -> int:
+        return _peak_at(mean)[0] if np.any(mean > no_peak(mean)) else len(mean) // 2
+
+    setup = peak_null_and_effect(curves, height, where if at is None else at)
+    if setup is None:
         return None
-    sigma, mean = seed_sd(y), np.nanmean(y, axis=0)
-    if not np.isfinite(sigma) or not np.all(np.isfinite(mean)):
-        return None
-    null = no_peak(mean)
-    if at is None:
-        at = _peak_at(mean)[0] if np.any(mean > null) else len(mean) // 2
-    effect = planted_peak(null, height, at)
-    return calibrate(peak_rule(min_excess), null, effect, sigma, y.shape[0], n_sim=n_sim)
+    sigma, null, effect = setup
+    return calibrate(peak_rule(min_excess), null, effect, sigma, np.shape(curves)[0], n_sim=n_sim)

@@ -36,7 +36,13 @@ import numpy as np
 
 from overtrain.analysis import bounds
 from overtrain.analysis.bounds import t_lower
-from overtrain.analysis.calibration import Calibration, Rule, calibrate, no_peak, planted_peak, seed_sd
+from overtrain.analysis.calibration import (
+    Calibration,
+    Rule,
+    calibrate,
+    peak_null_and_effect,
+    seed_sd,
+)
 from overtrain.analysis.rise import PEAK_LEVEL, held_out_peak
 
 LEVEL = PEAK_LEVEL
@@ -103,18 +109,16 @@ def log_peak_calibration(
     """fpr and power of `log_peak` on curves like `curves`: null `no_peak` of the seed-mean log curve,
     effect that null with a peak of relative `height` at the grid point nearest `target`, noise the pooled
     seed-to-seed SD of the log curves. None when it cannot be measured (one seed, a value ≤ 0)."""
-    y = np.asarray(curves, dtype=float)
-    if y.shape[0] < 2 or y.shape[1] < 3 or not np.all(y > 0):
-        return None
-    z = np.log(y)
-    sigma, null = seed_sd(z), no_peak(z.mean(axis=0))
     at = int(np.argmin(np.abs(np.asarray(x, dtype=float) - target)))
-    effect = np.log(planted_peak(np.exp(null), height, at))
+    setup = peak_null_and_effect(curves, height, at, log=True)
+    if setup is None:
+        return None
+    sigma, null, effect = setup
 
     def rule(sim: np.ndarray) -> bool:
         return log_peak(np.exp(sim), x, target, tol).passed
 
-    return calibrate(rule, null, effect, sigma, y.shape[0], n_sim=N_SIM)
+    return calibrate(rule, null, effect, sigma, np.shape(curves)[0], n_sim=N_SIM)
 
 
 def paired_calibration(diffs: Sequence[float], *, gap: float = PAPER_GAP) -> Calibration | None:

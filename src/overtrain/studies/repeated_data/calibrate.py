@@ -34,6 +34,7 @@ from overtrain.analysis.calibration import (
     Rule,
     calibrate,
     no_peak,
+    peak_null_and_effect,
     planted_peak,
     seed_sd,
 )
@@ -92,16 +93,15 @@ def text_peak_rule(min_peak: float) -> Rule:
 def text_peak_calibration(text: np.ndarray, min_peak: float) -> Calibration | None:
     """fpr and power of `text_peak_rule` at the noise of `text` (null: `no_peak` of its seed mean; effect:
     a peak of `PAPER_EFFECT` planted where the mean peaks, else mid-grid). None with one seed."""
-    y = np.asarray(text, dtype=float)
-    if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 3:
+
+    def where(mean: np.ndarray) -> int:
+        return in_sample_peak(mean)[1] if np.any(mean > no_peak(mean)) else len(mean) // 2
+
+    setup = peak_null_and_effect(text, PAPER_EFFECT, where)
+    if setup is None:
         return None
-    sigma, mean = seed_sd(y), np.nanmean(y, axis=0)
-    if not np.isfinite(sigma) or not np.all(np.isfinite(mean)):
-        return None
-    null = no_peak(mean)
-    at = in_sample_peak(mean)[1] if np.any(mean > null) else len(mean) // 2
-    effect = planted_peak(null, PAPER_EFFECT, at)
-    return calibrate(text_peak_rule(min_peak), null, effect, sigma, y.shape[0], n_sim=N_SIM)
+    sigma, null, effect = setup
+    return calibrate(text_peak_rule(min_peak), null, effect, sigma, np.shape(text)[0], n_sim=N_SIM)
 
 
 # --- paired change at the worst E vs E = 1 (copying, induction) ------------------------------------------

@@ -89,9 +89,14 @@ def _advice(cfg, fixed, method, tokens, n_params, claims: list[Claim]) -> str:
         )
         if finding.verdict == "PASS":
             stops.append(inf.t_star)
+            where = (
+                f"at or before {inf.t_star:,.0f} tokens (the smallest budget measured)"
+                if inf.t_star == tokens[0]
+                else f"near {inf.t_star:,.0f} tokens"
+            )
             lines.append(
-                f"{head} stop near {inf.t_star:,.0f} tokens: more pre-training hurt ({shape}, 95% lower bound "
-                f"{finding.ci_low:.2%}, fpr {finding.fpr:.0%})."
+                f"{head} stop {where}: more pre-training hurt ({shape}, 95% lower bound {finding.ci_low:.2%}, "
+                f"fpr {finding.fpr:.0%})."
             )
         elif finding.verdict == "FAIL":
             lines.append(
@@ -110,7 +115,7 @@ def _advice(cfg, fixed, method, tokens, n_params, claims: list[Claim]) -> str:
         if stops
         else "both: no finding supports stopping before the largest budget measured."
     )
-    return f"{method} fine-tuning, LR tuned per checkpoint — " + " ".join([*lines, both])
+    return f"{method.capitalize()} fine-tuning, LR tuned per checkpoint — " + " ".join([*lines, both])
 
 
 def _rates(finding: Claim) -> str:

@@ -151,7 +151,8 @@ def _rise_claims(rows: list[dict], chain: list[dict], i: int, n_seeds: int) -> l
         f"one-sided {LEVEL:.1%} lower bound > 0",
         detail=f"medians over seeds: {table}; lower bound "
         + ("none" if lower is None else f"{lower:.3g}")
-        + f" (log units per step of T); SD of the slope over seeds {per_seed.std(ddof=1):.3g}",
+        + " (log units per step of T); SD of the slope over seeds "
+        + (f"{per_seed.std(ddof=1):.3g}" if len(per_seed) > 1 else "n/a (one seed)"),
     )
     rise = calibrated(rise, trend_rule(logs), trend_calibration(logs), n_seeds)
     # GD from zero at η = 1/s_max² on a quadratic lowers the train loss monotonically: this verifies the solver

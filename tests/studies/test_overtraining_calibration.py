@@ -6,6 +6,8 @@ import numpy as np
 
 from overtrain.studies.overtraining.calibrate import (
     PAPER_RISE,
+    monitor_calibration,
+    monitor_rule,
     order_calibration,
     order_rule,
     rise_calibration,
@@ -65,3 +67,20 @@ def test_order_rule_needs_two_real_us_and_a_strictly_earlier_minimum():
     assert not rule(np.concatenate([_seeds(flat, 0.005, 8, seed=3), hi], axis=1))
     cal = order_calibration(lo, hi, min_rise=0.005)
     assert cal is not None and cal.fpr <= 0.05 and cal.power >= cal.fpr + 0.2
+
+
+def test_monitor_rule_needs_four_fired_seeds_and_a_positive_bound():
+    assert monitor_rule([0.5, 0.6, 0.7]) is None  # no bound below 4 seeds
+    assert monitor_rule([0.5, 0.6, None, 0.7]) is False  # a seed that never warned fails the finding
+    assert monitor_rule([0.5, 0.6, 0.55, 0.7]) is True
+    assert monitor_rule([-2.1, -1.8, -2.3, -2.0]) is False  # the demo's measured lag
+
+
+def test_monitor_calibration_on_a_planted_null_and_a_planted_lead():
+    """Leads with a 0.1-doubling seed SD: the null (mean lead 0) passes ≤ 5% of the time, a planted half-
+    doubling lead nearly always; with a 1-doubling SD the same lead is hard to see (power falls)."""
+    tight = monitor_calibration(list(np.random.default_rng(0).normal(-2.0, 0.1, 4)))
+    loose = monitor_calibration(list(np.random.default_rng(0).normal(-2.0, 1.0, 4)))
+    assert tight.fpr <= 0.05 and loose.fpr <= 0.05
+    assert tight.power >= 0.9 > loose.power
+    assert monitor_calibration([0.3]) is None

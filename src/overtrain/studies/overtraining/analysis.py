@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from overtrain.analysis.bounds import t_lower, t_upper
 from overtrain.analysis.claims import Claim, calibrated
 from overtrain.analysis.inflection import Inflection, inflection_point
 from overtrain.analysis.rise import held_out_rise
@@ -23,6 +24,8 @@ from overtrain.runs.query import Reader
 from overtrain.runs.run import Run
 from overtrain.studies.overtraining.advice import monitor_leads, recommend
 from overtrain.studies.overtraining.calibrate import (
+    monitor_calibration,
+    monitor_rule,
     order_calibration,
     order_rule,
     rise_calibration,
@@ -313,17 +316,17 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             rows = [r for r in leads if r["target"] == target]
             if inf is None or not rows:
                 continue
-            lead = [r["lead_doublings"] for r in rows if r["lead_doublings"] is not None]
-            fired_before = [r["lead_doublings"] is not None and r["lead_doublings"] > 0 for r in rows]
+            per_seed = [r["lead_doublings"] for r in rows]
+            lead = [x for x in per_seed if x is not None]
             testable = inf.is_u(cfg.min_rise)
             claims.append(
                 Claim(
                     f"Early-warning monitor fires before T* ({target})",
                     "mean lead, doublings of tokens",
                     float(np.mean(lead)) if lead else None,
-                    ci(float(min(lead)), n_seeds) if lead else None,
-                    ci(float(max(lead)), n_seeds) if lead else None,
-                    "fires before T* in every seed",
+                    t_lower(lead, 0.975) if lead else None,
+                    t_upper(lead, 0.975) if lead else None,
+                    "fires in every seed, one-sided 97.5% lower bound of the mean lead > 0 (needs ≥ 4 seeds)",
                     "",
                     "; ".join(
                         f"seed {r['seed']}: "
@@ -339,7 +342,12 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     + ("" if testable else " (no U: nothing to warn about)"),
                 )
             )
-            calibrated(claims[-1], all(fired_before) if testable else None, None, n_seeds)
+            calibrated(
+                claims[-1],
+                monitor_rule(per_seed) if testable else None,
+                monitor_calibration(per_seed) if testable else None,
+                n_seeds,
+            )
 
     # --- linear theory ----------------------------------------------------------------------------------
     for key, label in (("theory", "slow spectrum i^-1.5"), ("theory_control", "negative control 1/i")):

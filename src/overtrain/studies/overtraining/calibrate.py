@@ -14,6 +14,11 @@ on the study's own curves, with the study's own number of seeds and bootstrap re
   value — a conservative stand-in for the steady growth of the perturbation gap the paper shows (here Δ
   grows 10–60x over the demo's grid). The γ curves are simulated together, so the joint rule "every γ" is
   calibrated as it is applied.
+- **The monitor finding** (the early-warning monitor fires before T*), decided by `monitor_rule`: every
+  seed's monitor fired, and the one-sided 97.5% t lower bound of the mean lead (doublings of tokens from
+  the warning to T*) is above 0. Null: leads ~ N(0, σ²), the monitor firing at T* on average; effect: mean
+  lead `MONITOR_LEAD`, the half doubling of warning a training team needs to act on it (the paper proposes
+  no monitor, so this is our target, not a measured effect); σ the SD of the measured per-seed leads.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ PAPER_RISE = 0.02
 
 PAPER_DELTA_GROWTH = 2.0
 """The planted sensitivity growth: Δ doubles over the budget grid."""
+
+MONITOR_LEAD = 0.5
+"""The planted early warning: the monitor fires half a doubling of tokens before T*."""
 
 N_SIM = 200
 """Simulated null and effect draws per finding (Monte-Carlo SE of a rate ≤ 0.035)."""
@@ -166,4 +174,29 @@ def order_calibration(
         lo.shape[0],
         n_sim=N_SIM,
         seed=seed,
+    )
+
+
+def monitor_rule(leads: list[float | None]) -> bool | None:
+    """The monitor finding's rule on the per-seed leads (doublings of tokens from the warning to T*; None
+    where the monitor never fired): every seed fired and the mean lead's one-sided 97.5% lower bound is
+    above 0. None (no verdict) below 4 seeds, where no bound exists."""
+    if any(x is None for x in leads):
+        return False
+    lower = t_lower(np.asarray(leads, dtype=float), 0.975)
+    return None if lower is None else lower > 0
+
+
+def monitor_calibration(leads: list[float | None]) -> Calibration | None:
+    """fpr and power of `monitor_rule` at the SD of the measured leads (those seeds where it fired): null
+    mean lead 0, effect `MONITOR_LEAD`. None with fewer than two leads."""
+    x = np.asarray([v for v in leads if v is not None], dtype=float)
+    if x.size < 2:
+        return None
+
+    def rule(sim: np.ndarray) -> bool:
+        return bool(monitor_rule(list(sim[:, 0])))
+
+    return calibrate(
+        rule, np.zeros(1), np.full(1, MONITOR_LEAD), float(x.std(ddof=1)), len(leads), n_sim=N_SIM
     )

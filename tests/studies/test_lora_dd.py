@@ -206,3 +206,16 @@ def test_transient_rule_finds_a_planted_spike_and_not_a_smooth_descent():
     level = 1 - 0.025 / 3
     assert not any(held_out_peak(m, level).exceeds(cal_mod.TRANSIENT_GATE) for m in flat)
     assert held_out_peak(_noisy(spiky, 5, 0.005), level).exceeds(cal_mod.TRANSIENT_GATE)
+
+
+def test_flatter_calibration_measures_noise_within_a_rank_not_across_ranks():
+    """λ_max spanning 20–1,000 over rank with 5% seed noise: a planted 10% cut is found, where the SD over all
+    cells (dominated by the rank-to-rank spread) would hide it; exchangeable methods pass ≤ 5% of draws."""
+    rng = np.random.default_rng(0)
+    lam = np.geomspace(1000.0, 20.0, 7)
+    lora = lam * np.exp(rng.normal(0, 0.05, (4, 7)))
+    ggpo = lam * np.exp(rng.normal(0, 0.05, (4, 7)))
+    cal = cal_mod.flatter_calibration(ggpo, lora)
+    assert cal is not None and cal.fpr <= 0.05 and cal.power >= 0.8
+    old = cal_mod.paired_share_calibration((ggpo - lora).ravel(), 0.8, 0.1 * float(np.median(lora)))
+    assert old.power < 0.5

@@ -141,7 +141,7 @@ def part_claims(rows: list[dict], task: str = "mlp") -> list:
     if have:
         _, _, g = matrix(part, "lora_ggpo", "hessian_top")
         _, _, lo = matrix(part, "lora", "hessian_top")
-        cal = flatter_calibration((g - lo).ravel(), lo.ravel())
+        cal = flatter_calibration(g, lo)
     out.append(calibrated(claim, None if frac is None else frac >= 0.8, cal, len(seeds)))
     if have:
         _, _, g_loss = matrix(part, "lora_ggpo", "test_loss")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from overtrain.analysis.forecast import Laws, fit_delta, fit_loss, fit_laws, forecast
+from overtrain.analysis.forecast import Laws, fit_delta, fit_laws, fit_loss, forecast
 
 TRUE = Laws(E=3.0, A=40.0, alpha=0.3, D=1e-4, beta=0.5)
 T = 1e5 * 2 ** (np.arange(20) / 4)  # 4 checks per doubling, 5 doublings

@@ -8,32 +8,42 @@ import math
 import numpy as np
 import pytest
 
-from overtrain.analysis.forecast import Laws, fit_delta, fit_laws, fit_loss, forecast
+from overtrain.analysis.forecast import Laws, fit_laws, forecast
 
-TRUE = Laws(E=3.0, A=40.0, alpha=0.3, D=1e-4, beta=0.5)
 T = 1e5 * 2 ** (np.arange(20) / 4)  # 4 checks per doubling, 5 doublings
+# L falls by 0.6 nats over the checks; Δ grows as T^0.5 from 0.08 (the paper's picture: F = 0)
+TRUE = Laws(E=3.0, A=1.0, alpha=0.3, F=0.0, C=0.04, kappa=0.5, t0=1e5)
+# a saturating sensitivity (the linear theory model's): Δ = F − |C|·u^κ/|κ| with κ < 0
+SATURATING = Laws(E=0.0, A=1.0, alpha=1.3, F=0.3, C=0.1, kappa=-0.3, t0=1e5)
 
 
-def test_t_star_is_where_the_two_log_slopes_meet():
+@pytest.mark.parametrize("laws", [TRUE, SATURATING], ids=["growing", "saturating"])
+def test_t_star_is_where_the_two_log_slopes_meet(laws):
     """At T*, −dL/dlogT = dΔ/dlogT, and L + Δ is lowest there on a dense grid."""
-    t = TRUE.t_star
-    assert TRUE.alpha * TRUE.A * t**-TRUE.alpha == pytest.approx(TRUE.beta * TRUE.D * t**TRUE.beta, rel=1e-9)
+    t = laws.t_star(now=T[0])
+    assert laws.loss_rate(t) == pytest.approx(laws.delta_rate(t), rel=1e-9)
     grid = np.geomspace(t / 100, t * 100, 100_001)
-    p = TRUE.loss(grid) + TRUE.delta(grid)
-    assert grid[np.argmin(p)] == pytest.approx(t, rel=1e-3)
-    assert Laws(3.0, 40.0, 0.3, 1e-4, -0.1).t_star == math.inf
+    assert grid[np.argmin(laws.loss(grid) + laws.delta(grid))] == pytest.approx(t, rel=1e-3)
+    assert T[0] < t < T[-1]
 
 
-def test_exact_laws_are_recovered_from_checks_before_t_star():
-    """Noise-free checks that stop 2 doublings before T* recover α on the profile grid, β exactly, and T*
-    to the grid's resolution in α."""
-    t = T[T < TRUE.t_star / 4]
-    e, a, alpha, _ = fit_loss(t, TRUE.loss(t))
-    d, beta, _ = fit_delta(t, TRUE.delta(t))
-    assert alpha == pytest.approx(0.3, rel=0.05) and beta == pytest.approx(0.5, rel=1e-9)
-    assert d == pytest.approx(1e-4, rel=1e-6)
-    laws = fit_laws(t, TRUE.loss(t), TRUE.delta(t))
-    assert abs(math.log2(laws.t_star / TRUE.t_star)) < 0.25
+def test_no_crossing_gives_infinity_or_zero():
+    flat = Laws(3.0, 1.0, 0.3, 0.05, -0.01, 0.5, 1e5)  # Δ falls: never catches up
+    assert flat.t_star(now=1e6) == math.inf
+    slow = Laws(3.0, 1.0, 0.3, 0.05, 1.0, -0.5, 1e5)  # α + κ < 0: the loss's rate falls the slower
+    assert slow.t_star(now=1e5) == 0.0  # the sensitivity out-runs the loss now: already past
+    assert slow.t_star(now=1e9) == math.inf  # the loss out-runs it now, and ever more so
+
+
+@pytest.mark.parametrize("laws", [TRUE, SATURATING], ids=["growing", "saturating"])
+def test_exact_laws_are_recovered_from_checks_before_t_star(laws):
+    """Noise-free checks that stop 1.5 doublings before T* recover the exponents on their profile grids
+    and T* to within a tenth of a doubling."""
+    t = T[T < laws.t_star(T[0]) / 2**1.5]
+    fitted, _, _ = fit_laws(t, laws.loss(t), laws.delta(t))
+    assert fitted.alpha == pytest.approx(laws.alpha, rel=0.05)
+    assert fitted.kappa == pytest.approx(laws.kappa, abs=0.05)
+    assert abs(math.log2(fitted.t_star(t[-1]) / laws.t_star(t[-1]))) < 0.1
 
 
 def _checks(noise: float, draws: int, seed: int):
@@ -46,13 +56,13 @@ def _checks(noise: float, draws: int, seed: int):
 def test_intervals_cover_t_star_and_shrink_with_more_checks():
     """5 mnats of batch/draw noise, 40 independent runs: the 90% interval at the check one doubling before
     T* covers it in ≥ 80% of runs (the issue's target), and it is narrower at the last check."""
-    k = int(np.searchsorted(T, TRUE.t_star / 2))
+    k = int(np.searchsorted(T, TRUE.t_star(T[0]) / 2))
     covered, widths_early, widths_late = 0, [], []
     for seed in range(40):
         base, pert = _checks(0.005, 2, seed)
         early = forecast(T[:k], base[:k], pert[:k], n_boot=100, seed=seed)
         late = forecast(T, base, pert, n_boot=100, seed=seed)
-        covered += early.low <= TRUE.t_star <= early.high
+        covered += early.low <= TRUE.t_star(T[0]) <= early.high
         widths_early.append(math.log2(early.high / early.low))
         widths_late.append(math.log2(late.high / late.low))
     assert covered / 40 >= 0.8
@@ -72,9 +82,9 @@ def test_flat_sensitivity_gives_no_t_star_and_no_warning():
     assert alarms <= 2
 
 
-def test_too_few_checks_or_a_negative_sensitivity_give_no_forecast():
+def test_too_few_checks_give_no_forecast():
     base, pert = _checks(0.0, 1, 0)
-    assert forecast(T[:3], base[:3], pert[:3]) is None
-    assert forecast(T, base, pert - 1.0) is None
+    assert forecast(T[:4], base[:4], pert[:4]) is None
+    assert forecast(T[:5], base[:5], pert[:5]) is not None
     with pytest.raises(ValueError, match="shapes"):
         forecast(T, base[:-1], pert)

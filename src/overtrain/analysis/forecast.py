@@ -3,24 +3,29 @@
 A check at T tokens measures the base loss L(T) (nats/token) and a sensitivity Δ(T) (nats/token): the rise
 of the loss under Gaussian weight noise, or the forgetting of a short fine-tune. The quantity whose
 minimum is T* is their sum, P(T) = L(T) + Δ(T) (Springer et al. 2025, "Overtrained language models are
-harder to fine-tune", decompose the post-fine-tuning loss this way). Two laws are fitted, each to every
-check so far:
+harder to fine-tune", decompose the post-fine-tuning loss this way). T* is where the base loss stops
+out-running the sensitivity, −dL/dlog T = dΔ/dlog T, so the forecaster models the two *rates* as power
+laws in T, u = T/T₀ (T₀ the first check fitted):
 
-    L(T) = E + A·T^(−α)      (A, α > 0: the loss still falls, ever more slowly)
-    Δ(T) = D·T^β             (D > 0; β > 0: the sensitivity grows)
+    −dL/dlog T = α·A·u^(−α)   ⇔   L(T) = E + A·u^(−α)                  (A, α > 0: L falls, ever slower)
+     dΔ/dlog T = C·u^κ        ⇔   Δ(T) = F + C·u^κ/κ  (F + C·log u at κ = 0)
 
-T* is where the base loss stops out-running the sensitivity, −dL/dlog T = dΔ/dlog T:
+κ > 0 is a sensitivity that grows without bound (the paper's picture, Δ ∝ T^κ when F = 0); κ < 0 one that
+saturates (in the two-layer linear theory model both rates are power laws: learning direction i with
+s_i ∝ i^(−p) lowers L by s_i²/2 and raises ‖W‖² — so Δ — by ∝ s_i, at T ∝ 1/s_i). The rates meet at
 
-    α·A·T^(−α) = β·D·T^β   ⇒   T* = (α·A / (β·D))^(1/(α+β)),
+    u* = (α·A / C)^(1/(α+κ)),    T* = T₀·u*,
 
-a minimum of P (P'' > 0 there); with β ≤ 0 the sensitivity never catches up and T* = ∞. The fit of L is
-profiled over α (for fixed α, E and A are a linear least-squares fit); Δ is fitted by least squares on
-log Δ. The forecast extrapolates: T* may lie beyond the last check, which is the point.
+a minimum of L + Δ when α + κ > 0 (the loss's rate falls faster than the sensitivity's). With C ≤ 0 the
+sensitivity does not grow and T* = ∞; with α + κ ≤ 0 the rates meet at most once from the other side and
+T* is ∞ if the loss still out-runs the sensitivity at the newest check, else 0 (already past). Both laws
+are fitted by least squares, profiled over the exponent (for a fixed exponent the other two parameters are
+a linear fit). The forecast extrapolates: T* may lie beyond the last check, which is the point.
 
 Interval: a bootstrap that resamples, per replicate, the held-out batches and the noise draws (one index
 set for every check: common random numbers, as the checks themselves share batches and draws) and then the
 fits' residuals over checks. The interval is the replicates' (5%, 95%) quantiles of T*, and
-P(T* ≤ T) is their share at or below T. Replicates whose fits have no minimum count as T* = ∞.
+P(T* ≤ T) is their share at or below T.
 """
 
 from __future__ import annotations
@@ -30,82 +35,86 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ALPHAS = np.geomspace(0.02, 3.0, 80)
-"""The grid the loss exponent α is profiled over (a power law's α for LM losses is ~0.05–0.5)."""
+ALPHAS = np.geomspace(0.02, 4.0, 90)
+"""The grid the loss exponent α is profiled over (LM losses have α ~0.05–0.5; the theory model ~1.3)."""
 
-MIN_CHECKS = 4
-"""Fewest checks to fit two 2- and 3-parameter laws with at least one residual degree of freedom."""
+KAPPAS = np.concatenate([-np.geomspace(3.0, 0.02, 45), [0.0], np.geomspace(0.02, 3.0, 45)])
+"""The grid the sensitivity-rate exponent κ is profiled over, both signs (saturating and growing)."""
+
+MIN_CHECKS = 5
+"""Fewest checks to fit two 3-parameter laws with at least two residual degrees of freedom."""
 
 
 @dataclass(frozen=True)
 class Laws:
-    """The fitted laws L(T) = E + A·T^(−α) and Δ(T) = D·T^β (T in tokens, L and Δ in nats/token)."""
+    """The fitted laws L = E + A·u^(−α) and Δ = F + C·u^κ/κ, u = T/t0 (L, Δ, E, A, F, C in nats/token)."""
 
     E: float
     A: float
     alpha: float
-    D: float
-    beta: float
+    F: float
+    C: float
+    kappa: float
+    t0: float
 
-    @property
-    def t_star(self) -> float:
-        """T* in tokens (∞ when the laws have no minimum of L + Δ: A ≤ 0 means L no longer falls, and then
-        T* is the first check, which the caller clips to; β ≤ 0 means Δ never grows)."""
-        if self.beta <= 0 or self.D <= 0:
+    def loss(self, t) -> np.ndarray:
+        return self.E + self.A * (np.asarray(t, dtype=float) / self.t0) ** -self.alpha
+
+    def delta(self, t) -> np.ndarray:
+        u = np.asarray(t, dtype=float) / self.t0
+        return self.F + self.C * _basis(u, self.kappa)
+
+    def loss_rate(self, t) -> np.ndarray:
+        """−dL/dlog T, nats per e-fold of tokens."""
+        return self.alpha * self.A * (np.asarray(t, dtype=float) / self.t0) ** -self.alpha
+
+    def delta_rate(self, t) -> np.ndarray:
+        """dΔ/dlog T, nats per e-fold of tokens."""
+        return self.C * (np.asarray(t, dtype=float) / self.t0) ** self.kappa
+
+    def t_star(self, now: float) -> float:
+        """T* in tokens (module docstring); `now` decides the no-crossing case (∞ if the loss still
+        out-runs the sensitivity there, else 0)."""
+        if self.C <= 0:
             return math.inf
         if self.A <= 0:
             return 0.0
-        log_t = (math.log(self.alpha * self.A) - math.log(self.beta * self.D)) / (self.alpha + self.beta)
-        return math.exp(min(log_t, 700.0))
-
-    def loss(self, t: np.ndarray) -> np.ndarray:
-        return self.E + self.A * np.asarray(t, dtype=float) ** -self.alpha
-
-    def delta(self, t: np.ndarray) -> np.ndarray:
-        return self.D * np.asarray(t, dtype=float) ** self.beta
+        if self.alpha + self.kappa <= 0:
+            return math.inf if self.loss_rate(now) > self.delta_rate(now) else 0.0
+        log_u = (math.log(self.alpha * self.A) - math.log(self.C)) / (self.alpha + self.kappa)
+        return self.t0 * math.exp(log_u) if log_u < 600.0 else math.inf
 
 
-def fit_loss(tokens: np.ndarray, loss: np.ndarray) -> tuple[float, float, float, np.ndarray]:
-    """``(E, A, α, residuals)`` of the least-squares fit L = E + A·T^(−α), α profiled over `ALPHAS`.
-    Tokens are scaled by the first check so T^(−α) stays O(1) over the grid."""
-    t = np.asarray(tokens, dtype=float) / float(tokens[0])
-    y = np.asarray(loss, dtype=float)
-    x = t[None, :] ** -ALPHAS[:, None]  # [alphas, checks]
+def _basis(u: np.ndarray, kappa: float) -> np.ndarray:
+    """u^κ/κ, whose log-derivative is u^κ; log u at κ = 0 (its limit up to a constant)."""
+    return np.log(u) if kappa == 0 else u**kappa / kappa
+
+
+def _profile(x: np.ndarray, y: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """Least squares y ≈ c + a·x_j for every row x_j of ``[grid, checks]``: the best row, and every row's
+    slope a, intercept c and residuals."""
     xc = x - x.mean(axis=1, keepdims=True)
     sxx = np.einsum("ij,ij->i", xc, xc)
-    a_all = np.where(sxx > 0, xc @ (y - y.mean()) / np.where(sxx > 0, sxx, 1.0), 0.0)
-    e_all = y.mean() - a_all * x.mean(axis=1)
-    resid_all = y[None, :] - e_all[:, None] - a_all[:, None] * x
-    i = int(np.argmin(np.einsum("ij,ij->i", resid_all, resid_all)))
-    e, a, alpha, resid = float(e_all[i]), float(a_all[i]), float(ALPHAS[i]), resid_all[i]
-    # back to raw tokens: A·(T/T0)^(−α) = (A·T0^α)·T^(−α)
-    return e, a * float(tokens[0]) ** alpha, alpha, resid
+    ok = sxx > 1e-300
+    a = np.where(ok, xc @ (y - y.mean()) / np.where(ok, sxx, 1.0), 0.0)
+    c = y.mean() - a * x.mean(axis=1)
+    resid = y[None, :] - c[:, None] - a[:, None] * x
+    sse = np.where(ok, np.einsum("ij,ij->i", resid, resid), np.inf)
+    return int(np.argmin(sse)), a, c, resid
 
 
-def fit_delta(tokens: np.ndarray, delta: np.ndarray) -> tuple[float, float, np.ndarray] | None:
-    """``(D, β, residuals of log Δ)`` of the least-squares fit log Δ = log D + β·log T; None when some Δ
-    is not positive (no power law through it)."""
-    d = np.asarray(delta, dtype=float)
-    if np.any(d <= 0) or not np.all(np.isfinite(d)):
-        return None
-    x = np.log(np.asarray(tokens, dtype=float))
-    y = np.log(d)
-    xc = x - x.mean()
-    beta = float(xc @ (y - y.mean())) / float(xc @ xc)
-    log_d = float(y.mean() - beta * x.mean())
-    return math.exp(log_d), beta, y - log_d - beta * x
-
-
-def fit_laws(tokens, loss, delta) -> Laws | None:
-    """Both laws fitted to the checks so far; None below `MIN_CHECKS` checks or with a non-positive Δ."""
+def fit_laws(tokens, loss, delta) -> tuple[Laws, np.ndarray, np.ndarray] | None:
+    """Both laws fitted to the checks (`Laws`, loss residuals, Δ residuals); None below `MIN_CHECKS`."""
     t = np.asarray(tokens, dtype=float)
     if t.size < MIN_CHECKS:
         return None
-    fd = fit_delta(t, delta)
-    if fd is None:
-        return None
-    e, a, alpha, _ = fit_loss(t, loss)
-    return Laws(e, a, alpha, fd[0], fd[1])
+    u = t / t[0]
+    i, a, c, r = _profile(u[None, :] ** -ALPHAS[:, None], np.asarray(loss, dtype=float))
+    j, ad, cd, rd = _profile(np.stack([_basis(u, k) for k in KAPPAS]), np.asarray(delta, dtype=float))
+    laws = Laws(
+        float(c[i]), float(a[i]), float(ALPHAS[i]), float(cd[j]), float(ad[j]), float(KAPPAS[j]), float(t[0])
+    )
+    return laws, r[i], rd[j]
 
 
 @dataclass(frozen=True)
@@ -114,9 +123,9 @@ class Forecast:
 
     Attributes:
         now: tokens at the newest check.
-        t_star: the point forecast, tokens (∞: the laws have no minimum).
+        t_star: the point forecast, tokens (∞: the sensitivity never catches up; 0: already past).
         low, high: the bootstrap (5%, 95%) interval of T*, tokens.
-        replicates: bootstrap T* values, tokens (∞ where a replicate has no minimum).
+        replicates: bootstrap T* values, tokens.
         laws: the point fit.
     """
 
@@ -144,12 +153,14 @@ def forecast(
     *,
     n_boot: int = 200,
     seed: int = 0,
+    window_doublings: float | None = None,
 ) -> Forecast | None:
     """Forecast T* from checks at `tokens` (increasing), with `base` the loss per check and held-out batch
     (``[checks, batches]``) and `perturbed` the loss under each noise draw (``[checks, batches, draws]``),
     or any sensitivity measured per batch and draw as a loss (e.g. the pre-training loss after a short
-    fine-tune, with draws = 1). Δ = mean perturbed − mean base. None when the point fit is impossible
-    (fewer than `MIN_CHECKS` checks, or some Δ ≤ 0)."""
+    fine-tune, with draws = 1). Δ = mean perturbed − mean base. With `window_doublings` only the checks
+    within that many doublings of tokens of the newest are fitted (the laws need only hold locally). None
+    below `MIN_CHECKS` checks."""
     t = np.asarray(tokens, dtype=float)
     b = np.asarray(base, dtype=float)
     p = np.asarray(perturbed, dtype=float)
@@ -162,36 +173,32 @@ def forecast(
     n_checks, n_batches, n_draws = p.shape
     if b.shape != (n_checks, n_batches) or t.shape != (n_checks,):
         raise ValueError(f"shapes disagree: tokens {t.shape}, base {b.shape}, perturbed {p.shape}")
+    if window_doublings is not None:
+        keep = t >= t[-1] / 2.0**window_doublings
+        t, b, p = t[keep], b[keep], p[keep]
     loss = b.mean(axis=1)
-    delta = p.mean(axis=(1, 2)) - loss
-    laws = fit_laws(t, loss, delta)
-    if laws is None:
+    fit = fit_laws(t, loss, p.mean(axis=(1, 2)) - loss)
+    if fit is None:
         return None
+    laws = fit[0]
+    now = float(t[-1])
     rng = np.random.default_rng(seed)
     reps = np.empty(n_boot)
     for r in range(n_boot):
         bi = rng.integers(0, n_batches, n_batches)
         di = rng.integers(0, n_draws, n_draws)
         lr = b[:, bi].mean(axis=1)
-        dr = p[:, bi][:, :, di].mean(axis=(1, 2)) - lr
-        reps[r] = _residual_replicate(t, lr, dr, rng)
-    t_star = max(laws.t_star, 0.0)
+        reps[r] = _residual_replicate(t, lr, p[:, bi][:, :, di].mean(axis=(1, 2)) - lr, rng)
     low, high = (float(v) for v in np.quantile(reps, [0.05, 0.95], method="inverted_cdf"))
-    return Forecast(float(t[-1]), t_star, low, high, reps, laws)
+    return Forecast(now, laws.t_star(now), low, high, reps, laws)
 
 
 def _residual_replicate(t: np.ndarray, loss: np.ndarray, delta: np.ndarray, rng) -> float:
-    """T* of one residual-bootstrap replicate of both fits (∞ when Δ has a non-positive check)."""
-    fd = fit_delta(t, delta)
-    if fd is None:
-        return math.inf
-    e, a, alpha, r_loss = fit_loss(t, loss)
-    d0, beta, r_delta = fd
+    """T* of one residual-bootstrap replicate of both fits."""
+    laws, r_loss, r_delta = fit_laws(t, loss, delta)
     n = t.size
-    # residuals rescaled by sqrt(n / (n − k)): raw residuals under-state the noise by the fitted parameters
-    loss_star = e + a * t**-alpha + r_loss[rng.integers(0, n, n)] * math.sqrt(n / max(n - 3, 1))
-    log_delta_star = (
-        math.log(d0) + beta * np.log(t) + r_delta[rng.integers(0, n, n)] * math.sqrt(n / max(n - 2, 1))
-    )
-    laws = fit_laws(t, loss_star, np.exp(log_delta_star))
-    return math.inf if laws is None else max(laws.t_star, 0.0)
+    # residuals rescaled by sqrt(n / (n − 3)): raw residuals under-state the noise by the fitted parameters
+    scale = math.sqrt(n / (n - 3))
+    loss_star = laws.loss(t) + r_loss[rng.integers(0, n, n)] * scale
+    delta_star = laws.delta(t) + r_delta[rng.integers(0, n, n)] * scale
+    return fit_laws(t, loss_star, delta_star)[0].t_star(float(t[-1]))

@@ -70,7 +70,7 @@ def test_order_rule_needs_two_real_us_and_a_strictly_earlier_minimum():
 
 
 def test_monitor_rule_needs_four_fired_seeds_and_a_positive_bound():
-    assert monitor_rule([0.5, 0.6, 0.7]) is None  # no bound below 4 seeds
+    assert monitor_rule([0.5, 0.6, 0.7]) is False  # no bound below 4 seeds: UNDERPOWERED
     assert monitor_rule([0.5, 0.6, None, 0.7]) is False  # a seed that never warned fails the finding
     assert monitor_rule([0.5, 0.6, 0.55, 0.7]) is True
     assert monitor_rule([-2.1, -1.8, -2.3, -2.0]) is False  # the demo's measured lag

@@ -177,14 +177,15 @@ def order_calibration(
     )
 
 
-def monitor_rule(leads: list[float | None]) -> bool | None:
+def monitor_rule(leads: list[float | None]) -> bool:
     """The monitor finding's rule on the per-seed leads (doublings of tokens from the warning to T*; None
     where the monitor never fired): every seed fired and the mean lead's one-sided 97.5% lower bound is
-    above 0. None (no verdict) below 4 seeds, where no bound exists."""
+    above 0. False below 4 seeds, where no bound exists (the verdict is then UNDERPOWERED, as for every
+    finding)."""
     if any(x is None for x in leads):
         return False
     lower = t_lower(np.asarray(leads, dtype=float), 0.975)
-    return None if lower is None else lower > 0
+    return lower is not None and lower > 0
 
 
 def monitor_calibration(leads: list[float | None]) -> Calibration | None:

@@ -183,22 +183,143 @@ def forecast(
     laws = fit[0]
     now = float(t[-1])
     rng = np.random.default_rng(seed)
-    reps = np.empty(n_boot)
-    for r in range(n_boot):
-        bi = rng.integers(0, n_batches, n_batches)
-        di = rng.integers(0, n_draws, n_draws)
-        lr = b[:, bi].mean(axis=1)
-        reps[r] = _residual_replicate(t, lr, p[:, bi][:, :, di].mean(axis=(1, 2)) - lr, rng)
+    bi = rng.integers(0, n_batches, (n_boot, n_batches))
+    di = rng.integers(0, n_draws, (n_boot, n_draws))
+    loss_r = b[:, bi].mean(axis=2).T  # [n_boot, checks]
+    delta_r = p[:, bi[:, :, None], di[:, None, :]].mean(axis=(2, 3)).T - loss_r
+    # then the residuals: refit each replicate, resample its residuals over checks, refit
+    n = t.size
+    scale = math.sqrt(n / (n - 3))  # raw residuals under-state the noise by the 3 fitted parameters
+    fit_l, res_l = _fit_many(t, loss_r, _loss_basis(t))
+    fit_d, res_d = _fit_many(t, delta_r, _delta_basis(t))
+    rows = np.arange(n_boot)[:, None]
+    loss_s = fit_l + res_l[rows, rng.integers(0, n, (n_boot, n))] * scale
+    delta_s = fit_d + res_d[rows, rng.integers(0, n, (n_boot, n))] * scale
+    reps = _t_star_many(t, loss_s, delta_s)
     low, high = (float(v) for v in np.quantile(reps, [0.05, 0.95], method="inverted_cdf"))
     return Forecast(now, laws.t_star(now), low, high, reps, laws)
 
 
-def _residual_replicate(t: np.ndarray, loss: np.ndarray, delta: np.ndarray, rng) -> float:
-    """T* of one residual-bootstrap replicate of both fits."""
-    laws, r_loss, r_delta = fit_laws(t, loss, delta)
+def _loss_basis(t: np.ndarray) -> np.ndarray:
+    return (t / t[0])[None, :] ** -ALPHAS[:, None]
+
+
+def _delta_basis(t: np.ndarray) -> np.ndarray:
+    u = t / t[0]
+    return np.stack([_basis(u, k) for k in KAPPAS])
+
+
+def _ols_many(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For replicates ``y`` [R, checks] and a basis grid ``x`` [G, checks]: each replicate's best grid index
+    and its slope and intercept there (least squares y ≈ c + a·x_g)."""
+    xc = x - x.mean(axis=1, keepdims=True)
+    sxx = np.einsum("ij,ij->i", xc, xc)
+    ok = sxx > 1e-300
+    yc = y - y.mean(axis=1, keepdims=True)
+    a = (yc @ xc.T) / np.where(ok, sxx, 1.0)  # [R, G]
+    sse = np.where(ok, np.einsum("ij,ij->i", yc, yc)[:, None] - a**2 * sxx, np.inf)
+    g = np.argmin(sse, axis=1)
+    rows = np.arange(y.shape[0])
+    a_best = a[rows, g]
+    c_best = y.mean(axis=1) - a_best * x.mean(axis=1)[g]
+    return g, a_best, c_best
+
+
+def _fit_many(t: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fitted values and residuals ([R, checks]) of each replicate's best fit on the basis grid `x`."""
+    g, a, c = _ols_many(x, y)
+    fitted = c[:, None] + a[:, None] * x[g]
+    return fitted, y - fitted
+
+
+def _t_star_many(t: np.ndarray, loss: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """`Laws.t_star` of the fits to every replicate (rows of `loss` and `delta`), vectorised."""
+    gl, a, _ = _ols_many(_loss_basis(t), loss)
+    gd, c, _ = _ols_many(_delta_basis(t), delta)
+    alpha, kappa = ALPHAS[gl], KAPPAS[gd]
+    u_now = t[-1] / t[0]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        log_u = (np.log(alpha * a) - np.log(c)) / (alpha + kappa)
+        crossing = np.where(log_u < 600.0, t[0] * np.exp(np.minimum(log_u, 600.0)), np.inf)
+        loss_ahead = alpha * a * u_now**-alpha > c * u_now**kappa
+    out = np.where(alpha + kappa > 0, crossing, np.where(loss_ahead, np.inf, 0.0))
+    out = np.where(a <= 0, 0.0, out)
+    return np.where(c <= 0, np.inf, out)
+
+
+WARN_LEVEL = 0.9
+"""The warning fires when P(T* ≤ now · 2^horizon) reaches this level."""
+
+
+@dataclass(frozen=True)
+class Prospective:
+    """The forecaster replayed check by check, as it would have run live.
+
+    Attributes:
+        tokens: [C] check tokens.
+        t_star, low, high: [C] the forecast and its interval at each check (NaN before `MIN_CHECKS`).
+        p_within: [C] P(T* ≤ tokens · 2^horizon) at each check (NaN before `MIN_CHECKS`).
+        warned_at: tokens of the first check with p_within ≥ `WARN_LEVEL`, or None.
+    """
+
+    tokens: np.ndarray
+    t_star: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    p_within: np.ndarray
+    warned_at: float | None
+
+    def index_of(self, tokens: float) -> int:
+        return int(np.flatnonzero(self.tokens == tokens)[0])
+
+    def lead(self, true_t_star: float) -> float | None:
+        """Doublings of tokens from the warning to the true T* (> 0: early); None if it never warned."""
+        return None if self.warned_at is None else math.log2(true_t_star / self.warned_at)
+
+    def error(self, true_t_star: float) -> float | None:
+        """log2(forecast / true T*) at the warning, doublings; None if it never warned."""
+        if self.warned_at is None:
+            return None
+        f = self.t_star[self.index_of(self.warned_at)]
+        return math.log2(max(f, 1e-300) / true_t_star) if math.isfinite(f) else math.inf
+
+    def coverage(self, true_t_star: float) -> float | None:
+        """Share of the checks before the true T* (with a forecast) whose interval covers it."""
+        ok = np.isfinite(self.p_within) & (self.tokens < true_t_star)
+        if not ok.any():
+            return None
+        return float(np.mean((self.low[ok] <= true_t_star) & (true_t_star <= self.high[ok])))
+
+
+def prospective(
+    tokens,
+    base: np.ndarray,
+    perturbed: np.ndarray,
+    *,
+    horizon: float = 1.0,
+    n_boot: int = 200,
+    seed: int = 0,
+    window_doublings: float | None = None,
+) -> Prospective:
+    """Replay `forecast` at every check on the checks up to it (no look-ahead), with the warning rule
+    P(T* ≤ now · 2^horizon) ≥ `WARN_LEVEL`. Shapes as in `forecast`."""
+    t = np.asarray(tokens, dtype=float)
     n = t.size
-    # residuals rescaled by sqrt(n / (n − 3)): raw residuals under-state the noise by the fitted parameters
-    scale = math.sqrt(n / (n - 3))
-    loss_star = laws.loss(t) + r_loss[rng.integers(0, n, n)] * scale
-    delta_star = laws.delta(t) + r_delta[rng.integers(0, n, n)] * scale
-    return fit_laws(t, loss_star, delta_star)[0].t_star(float(t[-1]))
+    out = {k: np.full(n, np.nan) for k in ("t_star", "low", "high", "p_within")}
+    warned_at = None
+    for k in range(n):
+        f = forecast(
+            t[: k + 1],
+            np.asarray(base)[: k + 1],
+            np.asarray(perturbed)[: k + 1],
+            n_boot=n_boot,
+            seed=seed + k,
+            window_doublings=window_doublings,
+        )
+        if f is None:
+            continue
+        out["t_star"][k], out["low"][k], out["high"][k] = f.t_star, f.low, f.high
+        out["p_within"][k] = f.prob_within(horizon)
+        if warned_at is None and out["p_within"][k] >= WARN_LEVEL:
+            warned_at = float(t[k])
+    return Prospective(t, out["t_star"], out["low"], out["high"], out["p_within"], warned_at)

@@ -160,6 +160,11 @@ def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch):
     ).to_pylist()
     assert {r["seed"] for r in monitor} == {0, 1} and all(r["t_star"] > 0 for r in monitor)
     assert any(c["claim"].startswith("Early-warning monitor") for c in claims)
+    forecast = query(
+        f"select * from evals where run_id = '{study_id}' and record = 'forecast'", store
+    ).to_pylist()
+    assert {r["seed"] for r in forecast} == {0, 1}  # the forecaster replayed on every seed's monitor checks
+    assert any(c["claim"].startswith("T* forecaster warns before T*") for c in claims)
     for name in ("sensitivity", "perturbed", "finetune_full", "theory", "monitor"):
         assert (page.parent / f"overtraining_{name}.png").stat().st_size > 10_000
         assert f"overtraining_{name}.png" in html

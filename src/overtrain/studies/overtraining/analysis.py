@@ -34,6 +34,7 @@ from overtrain.studies.overtraining.calibrate import (
 )
 from overtrain.studies.overtraining.config import OvertrainingConfig
 from overtrain.studies.overtraining.curves import ci, curve_rows, finetune_curves, inflection_row, matrix
+from overtrain.studies.overtraining.early_warning import forecast_leads, monitor_series
 from overtrain.studies.overtraining.plan import child_ids, pretrain_configs
 from overtrain.studies.overtraining.theory_run import LinearTheoryResult
 
@@ -48,6 +49,8 @@ class OvertrainingResult:
     recommendation: str
     monitor: list[dict[str, Any]] = field(default_factory=list)
     """Per (seed, target): where the early-warning monitor fired and its lead over T*."""
+    forecast: list[dict[str, Any]] = field(default_factory=list)
+    """Per (seed, target): the T* forecaster replayed on the monitor's checks (`early_warning`)."""
     curves: list[dict[str, Any]] = field(default_factory=list)
     """The curves the statistics were computed from (`_curve_rows`)."""
     passed: int = field(init=False)
@@ -61,6 +64,7 @@ class OvertrainingResult:
         out += [{"record": "inflection", **r} for r in self.inflections]
         out += [{"record": "trend", **r} for r in self.trends]
         out += [{"record": "monitor", **r} for r in self.monitor]
+        out += [{"record": "forecast", **r} for r in self.forecast]
         out.append({"record": "recommendation", "text": self.recommendation})
         out += [{"record": "curve", **r} for r in self.curves]
         return out
@@ -301,7 +305,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
         _order_claim(claims[-1], *pair, lo, hi, cfg.min_rise, n_seeds)
 
     # --- early-warning monitor: when did it fire, relative to the measured T*? --------------------------
-    monitor, leads = cfg.pretrain.monitor, []
+    monitor, leads, fleads = cfg.pretrain.monitor, [], []
     if monitor is not None and tokens:
         # the perturbed-loss T* at the monitor's own noise if the probe measured it, else the largest γ
         same_noise = pert.get((monitor.law, monitor.gamma))
@@ -348,6 +352,20 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                 monitor_calibration(per_seed) if testable else None,
                 n_seeds,
             )
+
+        # the T* forecaster replayed on the same checks: does it warn before T*, and how close is it?
+        fleads = forecast_leads(
+            monitor_series(reader, ids["pretrain"]),
+            seed_of_parent,
+            targets,
+            cfg.min_rise,
+            cfg.forecast_horizon,
+        )
+        for target, inf in targets.items():
+            rows = [r for r in fleads if r["target"] == target]
+            if inf is None or not rows:
+                continue
+            claims.append(_forecast_claim(target, inf, rows, cfg, n_seeds))
 
     # --- linear theory ----------------------------------------------------------------------------------
     for key, label in (("theory", "slow spectrum i^-1.5"), ("theory_control", "negative control 1/i")):
@@ -429,5 +447,58 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             )
 
     return OvertrainingResult(
-        claims, inflections, trends, recommend(cfg, fixed, methods, tokens, n_params, claims), leads, curves
+        claims,
+        inflections,
+        trends,
+        recommend(cfg, fixed, methods, tokens, n_params, claims),
+        leads,
+        fleads,
+        curves,
+    )
+
+
+def _forecast_claim(target: str, inf: Inflection, rows: list[dict[str, Any]], cfg, n_seeds: int) -> Claim:
+    """The finding "the forecaster warns before T*", decided and calibrated like the monitor's (a 97.5% t
+    lower bound of the mean lead above 0, every seed warned); the forecast error at the warning and the
+    interval coverage before T* are in the detail."""
+    per_seed = [r["lead_doublings"] for r in rows]
+    lead = [x for x in per_seed if x is not None]
+    errors = [abs(r["error_doublings"]) for r in rows if r["error_doublings"] is not None]
+    coverage = [r["coverage"] for r in rows if r["coverage"] is not None]
+    testable = inf.is_u(cfg.min_rise)
+    claim = Claim(
+        f"T* forecaster warns before T* ({target})",
+        "mean lead, doublings of tokens",
+        float(np.mean(lead)) if lead else None,
+        t_lower(lead, 0.975) if lead else None,
+        t_upper(lead, 0.975) if lead else None,
+        f"warns (P(T* within {cfg.forecast_horizon:g} doubling) ≥ 0.9) in every seed, one-sided 97.5% lower "
+        "bound of the mean lead > 0 (needs ≥ 4 seeds)",
+        "",
+        "; ".join(
+            f"seed {r['seed']}: "
+            + (
+                f"warned at {r['warned_tokens']:,.0f} tokens (lead {r['lead_doublings']:+.2f}), forecast "
+                + (f"{r['forecast_at_warning']:,.0f}" if r["forecast_at_warning"] else "∞")
+                if r["warned_tokens"]
+                else "never warned"
+            )
+            + (
+                f", coverage {r['coverage']:.2f}"
+                if r["coverage"] is not None
+                else ", no forecast before T* (a forecast needs 5 checks)"
+            )
+            + f" ({r['checks_before_t_star']} checks before T*)"
+            for r in rows
+        )
+        + f"; T* = {inf.t_star:,.0f}"
+        + (f"; median |forecast error| {np.median(errors):.2f} doublings" if errors else "")
+        + (f"; mean coverage {np.mean(coverage):.2f}" if coverage else "")
+        + ("" if testable else " (no U: nothing to warn about)"),
+    )
+    return calibrated(
+        claim,
+        monitor_rule(per_seed) if testable else None,
+        monitor_calibration(per_seed) if testable else None,
+        n_seeds,
     )

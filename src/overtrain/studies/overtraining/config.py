@@ -112,3 +112,7 @@ class OvertrainingConfig(BaseConfig):
     min_rise: float = Field(0.005, ge=0)
     """Relative rise (final / minimum − 1) below which a curve does not count as rising: 0.5% is about
     0.02 nats at these losses, the run-to-run noise measured at this scale (docs/overtraining.md)."""
+
+    forecast_horizon: float = Field(1.0, gt=0)
+    """Horizon H of the T* forecaster replayed on the monitor's checks, doublings of tokens: it warns at
+    the first check where P(T* ≤ now · 2^H) ≥ 0.9 (`overtrain.analysis.forecast`)."""

@@ -19,6 +19,8 @@ STUDY = register(
             "overtrain.studies.overtraining.analysis",
             "overtrain.studies.overtraining.calibrate",
             "overtrain.studies.overtraining.advice",
+            "overtrain.studies.overtraining.early_warning",
+            "overtrain.analysis.forecast",
         ),
     ),
     LINEAR_THEORY,

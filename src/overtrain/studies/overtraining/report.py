@@ -195,7 +195,13 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
         ax.yaxis.set_minor_formatter(NullFormatter())  # log minor labels collide with the axis label
         ax.legend(fontsize=8)
 
-    monitor_section = _monitor_section(reader, cfg, [r for r in rows if r["record"] == "monitor"], x_label)
+    monitor_section = _monitor_section(
+        reader,
+        cfg,
+        [r for r in rows if r["record"] == "monitor"],
+        x_label,
+        [r for r in rows if r["record"] == "forecast"],
+    )
 
     claims_tab, headline = claims_table(claims, "Claims of Springer et al. 2025")
     infl_rows = [
@@ -268,9 +274,10 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
 
 
 def _monitor_section(
-    reader: Reader, cfg: OvertrainingConfig, leads: list[dict], x_label: str
+    reader: Reader, cfg: OvertrainingConfig, leads: list[dict], x_label: str, forecasts: list[dict] = ()
 ) -> list[Section]:
-    """The early-warning monitor's checks on the main line of every seed, where it fired, and T*."""
+    """The early-warning monitor's checks on the main line of every seed, where it (dashed) and the T*
+    forecaster replayed on its checks (dotted) warned, and T*."""
     if cfg.pretrain.monitor is None:
         return []
     mc = cfg.pretrain.monitor
@@ -292,6 +299,9 @@ def _monitor_section(
         )
         if fired:
             ax.axvline(fired, color=line.get_color(), ls="--", lw=1)
+        warned = next((r["warned_tokens"] for r in forecasts if r["run_id_pretrain"] == run_id), None)
+        if warned:
+            ax.axvline(warned, color=line.get_color(), ls=":", lw=1.5)
     for target, style in (("perturbed loss", ":"),):
         row = next((r for r in leads if r["target"] == target and r["t_star_is_u"]), None)
         if row:
@@ -303,7 +313,7 @@ def _monitor_section(
         ax,
         x_label,
         "perturbed loss, main line (nats/token)",
-        f"Early-warning monitor ({mc.law} noise, γ={mc.gamma:g}; dashed: it warns)",
+        f"Early-warning monitor ({mc.law} noise, γ={mc.gamma:g}; dashed: detector, dotted: forecaster warns)",
     )
     ax.legend(fontsize=8)
     table = [
@@ -329,9 +339,35 @@ def _monitor_section(
                 f"positive with {mc.confidence:.0%} one-sided confidence at {mc.patience} checks in a row. Lead = "
                 "log2(T* / tokens at the warning): positive means it warned before T*; T̂ is the minimum the warning "
                 "predicts (vertex of a quadratic fit in log tokens). The main line runs at a "
-                "constant LR, T* is measured on cooled-down budget checkpoints."
+                "constant LR, T* is measured on cooled-down budget checkpoints.",
+                "The T* forecaster is replayed on the same checks, each forecast using only the checks up to "
+                "it: it fits −dL/dlog T and dΔ/dlog T as power laws in tokens and forecasts T* where they meet, "
+                "with a bootstrap interval; it warns when T* is within the horizon with 90% probability.",
             ],
             figures=[Figure("overtraining_monitor", fig, "Monitor checks per seed, warnings and T*.")],
-            tables=[Table(table, "Where the monitor warned, against the measured T*")],
+            tables=[Table(table, "Where the monitor warned, against the measured T*")]
+            + (
+                [
+                    Table(
+                        [
+                            {
+                                "seed": r["seed"],
+                                "target": r["target"],
+                                "warned at (tokens)": r["warned_tokens"],
+                                "forecast T* at the warning": r["forecast_at_warning"],
+                                "T*": r["t_star"],
+                                "lead (doublings)": r["lead_doublings"],
+                                "log2(forecast / T*)": r["error_doublings"],
+                                "90% interval coverage before T*": r["coverage"],
+                            }
+                            for r in forecasts
+                        ],
+                        "The T* forecaster replayed on the same checks (warns when P(T* within "
+                        f"{cfg.forecast_horizon:g} doubling) ≥ 0.9)",
+                    )
+                ]
+                if forecasts
+                else []
+            ),
         )
     ]

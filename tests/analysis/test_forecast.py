@@ -114,14 +114,27 @@ def test_replayed_forecaster_meets_the_targets_on_exact_laws_and_does_not_fire_o
 
 
 def test_vectorised_bootstrap_fit_agrees_with_the_single_fit():
-    """The bootstrap's vectorised T* equals `fit_laws(...).t_star` on each of 50 noisy replicates, including
-    replicates without a crossing (∞ or 0)."""
+    """The bootstrap's vectorised T* and rise after it equal `fit_laws(...).t_star` and `.rise_after` on
+    each of 50 noisy replicates, including replicates without a crossing (∞ or 0)."""
     from overtrain.analysis.forecast import _t_star_many
 
     rng = np.random.default_rng(0)
     loss = TRUE.loss(T)[None, :] + rng.normal(0, 0.01, (50, T.size))
     delta = TRUE.delta(T)[None, :] * rng.uniform(-0.5, 2.0, (50, 1)) + rng.normal(0, 0.01, (50, T.size))
-    many = _t_star_many(T, loss, delta)
-    single = [fit_laws(T, lo, de)[0].t_star(T[-1]) for lo, de in zip(loss, delta)]
-    assert np.allclose(many, single, rtol=1e-9)
+    many, rises = _t_star_many(T, loss, delta)
+    fits = [fit_laws(T, lo, de)[0] for lo, de in zip(loss, delta)]
+    assert np.allclose(many, [f.t_star(T[-1]) for f in fits], rtol=1e-9)
+    assert np.allclose(rises, [f.rise_after(T[-1]) for f in fits], rtol=1e-9, atol=1e-12)
     assert np.isinf(many).any() and np.isfinite(many).any()
+
+
+def test_a_minimum_too_shallow_to_matter_is_no_warning():
+    """The growing law with Δ scaled down 20x has a minimum (T* later) that a doubling past costs
+    only ~0.1%: with min_rise = 0.5% the replay does not warn; with no materiality gate it does."""
+    shallow = Laws(E=3.0, A=0.05, alpha=0.3, F=0.0, C=0.002, kappa=0.5, t0=1e5)
+    assert 0 < shallow.rise_after(T[0]) < 0.005 and T[0] < shallow.t_star(T[0]) < T[-1]
+    rng = np.random.default_rng(0)
+    base = shallow.loss(T)[:, None] + rng.normal(0, 0.0005, (T.size, 1))
+    pert = (shallow.loss(T) + shallow.delta(T))[:, None, None] + rng.normal(0, 0.0005, (T.size, 1, 2))
+    assert prospective(T, base, pert, min_rise=0.005, n_boot=100).warned_at is None
+    assert prospective(T, base, pert, min_rise=0.0, n_boot=100).warned_at is not None

@@ -32,3 +32,23 @@ def test_leads_errors_and_coverage_against_a_known_t_star():
     assert by["true"]["lead_doublings"] > 0 and abs(by["true"]["error_doublings"]) < 0.5
     assert by["true"]["coverage"] is not None and by["true"]["checks_before_t_star"] == int(np.sum(t < truth))
     assert by["early"]["coverage"] is None and by["early"]["lead_doublings"] < 0
+
+
+def test_theory_model_forecast_is_close_and_the_flat_control_raises_no_alarm():
+    """The linear theory model, 3 seeds, 4 checkpoints per doubling to 10⁴ steps: at γ = 0.03 (learning a
+    direction i pays only while s_i > 2γ²d, so the perturbed loss turns up near step 1,600) the forecast at
+    the warning is within a doubling of T*; at γ = 0.01 every direction pays (no U) and it never warns."""
+    from overtrain.studies.overtraining.early_warning import theory_leads
+    from overtrain.studies.overtraining.theory import LinearTheoryConfig
+    from overtrain.studies.overtraining.theory_run import run_linear_theory
+
+    cfg = LinearTheoryConfig(
+        dim=40, max_steps=10_000, n_checkpoints=27, seeds=[1, 2, 3], draws=4, gammas=[0.01, 0.03], ft_steps=1
+    )
+    result = run_linear_theory(cfg)
+    u = theory_leads(result, 0.03, 1.0, 0.005)
+    assert all(r["t_star_is_u"] for r in u)
+    assert all(r["warned_tokens"] is not None and abs(r["error_doublings"]) < 1.0 for r in u), u
+    flat = theory_leads(result, 0.01, 1.0, 0.005)
+    assert not any(r["t_star_is_u"] for r in flat)
+    assert all(r["warned_tokens"] is None for r in flat), flat

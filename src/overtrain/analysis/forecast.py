@@ -72,6 +72,16 @@ class Laws:
         """dΔ/dlog T, nats per e-fold of tokens."""
         return self.C * (np.asarray(t, dtype=float) / self.t0) ** self.kappa
 
+    def rise_after(self, now: float) -> float:
+        """(P(2·T*) − P(T*)) / P(T*), P = L + Δ: the relative cost of a doubling past T* (past T* already:
+        of the doubling after `now`; 0 when there is no T*)."""
+        t = self.t_star(now)
+        if not math.isfinite(t):
+            return 0.0
+        t = t if t > 0 else now
+        p = float(self.loss(t) + self.delta(t))
+        return float(self.loss(2 * t) + self.delta(2 * t)) / p - 1
+
     def t_star(self, now: float) -> float:
         """T* in tokens (module docstring); `now` decides the no-crossing case (∞ if the loss still
         out-runs the sensitivity there, else 0)."""
@@ -127,6 +137,8 @@ class Forecast:
         low, high: the bootstrap (5%, 95%) interval of T*, tokens.
         replicates: bootstrap T* values, tokens.
         laws: the point fit.
+        rises: per replicate, the forecast relative rise of L + Δ over the doubling after T*
+            (`Laws.rise_after`): how much a doubling past T* would cost.
     """
 
     now: float
@@ -135,15 +147,17 @@ class Forecast:
     high: float
     replicates: np.ndarray
     laws: Laws
+    rises: np.ndarray
 
-    def prob_before(self, tokens: float) -> float:
-        """P(T* ≤ tokens) over the bootstrap replicates."""
-        return float(np.mean(self.replicates <= tokens))
+    def prob_before(self, tokens: float, min_rise: float = 0.0) -> float:
+        """P(T* ≤ tokens, and the doubling after T* raises L + Δ by at least `min_rise`) over the bootstrap
+        replicates: a minimum too shallow to matter is not a warning."""
+        return float(np.mean((self.replicates <= tokens) & (self.rises >= min_rise)))
 
-    def prob_within(self, horizon_doublings: float) -> float:
-        """P(T* ≤ now · 2^horizon): the chance the inflection comes within the next `horizon` doublings of
-        tokens (or has already passed)."""
-        return self.prob_before(self.now * 2.0**horizon_doublings)
+    def prob_within(self, horizon_doublings: float, min_rise: float = 0.0) -> float:
+        """P(T* ≤ now · 2^horizon, with a rise of at least `min_rise` after it): the chance a material
+        inflection comes within the next `horizon` doublings of tokens (or has already passed)."""
+        return self.prob_before(self.now * 2.0**horizon_doublings, min_rise)
 
 
 def forecast(
@@ -195,9 +209,9 @@ def forecast(
     rows = np.arange(n_boot)[:, None]
     loss_s = fit_l + res_l[rows, rng.integers(0, n, (n_boot, n))] * scale
     delta_s = fit_d + res_d[rows, rng.integers(0, n, (n_boot, n))] * scale
-    reps = _t_star_many(t, loss_s, delta_s)
+    reps, rises = _t_star_many(t, loss_s, delta_s)
     low, high = (float(v) for v in np.quantile(reps, [0.05, 0.95], method="inverted_cdf"))
-    return Forecast(now, laws.t_star(now), low, high, reps, laws)
+    return Forecast(now, laws.t_star(now), low, high, reps, laws, rises)
 
 
 def _loss_basis(t: np.ndarray) -> np.ndarray:
@@ -232,10 +246,11 @@ def _fit_many(t: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, 
     return fitted, y - fitted
 
 
-def _t_star_many(t: np.ndarray, loss: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    """`Laws.t_star` of the fits to every replicate (rows of `loss` and `delta`), vectorised."""
-    gl, a, _ = _ols_many(_loss_basis(t), loss)
-    gd, c, _ = _ols_many(_delta_basis(t), delta)
+def _t_star_many(t: np.ndarray, loss: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`Laws.t_star` and `Laws.rise_after` of the fits to every replicate (rows of `loss` and `delta`),
+    vectorised."""
+    gl, a, e = _ols_many(_loss_basis(t), loss)
+    gd, c, f = _ols_many(_delta_basis(t), delta)
     alpha, kappa = ALPHAS[gl], KAPPAS[gd]
     u_now = t[-1] / t[0]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -244,7 +259,17 @@ def _t_star_many(t: np.ndarray, loss: np.ndarray, delta: np.ndarray) -> np.ndarr
         loss_ahead = alpha * a * u_now**-alpha > c * u_now**kappa
     out = np.where(alpha + kappa > 0, crossing, np.where(loss_ahead, np.inf, 0.0))
     out = np.where(a <= 0, 0.0, out)
-    return np.where(c <= 0, np.inf, out)
+    out = np.where(c <= 0, np.inf, out)
+
+    def p(u: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            basis = np.where(kappa == 0, np.log(u), u**kappa / np.where(kappa == 0, 1.0, kappa))
+            return e + a * u**-alpha + f + c * basis
+
+    u_min = np.where(out > 0, out, t[-1]) / t[0]
+    with np.errstate(invalid="ignore"):
+        rise = np.where(np.isfinite(out), p(2 * u_min) / p(u_min) - 1, 0.0)
+    return out, np.nan_to_num(rise, nan=0.0)
 
 
 WARN_LEVEL = 0.9
@@ -297,12 +322,13 @@ def prospective(
     perturbed: np.ndarray,
     *,
     horizon: float = 1.0,
+    min_rise: float = 0.0,
     n_boot: int = 200,
     seed: int = 0,
     window_doublings: float | None = None,
 ) -> Prospective:
     """Replay `forecast` at every check on the checks up to it (no look-ahead), with the warning rule
-    P(T* ≤ now · 2^horizon) ≥ `WARN_LEVEL`. Shapes as in `forecast`."""
+    P(T* ≤ now · 2^horizon, rise after it ≥ `min_rise`) ≥ `WARN_LEVEL`. Shapes as in `forecast`."""
     t = np.asarray(tokens, dtype=float)
     n = t.size
     out = {k: np.full(n, np.nan) for k in ("t_star", "low", "high", "p_within")}
@@ -319,7 +345,7 @@ def prospective(
         if f is None:
             continue
         out["t_star"][k], out["low"][k], out["high"][k] = f.t_star, f.low, f.high
-        out["p_within"][k] = f.prob_within(horizon)
+        out["p_within"][k] = f.prob_within(horizon, min_rise)
         if warned_at is None and out["p_within"][k] >= WARN_LEVEL:
             warned_at = float(t[k])
     return Prospective(t, out["t_star"], out["low"], out["high"], out["p_within"], warned_at)

@@ -6,7 +6,8 @@ The monitor logs, at log-spaced checks of the main line, the base loss L and the
 those series — the forecast at a check uses only the checks up to it, so the replay is what a live run
 would have seen — and for every (seed, target T*) reports:
 
-- ``warned_tokens``: the first check with P(T* ≤ now · 2^horizon) ≥ 0.9;
+- ``warned_tokens``: the first check with P(T* ≤ now · 2^horizon, and a doubling past T* raising L + Δ by
+  at least ``min_rise``) ≥ 0.9;
 - ``lead_doublings``: log2(T* / warned_tokens), > 0 when the warning came before T*;
 - ``error_doublings``: log2(forecast / T*) at the warning;
 - ``coverage``: the share of checks before T* whose (5%, 95%) interval covers T*.
@@ -57,7 +58,9 @@ def forecast_leads(
     """One row per (seed, target) (module docstring); targets map a name to its `Inflection` (or None)."""
     out = []
     for run_id, (t, loss, delta) in series.items():
-        replay = prospective(t, loss[:, None], (loss + delta)[:, None, None], horizon=horizon)
+        replay = prospective(
+            t, loss[:, None], (loss + delta)[:, None, None], horizon=horizon, min_rise=min_rise
+        )
         for target, inf in targets.items():
             if inf is None:
                 continue
@@ -86,3 +89,37 @@ def forecast_leads(
 
 def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
+
+
+def theory_leads(result, gamma: float, horizon: float, min_rise: float) -> list[dict[str, Any]]:
+    """The forecaster replayed on the linear theory model (`LinearTheoryResult`, with its draws), where the
+    whole trajectory is known: per seed, the target is the perturbed loss at `gamma` (T* its argmin over
+    the checkpoints, a U when it rises `min_rise` after it), the checks are the checkpoints (steps stand in
+    for tokens) and the bootstrap resamples the noise draws too. Rows as in `forecast_leads`, plus ``rise``."""
+    g = result.gamma_index(gamma)
+    steps = result.steps.astype(float)
+    out = []
+    for s, seed in enumerate(result.seeds):
+        base, draws = result.base_loss[s], result.draw_losses[s, :, g, :]
+        target = draws.mean(axis=1)
+        j = int(np.argmin(target))
+        rise = float(target[-1] / target[j] - 1)
+        replay = prospective(
+            steps, base[:, None], draws[:, None, :], horizon=horizon, min_rise=min_rise, seed=int(seed)
+        )
+        at = replay.warned_at
+        out.append(
+            {
+                "seed": int(seed),
+                "target": f"perturbed loss, γ={gamma:g}",
+                "t_star": float(steps[j]),
+                "t_star_is_u": 0 < j < steps.size - 1 and rise >= min_rise,
+                "rise": rise,
+                "warned_tokens": at,
+                "lead_doublings": replay.lead(float(steps[j])),
+                "error_doublings": _finite(replay.error(float(steps[j]))),
+                "coverage": replay.coverage(float(steps[j])),
+                "checks_before_t_star": int(np.sum(steps < steps[j])),
+            }
+        )
+    return out

@@ -17,7 +17,13 @@ the perturbed loss has passed its minimum — and names the predicted minimum T�
 least-squares quadratic in x through every check so far (when convex and inside the checked range; else
 the first check of the window).
 
-Costs ``(1 + draws) × eval_batches`` small forward passes per check and nothing else.
+From the fifth check on, every check also forecasts T* from all checks so far
+(`overtrain.analysis.forecast`: −dL/dlog T and dΔ/dlog T as power laws, T* where they meet, a bootstrap
+interval) and warns — before the minimum — once P(a material T* within ``forecast_horizon`` doublings)
+≥ 0.9; the slope rule above remains the "already past T*" backstop (docs/early_warning.md).
+
+Costs ``(1 + draws) × eval_batches`` small forward passes per check and two small least-squares fits
+per bootstrap replicate.
 
 Caveat, measured rather than assumed: under WSD the main line has a constant LR, whereas the study's T*
 is measured on cooled-down budget checkpoints; the monitor's lead time is evaluated against that T* in
@@ -29,14 +35,15 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from overtrain.config import BaseConfig
+from overtrain.analysis.forecast import MIN_CHECKS, WARN_LEVEL, forecast
+from overtrain.config import BaseConfig, NotInId
 from overtrain.core.perturb import init_scale, relative
 from overtrain.probes.draw_batching import Perturbation, perturbed_losses
 
@@ -81,6 +88,15 @@ class MonitorConfig(BaseConfig):
     seed: int = Field(0, ge=0)
     """Noise stream."""
 
+    forecast_horizon: float = NotInId(1.0, gt=0)
+    """The live T* forecast (`overtrain.analysis.forecast`) warns when a material T* is within this many
+    doublings of tokens with 90% probability. Display only (it changes no measured L or Δ): the
+    overtraining study replays the forecaster on the logged checks with its own settings."""
+
+    forecast_min_rise: float = NotInId(0.005, ge=0)
+    """Relative rise of L + Δ over the doubling after T* below which a forecast minimum is not worth a
+    warning."""
+
     def check_steps(self, last: int) -> list[int]:
         """Log-spaced check steps in ``[start_step, last]``, ``per_doubling`` per doubling."""
         out: list[int] = []
@@ -105,8 +121,12 @@ class Check:
         loss_slope: b_L, nats per doubling.
         delta_slope: b_Δ, nats per doubling.
         rising: b − q·se(b) > min_slope.
-        warning: the monitor warns at this check (``patience`` rising checks in a row).
+        warning: the monitor warns at this check (``patience`` rising checks in a row): past T* already.
         predicted_min: T̂, tokens (NaN before `window`).
+        forecast: the T* forecast from every check so far, tokens (∞: none; NaN before 5 checks).
+        forecast_low, forecast_high: its bootstrap (5%, 95%) interval, tokens.
+        forecast_p: P(a material T* within ``forecast_horizon`` doublings).
+        forecast_warning: the forecaster warns at this check (first time forecast_p ≥ 0.9).
     """
 
     tokens: int
@@ -119,6 +139,11 @@ class Check:
     rising: bool
     warning: bool
     predicted_min: float
+    forecast: float = float("nan")
+    forecast_low: float = float("nan")
+    forecast_high: float = float("nan")
+    forecast_p: float = float("nan")
+    forecast_warning: bool = False
 
     @property
     def perturbed(self) -> float:
@@ -137,7 +162,15 @@ class Check:
             "monitor/rising": float(self.rising),
             "monitor/warning": float(self.warning),
             "monitor/predicted_min": self.predicted_min,
+            "monitor/forecast_p": self.forecast_p,
+            "monitor/forecast_warning": float(self.forecast_warning),
         }
+        # JSON has no ∞: a forecast without a minimum is simply not logged
+        for key, v in (("forecast", self.forecast), ("forecast_low", self.forecast_low)):
+            out[f"monitor/{key}"] = v if math.isfinite(v) else float("nan")
+        out["monitor/forecast_high"] = (
+            self.forecast_high if math.isfinite(self.forecast_high) else float("nan")
+        )
         return {k: v for k, v in out.items() if not math.isnan(v)}
 
 
@@ -149,9 +182,30 @@ class Monitor:
         self.history: list[tuple[int, float, float]] = []
         self.run_length = 0
         self.fired_at: int | None = None
+        self.forecast_warned_at: int | None = None
 
     def update(self, tokens: int, loss: float, delta: float) -> Check:
         self.history.append((tokens, loss, delta))
+        check = self._detect(tokens, loss, delta)
+        if len(self.history) < MIN_CHECKS:
+            return check
+        t, lo, de = (np.array(v, dtype=float) for v in zip(*self.history))
+        f = forecast(t, lo[:, None], (lo + de)[:, None, None], seed=self.cfg.seed)
+        p = f.prob_within(self.cfg.forecast_horizon, self.cfg.forecast_min_rise)
+        warn = p >= WARN_LEVEL and self.forecast_warned_at is None
+        if warn:
+            self.forecast_warned_at = tokens
+        return replace(
+            check,
+            forecast=f.t_star,
+            forecast_low=f.low,
+            forecast_high=f.high,
+            forecast_p=p,
+            forecast_warning=warn,
+        )
+
+    def _detect(self, tokens: int, loss: float, delta: float) -> Check:
+        """The detector (module docstring) on the history, whose newest entry is this check."""
         w = self.cfg.window
         nan = float("nan")
         if len(self.history) < w:
@@ -225,6 +279,17 @@ class MonitorProbe:
         work = [Perturbation(k, stds) for k in range(self.cfg.draws)]
         res = perturbed_losses(model, self.batches, work, seed=self.cfg.seed, autocast_dtype=autocast_dtype)
         return res.base_loss, float(np.mean(res.losses)) - res.base_loss
+
+
+def announce_forecast(check: Check, horizon: float) -> None:
+    """The live forecast's warning (stderr, one line)."""
+    print(
+        f"[overtrain monitor] at {check.tokens:,} tokens the forecast T* is {check.forecast:,.0f} tokens "
+        f"(90% interval {check.forecast_low:,.0f}–{check.forecast_high:,.0f}); P(T* within "
+        f"{horizon:g} doubling of tokens) = {check.forecast_p:.2f} — pre-training past it is likely to make "
+        "fine-tuning worse",
+        file=sys.stderr,
+    )
 
 
 def announce(check: Check) -> None:

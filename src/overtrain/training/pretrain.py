@@ -35,7 +35,7 @@ from overtrain.models.presets import build_model, count_params
 from overtrain.seed import seed_everything
 from overtrain.training import checkpoint as ckpt
 from overtrain.training.loop import build_optimizer, divergence, train_segment
-from overtrain.training.monitor import Monitor, MonitorProbe, announce
+from overtrain.training.monitor import Monitor, MonitorProbe, announce, announce_forecast
 from overtrain.training.pretrain_config import PretrainConfig
 from overtrain.training.schedules import (
     Budget,
@@ -268,6 +268,11 @@ class _Job:
         self.run.log_metrics(
             {"step": step, "tokens_seen": step * self.tps, "line": "monitor", **result.record()}
         )
+        if result.forecast_warning and self.run.writes:
+            announce_forecast(result, self.monitor.cfg.forecast_horizon)
+            self.run.set_info(
+                monitor_forecast_warned_at_tokens=result.tokens, monitor_forecast_t_star=result.forecast
+            )
         if result.warning and self.run.writes:
             announce(result)
             self.run.set_info(

@@ -89,7 +89,7 @@ def test_a_method_can_have_its_own_lr_grid():
         )
 
 
-def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch):
+def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch, capsys):
     store = Store()
     result, study_id = STUDIES.get("overtraining").run(tiny_cfg, store, progress=False)
     assert result.ok and len(result.done) == 23
@@ -170,3 +170,22 @@ def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch):
         assert f"overtraining_{name}.png" in html
     assert sum(html.count(f'class="{css}"') for css in ("pass", "fail", "na", "under")) >= len(claims)
     assert "findings hold" in html and "<th>fpr</th>" in html
+
+    # `overtrain advise` on one seed's pre-training run: the forecast from its monitor checks, the trade-off
+    # of its budgets after fine-tuning and a recommendation per method; bad input exits 2 in one line
+    from overtrain.cli.main import main
+
+    def cli(*argv):
+        with pytest.raises(SystemExit) as info:
+            main(list(argv))
+        out = capsys.readouterr()
+        return info.value.code, out.out, out.err
+
+    pretrain_id = monitor[0]["run_id_pretrain"]
+    code, out, _ = cli("advise", pretrain_id, "--objective", "retention")
+    assert code == 0 and f"pre-training run {pretrain_id}" in out and "forecast T*" in out
+    assert "budget_10240" in out and out.count("for 'retention'") == 1  # one line per method (full)
+    code, _, err = cli("advise", pretrain_id, "--objective", "speed")
+    assert code == 2 and "unknown objective 'speed'" in err
+    code, _, err = cli("advise", study_id)
+    assert code == 2 and "advise reads a pre-training run" in err

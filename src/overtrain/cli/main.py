@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 a run failed, 2 bad input (one line on stderr naming th
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -329,6 +330,42 @@ def audit(
         from overtrain.report.build import build_report
 
         out.print(f"report: {build_report(report_dir, 'audit', store)}")
+
+
+@app.command()
+def advise(
+    run: str = typer.Argument(..., help="A stored pre-training run: id, unique prefix or pretrain/prefix."),
+    objective: str = typer.Option("both", help="id (task after fine-tuning), retention, or both."),
+    horizon: float = typer.Option(1.0, min=0.01, help="Forecast horizon, doublings of tokens."),
+    min_rise: float = typer.Option(0.005, min=0.0, help="Smallest relative rise worth a warning."),
+) -> None:
+    """How many tokens to pre-train: the T* forecast from the run's monitor checks and the trade-off of its
+    budget checkpoints after fine-tuning. Example: overtrain advise 08189a --objective id"""
+    from overtrain.runs.store import Store
+    from overtrain.studies.overtraining.advise import advise as run_advise
+
+    a = run_advise(Store(), run, objective, horizon, min_rise)
+    out = _console()
+    f = a.forecast
+    if f is None:
+        out.print(f"pre-training run {a.run_id}: no monitor checks to forecast from (set pretrain.monitor)")
+    else:
+        t_star = (
+            "none (the sensitivity does not catch up)" if math.isinf(f["t_star"]) else f"{f['t_star']:,.0f}"
+        )
+        warned = f"{f['warned_tokens']:,.0f} tokens" if f["warned_tokens"] else "never"
+        out.print(
+            f"pre-training run {a.run_id}: after {f['checks']} checks ({f['now_tokens']:,.0f} tokens) the "
+            f"forecast T* is {t_star} tokens (90% interval {f['low']:,.0f}–{f['high']:,.0f}); "
+            f"P(T* within {f['horizon']:g} doubling) = {f['p_within']:.2f}; the forecaster first warned at {warned}"
+        )
+    if a.tradeoff:
+        _print_rows(
+            [{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()} for r in a.tradeoff],
+            "Trade-off after fine-tuning (nats/token; LR tuned on the selection split)",
+        )
+    for line in a.recommendation:
+        out.print(line)
 
 
 @app.command()

@@ -1,0 +1,161 @@
+"""`overtrain advise`: how many tokens to pre-train, from one stored pre-training run.
+
+Two independent readings of the run, each from what the store holds:
+
+- **Forecast** (needs the run's early-warning monitor): the T* forecaster (`overtrain.analysis.forecast`)
+  replayed on the logged checks — the forecast and its interval at the newest check, and the first check
+  where it warned (P(a material T* within `horizon` doublings) ≥ 0.9).
+- **Trade-off** (needs fine-tuning runs whose parent is this run, e.g. the overtraining study's): per
+  budget checkpoint, the base validation loss and, per fine-tuning method at its LR tuned on the selection
+  split (`task/select_loss`; the top LR when no selection split was measured), the task loss after
+  fine-tuning (in-distribution) and the pre-training loss after fine-tuning (retention), all in nats/token.
+  The recommended budget for an objective minimises it over budgets; for ``both``, the sum of the two
+  losses' relative excesses over their best budgets. When the largest budget is within `min_rise` of the
+  best, there is no material overtraining to avoid.
+
+One seed is one run: the advice carries no interval over seeds; the overtraining study's claims table is
+where a verdict over ≥ 4 seeds lives.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from overtrain.errors import UserError
+from overtrain.runs.query import Reader
+from overtrain.runs.store import Store
+from overtrain.studies.overtraining.early_warning import monitor_series
+
+Objective = Literal["id", "retention", "both"]
+OBJECTIVE_FIELDS = {
+    "id": ("task_loss",),
+    "retention": ("pretrain_loss",),
+    "both": ("task_loss", "pretrain_loss"),
+}
+
+
+@dataclass
+class Advice:
+    """What `advise` found (module docstring); every loss in nats/token, tokens as counts."""
+
+    run_id: str
+    objective: str
+    forecast: dict[str, Any] | None
+    tradeoff: list[dict[str, Any]] = field(default_factory=list)
+    recommendation: list[str] = field(default_factory=list)
+
+
+def advise(
+    store: Store, run: str, objective: Objective, horizon: float = 1.0, min_rise: float = 0.005
+) -> Advice:
+    """Read pre-training run `run` (id or unique prefix) and its fine-tuning children from `store`."""
+    if objective not in OBJECTIVE_FIELDS:
+        raise UserError(f"unknown objective {objective!r}; choose from: {', '.join(OBJECTIVE_FIELDS)}")
+    kind, run_id = store.find(run)
+    if kind != "pretrain":
+        raise UserError(f"{run!r} is a {kind} run; advise reads a pre-training run")
+    with Reader(store) as reader:
+        series = monitor_series(reader, [run_id]).get(run_id)
+        tradeoff = _tradeoff(reader, run_id)
+    advice = Advice(run_id, objective, _forecast(series, horizon, min_rise) if series else None, tradeoff)
+    advice.recommendation = _recommend(tradeoff, objective, min_rise)
+    if advice.forecast is None and not tradeoff:
+        raise UserError(
+            f"pre-training run {run_id} has neither monitor checks (pretrain.monitor) nor fine-tuning runs "
+            "of its checkpoints: nothing to advise from"
+        )
+    return advice
+
+
+def _forecast(series, horizon: float, min_rise: float) -> dict[str, Any] | None:
+    from overtrain.analysis.forecast import MIN_CHECKS, prospective
+
+    t, loss, delta = series
+    if t.size < MIN_CHECKS:
+        return None
+    replay = prospective(t, loss[:, None], (loss + delta)[:, None, None], horizon=horizon, min_rise=min_rise)
+    return {
+        "checks": int(t.size),
+        "now_tokens": float(t[-1]),
+        "t_star": float(replay.t_star[-1]),
+        "low": float(replay.low[-1]),
+        "high": float(replay.high[-1]),
+        "p_within": float(replay.p_within[-1]),
+        "warned_tokens": replay.warned_at,
+        "horizon": horizon,
+    }
+
+
+def _tradeoff(reader: Reader, run_id: str) -> list[dict[str, Any]]:
+    cols = set(reader.columns("evals"))
+    if not {"checkpoint", "split", "loss"} <= cols:
+        return []
+    base = {
+        r["checkpoint"]: r
+        for r in reader.rows(
+            "select checkpoint, tokens_seen, loss from evals where run_id = ? and split = 'val' "
+            "and checkpoint like 'budget_%'",
+            [run_id],
+        )
+    }
+    ft = []
+    if {"parent", "method", "lr", "task_loss", "pretrain_loss"} <= cols:
+        select = "select_loss" if "select_loss" in cols else "null as select_loss"
+        ft = reader.rows(
+            f"select checkpoint, method, lr, task_loss, pretrain_loss, {select} from evals "
+            "where kind = 'finetune' and parent = ? and task_loss is not null",
+            [run_id],
+        )
+    out = []
+    for ckpt in sorted(base, key=lambda c: base[c]["tokens_seen"]):
+        row = {"checkpoint": ckpt, "tokens": base[ckpt]["tokens_seen"], "base_loss": base[ckpt]["loss"]}
+        for method in sorted({r["method"] for r in ft}):
+            mine = [r for r in ft if r["checkpoint"] == ckpt and r["method"] == method]
+            if not mine:
+                continue
+            # tuned on the selection split when there is one, never on the reported task batches
+            chosen = (
+                min(mine, key=lambda r: r["select_loss"])
+                if all(r["select_loss"] for r in mine)
+                else max(mine, key=lambda r: r["lr"])
+            )
+            row[f"{method} lr"] = chosen["lr"]
+            row[f"{method} task_loss"] = chosen["task_loss"]
+            row[f"{method} pretrain_loss"] = chosen["pretrain_loss"]
+        out.append(row)
+    return out
+
+
+def _recommend(tradeoff: list[dict[str, Any]], objective: Objective, min_rise: float) -> list[str]:
+    methods = sorted({k.split(" ")[0] for row in tradeoff for k in row if k.endswith(" task_loss")})
+    lines = []
+    for method in methods:
+        rows = [r for r in tradeoff if f"{method} task_loss" in r]
+        if len(rows) < 2:
+            continue
+        score = np.zeros(len(rows))
+        for name in OBJECTIVE_FIELDS[objective]:
+            v = np.array([r[f"{method} {name}"] for r in rows])
+            score += v / v.min() - 1  # relative excess over its best budget
+        best = int(np.argmin(score))
+        last = rows[-1]
+        if best == len(rows) - 1 or score[-1] < min_rise:
+            lines.append(
+                f"{method}: no material overtraining for '{objective}' up to the largest budget measured "
+                f"({last['tokens']:,} tokens; within {min_rise:.1%} of the best budget)"
+            )
+            continue
+        cost = ", ".join(
+            f"{name} {rows[best][f'{method} {name}']:.3f} → {last[f'{method} {name}']:.3f} nats"
+            for name in OBJECTIVE_FIELDS[objective]
+        )
+        doublings = math.log2(last["tokens"] / rows[best]["tokens"])
+        lines.append(
+            f"{method}: stop at ~{rows[best]['tokens']:,} tokens for '{objective}' — the largest budget, "
+            f"{doublings:.1f} doublings later, fine-tunes worse ({cost})"
+        )
+    return lines

@@ -88,6 +88,9 @@ class MonitorConfig(BaseConfig):
     seed: int = Field(0, ge=0)
     """Noise stream."""
 
+    forecast: bool = NotInId(True)
+    """Forecast T* at every check from the fifth (False: the slope detector alone)."""
+
     forecast_horizon: float = NotInId(1.0, gt=0)
     """The live T* forecast (`overtrain.analysis.forecast`) warns when a material T* is within this many
     doublings of tokens with 90% probability. Display only (it changes no measured L or Δ): the
@@ -187,7 +190,7 @@ class Monitor:
     def update(self, tokens: int, loss: float, delta: float) -> Check:
         self.history.append((tokens, loss, delta))
         check = self._detect(tokens, loss, delta)
-        if len(self.history) < MIN_CHECKS:
+        if not self.cfg.forecast or len(self.history) < MIN_CHECKS:
             return check
         t, lo, de = (np.array(v, dtype=float) for v in zip(*self.history))
         f = forecast(t, lo[:, None], (lo + de)[:, None, None], seed=self.cfg.seed)

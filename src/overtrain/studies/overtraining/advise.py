@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from overtrain.analysis.forecast import MIN_CHECKS, prospective
 from overtrain.errors import UserError
 from overtrain.runs.query import Reader
 from overtrain.runs.store import Store
@@ -72,8 +73,6 @@ def advise(
 
 
 def _forecast(series, horizon: float, min_rise: float) -> dict[str, Any] | None:
-    from overtrain.analysis.forecast import MIN_CHECKS, prospective
-
     t, loss, delta = series
     if t.size < MIN_CHECKS:
         return None

@@ -143,3 +143,18 @@ def test_the_live_forecast_warns_before_the_minimum_that_the_detector_only_confi
     assert "monitor/forecast_p" in warned[0].record()
     detected = next(c for c in checks if c.warning)
     assert math.log2(detected.tokens) > x_star
+
+
+def test_the_monitor_does_not_change_training(home, monitored):
+    """Checks evaluate noisy copies and restore the model bit for bit: the same run with and without the
+    monitor (or with it starting elsewhere) trains identically — so a monitor setting never changes T*."""
+    plain = {k: v for k, v in monitored.items() if k != "monitor"}
+    later = {**monitored, "monitor": {**monitored["monitor"], "start_step": 4}}
+    runs = [
+        Store(home / name).execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, cfg))
+        for name, cfg in (("on", monitored), ("off", plain), ("later", later))
+    ]
+
+    # the checkpoints' held-out losses: train/loss is a segment mean, which the checks split differently
+    evals = [[(r["checkpoint"], r["loss"]) for r in read_jsonl(out.dir / "evals.jsonl")] for out in runs]
+    assert evals[0] == evals[1] == evals[2] and len(evals[0]) >= 2

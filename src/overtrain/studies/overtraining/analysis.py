@@ -457,10 +457,16 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
     )
 
 
+FORECAST_TOLERANCE = 0.5
+"""Largest median |log2(forecast / T*)| at the warning, doublings, for the forecaster finding to hold."""
+
+
 def _forecast_claim(target: str, inf: Inflection, rows: list[dict[str, Any]], cfg, n_seeds: int) -> Claim:
-    """The finding "the forecaster warns before T*", decided and calibrated like the monitor's (a 97.5% t
-    lower bound of the mean lead above 0, every seed warned); the forecast error at the warning and the
-    interval coverage before T* are in the detail."""
+    """The finding "the forecaster warns before T*": the monitor's rule (every seed warned, a 97.5% t lower
+    bound of the mean lead above 0; calibrated as it) and, since a forecaster that always warns at its
+    first check would pass that, a forecast at the warning within `FORECAST_TOLERANCE` doublings of T* in
+    the median over seeds (issue 18's accuracy target). The extra condition can only lower the rule's
+    false-positive rate. The interval coverage before T* is in the detail."""
     per_seed = [r["lead_doublings"] for r in rows]
     lead = [x for x in per_seed if x is not None]
     errors = [abs(r["error_doublings"]) for r in rows if r["error_doublings"] is not None]
@@ -473,7 +479,7 @@ def _forecast_claim(target: str, inf: Inflection, rows: list[dict[str, Any]], cf
         t_lower(lead, 0.975) if lead else None,
         t_upper(lead, 0.975) if lead else None,
         f"warns (P(T* within {cfg.forecast_horizon:g} doubling) ≥ 0.9) in every seed, one-sided 97.5% lower "
-        "bound of the mean lead > 0 (needs ≥ 4 seeds)",
+        f"bound of the mean lead > 0 (needs ≥ 4 seeds), median |forecast error| ≤ {FORECAST_TOLERANCE:g} doubling",
         "",
         "; ".join(
             f"seed {r['seed']}: "
@@ -496,9 +502,10 @@ def _forecast_claim(target: str, inf: Inflection, rows: list[dict[str, Any]], cf
         + (f"; mean coverage {np.mean(coverage):.2f}" if coverage else "")
         + ("" if testable else " (no U: nothing to warn about)"),
     )
+    accurate = len(errors) == len(rows) and float(np.median(errors)) <= FORECAST_TOLERANCE
     return calibrated(
         claim,
-        monitor_rule(per_seed) if testable else None,
+        (monitor_rule(per_seed) and accurate) if testable else None,
         monitor_calibration(per_seed) if testable else None,
         n_seeds,
     )

@@ -100,31 +100,25 @@ def _basis(u: np.ndarray, kappa: float) -> np.ndarray:
     return np.log(u) if kappa == 0 else u**kappa / kappa
 
 
-def _profile(x: np.ndarray, y: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """Least squares y ≈ c + a·x_j for every row x_j of ``[grid, checks]``: the best row, and every row's
-    slope a, intercept c and residuals."""
-    xc = x - x.mean(axis=1, keepdims=True)
-    sxx = np.einsum("ij,ij->i", xc, xc)
-    ok = sxx > 1e-300
-    a = np.where(ok, xc @ (y - y.mean()) / np.where(ok, sxx, 1.0), 0.0)
-    c = y.mean() - a * x.mean(axis=1)
-    resid = y[None, :] - c[:, None] - a[:, None] * x
-    sse = np.where(ok, np.einsum("ij,ij->i", resid, resid), np.inf)
-    return int(np.argmin(sse)), a, c, resid
-
-
 def fit_laws(tokens, loss, delta) -> tuple[Laws, np.ndarray, np.ndarray] | None:
     """Both laws fitted to the checks (`Laws`, loss residuals, Δ residuals); None below `MIN_CHECKS`."""
     t = np.asarray(tokens, dtype=float)
     if t.size < MIN_CHECKS:
         return None
-    u = t / t[0]
-    i, a, c, r = _profile(u[None, :] ** -ALPHAS[:, None], np.asarray(loss, dtype=float))
-    j, ad, cd, rd = _profile(np.stack([_basis(u, k) for k in KAPPAS]), np.asarray(delta, dtype=float))
+    gl, a, e = _ols_many(_loss_basis(t), np.asarray(loss, dtype=float)[None, :])
+    gd, c, f = _ols_many(_delta_basis(t), np.asarray(delta, dtype=float)[None, :])
     laws = Laws(
-        float(c[i]), float(a[i]), float(ALPHAS[i]), float(cd[j]), float(ad[j]), float(KAPPAS[j]), float(t[0])
+        float(e[0]),
+        float(a[0]),
+        float(ALPHAS[gl[0]]),
+        float(f[0]),
+        float(c[0]),
+        float(KAPPAS[gd[0]]),
+        float(t[0]),
     )
-    return laws, r[i], rd[j]
+    r_loss = np.asarray(loss, dtype=float) - laws.loss(t)
+    r_delta = np.asarray(delta, dtype=float) - laws.delta(t)
+    return laws, r_loss, r_delta
 
 
 @dataclass(frozen=True)

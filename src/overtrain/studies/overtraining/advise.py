@@ -119,7 +119,7 @@ def _tradeoff(reader: Reader, run_id: str) -> list[dict[str, Any]]:
             # tuned on the selection split when there is one, never on the reported task batches
             chosen = (
                 min(mine, key=lambda r: r["select_loss"])
-                if all(r["select_loss"] for r in mine)
+                if all(r["select_loss"] is not None for r in mine)
                 else max(mine, key=lambda r: r["lr"])
             )
             row[f"{method} lr"] = chosen["lr"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from overtrain.config import config_hash, validate
-from overtrain.errors import ConfigError
+from overtrain.errors import ConfigError, DataError
 from overtrain.registry import RUN_KINDS
 from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.store import Store
@@ -86,6 +86,28 @@ def test_monitor_is_off_by_default_and_absent_from_the_run_id(tiny_pretrain):
         validate(PretrainConfig, {**tiny_pretrain, "monitor": {"window": 2}})
 
 
+def test_weight_average_is_the_power_weighted_mean_with_the_stated_mean_age():
+    """After T steps the average is Σ_t (t^e − (t−1)^e)/T^e · θ_t, e = 1/average − 1 (the product of the
+    β's telescopes), and the weights' mean age is `average`·T up to O(1/T)."""
+    import torch
+
+    from overtrain.training.monitor import WeightAverage
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    avg = WeightAverage(model, 0.05)
+    thetas = np.random.default_rng(0).normal(size=400)
+    for s, theta in enumerate(thetas):
+        with torch.no_grad():
+            model.weight.fill_(float(theta))
+        avg.update(s)
+    e, n = 1 / 0.05 - 1, thetas.size
+    t = np.arange(1, n + 1, dtype=float)
+    w = (t**e - (t - 1) ** e) / n**e
+    assert float(avg.module.weight) == pytest.approx(float(w @ thetas), rel=1e-5)
+    assert float(w @ (n - t)) / n == pytest.approx(0.05, abs=2 / n)
+    assert model.weight.requires_grad and not avg.module.weight.requires_grad
+
+
 @pytest.fixture
 def monitored(tiny_pretrain):
     cfg = copy.deepcopy(tiny_pretrain)
@@ -107,7 +129,37 @@ def test_pretraining_logs_a_check_at_each_monitor_step(home, monitored):
     assert "monitor/slope" not in rows[0] and math.isfinite(rows[-1]["monitor/slope"])
 
 
-def test_resume_replays_the_monitor_state(home, monitored, monkeypatch):
+TASK = {"name": "hmm", "seed": 5, "states": 4, "vocab_size": 16}
+
+
+def watching(cfg):
+    """The monitor on averaged weights, with a 5-step fine-tune at each check."""
+    return {
+        **cfg,
+        "monitor": {**cfg["monitor"], "average": 0.05, "finetune": {"data": TASK, "lr": 0.03, "steps": 5}},
+    }
+
+
+def test_the_fine_tuning_monitor_logs_forgetting(home, monitored):
+    """With ``finetune`` set every check logs Δ_ft > 0 (a fine-tune on another language raises the
+    pre-training loss) next to the noise Δ, and the perturbed loss it watches is L + Δ_ft."""
+    out = Store().execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, watching(monitored)))
+    rows = [r for r in read_jsonl(out.dir / "metrics.jsonl") if r.get("line") == "monitor"]
+    assert rows and all(r["monitor/ft_delta"] > 0 and r["monitor/delta"] > 0 for r in rows)
+    assert all(
+        r["monitor/perturbed"] == pytest.approx(r["monitor/loss"] + r["monitor/ft_delta"]) for r in rows
+    )
+    bad = watching(monitored)
+    bad["monitor"]["finetune"]["data"] = {**TASK, "vocab_size": 64}
+    with pytest.raises(DataError, match="vocab_size 64"):
+        Store(home / "bad").execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, bad))
+
+
+@pytest.mark.parametrize("variant", ["noise", "watching"])
+def test_resume_replays_the_monitor_state(home, monitored, monkeypatch, variant):
+    """A crash after the third resume save and a rerun give the same metrics, bit for bit — with the
+    fine-tuning probe and the weight average (saved with the resume state) too."""
+    monitored = watching(monitored) if variant == "watching" else monitored
     ref = Store(home / "ref").execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, monitored))
     original = _Job.save_resume
     calls = {"n": 0}
@@ -146,15 +198,16 @@ def test_the_live_forecast_warns_before_the_minimum_that_the_detector_only_confi
 
 
 def test_the_monitor_does_not_change_training(home, monitored):
-    """Checks evaluate noisy copies and restore the model bit for bit: the same run with and without the
-    monitor (or with it starting elsewhere) trains identically — so a monitor setting never changes T*."""
+    """Checks evaluate noisy copies and restore the model bit for bit, and fine-tune copies: the same run
+    with and without the monitor (or with it starting elsewhere, or fine-tuning and averaging) trains
+    identically — so a monitor setting never changes T*."""
     plain = {k: v for k, v in monitored.items() if k != "monitor"}
     later = {**monitored, "monitor": {**monitored["monitor"], "start_step": 4}}
     runs = [
         Store(home / name).execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, cfg))
-        for name, cfg in (("on", monitored), ("off", plain), ("later", later))
+        for name, cfg in (("on", monitored), ("off", plain), ("later", later), ("ft", watching(monitored)))
     ]
 
     # the checkpoints' held-out losses: train/loss is a segment mean, which the checks split differently
     evals = [[(r["checkpoint"], r["loss"]) for r in read_jsonl(out.dir / "evals.jsonl")] for out in runs]
-    assert evals[0] == evals[1] == evals[2] and len(evals[0]) >= 2
+    assert evals[0] == evals[1] == evals[2] == evals[3] and len(evals[0]) >= 2

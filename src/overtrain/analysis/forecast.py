@@ -22,6 +22,13 @@ T* is ∞ if the loss still out-runs the sensitivity at the newest check, else 0
 are fitted by least squares, profiled over the exponent (for a fixed exponent the other two parameters are
 a linear fit). The forecast extrapolates: T* may lie beyond the last check, which is the point.
 
+The laws describe the *decelerating* phase of training. Small models first sit on a plateau and then
+learn fast, and while the loss accelerates (−dL/dlog T grows) no power law with α > 0 holds: fitted
+there, the laws read the plateau as "the sensitivity already out-runs the loss" and place T* at the
+present. So when the loss's fastest fall (−ΔL/Δlog₂T over spans of half a doubling) came after the first
+checks, only the checks from where that rate has halved are fitted (`regime_start`), and there is no
+forecast until then.
+
 Interval: a bootstrap that resamples, per replicate, the held-out batches and the noise draws (one index
 set for every check: common random numbers, as the checks themselves share batches and draws) and then the
 fits' residuals over checks. The interval is the replicates' (5%, 95%) quantiles of T*, and
@@ -43,6 +50,34 @@ KAPPAS = np.concatenate([-np.geomspace(3.0, 0.02, 45), [0.0], np.geomspace(0.02,
 
 MIN_CHECKS = 5
 """Fewest checks to fit two 3-parameter laws with at least two residual degrees of freedom."""
+
+
+RATE_SPAN = 0.5
+"""Doublings of tokens over which `regime_start` measures the loss's rate of fall (shorter spans let one
+noisy check decide)."""
+
+
+def regime_start(tokens, loss) -> int:
+    """Index of the first check the laws are fitted from (module docstring).
+
+    The loss's rate of fall is measured over spans of at least `RATE_SPAN` doublings,
+    r_k = −(L_j − L_k)/(log₂T_j − log₂T_k) with j the first check that far after k. When the fastest fall
+    is in the first span, the loss was decelerating from the start: 0. Otherwise the loss first
+    accelerated (a plateau, then fast learning), and the fit starts at the first check after the fastest
+    fall whose rate has halved — a fall's tail read as a power law makes the loss's rate decay too fast
+    and T* too early; until the rate has halved, there is no regime to fit (the number of checks)."""
+    x = np.log2(np.asarray(tokens, dtype=float))
+    y = np.asarray(loss, dtype=float)
+    j = np.searchsorted(x, x + RATE_SPAN - 1e-9)
+    k = np.flatnonzero(j < x.size)
+    if k.size == 0:
+        return 0
+    rate = (y[k] - y[j[k]]) / (x[j[k]] - x[k])
+    peak = int(np.argmax(rate))
+    if x[k[peak]] - x[0] < RATE_SPAN:
+        return 0
+    halved = np.flatnonzero(rate[peak:] <= rate[peak] / 2)
+    return int(k[peak + halved[0]]) if halved.size else x.size
 
 
 @dataclass(frozen=True)
@@ -132,7 +167,8 @@ class Forecast:
         replicates: bootstrap T* values, tokens.
         laws: the point fit.
         rises: per replicate, the forecast relative rise of L + Δ over the doubling after T*
-            (`Laws.rise_after`): how much a doubling past T* would cost.
+            (`Laws.rise_after`): how much a doubling past T* would cost; for a T* already behind the
+            newest check, the rise the replicate's checks show since T* instead.
     """
 
     now: float
@@ -166,9 +202,9 @@ def forecast(
     """Forecast T* from checks at `tokens` (increasing), with `base` the loss per check and held-out batch
     (``[checks, batches]``) and `perturbed` the loss under each noise draw (``[checks, batches, draws]``),
     or any sensitivity measured per batch and draw as a loss (e.g. the pre-training loss after a short
-    fine-tune, with draws = 1). Δ = mean perturbed − mean base. With `window_doublings` only the checks
-    within that many doublings of tokens of the newest are fitted (the laws need only hold locally). None
-    below `MIN_CHECKS` checks."""
+    fine-tune, with draws = 1). Δ = mean perturbed − mean base. Only the checks from `regime_start` on are
+    fitted, and with `window_doublings` only those within that many doublings of tokens of the newest (the
+    laws need only hold locally). None below `MIN_CHECKS` fitted checks."""
     t = np.asarray(tokens, dtype=float)
     b = np.asarray(base, dtype=float)
     p = np.asarray(perturbed, dtype=float)
@@ -181,9 +217,10 @@ def forecast(
     n_checks, n_batches, n_draws = p.shape
     if b.shape != (n_checks, n_batches) or t.shape != (n_checks,):
         raise ValueError(f"shapes disagree: tokens {t.shape}, base {b.shape}, perturbed {p.shape}")
+    keep = np.arange(t.size) >= regime_start(t, b.mean(axis=1))
     if window_doublings is not None:
-        keep = t >= t[-1] / 2.0**window_doublings
-        t, b, p = t[keep], b[keep], p[keep]
+        keep &= t >= t[-1] / 2.0**window_doublings
+    t, b, p = t[keep], b[keep], p[keep]
     loss = b.mean(axis=1)
     fit = fit_laws(t, loss, p.mean(axis=(1, 2)) - loss)
     if fit is None:
@@ -263,6 +300,13 @@ def _t_star_many(t: np.ndarray, loss: np.ndarray, delta: np.ndarray) -> tuple[np
     u_min = np.where(out > 0, out, t[-1]) / t[0]
     with np.errstate(invalid="ignore"):
         rise = np.where(np.isfinite(out), p(2 * u_min) / p(u_min) - 1, 0.0)
+    # a T* already behind the newest check is a claim about checks in hand: the replicate's own perturbed
+    # loss must have risen since then (laws fitted to a curve they do not describe — e.g. one that decays
+    # to zero — otherwise "find" minima in a flat stretch)
+    pert = loss + delta
+    since = np.where(t[None, :] >= np.minimum(out, t[-1])[:, None], pert, np.inf).min(axis=1)
+    seen = pert[:, -1] / since - 1
+    rise = np.where(out < t[-1], seen, rise)
     return out, np.nan_to_num(rise, nan=0.0)
 
 

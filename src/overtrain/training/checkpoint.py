@@ -131,8 +131,11 @@ def list_checkpoints(run_dir: Path) -> list[dict[str, Any]]:
 # --- resumable trainer state ---------------------------------------------------------------------------
 
 
-def save_trainer_state(path: Path, model, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Everything needed to continue bit-exactly: weights, AdamW moments, RNG, and `state` (JSON)."""
+def save_trainer_state(
+    path: Path, model, optimizer: torch.optim.Optimizer, state: dict[str, Any], ema=None
+) -> None:
+    """Everything needed to continue bit-exactly: weights, AdamW moments, RNG, `state` (JSON) and, when
+    given, the module `ema` that holds a running average of the weights (``ema.safetensors``)."""
     from safetensors.torch import save_file, save_model
 
     opt = optimizer.state_dict()
@@ -148,6 +151,8 @@ def save_trainer_state(path: Path, model, optimizer: torch.optim.Optimizer, stat
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     with atomic_dir(path, checksums=True) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
+        if ema is not None:
+            save_model(ema, str(tmp / "ema.safetensors"))
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         atomic_write_json(
             tmp / "trainer_state.json",
@@ -167,8 +172,9 @@ def quarantine(path: Path, exc: CheckpointError) -> CheckpointError:
     return CheckpointError(f"{exc}; moved aside to {aside.name}: the next attempt starts the run over")
 
 
-def load_trainer_state(path: Path, model, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore what `save_trainer_state` wrote into `model` and `optimizer`; return the JSON state.
+def load_trainer_state(path: Path, model, optimizer: torch.optim.Optimizer, ema=None) -> dict[str, Any]:
+    """Restore what `save_trainer_state` wrote into `model`, `optimizer` (and `ema`, when given); return
+    the JSON state.
 
     Raises:
         CheckpointError: the state is damaged (checksum mismatch, truncated or unreadable file); it has
@@ -189,6 +195,10 @@ def load_trainer_state(path: Path, model, optimizer: torch.optim.Optimizer) -> d
                 f"weights do not fit the model (missing {missing[:2]}, unexpected {unexpected[:2]})"
             )
         tensors = load_file(str(path / "optimizer.safetensors"))
+        if ema is not None:
+            missing, unexpected = load_model(ema, str(path / "ema.safetensors"), strict=False)
+            if missing or unexpected:
+                raise ValueError("the weight average does not fit the model")
     except Exception as exc:
         raise quarantine(path, CheckpointError(f"corrupt resume state {path}: {_one_line(exc)}")) from None
     state: dict[int, dict[str, Any]] = {}

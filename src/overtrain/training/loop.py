@@ -80,11 +80,13 @@ def train_segment(
     autocast_dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
     step_rule: StepRule | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> SegmentStats:
     """Take steps ``start .. stop-1``: step ``s`` trains on ``batch_at(s)`` at rate ``lr_at(s)``.
 
     The loss is the mean next-token cross-entropy (nats) of the causal LM on the batch; `step_rule`
     turns it into gradients (default: one forward, one backward; `overtrain.training.step_rules`).
+    `after_step(s)` runs after the optimizer step of step ``s`` (e.g. a running average of the weights).
 
     In a multi-process launch (`overtrain.distributed`) `model` is the DDP-wrapped model, each process
     trains on its share of ``batch_at(s)`` and the mean loss is averaged over the processes.
@@ -117,6 +119,8 @@ def train_segment(
             grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if after_step is not None:
+            after_step(step)
         loss_sum += loss.detach().float()
         losses.append(loss.detach())
     n = max(1, stop - start)

@@ -32,6 +32,7 @@ the overtraining study's analysis (`overtrain.studies.overtraining.analysis`).
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from collections.abc import Sequence
@@ -43,9 +44,29 @@ import torch
 from pydantic import Field
 
 from overtrain.analysis.forecast import MIN_CHECKS, WARN_LEVEL, forecast
-from overtrain.config import BaseConfig, NotInId
+from overtrain.config import BaseConfig, InIdWhenSet, NotInId, Registered
+from overtrain.core.evaluate import evaluate_loss
 from overtrain.core.perturb import init_scale, relative
+from overtrain.registry import DATASETS
 from overtrain.probes.draw_batching import Perturbation, perturbed_losses
+
+
+class MonitorFinetune(BaseConfig):
+    """A short full fine-tune from the weights at each check (``pretrain.monitor.finetune``): the
+    forgetting the user will pay, measured while pre-training runs. Δ_ft = L(θ after the fine-tune) − L(θ)
+    on the monitor's held-out pre-training batches, nats/token; the same task batches at every check."""
+
+    data: Registered(DATASETS, "hmm")
+    """The fine-tuning task (its vocabulary must fit the model's)."""
+
+    lr: float = Field(gt=0)
+    """Constant AdamW learning rate (no weight decay): the rate the user will fine-tune at."""
+
+    steps: int = Field(30, ge=1)
+    """Optimizer steps (the issue's 20–50: long enough to forget, short enough to run at every check)."""
+
+    batch_size: int = Field(64, ge=1)
+    """Sequences per step."""
 
 
 class MonitorConfig(BaseConfig):
@@ -87,6 +108,17 @@ class MonitorConfig(BaseConfig):
 
     seed: int = Field(0, ge=0)
     """Noise stream."""
+
+    average: float | None = InIdWhenSet(gt=0, lt=0.5)
+    """Measure on a running average of the weights instead of the weights themselves: a power EMA
+    (Karras et al. 2024, "Analyzing and improving the training dynamics of diffusion models") whose
+    weights' mean age is this fraction of the steps so far, β_t = (1 − 1/t)^(1/average − 1). The
+    study's T* is measured on cooled-down checkpoints; averaging the constant-LR main line approximates
+    the cool-down (a 10% linear cool-down averages with mean age ~3% of the steps). Unset: raw weights."""
+
+    finetune: MonitorFinetune | None = InIdWhenSet()
+    """A short fine-tune at every check (`MonitorFinetune`); when set, the forecaster and the detector watch
+    its forgetting Δ_ft, the curve the fine-tuning decision is about, instead of the noise sensitivity."""
 
     forecast: bool = NotInId(True)
     """Forecast T* at every check from the fifth (False: the slope detector alone)."""
@@ -130,6 +162,7 @@ class Check:
         forecast_low, forecast_high: its bootstrap (5%, 95%) interval, tokens.
         forecast_p: P(a material T* within ``forecast_horizon`` doublings).
         forecast_warning: the forecaster warns at this check (first time forecast_p ≥ 0.9).
+        ft_delta: Δ_ft, nats/token, when the monitor fine-tunes (``finetune``); else NaN.
     """
 
     tokens: int
@@ -147,10 +180,16 @@ class Check:
     forecast_high: float = float("nan")
     forecast_p: float = float("nan")
     forecast_warning: bool = False
+    ft_delta: float = float("nan")
+
+    @property
+    def watched(self) -> float:
+        """The sensitivity the rules read: Δ_ft when measured, else Δ."""
+        return self.delta if math.isnan(self.ft_delta) else self.ft_delta
 
     @property
     def perturbed(self) -> float:
-        return self.loss + self.delta
+        return self.loss + self.watched
 
     def record(self) -> dict[str, float]:
         """``monitor/*`` metrics for ``metrics.jsonl`` (the fitted ones once there are `window` checks)."""
@@ -167,6 +206,7 @@ class Check:
             "monitor/predicted_min": self.predicted_min,
             "monitor/forecast_p": self.forecast_p,
             "monitor/forecast_warning": float(self.forecast_warning),
+            "monitor/ft_delta": self.ft_delta,
         }
         # JSON has no ∞: a forecast without a minimum is simply not logged
         for key, v in (("forecast", self.forecast), ("forecast_low", self.forecast_low)):
@@ -187,13 +227,19 @@ class Monitor:
         self.fired_at: int | None = None
         self.forecast_warned_at: int | None = None
 
-    def update(self, tokens: int, loss: float, delta: float) -> Check:
-        self.history.append((tokens, loss, delta))
-        check = self._detect(tokens, loss, delta)
+    def update(self, tokens: int, loss: float, delta: float, ft_delta: float | None = None) -> Check:
+        """Feed one check: L, Δ and (when the monitor fine-tunes) Δ_ft, nats/token; the rules read Δ_ft
+        when given."""
+        watched = delta if ft_delta is None else ft_delta
+        self.history.append((tokens, loss, watched))
+        check = self._detect(tokens, loss, watched)
+        check = replace(check, delta=delta, ft_delta=float("nan") if ft_delta is None else ft_delta)
         if not self.cfg.forecast or len(self.history) < MIN_CHECKS:
             return check
         t, lo, de = (np.array(v, dtype=float) for v in zip(*self.history))
         f = forecast(t, lo[:, None], (lo + de)[:, None, None], seed=self.cfg.seed)
+        if f is None:  # the loss has not yet passed its fastest fall: no law to extrapolate
+            return check
         p = f.prob_within(self.cfg.forecast_horizon, self.cfg.forecast_min_rise)
         warn = p >= WARN_LEVEL and self.forecast_warned_at is None
         if warn:
@@ -261,10 +307,15 @@ def _ols_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 class MonitorProbe:
-    """Computes L and Δ of a model on the monitor's batches (the sensitivity estimate of a check)."""
+    """Computes L, Δ (and Δ_ft) of a model on the monitor's batches: one check's measurements."""
 
     def __init__(
-        self, cfg: MonitorConfig, batches: Sequence[torch.Tensor], init_model: torch.nn.Module
+        self,
+        cfg: MonitorConfig,
+        batches: Sequence[torch.Tensor],
+        init_model: torch.nn.Module,
+        seq_len: int,
+        vocab_size: int,
     ) -> None:
         self.cfg = cfg
         self.batches = list(batches)
@@ -272,16 +323,67 @@ class MonitorProbe:
         self.init_scales = (
             init_scale(init_model, 1.0, init_state=init_model) if cfg.law == "init_scale" else None
         )
+        self.task: list[torch.Tensor] = []
+        if cfg.finetune is not None:
+            source = cfg.finetune.data.build()
+            if source.vocab_size > vocab_size:
+                raise ValueError(
+                    f"monitor.finetune.data: vocab_size {source.vocab_size} exceeds the model's {vocab_size}"
+                )
+            fc = cfg.finetune
+            self.task = [source.batch("train", s, fc.batch_size, seq_len) for s in range(fc.steps)]
 
     def measure(
         self, model: torch.nn.Module, autocast_dtype: torch.dtype | None = None
-    ) -> tuple[float, float]:
-        """``(L, Δ)`` in nats/token."""
+    ) -> tuple[float, float, float | None]:
+        """``(L, Δ, Δ_ft)`` in nats/token (Δ_ft None without ``finetune``)."""
         scales = self.init_scales if self.init_scales is not None else relative(model, 1.0)
         stds = {name: self.cfg.gamma * s for name, s in scales.items()}
         work = [Perturbation(k, stds) for k in range(self.cfg.draws)]
         res = perturbed_losses(model, self.batches, work, seed=self.cfg.seed, autocast_dtype=autocast_dtype)
-        return res.base_loss, float(np.mean(res.losses)) - res.base_loss
+        ft = None if not self.task else self.forgetting(model, autocast_dtype) - res.base_loss
+        return res.base_loss, float(np.mean(res.losses)) - res.base_loss, ft
+
+    def forgetting(self, model: torch.nn.Module, autocast_dtype: torch.dtype | None) -> float:
+        """The monitor batches' loss after ``finetune.steps`` of full fine-tuning of a copy of `model`."""
+        from overtrain.training.loop import build_optimizer, train_segment
+
+        fc = self.cfg.finetune
+        device = next(model.parameters()).device
+        tuned = copy.deepcopy(model)
+        for p in tuned.parameters():  # the weight average is held frozen
+            p.requires_grad_(True)
+        optimizer = build_optimizer(tuned, fc.lr, 0.0, (0.9, 0.95), 1e-8)
+        train_segment(
+            tuned,
+            optimizer,
+            self.task.__getitem__,
+            lambda _: fc.lr,
+            0,
+            fc.steps,
+            autocast_dtype=autocast_dtype,
+            device=device,
+        )
+        return evaluate_loss(tuned, self.batches, autocast_dtype=autocast_dtype, device=device)
+
+
+class WeightAverage:
+    """The power EMA of `MonitorConfig.average`, held as a module: after step s (0-based), with t = s + 1,
+    θ̄ ← β_t·θ̄ + (1 − β_t)·θ, β_t = (1 − 1/t)^(1/average − 1); θ̄ = θ after the first step."""
+
+    def __init__(self, model: torch.nn.Module, average: float) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.exponent = 1.0 / average - 1.0
+        self.source = [p for p in model.parameters()]
+        self.target = [p for p in self.module.parameters()]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        t = step + 1
+        beta = (1.0 - 1.0 / t) ** self.exponent
+        torch._foreach_lerp_(self.target, self.source, 1.0 - beta)
 
 
 def announce_forecast(check: Check, horizon: float) -> None:

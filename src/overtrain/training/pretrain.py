@@ -35,7 +35,13 @@ from overtrain.models.presets import build_model, count_params
 from overtrain.seed import seed_everything
 from overtrain.training import checkpoint as ckpt
 from overtrain.training.loop import build_optimizer, divergence, train_segment
-from overtrain.training.monitor import Monitor, MonitorProbe, announce, announce_forecast
+from overtrain.training.monitor import (
+    Monitor,
+    MonitorProbe,
+    WeightAverage,
+    announce,
+    announce_forecast,
+)
 from overtrain.training.pretrain_config import PretrainConfig
 from overtrain.training.schedules import (
     Budget,
@@ -106,7 +112,11 @@ class _Job:
             mc = cfg.monitor
             batches = [self.source.batch("val", i, mc.batch_size, tc.seq_len) for i in range(mc.eval_batches)]
             self.monitor = Monitor(mc)
-            self.monitor_probe = MonitorProbe(mc, batches, self.model)  # the model is still at its init
+            try:  # the model is still at its init
+                self.monitor_probe = MonitorProbe(mc, batches, self.model, tc.seq_len, self.source.vocab_size)
+            except ValueError as exc:
+                raise DataError(str(exc)) from None
+        self.average = self.fresh_average()
         self.optimizer = self.fresh_optimizer(self.model)
         self.train_model = self.trainable(self.model)
         self.done_steps = 0
@@ -119,6 +129,11 @@ class _Job:
     def fresh_model(self):
         seed_everything(self.cfg.seed)
         return build_model(self.cfg.model, self.source.vocab_size, self.cfg.train.seq_len).to(self.device)
+
+    def fresh_average(self) -> WeightAverage | None:
+        """The running weight average the monitor measures on (`MonitorConfig.average`), or None."""
+        mc = self.cfg.monitor
+        return WeightAverage(self.model, mc.average) if mc is not None and mc.average else None
 
     def trainable(self, model):
         """The module the loop steps: compiled if asked, in DDP under a multi-process launch."""
@@ -145,6 +160,7 @@ class _Job:
             grad_clip=self.cfg.train.grad_clip or None,
             autocast_dtype=self.autocast,
             device=self.device,
+            after_step=self.average.update if self.average is not None and model is self.model else None,
         )
         reason = divergence(stats, start, stop)
         if reason is not None:  # stop now: the run is marked failed with the reason and the step
@@ -232,7 +248,13 @@ class _Job:
             "acc": self.acc,
             "lines": {name: self.run.line_count(name) for name in ("metrics", "evals")},
         }
-        ckpt.save_trainer_state(self.run.ckpt_dir(ckpt.RESUME), self.model, self.optimizer, state)
+        ckpt.save_trainer_state(
+            self.run.ckpt_dir(ckpt.RESUME),
+            self.model,
+            self.optimizer,
+            state,
+            self.average.module if self.average else None,
+        )
 
     def load_resume(self) -> dict[str, Any] | None:
         path = self.run.ckpt_dir(ckpt.RESUME)
@@ -240,13 +262,17 @@ class _Job:
             for name in ("metrics", "evals"):  # records of an attempt that died before its first save
                 self.run.truncate(name, 0)
             return None
-        state = ckpt.load_trainer_state(path, self.model, self.optimizer)
+        state = ckpt.load_trainer_state(
+            path, self.model, self.optimizer, self.average.module if self.average else None
+        )
         for name, n in state["lines"].items():
             self.run.truncate(name, n)
         if self.monitor is not None:  # its state is a function of its logged checks: replay them
             for r in self.run.records("metrics"):
                 if r.get("line") == "monitor":
-                    self.monitor.update(r["tokens_seen"], r["monitor/loss"], r["monitor/delta"])
+                    self.monitor.update(
+                        r["tokens_seen"], r["monitor/loss"], r["monitor/delta"], r.get("monitor/ft_delta")
+                    )
         self.done_steps = state["done_steps"]
         self.done_budgets = set(state["done_budgets"])
         self.acc = list(state["acc"])
@@ -263,8 +289,9 @@ class _Job:
 
     def check(self, model, step: int) -> None:
         """One early-warning monitor check (metrics line ``monitor``)."""
-        loss, delta = self.monitor_probe.measure(model, self.autocast)
-        result = self.monitor.update(step * self.tps, loss, delta)
+        watched = self.average.module if self.average is not None else model
+        loss, delta, ft_delta = self.monitor_probe.measure(watched, self.autocast)
+        result = self.monitor.update(step * self.tps, loss, delta, ft_delta)
         self.run.log_metrics(
             {"step": step, "tokens_seen": step * self.tps, "line": "monitor", **result.record()}
         )
@@ -390,6 +417,7 @@ class _Job:
                 self.model = self.fresh_model()
                 self.optimizer = self.fresh_optimizer(self.model)
                 self.train_model = self.trainable(self.model)
+                self.average = self.fresh_average()
             lr = cosine(tc.lr, tc.warmup_steps, b.steps, self.min_lr)
             is_last = k == len(self.budgets) - 1
             start = state["step"] if resumed else 0

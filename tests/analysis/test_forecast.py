@@ -144,3 +144,28 @@ def test_a_minimum_too_shallow_to_matter_is_no_warning():
     pert = (shallow.loss(T) + shallow.delta(T))[:, None, None] + rng.normal(0, 0.0005, (T.size, 1, 2))
     assert prospective(T, base, pert, min_rise=0.005, n_boot=100).warned_at is None
     assert prospective(T, base, pert, min_rise=0.0, n_boot=100).warned_at is not None
+
+
+def test_the_laws_are_fitted_only_after_the_loss_stops_accelerating():
+    """A power law from the first check is fitted whole (regime start 0). The same law behind a plateau
+    and a fast fall of 0.8 nats 2.5 doublings in (a small model's learning curve): no forecast — so no
+    warning — until the fall's rate has halved (fitted from the plateau, the laws read it as a sensitivity
+    already out-running the loss: on the demo's monitor that warned 2–3 doublings early)."""
+    from scipy.stats import norm
+
+    from overtrain.analysis.forecast import regime_start
+
+    assert regime_start(T, TRUE.loss(T)) == 0
+    t = 1e4 * 2 ** (np.arange(36) / 4)
+    x = np.log2(t / 1e4)
+    loss = TRUE.loss(t) + 0.8 * norm.sf((x - 2.5) / 0.4)
+    start = regime_start(t, loss)
+    assert x[start] > 2.5 + 0.4  # past the fall's centre by more than its width
+    replay = prospective(t, loss[:, None], (loss + TRUE.delta(t))[:, None, None], min_rise=0.005)
+    early = replay.p_within[: start + 4]
+    assert not (early >= 0.9).any() and np.isnan(replay.p_within[start : start + 4]).all()
+    assert replay.warned_at is None or replay.warned_at > t[start]
+    everything = forecast(
+        t[: start + 1], loss[: start + 1, None], (loss + TRUE.delta(t))[: start + 1, None, None]
+    )
+    assert everything is None

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from overtrain.analysis.forecast import Laws
-from overtrain.studies.overtraining.early_warning import forecast_leads
+from overtrain.studies.overtraining.early_warning import Series, forecast_leads
 
 
 def test_leads_errors_and_coverage_against_a_known_t_star():
@@ -17,7 +17,7 @@ def test_leads_errors_and_coverage_against_a_known_t_star():
     laws = Laws(E=3.0, A=1.0, alpha=0.3, F=0.0, C=0.04, kappa=0.5, t0=1e5)
     t = 1e5 * 2 ** (np.arange(20) / 4)
     noise = np.random.default_rng(0).normal(0, 0.001, t.size)
-    series = {"run-a": (t, laws.loss(t) + noise, laws.delta(t))}
+    series = {"run-a": Series(t, laws.loss(t) + noise, laws.delta(t), "noise sensitivity")}
     truth = laws.t_star(t[0])
     early = SimpleNamespace(t_star=t[2], is_u=lambda min_rise: True)
     rows = forecast_leads(

@@ -47,6 +47,15 @@ TINY = {
         "seeds": [1, 2],
         "spectrum_exponent": 1.0,
     },
+    "forecast_theory": {
+        "dim": 8,
+        "max_steps": 1000,
+        "n_checkpoints": 9,
+        "draws": 2,
+        "seeds": [1, 2],
+        "gammas": [0.01, 0.03],
+        "ft_steps": 1,
+    },
     "bootstrap": 200,
 }
 
@@ -60,7 +69,7 @@ def test_plan_expands_every_run_once(tiny_cfg):
     plan = STUDIES.get("overtraining").plan(tiny_cfg)
     kinds = [item.kind for item in plan.items]
     assert kinds.count("pretrain") == 2 and kinds.count("probe") == 2 * 3
-    assert kinds.count("finetune") == 2 * 3 * 2 and kinds.count("linear_theory") == 2
+    assert kinds.count("finetune") == 2 * 3 * 2 and kinds.count("linear_theory") == 4
     assert kinds[-1] == "overtraining" and len(plan.items[-1].deps) == len(plan.items) - 1
     assert len({item.run_id for item in plan.items}) == len(plan.items)
     ordered = plan.order()
@@ -92,7 +101,7 @@ def test_a_method_can_have_its_own_lr_grid():
 def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch, capsys):
     store = Store()
     result, study_id = STUDIES.get("overtraining").run(tiny_cfg, store, progress=False)
-    assert result.ok and len(result.done) == 23
+    assert result.ok and len(result.done) == 25
     claims = query(
         "select claim, verdict, type, fpr, power from evals where run_id = ? and record = 'claim'",
         store,
@@ -101,8 +110,12 @@ def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch, 
     assert len(claims) >= 8 and all(c["verdict"] in ("PASS", "FAIL", "N/A", "UNDERPOWERED") for c in claims)
     findings = [c for c in claims if c["type"] == "finding"]
     assert [c["claim"] for c in claims if c["type"] == "check"] == [
-        c["claim"] for c in claims if c["claim"].startswith(("Linear theory", "Precondition"))
+        c["claim"]
+        for c in claims
+        if c["claim"].startswith(("Linear theory", "Precondition", "T* forecaster's", "T* forecaster raises"))
     ]
+    # the forecaster validated on the theory model: a finding per spectrum, checks of coverage and alarms
+    assert sum(c["claim"].startswith("T* forecaster warns before T* (linear theory") for c in findings) == 2
     # two seeds: no finding may PASS; the rise and trend rules carry their measured fpr and power
     assert not any(c["verdict"] == "PASS" for c in findings)
     rises = [c for c in findings if "U-shaped" in c["claim"] or "degrad" in c["claim"]]
@@ -137,7 +150,7 @@ def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch, 
     assert sorted(r["lr"] for r in fixed) == [1e-3, 1e-2]
     assert all(r["t_star"] in (2560, 5120, 10240) for r in fixed)  # T* is a budget of the grid
     again, _ = STUDIES.get("overtraining").run(tiny_cfg, store, progress=False)
-    assert again.ok and not again.done and len(again.skipped) == 23
+    assert again.ok and not again.done and len(again.skipped) == 25
 
     # the analysis is addressed by the code that decides the verdicts: new code, new analysis run,
     # and no training run is redone; --redo-analysis redoes it on request
@@ -147,9 +160,9 @@ def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch, 
         edited_id = study.analysis_id(tiny_cfg)
         after_edit, _ = study.run(tiny_cfg, store, progress=False)
     assert edited_id != study_id and after_edit.ok and after_edit.done == [edited_id]
-    assert len(after_edit.skipped) == 22
+    assert len(after_edit.skipped) == 24
     redone, same_id = study.run(tiny_cfg, store, progress=False, redo_analysis=True)
-    assert same_id == study_id and redone.done == [study_id] and len(redone.skipped) == 22
+    assert same_id == study_id and redone.done == [study_id] and len(redone.skipped) == 24
     assert Store().manifest("overtraining", study_id)["redo_reason"] == "requested"
     assert Store().manifest("overtraining", study_id)["version"] == study.version()
 

@@ -52,6 +52,13 @@ MIN_CHECKS = 5
 """Fewest checks to fit two 3-parameter laws with at least two residual degrees of freedom."""
 
 
+RATE_DROP = 0.5
+"""`regime_start` fits from where the loss's rate has fallen to this fraction of its peak."""
+
+ACCELERATION = 2.0
+"""The loss counts as having accelerated when its fastest fall is this many times its first span's (noise
+alone moves the fastest span around; it does not double the rate)."""
+
 RATE_SPAN = 0.5
 """Doublings of tokens over which `regime_start` measures the loss's rate of fall (shorter spans let one
 noisy check decide)."""
@@ -62,8 +69,8 @@ def regime_start(tokens, loss) -> int:
 
     The loss's rate of fall is measured over spans of at least `RATE_SPAN` doublings,
     r_k = −(L_j − L_k)/(log₂T_j − log₂T_k) with j the first check that far after k. When the fastest fall
-    is in the first span, the loss was decelerating from the start: 0. Otherwise the loss first
-    accelerated (a plateau, then fast learning), and the fit starts at the first check after the fastest
+    is at most `ACCELERATION` times the first span's, the loss was decelerating from the start: 0.
+    Otherwise the loss first accelerated (a plateau, then fast learning), and the fit starts at the first check after the fastest
     fall whose rate has halved — a fall's tail read as a power law makes the loss's rate decay too fast
     and T* too early; until the rate has halved, there is no regime to fit (the number of checks)."""
     x = np.log2(np.asarray(tokens, dtype=float))
@@ -74,9 +81,9 @@ def regime_start(tokens, loss) -> int:
         return 0
     rate = (y[k] - y[j[k]]) / (x[j[k]] - x[k])
     peak = int(np.argmax(rate))
-    if x[k[peak]] - x[0] < RATE_SPAN:
+    if rate[peak] <= ACCELERATION * rate[0]:
         return 0
-    halved = np.flatnonzero(rate[peak:] <= rate[peak] / 2)
+    halved = np.flatnonzero(rate[peak:] <= rate[peak] * RATE_DROP)
     return int(k[peak + halved[0]]) if halved.size else x.size
 
 

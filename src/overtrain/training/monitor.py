@@ -47,8 +47,8 @@ from overtrain.analysis.forecast import MIN_CHECKS, WARN_LEVEL, forecast
 from overtrain.config import BaseConfig, InIdWhenSet, NotInId, Registered
 from overtrain.core.evaluate import evaluate_loss
 from overtrain.core.perturb import init_scale, relative
-from overtrain.registry import DATASETS
 from overtrain.probes.draw_batching import Perturbation, perturbed_losses
+from overtrain.registry import DATASETS
 
 
 class MonitorFinetune(BaseConfig):

@@ -73,12 +73,13 @@ def advise(
 
 
 def _forecast(series, horizon: float, min_rise: float) -> dict[str, Any] | None:
-    t, loss, delta = series
+    t, loss, delta, signal = series
     if t.size < MIN_CHECKS:
         return None
     replay = prospective(t, loss[:, None], (loss + delta)[:, None, None], horizon=horizon, min_rise=min_rise)
     return {
         "checks": int(t.size),
+        "signal": signal,
         "now_tokens": float(t[-1]),
         "t_star": float(replay.t_star[-1]),
         "low": float(replay.low[-1]),

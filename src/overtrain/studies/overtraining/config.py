@@ -106,6 +106,13 @@ class OvertrainingConfig(BaseConfig):
     theory_control: LinearTheoryConfig = LinearTheoryConfig(spectrum_exponent=1.0)
     """The negative control (fast spectrum, s_i ∝ 1/i): no U expected."""
 
+    forecast_theory: LinearTheoryConfig = LinearTheoryConfig(
+        n_checkpoints=41, seeds=list(range(1, 9)), draws=8, gammas=[0.01, 0.03], ft_steps=1
+    )
+    """Validation of the T* forecaster where T* is known: the theory model checked 4 times per doubling of
+    steps, 8 seeds, run as given (s_i ∝ i^-1.5) and as the negative control (s_i ∝ 1/i); at γ = 0.03 the
+    perturbed loss has a U (lead, error, coverage), at γ = 0.01 it has none (false alarms)."""
+
     bootstrap: int = Field(2000, ge=100)
     """Bootstrap replicates for every confidence interval."""
 

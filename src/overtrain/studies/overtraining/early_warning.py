@@ -2,7 +2,8 @@
 scored against the T* the study measured.
 
 The monitor logs, at log-spaced checks of the main line, the base loss L and the sensitivity Δ
-(``monitor/loss``, ``monitor/delta``, nats/token). `forecast_leads` replays the forecaster check by check on
+(``monitor/loss``, ``monitor/delta``, nats/token), and, when it fine-tunes at each check, the forgetting
+Δ_ft (``monitor/ft_delta``) — the curve the fine-tuning decision is about, which the replay then watches. `forecast_leads` replays the forecaster check by check on
 those series — the forecast at a check uses only the checks up to it, so the replay is what a live run
 would have seen — and for every (seed, target T*) reports:
 
@@ -19,7 +20,7 @@ not each draw.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,11 +28,21 @@ from overtrain.analysis.forecast import prospective
 from overtrain.runs.query import Reader
 
 
-def monitor_series(reader: Reader, pretrain_ids) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``{run_id: (tokens, L, Δ)}`` of every pre-training run's monitor checks, in token order."""
+class Series(NamedTuple):
+    """One run's monitor checks: tokens, L and the watched sensitivity (nats/token), and its name."""
+
+    tokens: np.ndarray
+    loss: np.ndarray
+    delta: np.ndarray
+    signal: str
+
+
+def monitor_series(reader: Reader, pretrain_ids) -> dict[str, Series]:
+    """``{run_id: Series}`` of every pre-training run's monitor checks, in token order; the sensitivity is
+    Δ_ft where every check logged it, else the noise Δ."""
     rows = reader.rows(
         "select run_id, tokens_seen, name, value from metrics where list_contains(?, run_id) "
-        "and name in ('monitor/loss', 'monitor/delta') order by tokens_seen",
+        "and name in ('monitor/loss', 'monitor/delta', 'monitor/ft_delta') order by tokens_seen",
         [list(pretrain_ids)],
     )
     by_run: dict[str, dict[int, dict[str, float]]] = {}
@@ -39,17 +50,20 @@ def monitor_series(reader: Reader, pretrain_ids) -> dict[str, tuple[np.ndarray, 
         by_run.setdefault(r["run_id"], {}).setdefault(int(r["tokens_seen"]), {})[r["name"]] = r["value"]
     out = {}
     for run_id, checks in by_run.items():
-        t = sorted(k for k, v in checks.items() if len(v) == 2)
-        out[run_id] = (
+        t = sorted(k for k, v in checks.items() if {"monitor/loss", "monitor/delta"} <= set(v))
+        ft = all("monitor/ft_delta" in checks[k] for k in t)
+        key = "monitor/ft_delta" if ft else "monitor/delta"
+        out[run_id] = Series(
             np.array(t, dtype=float),
             np.array([checks[k]["monitor/loss"] for k in t]),
-            np.array([checks[k]["monitor/delta"] for k in t]),
+            np.array([checks[k][key] for k in t]),
+            "forgetting of the monitor's fine-tune" if ft else "noise sensitivity",
         )
     return out
 
 
 def forecast_leads(
-    series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    series: dict[str, Series],
     seed_of_parent: dict[str, int],
     targets: dict[str, Any],
     min_rise: float,
@@ -57,7 +71,7 @@ def forecast_leads(
 ) -> list[dict[str, Any]]:
     """One row per (seed, target) (module docstring); targets map a name to its `Inflection` (or None)."""
     out = []
-    for run_id, (t, loss, delta) in series.items():
+    for run_id, (t, loss, delta, signal) in series.items():
         replay = prospective(
             t, loss[:, None], (loss + delta)[:, None, None], horizon=horizon, min_rise=min_rise
         )
@@ -72,6 +86,7 @@ def forecast_leads(
                     "seed": seed_of_parent.get(run_id),
                     "run_id_pretrain": run_id,
                     "target": target,
+                    "signal": signal,
                     "t_star": t_star,
                     "t_star_is_u": inf.is_u(min_rise),
                     "warned_tokens": at,

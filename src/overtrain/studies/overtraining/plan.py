@@ -13,6 +13,7 @@ from overtrain.registry import RUN_KINDS
 from overtrain.runs.kinds.probe import ProbeRunConfig
 from overtrain.runs.plan import PlanItem
 from overtrain.studies.overtraining.config import OvertrainingConfig
+from overtrain.studies.overtraining.theory import LinearTheoryConfig
 from overtrain.studies.overtraining.theory_run import LINEAR_THEORY
 from overtrain.training.finetune import FinetuneConfig
 from overtrain.training.pretrain_config import PretrainConfig
@@ -74,7 +75,17 @@ def work(cfg: OvertrainingConfig) -> list[PlanItem]:
             )
     items.append(PlanItem.from_config(LINEAR_THEORY, cfg.theory, "theory"))
     items.append(PlanItem.from_config(LINEAR_THEORY, cfg.theory_control, "theory control"))
+    for key, theory in forecast_theories(cfg).items():
+        items.append(PlanItem.from_config(LINEAR_THEORY, theory, key.replace("_", " ")))
     return items
+
+
+def forecast_theories(cfg: OvertrainingConfig) -> dict[str, LinearTheoryConfig]:
+    """The forecaster's validation runs: the theory model as configured and its negative control."""
+    return {
+        "forecast_theory": cfg.forecast_theory,
+        "forecast_theory_control": cfg.forecast_theory.model_copy(update={"spectrum_exponent": 1.0}),
+    }
 
 
 def child_ids(cfg: OvertrainingConfig) -> dict[str, list[str]]:
@@ -84,4 +95,6 @@ def child_ids(cfg: OvertrainingConfig) -> dict[str, list[str]]:
         out.setdefault(item.kind, []).append(item.run_id)
     out["theory"] = [config_hash(cfg.theory)]
     out["theory_control"] = [config_hash(cfg.theory_control)]
+    for key, theory in forecast_theories(cfg).items():
+        out[key] = [config_hash(theory)]
     return out

@@ -196,9 +196,13 @@ def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch, 
 
     pretrain_id = monitor[0]["run_id_pretrain"]
     code, out, _ = cli("advise", pretrain_id, "--objective", "retention")
-    assert code == 0 and f"pre-training run {pretrain_id}" in out and "forecast T*" in out
+    assert code == 0 and f"pre-training run {pretrain_id}" in out and "forecast" in out
     assert "budget_10240" in out and out.count("for 'retention'") == 1  # one line per method (full)
     code, _, err = cli("advise", pretrain_id, "--objective", "speed")
     assert code == 2 and "unknown objective 'speed'" in err
     code, _, err = cli("advise", study_id)
-    assert code == 2 and "advise reads a pre-training run" in err
+    assert code == 2 and "advise reads a pre-training or an audit run" in err
+    code, out, _ = cli("advise", pretrain_id, "--ft-lr", "0.001")
+    assert code == 0 and "LR 0.001" in out
+    code, _, err = cli("advise", pretrain_id, "--ft-lr", "0.5")
+    assert code == 2 and "no fine-tunes of run" in err and "0.001, 0.01" in err

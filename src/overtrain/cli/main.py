@@ -334,35 +334,56 @@ def audit(
 
 @app.command()
 def advise(
-    run: str = typer.Argument(..., help="A stored pre-training run: id, unique prefix or pretrain/prefix."),
+    run: str = typer.Argument(
+        ..., help="A stored pre-training run or audit run: id, unique prefix or kind/prefix."
+    ),
     objective: str = typer.Option("both", help="id (task after fine-tuning), retention, or both."),
     horizon: float = typer.Option(1.0, min=0.01, help="Forecast horizon, doublings of tokens."),
     min_rise: float = typer.Option(0.005, min=0.0, help="Smallest relative rise worth a warning."),
+    ft_lr: Optional[float] = typer.Option(
+        None, "--ft-lr", min=0.0, help="Read the fine-tunes at this LR (default: the LR tuned per budget)."
+    ),
 ) -> None:
-    """How many tokens to pre-train: the T* forecast from the run's monitor checks and the trade-off of its
-    budget checkpoints after fine-tuning. Example: overtrain advise 08189a --objective id"""
+    """How many tokens to pre-train: the T* forecast and the trade-off across budgets.
+
+    From a pre-training run: the forecast from its monitor checks, and its budget checkpoints after
+    fine-tuning. From an audit of your checkpoints (overtrain audit ... --probes noise): the forecast and
+    the perturbed loss across the checkpoints. Example: overtrain advise 08189a --objective id
+    """
     from overtrain.runs.store import Store
     from overtrain.studies.overtraining.advise import advise as run_advise
 
-    a = run_advise(Store(), run, objective, horizon, min_rise)
+    a = run_advise(Store(), run, objective, horizon, min_rise, ft_lr)
     out = _console()
     f = a.forecast
+    what = "pre-training run" if a.source == "pretrain" else "audit run"
     if f is None:
-        out.print(f"pre-training run {a.run_id}: no monitor checks to forecast from (set pretrain.monitor)")
+        out.print(f"{what} {a.run_id}: fewer than 5 checks to forecast from (pretrain.monitor)")
+    elif math.isnan(f["t_star"]):
+        out.print(
+            f"{what} {a.run_id}: after {f['checks']} checks ({f['now_tokens']:,.0f} tokens) no forecast yet: "
+            "the loss has not passed its fastest fall (the laws need 5 checks after its rate has halved)"
+        )
     else:
         t_star = (
             "none (the sensitivity does not catch up)" if math.isinf(f["t_star"]) else f"{f['t_star']:,.0f}"
         )
         warned = f"{f['warned_tokens']:,.0f} tokens" if f["warned_tokens"] else "never"
         out.print(
-            f"pre-training run {a.run_id}: after {f['checks']} checks ({f['now_tokens']:,.0f} tokens) the "
-            f"forecast T* is {t_star} tokens (90% interval {f['low']:,.0f}–{f['high']:,.0f}); "
+            f"{what} {a.run_id}: after {f['checks']} checks ({f['now_tokens']:,.0f} tokens), watching the "
+            f"{f['signal']}, the forecast T* is {t_star} tokens (90% interval {f['low']:,.0f}–{f['high']:,.0f}); "
             f"P(T* within {f['horizon']:g} doubling) = {f['p_within']:.2f}; the forecaster first warned at {warned}"
         )
     if a.tradeoff:
+        title = (
+            "Trade-off after fine-tuning (nats/token; "
+            + (f"LR {ft_lr:g})" if ft_lr is not None else "LR tuned on the selection split)")
+            if a.source == "pretrain"
+            else "Checkpoints (nats/token; no fine-tunes: the perturbed loss stands in for them)"
+        )
         _print_rows(
             [{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()} for r in a.tradeoff],
-            "Trade-off after fine-tuning (nats/token; LR tuned on the selection split)",
+            title,
         )
     for line in a.recommendation:
         out.print(line)

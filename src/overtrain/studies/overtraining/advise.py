@@ -1,6 +1,7 @@
-"""`overtrain advise`: how many tokens to pre-train, from one stored pre-training run.
+"""`overtrain advise`: how many tokens to pre-train, from one stored pre-training run or from an audit of
+a model family's checkpoints.
 
-Two independent readings of the run, each from what the store holds:
+Two independent readings of a pre-training run, each from what the store holds:
 
 - **Forecast** (needs the run's early-warning monitor): the T* forecaster (`overtrain.analysis.forecast`)
   replayed on the logged checks — the forecast and its interval at the newest check, and the first check
@@ -13,6 +14,14 @@ Two independent readings of the run, each from what the store holds:
   losses' relative excesses over their best budgets. When the largest budget is within `min_rise` of the
   best, there is no material overtraining to avoid.
 
+With ``ft_lr`` the trade-off reads the fine-tunes at that LR instead of the tuned one.
+
+An **audit** run (`overtrain audit` over local HF checkpoints with token counts, e.g. Pythia's or OLMo's
+revisions) has no monitor and no fine-tunes: its checkpoints are the checks. The forecaster runs on the
+reference loss and the init-scale perturbed loss at the largest γ (every noise draw, resampled by the
+bootstrap), the trade-off is the base and perturbed loss per checkpoint, and the recommendation reads the
+perturbed loss — the paper's stand-in for the loss after fine-tuning — with that limit stated.
+
 One seed is one run: the advice carries no interval over seeds; the overtraining study's claims table is
 where a verdict over ≥ 4 seeds lives.
 """
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -48,20 +58,31 @@ class Advice:
     forecast: dict[str, Any] | None
     tradeoff: list[dict[str, Any]] = field(default_factory=list)
     recommendation: list[str] = field(default_factory=list)
+    source: str = "pretrain"
+    """The kind of run advised from: ``pretrain`` or ``audit``."""
 
 
 def advise(
-    store: Store, run: str, objective: Objective, horizon: float = 1.0, min_rise: float = 0.005
+    store: Store,
+    run: str,
+    objective: Objective,
+    horizon: float = 1.0,
+    min_rise: float = 0.005,
+    ft_lr: float | None = None,
 ) -> Advice:
-    """Read pre-training run `run` (id or unique prefix) and its fine-tuning children from `store`."""
+    """Read pre-training run `run` (id or unique prefix) and its fine-tuning children from `store`, or an
+    audit run (module docstring)."""
     if objective not in OBJECTIVE_FIELDS:
         raise UserError(f"unknown objective {objective!r}; choose from: {', '.join(OBJECTIVE_FIELDS)}")
     kind, run_id = store.find(run)
+    if kind == "audit":
+        with Reader(store) as reader:
+            return _advise_audit(reader, run_id, objective, horizon, min_rise)
     if kind != "pretrain":
-        raise UserError(f"{run!r} is a {kind} run; advise reads a pre-training run")
+        raise UserError(f"{run!r} is a {kind} run; advise reads a pre-training or an audit run")
     with Reader(store) as reader:
         series = monitor_series(reader, [run_id]).get(run_id)
-        tradeoff = _tradeoff(reader, run_id)
+        tradeoff = _tradeoff(reader, run_id, ft_lr)
     advice = Advice(run_id, objective, _forecast(series, horizon, min_rise) if series else None, tradeoff)
     advice.recommendation = _recommend(tradeoff, objective, min_rise)
     if advice.forecast is None and not tradeoff:
@@ -72,11 +93,88 @@ def advise(
     return advice
 
 
-def _forecast(series, horizon: float, min_rise: float) -> dict[str, Any] | None:
+def _advise_audit(
+    reader: Reader, run_id: str, objective: Objective, horizon: float, min_rise: float
+) -> Advice:
+    summary = [r for r in reader.evals(run_id) if r.get("probe") == "noise" and r.get("model_dir")]
+    if not summary:
+        raise UserError(f"audit run {run_id} ran no noise probe: nothing to forecast from (--probes noise)")
+    law = "init_scale" if any(r["law"] == "init_scale" for r in summary) else summary[0]["law"]
+    gamma = max(r["gamma"] for r in summary if r["law"] == law)
+    rows = {r["model_dir"]: r for r in summary if r["law"] == law and r["gamma"] == gamma}
+    if any(r.get("tokens") is None for r in rows.values()):
+        raise UserError(
+            f"audit run {run_id}: some checkpoints have no token count (meta.json tokens_seen, or a "
+            "directory name with tokens<N> or budget_<N>); a forecast in tokens needs them all"
+        )
+    dirs = sorted(rows, key=lambda d: rows[d]["tokens"])
+    tokens = np.array([rows[d]["tokens"] for d in dirs], dtype=float)
+    if np.any(np.diff(tokens) <= 0):
+        raise UserError(f"audit run {run_id}: two checkpoints have the same token count")
+    draws: dict[str, dict[int, float]] = {}
+    for r in reader.probes([run_id]):
+        if r.get("law") == law and r.get("gamma") == gamma and r.get("draw") is not None:
+            draws.setdefault(r["model_dir"], {})[int(r["draw"])] = r["loss"]
+    n_draws = min(len(draws.get(d, {})) for d in dirs)
+    base = np.array([rows[d]["mean_loss"] - rows[d]["delta"] for d in dirs])
+    if n_draws:
+        pert = np.array([[draws[d][k] for k in sorted(draws[d])[:n_draws]] for d in dirs])
+    else:
+        pert = np.array([[rows[d]["mean_loss"]] for d in dirs])
+    series = (
+        tokens,
+        base,
+        pert.mean(axis=1) - base,
+        f"init-scale noise γ={gamma:g}" if law == "init_scale" else f"{law} noise γ={gamma:g}",
+    )
+    forecast = _forecast(series, horizon, min_rise, perturbed=pert)
+    perturbed = pert.mean(axis=1)
+    tradeoff = [
+        {
+            "checkpoint": Path(d).name,
+            "tokens": int(t),
+            "base_loss": float(b),
+            f"perturbed γ={gamma:g}": float(p),
+            "delta": float(p - b),
+        }
+        for d, t, b, p in zip(dirs, tokens, base, perturbed)
+    ]
+    advice = Advice(run_id, objective, forecast, tradeoff, source="audit")
+    best = int(np.argmin(perturbed))
+    rise = float(perturbed[-1] / perturbed[best] - 1)
+    lines = []
+    if best == len(dirs) - 1 or rise < min_rise:
+        lines.append(
+            f"no material rise of the perturbed loss (γ={gamma:g}) up to the largest checkpoint "
+            f"({int(tokens[-1]):,} tokens; within {min_rise:.1%} of its minimum): no sign that more "
+            "pre-training made these checkpoints more fragile"
+        )
+    else:
+        lines.append(
+            f"stop near ~{int(tokens[best]):,} tokens: the perturbed loss (γ={gamma:g}) is lowest there and "
+            f"{rise:.1%} higher at the largest checkpoint, {np.log2(tokens[-1] / tokens[best]):.1f} "
+            "doublings later"
+        )
+    lines.append(
+        "audited checkpoints carry no fine-tunes: the perturbed loss stands in for the loss after "
+        "fine-tuning (Springer et al. 2025); "
+        + (
+            "the in-distribution objective needs fine-tuning runs of these checkpoints"
+            if objective != "retention"
+            else "fine-tune the candidates to confirm"
+        )
+    )
+    advice.recommendation = lines
+    return advice
+
+
+def _forecast(series, horizon: float, min_rise: float, perturbed=None) -> dict[str, Any] | None:
+    """The forecaster replayed over the checks (`perturbed`: [checks, draws] when each draw is known)."""
     t, loss, delta, signal = series
     if t.size < MIN_CHECKS:
         return None
-    replay = prospective(t, loss[:, None], (loss + delta)[:, None, None], horizon=horizon, min_rise=min_rise)
+    pert = (loss + delta)[:, None, None] if perturbed is None else np.asarray(perturbed)[:, None, :]
+    replay = prospective(t, loss[:, None], pert, horizon=horizon, min_rise=min_rise)
     return {
         "checks": int(t.size),
         "signal": signal,
@@ -90,7 +188,7 @@ def _forecast(series, horizon: float, min_rise: float) -> dict[str, Any] | None:
     }
 
 
-def _tradeoff(reader: Reader, run_id: str) -> list[dict[str, Any]]:
+def _tradeoff(reader: Reader, run_id: str, ft_lr: float | None = None) -> list[dict[str, Any]]:
     cols = set(reader.columns("evals"))
     if not {"checkpoint", "split", "loss"} <= cols:
         return []
@@ -110,6 +208,13 @@ def _tradeoff(reader: Reader, run_id: str) -> list[dict[str, Any]]:
             "where kind = 'finetune' and parent = ? and task_loss is not null",
             [run_id],
         )
+    if ft_lr is not None and ft:
+        have = sorted({r["lr"] for r in ft})
+        if not any(math.isclose(r["lr"], ft_lr, rel_tol=1e-6) for r in ft):
+            raise UserError(
+                f"no fine-tunes of run {run_id} at LR {ft_lr:g}; measured: {', '.join(f'{x:g}' for x in have)}"
+            )
+        ft = [r for r in ft if math.isclose(r["lr"], ft_lr, rel_tol=1e-6)]
     out = []
     for ckpt in sorted(base, key=lambda c: base[c]["tokens_seen"]):
         row = {"checkpoint": ckpt, "tokens": base[ckpt]["tokens_seen"], "base_loss": base[ckpt]["loss"]}

@@ -1,0 +1,40 @@
+"""`overtrain advise` on an audit of checkpoints from outside the store: the forecast over the checkpoints
+and the perturbed loss across them, with the limit (no fine-tunes) stated."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from overtrain.cli.main import main
+
+
+def _cli(capsys, *argv):
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+def test_advise_reads_an_audit_of_a_checkpoint_family(tmp_path, capsys, save_revisions):
+    dirs = save_revisions(tmp_path, "llama", [f"tokens{n}M" for n in (1, 2, 4, 8, 16, 32)])
+    text = tmp_path / "ref.txt"
+    text.write_text("To be, or not to be, that is the question. " * 40)
+    args = ["audit", *map(str, dirs), "--text", str(text), "--probes", "noise", "--set", "seq_len=32"]
+    code, out, _ = _cli(capsys, *args)
+    assert code == 0
+    audit_id = re.search(r"audit run (\w+):", out).group(1)
+    code, out, err = _cli(capsys, "advise", audit_id, "--objective", "retention")
+    assert code == 0, err
+    assert f"audit run {audit_id}" in out and "6 checks" in out and "init-scale noise" in out
+    assert all(f"tokens{n}M" in out for n in (1, 32)) and "stands in" in out
+    code, out, _ = _cli(capsys, "advise", audit_id, "--objective", "id")
+    assert code == 0 and "needs fine-tuning runs" in out
+    # no token counts: one line, exit 2
+    plain = save_revisions(tmp_path / "plain", "llama", ["a", "b", "c"])
+    args = ["audit", *map(str, plain), "--text", str(text), "--probes", "noise", "--set", "seq_len=32"]
+    code, out, _ = _cli(capsys, *args)
+    assert code == 0
+    code, _, err = _cli(capsys, "advise", re.search(r"audit run (\w+):", out).group(1))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no token count" in err

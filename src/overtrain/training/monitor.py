@@ -49,6 +49,7 @@ from overtrain.core.evaluate import evaluate_loss
 from overtrain.core.perturb import init_scale, relative
 from overtrain.probes.draw_batching import Perturbation, perturbed_losses
 from overtrain.registry import DATASETS
+from overtrain.training.loop import build_optimizer, train_segment
 
 
 class MonitorFinetune(BaseConfig):
@@ -346,8 +347,6 @@ class MonitorProbe:
 
     def forgetting(self, model: torch.nn.Module, autocast_dtype: torch.dtype | None) -> float:
         """The monitor batches' loss after ``finetune.steps`` of full fine-tuning of a copy of `model`."""
-        from overtrain.training.loop import build_optimizer, train_segment
-
         fc = self.cfg.finetune
         device = next(model.parameters()).device
         tuned = copy.deepcopy(model)

@@ -34,7 +34,12 @@ from overtrain.studies.overtraining.calibrate import (
 )
 from overtrain.studies.overtraining.config import OvertrainingConfig
 from overtrain.studies.overtraining.curves import ci, curve_rows, finetune_curves, inflection_row, matrix
-from overtrain.studies.overtraining.early_warning import forecast_leads, monitor_series, theory_leads
+from overtrain.studies.overtraining.early_warning import (
+    forecast_claim,
+    forecast_leads,
+    forecast_theory_claims,
+    monitor_series,
+)
 from overtrain.studies.overtraining.plan import child_ids, pretrain_configs
 from overtrain.studies.overtraining.theory_run import LinearTheoryResult
 
@@ -368,7 +373,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             rows = [r for r in fleads if r["target"] == target]
             if inf is None or not rows:
                 continue
-            claims.append(_forecast_claim(target, inf, rows, cfg, n_seeds))
+            claims.append(forecast_claim(target, inf, rows, cfg, n_seeds))
 
     # --- linear theory ----------------------------------------------------------------------------------
     for key, label in (("theory", "slow spectrum i^-1.5"), ("theory_control", "negative control 1/i")):
@@ -472,133 +477,3 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
         curves,
         theory_rows,
     )
-
-
-FORECAST_TOLERANCE = 0.5
-"""Largest median |log2(forecast / T*)| at the warning, doublings, for the forecaster finding to hold."""
-
-
-def _forecast_claim(target: str, inf: Inflection, rows: list[dict[str, Any]], cfg, n_seeds: int) -> Claim:
-    """The forecaster finding against the study's T* of `target` (`_forecaster_finding`)."""
-    return _forecaster_finding(
-        f"T* forecaster warns before T* ({target})",
-        rows,
-        inf.is_u(cfg.min_rise),
-        cfg.forecast_horizon,
-        f"T* = {inf.t_star:,.0f}; watching the {rows[0].get('signal', 'noise sensitivity')}",
-        n_seeds,
-    )
-
-
-def _forecaster_finding(
-    name: str, rows: list[dict[str, Any]], testable: bool, horizon: float, about: str, n_seeds: int
-) -> Claim:
-    """The finding "the forecaster warns before T*": the monitor's rule (every seed warned, a 97.5% t lower
-    bound of the mean lead above 0; calibrated as it) and, since a forecaster that always warns at its
-    first check would pass that, a forecast at the warning within `FORECAST_TOLERANCE` doublings of T* in
-    the median over seeds (issue 18's accuracy target). The extra condition can only lower the rule's
-    false-positive rate. The interval coverage before T* is in the detail."""
-    per_seed = [r["lead_doublings"] for r in rows]
-    lead = [x for x in per_seed if x is not None]
-    errors = [abs(r["error_doublings"]) for r in rows if r["error_doublings"] is not None]
-    coverage = [r["coverage"] for r in rows if r["coverage"] is not None]
-    claim = Claim(
-        name,
-        "mean lead, doublings of tokens",
-        float(np.mean(lead)) if lead else None,
-        t_lower(lead, 0.975) if lead else None,
-        t_upper(lead, 0.975) if lead else None,
-        f"warns (P(T* within {horizon:g} doubling) ≥ 0.9) in every seed, one-sided 97.5% lower "
-        f"bound of the mean lead > 0 (needs ≥ 4 seeds), median |forecast error| ≤ {FORECAST_TOLERANCE:g} doubling",
-        "",
-        "; ".join(
-            f"seed {r['seed']}: "
-            + (
-                f"warned at {r['warned_tokens']:,.0f} (lead {r['lead_doublings']:+.2f}), forecast "
-                + (f"{r['forecast_at_warning']:,.0f}" if r.get("forecast_at_warning") else "∞")
-                if r["warned_tokens"]
-                else "never warned"
-            )
-            + (
-                f", coverage {r['coverage']:.2f}"
-                if r["coverage"] is not None
-                else ", no forecast before T* (the laws need 5 checks after the loss's fastest fall has halved)"
-            )
-            + f" ({r['checks_before_t_star']} checks before T*)"
-            for r in rows
-        )
-        + f"; {about}"
-        + (f"; median |forecast error| {np.median(errors):.2f} doublings" if errors else "")
-        + (f"; mean coverage {np.mean(coverage):.2f}" if coverage else "")
-        + ("" if testable else " (no U: nothing to warn about)"),
-    )
-    accurate = len(errors) == len(rows) and float(np.median(errors)) <= FORECAST_TOLERANCE
-    return calibrated(
-        claim,
-        (monitor_rule(per_seed) and accurate) if testable else None,
-        monitor_calibration(per_seed) if testable else None,
-        n_seeds,
-    )
-
-
-FALSE_ALARM_LIMIT = 0.10
-"""Largest share of runs without a U in which the forecaster may warn (issue 18's target)."""
-
-COVERAGE_TARGET = 0.80
-"""Smallest mean share of checks before T* whose 90% interval covers it (issue 18's target)."""
-
-
-def forecast_theory_claims(runs: dict[str, Any], horizon: float, min_rise: float) -> tuple[list[Claim], list]:
-    """The forecaster validated on the linear theory model (`OvertrainingConfig.forecast_theory`): `runs`
-    maps a label to a `LinearTheoryResult`. Per run, at γ = max(gammas), the finding that it warns early
-    and accurately over the seeds whose perturbed loss has a U; over all runs and γ, two checks of the
-    forecaster itself: its intervals cover T* (mean coverage ≥ `COVERAGE_TARGET`) and it does not warn
-    where there is no U (share ≤ `FALSE_ALARM_LIMIT`). Returns the claims and every replay row."""
-    claims, rows = [], []
-    for label, res in runs.items():
-        for gamma in res.gammas:
-            mine = [{**r, "run": label} for r in theory_leads(res, float(gamma), horizon, min_rise)]
-            rows += mine
-            if gamma != max(res.gammas):
-                continue
-            u = [r for r in mine if r["t_star_is_u"]]
-            claims.append(
-                _forecaster_finding(
-                    f"T* forecaster warns before T* (linear theory, {label}, γ={gamma:g})",
-                    u or mine,
-                    bool(u),
-                    horizon,
-                    f"{len(u)} of {len(mine)} seeds have a U (steps stand for tokens)",
-                    len(u),
-                )
-            )
-    cov = [r["coverage"] for r in rows if r["t_star_is_u"] and r["coverage"] is not None]
-    claims.append(
-        Claim(
-            "T* forecaster's 90% intervals cover T* (linear theory)",
-            "mean share of checks before T* whose interval covers it",
-            float(np.mean(cov)) if cov else None,
-            None,
-            None,
-            f">= {COVERAGE_TARGET:.0%}",
-            _verdict(bool(cov) and float(np.mean(cov)) >= COVERAGE_TARGET) if cov else "N/A",
-            f"{len(cov)} runs with a U",
-            type="check",
-        )
-    )
-    null = [r for r in rows if not r["t_star_is_u"]]
-    alarms = sum(r["warned_tokens"] is not None for r in null)
-    claims.append(
-        Claim(
-            "T* forecaster raises no false alarm where there is no U (linear theory)",
-            "share of runs without a U where it warned",
-            alarms / len(null) if null else None,
-            None,
-            None,
-            f"<= {FALSE_ALARM_LIMIT:.0%}",
-            _verdict(alarms / len(null) <= FALSE_ALARM_LIMIT) if null else "N/A",
-            f"{alarms} of {len(null)} runs without a U (both spectra, every γ)",
-            type="check",
-        )
-    )
-    return claims, rows

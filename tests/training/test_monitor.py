@@ -146,6 +146,13 @@ def test_the_fine_tuning_monitor_logs_forgetting(home, monitored):
     out = Store().execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, watching(monitored)))
     rows = [r for r in read_jsonl(out.dir / "metrics.jsonl") if r.get("line") == "monitor"]
     assert rows and all(r["monitor/ft_delta"] > 0 and r["monitor/delta"] > 0 for r in rows)
+    # two fine-tunes per check average to a different, still positive, forgetting; one is the default
+    two = watching(monitored)
+    two["monitor"]["finetune"]["draws"] = 2
+    out2 = Store(home / "two").execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, two))
+    rows2 = [r for r in read_jsonl(out2.dir / "metrics.jsonl") if r.get("line") == "monitor"]
+    assert [r["monitor/ft_delta"] for r in rows2] != [r["monitor/ft_delta"] for r in rows]
+    assert all(r["monitor/ft_delta"] > 0 for r in rows2)
     assert all(
         r["monitor/perturbed"] == pytest.approx(r["monitor/loss"] + r["monitor/ft_delta"]) for r in rows
     )

@@ -69,6 +69,11 @@ class MonitorFinetune(BaseConfig):
     batch_size: int = Field(64, ge=1)
     """Sequences per step."""
 
+    draws: int | None = InIdWhenSet(ge=1)
+    """Fine-tunes per check, each on its own task batches (the same ones at every check), averaged (unset:
+    one). One 30-step fine-tune at LR 3e-2 on the demo's model scatters by 0.04–0.05 nats over batch orders
+    (measured on two checkpoints, 5 orders each); the scatter falls as 1/√draws."""
+
 
 class MonitorConfig(BaseConfig):
     """The early-warning monitor of a pre-training run (``pretrain.monitor``)."""
@@ -324,7 +329,7 @@ class MonitorProbe:
         self.init_scales = (
             init_scale(init_model, 1.0, init_state=init_model) if cfg.law == "init_scale" else None
         )
-        self.task: list[torch.Tensor] = []
+        self.task: list[list[torch.Tensor]] = []  # per fine-tune draw, its batch per step
         if cfg.finetune is not None:
             source = cfg.finetune.data.build()
             if source.vocab_size > vocab_size:
@@ -332,7 +337,10 @@ class MonitorProbe:
                     f"monitor.finetune.data: vocab_size {source.vocab_size} exceeds the model's {vocab_size}"
                 )
             fc = cfg.finetune
-            self.task = [source.batch("train", s, fc.batch_size, seq_len) for s in range(fc.steps)]
+            self.task = [
+                [source.batch("train", d * fc.steps + s, fc.batch_size, seq_len) for s in range(fc.steps)]
+                for d in range(fc.draws or 1)
+            ]
 
     def measure(
         self, model: torch.nn.Module, autocast_dtype: torch.dtype | None = None
@@ -342,11 +350,17 @@ class MonitorProbe:
         stds = {name: self.cfg.gamma * s for name, s in scales.items()}
         work = [Perturbation(k, stds) for k in range(self.cfg.draws)]
         res = perturbed_losses(model, self.batches, work, seed=self.cfg.seed, autocast_dtype=autocast_dtype)
-        ft = None if not self.task else self.forgetting(model, autocast_dtype) - res.base_loss
+        ft = None
+        if self.task:
+            ft = (
+                float(np.mean([self.forgetting(model, b, autocast_dtype) for b in self.task])) - res.base_loss
+            )
         return res.base_loss, float(np.mean(res.losses)) - res.base_loss, ft
 
-    def forgetting(self, model: torch.nn.Module, autocast_dtype: torch.dtype | None) -> float:
-        """The monitor batches' loss after ``finetune.steps`` of full fine-tuning of a copy of `model`."""
+    def forgetting(
+        self, model: torch.nn.Module, task: list[torch.Tensor], autocast_dtype: torch.dtype | None
+    ) -> float:
+        """The monitor batches' loss after full fine-tuning of a copy of `model` on the `task` batches."""
         fc = self.cfg.finetune
         device = next(model.parameters()).device
         tuned = copy.deepcopy(model)
@@ -356,10 +370,10 @@ class MonitorProbe:
         train_segment(
             tuned,
             optimizer,
-            self.task.__getitem__,
+            task.__getitem__,
             lambda _: fc.lr,
             0,
-            fc.steps,
+            len(task),
             autocast_dtype=autocast_dtype,
             device=device,
         )

@@ -126,9 +126,11 @@ def theory_leads(result, gamma: float, horizon: float, min_rise: float) -> list[
             steps, base[:, None], draws[:, None, :], horizon=horizon, min_rise=min_rise, seed=int(seed)
         )
         at = replay.warned_at
+        forecast_at = float(replay.t_star[replay.index_of(at)]) if at is not None else None
         out.append(
             {
                 "seed": int(seed),
+                "forecast_at_warning": _finite(forecast_at),
                 "target": f"perturbed loss, γ={gamma:g}",
                 "t_star": float(steps[j]),
                 "t_star_is_u": 0 < j < steps.size - 1 and rise >= min_rise,

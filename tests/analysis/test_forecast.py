@@ -169,3 +169,14 @@ def test_the_laws_are_fitted_only_after_the_loss_stops_accelerating():
         t[: start + 1], loss[: start + 1, None], (loss + TRUE.delta(t))[: start + 1, None, None]
     )
     assert everything is None
+
+
+def test_an_already_past_forecast_is_scored_as_t_star_at_the_warning():
+    """A warning whose forecast is 0 ("already past") is scored as if it named its own check: the error
+    is log2(warned_at / T*), not the −1000 doublings of a literal 0."""
+    from overtrain.analysis.forecast import Prospective
+
+    t = np.array([1e5, 2e5, 4e5])
+    nan = np.full(3, np.nan)
+    replay = Prospective(t, np.array([np.nan, 0.0, 0.0]), nan, nan, np.array([np.nan, 0.95, 1.0]), 2e5)
+    assert replay.error(1e5) == pytest.approx(1.0) and replay.lead(1e5) == pytest.approx(-1.0)

@@ -347,11 +347,15 @@ class Prospective:
         return None if self.warned_at is None else math.log2(true_t_star / self.warned_at)
 
     def error(self, true_t_star: float) -> float | None:
-        """log2(forecast / true T*) at the warning, doublings; None if it never warned."""
+        """log2(forecast / true T*) at the warning, doublings; None if it never warned. A forecast of 0
+        ("already past": the laws do not cross, the sensitivity out-runs the loss now) is read as T* at
+        the warning's check, the latest T* it allows."""
         if self.warned_at is None:
             return None
         f = self.t_star[self.index_of(self.warned_at)]
-        return math.log2(max(f, 1e-300) / true_t_star) if math.isfinite(f) else math.inf
+        if not math.isfinite(f):
+            return math.inf
+        return math.log2((f if f > 0 else self.warned_at) / true_t_star)
 
     def coverage(self, true_t_star: float) -> float | None:
         """Share of the checks before the true T* (with a forecast) whose interval covers it."""

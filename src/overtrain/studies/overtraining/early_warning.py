@@ -188,7 +188,13 @@ def _forecaster_finding(
             f"seed {r['seed']}: "
             + (
                 f"warned at {r['warned_tokens']:,.0f} (lead {r['lead_doublings']:+.2f}), forecast "
-                + (f"{r['forecast_at_warning']:,.0f}" if r.get("forecast_at_warning") else "∞")
+                + (
+                    f"{r['forecast_at_warning']:,.0f}"
+                    if r.get("forecast_at_warning")
+                    else "already past"
+                    if r.get("forecast_at_warning") == 0
+                    else "∞"
+                )
                 if r["warned_tokens"]
                 else "never warned"
             )

@@ -365,14 +365,22 @@ def advise(
             "the loss has not passed its fastest fall (the laws need 5 checks after its rate has halved)"
         )
     else:
+
+        def tokens(x: float) -> str:
+            return "∞" if math.isinf(x) else "already past" if x == 0 else f"{x:,.0f}"
+
         t_star = (
-            "none (the sensitivity does not catch up)" if math.isinf(f["t_star"]) else f"{f['t_star']:,.0f}"
+            "none: the sensitivity does not catch up with the loss"
+            if math.isinf(f["t_star"])
+            else f"{tokens(f['t_star'])} tokens"
         )
-        warned = f"{f['warned_tokens']:,.0f} tokens" if f["warned_tokens"] else "never"
+        warned = (
+            f"first warned at {f['warned_tokens']:,.0f} tokens" if f["warned_tokens"] else "has not warned"
+        )
         out.print(
             f"{what} {a.run_id}: after {f['checks']} checks ({f['now_tokens']:,.0f} tokens), watching the "
-            f"{f['signal']}, the forecast T* is {t_star} tokens (90% interval {f['low']:,.0f}–{f['high']:,.0f}); "
-            f"P(T* within {f['horizon']:g} doubling) = {f['p_within']:.2f}; the forecaster first warned at {warned}"
+            f"{f['signal']}, the forecast T* is {t_star} (90% interval {tokens(f['low'])}–{tokens(f['high'])}); "
+            f"P(T* within {f['horizon']:g} doubling) = {f['p_within']:.2f}; the forecaster {warned}"
         )
     if a.tradeoff:
         title = (

@@ -287,7 +287,7 @@ def _monitor_section(
         "and name in ('monitor/perturbed', 'monitor/warning') order by tokens_seen",
         [list(seed_of)],
     )
-    fig, (ax,) = new_figure(1)
+    fig, (ax,) = new_figure(1, width=7.4)
     for run_id in seed_of:
         mine = [r for r in rows if r["run_id"] == run_id]
         pts = [(r["tokens_seen"], r["value"]) for r in mine if r["name"] == "monitor/perturbed"]
@@ -309,13 +309,20 @@ def _monitor_section(
                 row["t_star"], color="k", ls=style, lw=1, label=f"T* of the {target} (budget checkpoints)"
             )
     ax.set_xscale("log")
+    if (
+        mc.finetune is not None
+    ):  # the rules watch the forgetting of the monitor's fine-tune (`monitor/ft_delta`)
+        watched = f"L + forgetting ({mc.finetune.steps} FT steps, LR {mc.finetune.lr:g})"
+    else:
+        watched = f"L + Δ ({mc.law} noise, γ={mc.gamma:g})"
+    weights = "averaged weights" if mc.average else "main line"
     label(
         ax,
         x_label,
-        "perturbed loss, main line (nats/token)",
-        f"Early-warning monitor ({mc.law} noise, γ={mc.gamma:g}; dashed: detector, dotted: forecaster warns)",
+        f"{watched}\n{weights}, nats/token",
+        "Early-warning monitor (dashed: detector warns, dotted: forecaster warns)",
     )
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     table = [
         {
             "seed": r["seed"],

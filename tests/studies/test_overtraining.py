@@ -183,6 +183,7 @@ def test_study_runs_end_to_end_and_reruns_in_place(home, tiny_cfg, monkeypatch, 
         assert f"overtraining_{name}.png" in html
     assert sum(html.count(f'class="{css}"') for css in ("pass", "fail", "na", "under")) >= len(claims)
     assert "findings hold" in html and "<th>fpr</th>" in html
+    assert "How many tokens to pre-train (overtrain advise)" in html and "Trade-off across budgets" in html
 
     # `overtrain advise` on one seed's pre-training run: the forecast from its monitor checks, the trade-off
     # of its budgets after fine-tuning and a recommendation per method; bad input exits 2 in one line

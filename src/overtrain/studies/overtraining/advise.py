@@ -81,8 +81,21 @@ def advise(
     if kind != "pretrain":
         raise UserError(f"{run!r} is a {kind} run; advise reads a pre-training or an audit run")
     with Reader(store) as reader:
-        series = monitor_series(reader, [run_id]).get(run_id)
-        tradeoff = _tradeoff(reader, run_id, ft_lr)
+        return advise_pretrain(reader, run_id, objective, horizon, min_rise, ft_lr)
+
+
+def advise_pretrain(
+    reader: Reader,
+    run_id: str,
+    objective: Objective,
+    horizon: float = 1.0,
+    min_rise: float = 0.005,
+    ft_lr: float | None = None,
+) -> Advice:
+    """The advice on pre-training run `run_id` (module docstring), read through an open `reader` (the
+    overtraining report shows it for every seed)."""
+    series = monitor_series(reader, [run_id]).get(run_id)
+    tradeoff = _tradeoff(reader, run_id, ft_lr)
     advice = Advice(run_id, objective, _forecast(series, horizon, min_rise) if series else None, tradeoff)
     advice.recommendation = _recommend(tradeoff, objective, min_rise)
     if advice.forecast is None and not tradeoff:

@@ -257,6 +257,7 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
             ],
         ),
         *monitor_section,
+        *_advice_section(reader, [r for r in rows if r["record"] == "monitor"], cfg),
         Section(
             "Linear theory model",
             text=[
@@ -378,3 +379,57 @@ def _monitor_section(
             ),
         )
     ]
+
+
+def _advice_section(reader: Reader, leads: list[dict], cfg: OvertrainingConfig) -> list[Section]:
+    """`overtrain advise` for every seed's pre-training run (objective ``both``): the forecast at its last
+    check, and the first seed's trade-off table and recommendation."""
+    from overtrain.studies.overtraining.advise import advise_pretrain
+
+    seed_of = {r["run_id_pretrain"]: r["seed"] for r in leads}
+    if not seed_of:
+        return []
+    advice = {
+        run_id: advise_pretrain(reader, run_id, "both", cfg.forecast_horizon, cfg.min_rise)
+        for run_id in sorted(seed_of, key=seed_of.get)
+    }
+    forecasts = [
+        {
+            "seed": seed_of[run_id],
+            "pre-training run": run_id,
+            "signal": a.forecast["signal"],
+            "checks": a.forecast["checks"],
+            "forecast T* at the last check": _tokens(a.forecast["t_star"]),
+            "90% interval": f"{_tokens(a.forecast['low'])} – {_tokens(a.forecast['high'])}",
+            "P(T* within horizon)": a.forecast["p_within"],
+            "first warned at": _tokens(a.forecast["warned_tokens"]) if a.forecast["warned_tokens"] else "",
+        }
+        for run_id, a in advice.items()
+        if a.forecast is not None
+    ]
+    first_id, first = next(iter(advice.items()))
+    tables = [Table(forecasts, "The T* forecast replayed on each seed's monitor checks")] if forecasts else []
+    if first.tradeoff:
+        tables.append(
+            Table(
+                first.tradeoff,
+                f"Trade-off across budgets, seed {seed_of[first_id]} (nats/token; LR tuned on the selection split)",
+            )
+        )
+    return [
+        Section(
+            "How many tokens to pre-train (overtrain advise)",
+            text=[
+                "What <code>overtrain advise RUN --objective both</code> says about each seed's pre-training "
+                "run: the forecast from its monitor checks and, for the first seed, the budgets' trade-off after "
+                "fine-tuning and the recommendation. One run is one seed; the claims above are the verdicts over "
+                "seeds (docs/early_warning.md).",
+                *(f"Seed {seed_of[first_id]}: {line}" for line in first.recommendation),
+            ],
+            tables=tables,
+        )
+    ]
+
+
+def _tokens(x: float) -> str:
+    return "∞" if math.isinf(x) else "already past" if x == 0 else "–" if math.isnan(x) else f"{x:,.0f}"

@@ -31,6 +31,11 @@ def test_advise_reads_an_audit_of_a_checkpoint_family(tmp_path, capsys, save_rev
     assert all(f"tokens{n}M" in out for n in (1, 32)) and "stands in" in out
     code, out, _ = _cli(capsys, "advise", audit_id, "--objective", "id")
     assert code == 0 and "needs fine-tuning runs" in out
+    # the checkpoint directories themselves: audited first with the noise probe
+    code, direct, _ = _cli(capsys, "advise", *map(str, dirs), "--text", str(text), "--objective", "retention")
+    assert code == 0 and "audit run" in direct and "6 checks" in direct
+    code, _, err = _cli(capsys, "advise", str(dirs[0]), "no-such-dir")
+    assert code == 2 and "not directories: no-such-dir" in err
     # no token counts: one line, exit 2
     plain = save_revisions(tmp_path / "plain", "llama", ["a", "b", "c"])
     args = ["audit", *map(str, plain), "--text", str(text), "--probes", "noise", "--set", "seq_len=32"]

@@ -334,8 +334,15 @@ def audit(
 
 @app.command()
 def advise(
-    run: str = typer.Argument(
-        ..., help="A stored pre-training run or audit run: id, unique prefix or kind/prefix."
+    run: list[str] = typer.Argument(
+        ...,
+        help="A stored pre-training or audit run (id, unique prefix or kind/prefix), or the checkpoint "
+        "directories of one model family (audited first with the noise probe).",
+    ),
+    text: Optional[Path] = typer.Option(
+        None,
+        "--text",
+        help="Reference text when auditing checkpoint directories (default: packaged excerpt).",
     ),
     objective: str = typer.Option("both", help="id (task after fine-tuning), retention, or both."),
     horizon: float = typer.Option(1.0, min=0.01, help="Forecast horizon, doublings of tokens."),
@@ -350,10 +357,19 @@ def advise(
     fine-tuning. From an audit of your checkpoints (overtrain audit ... --probes noise): the forecast and
     the perturbed loss across the checkpoints. Example: overtrain advise 08189a --objective id
     """
+    from overtrain.errors import UserError
     from overtrain.runs.store import Store
     from overtrain.studies.overtraining.advise import advise as run_advise
 
-    a = run_advise(Store(), run, objective, horizon, min_rise, ft_lr)
+    store = Store()
+    if all(Path(r).is_dir() for r in run):
+        target = _audit_for_advice([Path(r) for r in run], text, store)
+    elif len(run) == 1:
+        target = run[0]
+    else:
+        missing = ", ".join(r for r in run if not Path(r).is_dir())
+        raise UserError(f"give one run id, or checkpoint directories; not directories: {missing}")
+    a = run_advise(store, target, objective, horizon, min_rise, ft_lr)
     out = _console()
     f = a.forecast
     what = "pre-training run" if a.source == "pretrain" else "audit run"
@@ -395,6 +411,22 @@ def advise(
         )
     for line in a.recommendation:
         out.print(line)
+
+
+def _audit_for_advice(models: list[Path], text: Path | None, store) -> str:
+    """Audit checkpoint directories with the noise probe (reused when already in the store); the run id."""
+    from overtrain.cli.progress import step_progress
+    from overtrain.config import build_config, config_hash
+    from overtrain.registry import RUN_KINDS
+    from overtrain.runs.kinds.audit import AuditConfig, with_fingerprints
+
+    base: dict = {"models": [str(m) for m in models], "probes": ["noise"]}
+    if text is not None:
+        base["text"] = str(text)
+    cfg = with_fingerprints(build_config(AuditConfig, None, [], base=base))
+    with step_progress(f"audit {config_hash(cfg)}", len(cfg.models)) as on_progress:
+        outcome = store.execute(RUN_KINDS.get("audit"), cfg, on_progress=on_progress)
+    return f"audit/{outcome.run_id}"
 
 
 @app.command()

@@ -274,6 +274,8 @@ def _recommend(tradeoff: list[dict[str, Any]], objective: Objective, min_rise: f
         doublings = math.log2(last["tokens"] / rows[best]["tokens"])
         lines.append(
             f"{method}: stop at ~{rows[best]['tokens']:,} tokens for '{objective}' — the largest budget, "
-            f"{doublings:.1f} doublings later, fine-tunes worse ({cost})"
+            f"{doublings:.1f} doublings later, "
+            + ("fine-tunes worse" if objective != "both" else "is worse on the two together")
+            + f" ({cost})"
         )
     return lines

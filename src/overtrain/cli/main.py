@@ -5,7 +5,6 @@ Exit codes: 0 success, 1 a run failed, 2 bad input (one line on stderr naming th
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import warnings
@@ -357,76 +356,21 @@ def advise(
     fine-tuning. From an audit of your checkpoints (overtrain audit ... --probes noise): the forecast and
     the perturbed loss across the checkpoints. Example: overtrain advise 08189a --objective id
     """
-    from overtrain.errors import UserError
+    from overtrain.cli.advise import forecast_line, resolve_target, tradeoff_title
     from overtrain.runs.store import Store
     from overtrain.studies.overtraining.advise import advise as run_advise
 
     store = Store()
-    if all(Path(r).is_dir() for r in run):
-        target = _audit_for_advice([Path(r) for r in run], text, store)
-    elif len(run) == 1:
-        target = run[0]
-    else:
-        missing = ", ".join(r for r in run if not Path(r).is_dir())
-        raise UserError(f"give one run id, or checkpoint directories; not directories: {missing}")
-    a = run_advise(store, target, objective, horizon, min_rise, ft_lr)
+    a = run_advise(store, resolve_target(run, text, store), objective, horizon, min_rise, ft_lr)
     out = _console()
-    f = a.forecast
-    what = "pre-training run" if a.source == "pretrain" else "audit run"
-    if f is None:
-        out.print(f"{what} {a.run_id}: fewer than 5 checks to forecast from (pretrain.monitor)")
-    elif math.isnan(f["t_star"]):
-        out.print(
-            f"{what} {a.run_id}: after {f['checks']} checks ({f['now_tokens']:,.0f} tokens) no forecast yet: "
-            "the loss has not passed its fastest fall (the laws need 5 checks after its rate has halved)"
-        )
-    else:
-
-        def tokens(x: float) -> str:
-            return "∞" if math.isinf(x) else "already past" if x == 0 else f"{x:,.0f}"
-
-        t_star = (
-            "none: the sensitivity does not catch up with the loss"
-            if math.isinf(f["t_star"])
-            else f"{tokens(f['t_star'])} tokens"
-        )
-        warned = (
-            f"first warned at {f['warned_tokens']:,.0f} tokens" if f["warned_tokens"] else "has not warned"
-        )
-        out.print(
-            f"{what} {a.run_id}: after {f['checks']} checks ({f['now_tokens']:,.0f} tokens), watching the "
-            f"{f['signal']}, the forecast T* is {t_star} (90% interval {tokens(f['low'])}–{tokens(f['high'])}); "
-            f"P(T* within {f['horizon']:g} doubling) = {f['p_within']:.2f}; the forecaster {warned}"
-        )
+    out.print(forecast_line(a))
     if a.tradeoff:
-        title = (
-            "Trade-off after fine-tuning (nats/token; "
-            + (f"LR {ft_lr:g})" if ft_lr is not None else "LR tuned on the selection split)")
-            if a.source == "pretrain"
-            else "Checkpoints (nats/token; no fine-tunes: the perturbed loss stands in for them)"
-        )
         _print_rows(
             [{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()} for r in a.tradeoff],
-            title,
+            tradeoff_title(a, ft_lr),
         )
     for line in a.recommendation:
         out.print(line)
-
-
-def _audit_for_advice(models: list[Path], text: Path | None, store) -> str:
-    """Audit checkpoint directories with the noise probe (reused when already in the store); the run id."""
-    from overtrain.cli.progress import step_progress
-    from overtrain.config import build_config, config_hash
-    from overtrain.registry import RUN_KINDS
-    from overtrain.runs.kinds.audit import AuditConfig, with_fingerprints
-
-    base: dict = {"models": [str(m) for m in models], "probes": ["noise"]}
-    if text is not None:
-        base["text"] = str(text)
-    cfg = with_fingerprints(build_config(AuditConfig, None, [], base=base))
-    with step_progress(f"audit {config_hash(cfg)}", len(cfg.models)) as on_progress:
-        outcome = store.execute(RUN_KINDS.get("audit"), cfg, on_progress=on_progress)
-    return f"audit/{outcome.run_id}"
 
 
 @app.command()

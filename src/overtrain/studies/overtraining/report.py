@@ -15,6 +15,7 @@ from overtrain.report.html import Figure, Section, Table
 from overtrain.report.plots import label, new_figure
 from overtrain.runs.query import Reader
 from overtrain.studies.base import claims_table
+from overtrain.studies.overtraining.advise import advise_pretrain
 from overtrain.studies.overtraining.config import OvertrainingConfig
 
 
@@ -384,8 +385,6 @@ def _monitor_section(
 def _advice_section(reader: Reader, leads: list[dict], cfg: OvertrainingConfig) -> list[Section]:
     """`overtrain advise` for every seed's pre-training run (objective ``both``): the forecast at its last
     check, and the first seed's trade-off table and recommendation."""
-    from overtrain.studies.overtraining.advise import advise_pretrain
-
     seed_of = {r["run_id_pretrain"]: r["seed"] for r in leads}
     if not seed_of:
         return []

@@ -1,0 +1,66 @@
+"""The wording of `overtrain advise`: which run it reads (auditing checkpoint directories first) and how
+its forecast and trade-off are introduced."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from overtrain.cli.progress import step_progress
+from overtrain.config import build_config, config_hash
+from overtrain.errors import UserError
+from overtrain.registry import RUN_KINDS
+from overtrain.runs.kinds.audit import AuditConfig, with_fingerprints
+from overtrain.studies.overtraining.advise import Advice
+
+
+def resolve_target(run: list[str], text: Path | None, store) -> str:
+    """The run to advise from: `run` names one stored run, or is a list of checkpoint directories, which
+    are audited with the noise probe first (reused when the store has that audit)."""
+    if all(Path(r).is_dir() for r in run):
+        base: dict = {"models": run, "probes": ["noise"]}
+        if text is not None:
+            base["text"] = str(text)
+        cfg = with_fingerprints(build_config(AuditConfig, None, [], base=base))
+        with step_progress(f"audit {config_hash(cfg)}", len(cfg.models)) as on_progress:
+            outcome = store.execute(RUN_KINDS.get("audit"), cfg, on_progress=on_progress)
+        return f"audit/{outcome.run_id}"
+    if len(run) == 1:
+        return run[0]
+    missing = ", ".join(r for r in run if not Path(r).is_dir())
+    raise UserError(f"give one run id, or checkpoint directories; not directories: {missing}")
+
+
+def _tokens(x: float) -> str:
+    return "∞" if math.isinf(x) else "already past" if x == 0 else f"{x:,.0f}"
+
+
+def forecast_line(a: Advice) -> str:
+    """One sentence: the forecast at the newest check, its interval, and when the forecaster warned."""
+    what = "pre-training run" if a.source == "pretrain" else "audit run"
+    f = a.forecast
+    if f is None:
+        return f"{what} {a.run_id}: fewer than 5 checks to forecast from (pretrain.monitor)"
+    if math.isnan(f["t_star"]):
+        return (
+            f"{what} {a.run_id}: after {f['checks']} checks ({f['now_tokens']:,.0f} tokens) no forecast yet: "
+            "the loss has not passed its fastest fall (the laws need 5 checks after its rate has halved)"
+        )
+    t_star = (
+        "none: the sensitivity does not catch up with the loss"
+        if math.isinf(f["t_star"])
+        else f"{_tokens(f['t_star'])} tokens"
+    )
+    warned = f"first warned at {f['warned_tokens']:,.0f} tokens" if f["warned_tokens"] else "has not warned"
+    return (
+        f"{what} {a.run_id}: after {f['checks']} checks ({f['now_tokens']:,.0f} tokens), watching the "
+        f"{f['signal']}, the forecast T* is {t_star} (90% interval {_tokens(f['low'])}–{_tokens(f['high'])}); "
+        f"P(T* within {f['horizon']:g} doubling) = {f['p_within']:.2f}; the forecaster {warned}"
+    )
+
+
+def tradeoff_title(a: Advice, ft_lr: float | None) -> str:
+    if a.source != "pretrain":
+        return "Checkpoints (nats/token; no fine-tunes: the perturbed loss stands in for them)"
+    lr = f"LR {ft_lr:g}" if ft_lr is not None else "LR tuned on the selection split"
+    return f"Trade-off after fine-tuning (nats/token; {lr})"

@@ -1,8 +1,9 @@
 """Fault injection: a sweep SIGKILLed inside checkpoint writes and mid-line, then resumed, equals an
 uninterrupted sweep (same run ids, statuses, and bytes of every file).
 
-The fast version kills the CLI twice at fixed fault points; the slow one is the full harness
-(`bench/fault_injection.py`, 10 trials with random kills) and runs with ``make test-slow``.
+Both the two-kill version at fixed fault points and the full harness (`bench/fault_injection.py`, 10
+trials with random kills) run with ``make test-slow``; `make test` checks the fault points themselves and,
+in tests/cli/test_cli.py, a SIGKILL mid-run followed by a rerun.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def test_a_fault_point_kills_its_process_at_the_nth_hit(tmp_path):
     assert proc.returncode == -signal.SIGKILL and proc.stdout.split() == ["0", "1"]
 
 
+@pytest.mark.slow  # ~25 s of subprocess start-ups; `make test` keeps the CLI SIGKILL-and-rerun test
 def test_killed_inside_checkpoint_writes_and_mid_line_then_resumed_equals_uninterrupted(harness, tmp_path):
     ref = harness.reference("mini", tmp_path, control=False)
     assert ref["runs"] == 2 and ref["hits"]["atomic_dir.filled"] > 4

@@ -25,9 +25,9 @@ a linear fit). The forecast extrapolates: T* may lie beyond the last check, whic
 The laws describe the *decelerating* phase of training. Small models first sit on a plateau and then
 learn fast, and while the loss accelerates (−dL/dlog T grows) no power law with α > 0 holds: fitted
 there, the laws read the plateau as "the sensitivity already out-runs the loss" and place T* at the
-present. So when the loss's fastest fall (−ΔL/Δlog₂T over spans of half a doubling) came after the first
-checks, only the checks from where that rate has halved are fitted (`regime_start`), and there is no
-forecast until then.
+present. So when the loss's fastest fall (−ΔL/Δlog₂T over spans of half a doubling) is more than twice
+its first span's — it accelerated — only the checks from where that rate has halved are fitted
+(`regime_start`), and there is no forecast until then.
 
 Interval: a bootstrap that resamples, per replicate, the held-out batches and the noise draws (one index
 set for every check: common random numbers, as the checks themselves share batches and draws) and then the
@@ -70,9 +70,10 @@ def regime_start(tokens, loss) -> int:
     The loss's rate of fall is measured over spans of at least `RATE_SPAN` doublings,
     r_k = −(L_j − L_k)/(log₂T_j − log₂T_k) with j the first check that far after k. When the fastest fall
     is at most `ACCELERATION` times the first span's, the loss was decelerating from the start: 0.
-    Otherwise the loss first accelerated (a plateau, then fast learning), and the fit starts at the first check after the fastest
-    fall whose rate has halved — a fall's tail read as a power law makes the loss's rate decay too fast
-    and T* too early; until the rate has halved, there is no regime to fit (the number of checks)."""
+    Otherwise the loss first accelerated (a plateau, then fast learning), and the fit starts at the first
+    check after the fastest fall whose rate has fallen to `RATE_DROP` of it — a fall's tail read as a
+    power law makes the loss's rate decay too fast and T* too early. Until then there is no regime to fit,
+    and the index returned is the number of checks."""
     x = np.log2(np.asarray(tokens, dtype=float))
     y = np.asarray(loss, dtype=float)
     j = np.searchsorted(x, x + RATE_SPAN - 1e-9)

@@ -22,8 +22,13 @@ From the fifth check on, every check also forecasts T* from all checks so far
 interval) and warns — before the minimum — once P(a material T* within ``forecast_horizon`` doublings)
 ≥ 0.9; the slope rule above remains the "already past T*" backstop (docs/early_warning.md).
 
-Costs ``(1 + draws) × eval_batches`` small forward passes per check and two small least-squares fits
-per bootstrap replicate.
+What a check measures is configurable: with ``average`` it measures a power EMA of the weights (a
+stand-in for the cool-down the study's budget checkpoints get), and with ``finetune`` it also fine-tunes a
+copy for a few steps and the rules read that forgetting, Δ_ft = L(after) − L, in place of Δ — the curve
+the fine-tuning decision is about.
+
+Costs ``(1 + draws) × eval_batches`` small forward passes per check, ``finetune.steps × finetune.draws``
+small training steps when fine-tuning, and two small least-squares fits per bootstrap replicate.
 
 Caveat, measured rather than assumed: under WSD the main line has a constant LR, whereas the study's T*
 is measured on cooled-down budget checkpoints; the monitor's lead time is evaluated against that T* in

@@ -26,6 +26,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -253,23 +254,36 @@ def _wide_table(manifests: list[dict[str, Any]], filename: str) -> pa.Table:
     return pa.table(arrays)
 
 
-def build_tables(store: Store | None = None) -> dict[str, pa.Table]:
-    """The four tables as Arrow tables (what `connect` loads into DuckDB).
+def build_tables(
+    store: Store | None = None, tables: Iterable[str] = TABLES, manifests: list[dict[str, Any]] | None = None
+) -> dict[str, pa.Table]:
+    """The tables as Arrow tables (what `connect` loads into DuckDB).
 
     Args:
         store: the run store; default ``Store()``.
+        tables: which of `TABLES` to build (each reads every run's files once).
+        manifests: the runs to read (default: every run of `store` now).
 
     Returns:
-        ``{"runs": ..., "metrics": ..., "probes": ..., "evals": ...}``.
+        ``{"runs": ..., "metrics": ..., "probes": ..., "evals": ...}`` (those asked for).
     """
-    store = store or Store()
-    manifests = list(store.iter_runs())
-    return {
-        "runs": _runs_table(manifests),
-        "metrics": _metrics_table(manifests),
-        "probes": _wide_table(manifests, "probes.jsonl"),
-        "evals": _wide_table(manifests, "evals.jsonl"),
+    if manifests is None:
+        manifests = list((store or Store()).iter_runs())
+    builders = {
+        "runs": lambda: _runs_table(manifests),
+        "metrics": lambda: _metrics_table(manifests),
+        "probes": lambda: _wide_table(manifests, "probes.jsonl"),
+        "evals": lambda: _wide_table(manifests, "evals.jsonl"),
     }
+    return {name: builders[name]() for name in tables}
+
+
+def _load(con, name: str, table: pa.Table) -> None:
+    view = f"__arrow_{name}"
+    con.register(view, table)
+    # materialise so the connection owns its data and types, independent of the Arrow buffers
+    con.execute(f"CREATE TABLE {name} AS SELECT * FROM {view}")
+    con.unregister(view)
 
 
 def connect(store: Store | None = None) -> duckdb.DuckDBPyConnection:
@@ -287,11 +301,7 @@ def connect(store: Store | None = None) -> duckdb.DuckDBPyConnection:
 
     con = duckdb.connect(":memory:")
     for name, table in build_tables(store).items():
-        view = f"__arrow_{name}"
-        con.register(view, table)
-        # materialise so the connection owns its data and types, independent of the Arrow buffers
-        con.execute(f"CREATE TABLE {name} AS SELECT * FROM {view}")
-        con.unregister(view)
+        _load(con, name, table)
     return con
 
 
@@ -316,7 +326,8 @@ def query(sql: str, store: Store | None = None, params: Sequence[Any] | None = N
 
 
 class Reader:
-    """The read layer: one DuckDB connection over one snapshot of the store, shared by every query of a
+    """The read layer: one DuckDB connection over one snapshot of the store — the runs present when it
+    opens, each table built from their files when a query first names it — shared by every query of a
     report (or of one command), with the lookups reports make.
 
     Example:
@@ -326,9 +337,24 @@ class Reader:
     """
 
     def __init__(self, store: Store | None = None) -> None:
+        import duckdb
+
         self.store = store or Store()
-        self.con = connect(self.store)
+        # the snapshot is the set of runs now; each table is built from their files the first time a
+        # query names it (a query over `runs` alone never reads a metrics file)
+        self._manifests = list(self.store.iter_runs())
+        self.con = duckdb.connect(":memory:")
+        self._built: set[str] = set()
         self._columns: dict[str, set[str]] = {}
+
+    def _ensure(self, sql: str) -> None:
+        """Build the tables `sql` names that are not built yet (all of them when it names none, e.g.
+        ``show tables``)."""
+        named = [t for t in TABLES if re.search(rf"\b{t}\b", sql, re.IGNORECASE)]
+        wanted = [t for t in named or TABLES if t not in self._built]
+        for name, table in build_tables(self.store, wanted, self._manifests).items():
+            _load(self.con, name, table)
+            self._built.add(name)
 
     def __enter__(self) -> Reader:
         return self
@@ -343,6 +369,7 @@ class Reader:
         """`sql` with ``?`` placeholders bound to `params`, as an Arrow table (errors: `UserError`)."""
         import duckdb
 
+        self._ensure(sql)
         try:
             relation = self.con.sql(sql, params=list(params)) if params else self.con.sql(sql)
             return relation.to_arrow_table() if relation is not None else pa.table({})

@@ -11,7 +11,7 @@ from overtrain.config import build_config, config_hash
 from overtrain.errors import UserError
 from overtrain.registry import RUN_KINDS
 from overtrain.runs.kinds.audit import AuditConfig, with_fingerprints
-from overtrain.studies.overtraining.advise import Advice
+from overtrain.studies.overtraining.advise import Advice, forecast_tokens
 
 
 def resolve_target(run: list[str], text: Path | None, store) -> str:
@@ -31,10 +31,6 @@ def resolve_target(run: list[str], text: Path | None, store) -> str:
     raise UserError(f"give one run id, or checkpoint directories; not directories: {missing}")
 
 
-def _tokens(x: float) -> str:
-    return "∞" if math.isinf(x) else "already past" if x == 0 else f"{x:,.0f}"
-
-
 def forecast_line(a: Advice) -> str:
     """One sentence: the forecast at the newest check, its interval, and when the forecaster warned."""
     what = "pre-training run" if a.source == "pretrain" else "audit run"
@@ -49,12 +45,12 @@ def forecast_line(a: Advice) -> str:
     t_star = (
         "none: the sensitivity does not catch up with the loss"
         if math.isinf(f["t_star"])
-        else f"{_tokens(f['t_star'])} tokens"
+        else f"{forecast_tokens(f['t_star'])} tokens"
     )
     warned = f"first warned at {f['warned_tokens']:,.0f} tokens" if f["warned_tokens"] else "has not warned"
     return (
         f"{what} {a.run_id}: after {f['checks']} checks ({f['now_tokens']:,.0f} tokens), watching the "
-        f"{f['signal']}, the forecast T* is {t_star} (90% interval {_tokens(f['low'])}–{_tokens(f['high'])}); "
+        f"{f['signal']}, the forecast T* is {t_star} (90% interval {forecast_tokens(f['low'])}–{forecast_tokens(f['high'])}); "
         f"P(T* within {f['horizon']:g} doubling) = {f['p_within']:.2f}; the forecaster {warned}"
     )
 

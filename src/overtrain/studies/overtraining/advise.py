@@ -62,6 +62,11 @@ class Advice:
     """The kind of run advised from: ``pretrain`` or ``audit``."""
 
 
+def forecast_tokens(x: float) -> str:
+    """A forecast T* or interval end in words: ∞ (no T*), "already past" (0), "–" (no forecast), or tokens."""
+    return "∞" if math.isinf(x) else "already past" if x == 0 else "–" if math.isnan(x) else f"{x:,.0f}"
+
+
 def advise(
     store: Store,
     run: str,

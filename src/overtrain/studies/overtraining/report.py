@@ -15,7 +15,7 @@ from overtrain.report.html import Figure, Section, Table
 from overtrain.report.plots import label, new_figure
 from overtrain.runs.query import Reader
 from overtrain.studies.base import claims_table
-from overtrain.studies.overtraining.advise import advise_pretrain
+from overtrain.studies.overtraining.advise import advise_pretrain, forecast_tokens
 from overtrain.studies.overtraining.config import OvertrainingConfig
 
 
@@ -398,10 +398,12 @@ def _advice_section(reader: Reader, leads: list[dict], cfg: OvertrainingConfig) 
             "pre-training run": run_id,
             "signal": a.forecast["signal"],
             "checks": a.forecast["checks"],
-            "forecast T* at the last check": _tokens(a.forecast["t_star"]),
-            "90% interval": f"{_tokens(a.forecast['low'])} – {_tokens(a.forecast['high'])}",
+            "forecast T* at the last check": forecast_tokens(a.forecast["t_star"]),
+            "90% interval": f"{forecast_tokens(a.forecast['low'])} – {forecast_tokens(a.forecast['high'])}",
             "P(T* within horizon)": a.forecast["p_within"],
-            "first warned at": _tokens(a.forecast["warned_tokens"]) if a.forecast["warned_tokens"] else "",
+            "first warned at": forecast_tokens(a.forecast["warned_tokens"])
+            if a.forecast["warned_tokens"]
+            else "",
         }
         for run_id, a in advice.items()
         if a.forecast is not None
@@ -428,7 +430,3 @@ def _advice_section(reader: Reader, leads: list[dict], cfg: OvertrainingConfig) 
             tables=tables,
         )
     ]
-
-
-def _tokens(x: float) -> str:
-    return "∞" if math.isinf(x) else "already past" if x == 0 else "–" if math.isnan(x) else f"{x:,.0f}"

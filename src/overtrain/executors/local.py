@@ -254,12 +254,114 @@ def run_plan(
     return result
 
 
+# --- groups: runs that execute as one computation ---------------------------------------------------
+
+
+class _Groups:
+    """Which ready runs execute together (`RunKind.group_key`), and the keys computed so far."""
+
+    def __init__(self, kind_of: dict[str, RunKind], store: Store, book: _Book) -> None:
+        self.kind_of, self.store, self.book = kind_of, store, book
+        self.keys: dict[str, Any] = {}
+        self.solo: set[str] = set()  # runs that must execute alone (a member another process was writing)
+        self.shares: dict[Any, int] = {}
+
+    def share(self, group: list[PlanItem], workers: int) -> int:
+        """Members per group for `group`'s key: its first ready set split once into one share per worker, so
+        a grid keeps every worker busy and later shares are not split again."""
+        key = self.key(group[0])
+        if key not in self.shares:
+            self.shares[key] = -(-len(group) // workers)
+        return self.shares[key]
+
+    def key(self, item: PlanItem) -> Any:
+        kind = self.kind_of[item.kind]
+        if kind.run_group is None or kind.group_key is None or item.redo or item.run_id in self.solo:
+            return None
+        if item.run_id not in self.keys:
+            try:
+                self.keys[item.run_id] = kind.group_key(item.config, self.store)
+            except Exception:  # a key is an optimisation: the run alone reports any real problem
+                self.keys[item.run_id] = None
+        return self.keys[item.run_id]
+
+    def mates(self, item: PlanItem, candidates: list[PlanItem]) -> list[PlanItem]:
+        """`item` and the ready `candidates` of its kind with its key (just `item` when it has none)."""
+        key = self.key(item)
+        if key is None or self.book.state(item) != "ready":
+            return [item]
+        out = [item]
+        for other in candidates:
+            if (
+                other is not item
+                and other.kind == item.kind
+                and self.book.state(other) == "ready"
+                and self.key(other) == key
+            ):
+                out.append(other)
+        # members of one parent checkpoint side by side: a group evaluates each checkpoint once
+        return sorted(
+            out,
+            key=lambda i: (str(getattr(i.config, "parent", "")), str(getattr(i.config, "checkpoint", ""))),
+        )
+
+
+def _settle_group(
+    group: list[PlanItem], replies: list[dict], book: _Book, store: Store, groups: _Groups
+) -> list[PlanItem]:
+    """Record each member's outcome; return the members to run again alone (another process held them)."""
+    again = []
+    for item, reply in zip(group, replies, strict=True):
+        if reply.get("busy"):
+            groups.solo.add(item.run_id)
+            again.append(item)
+        elif reply["ok"]:
+            book.finish(item, reply["skipped"], reply["wall_s"])
+        else:
+            book.fail(item, reply["error"], store)
+    return again
+
+
+def _group_replies(outcomes: list) -> list[dict]:
+    """`Store.execute_group`'s outcomes as plain data (exceptions flattened to one line)."""
+    from overtrain.errors import RunBusy
+
+    replies = []
+    for outcome in outcomes:
+        if isinstance(outcome, RunBusy):
+            replies.append({"ok": False, "busy": True})
+        elif isinstance(outcome, BaseException):
+            replies.append({"ok": False, "error": one_line_error(outcome)})
+        else:
+            replies.append({"ok": True, "skipped": outcome.skipped, "wall_s": outcome.wall_s})
+    return replies
+
+
 def _run_inline(ordered: list[PlanItem], kind_of: dict[str, RunKind], store: Store, book: _Book) -> None:
-    for item in ordered:
+    groups = _Groups(kind_of, store, book)
+    queue = list(ordered)
+    while queue:
+        item = queue.pop(0)
         if book.state(item) == "blocked":
             book.block(item)
             continue
         kind = kind_of[item.kind]
+        group = groups.mates(item, queue)
+        if len(group) > 1:
+            for member in group[1:]:
+                queue.remove(member)
+            total = sum(_total_steps(kind, m.config) or 0 for m in group) or None
+            label = PlanItem(item.kind, item.config, f"{item.run_id} +{len(group) - 1} grouped")
+            task, on_progress = book.display.run_bar(label, total)
+            try:
+                outcomes = store.execute_group(kind, [m.config for m in group], on_progress=on_progress)
+                replies = _group_replies(outcomes)
+            except Exception as exc:  # the group's members are marked failed by the store
+                replies = [{"ok": False, "error": one_line_error(exc)}] * len(group)
+            finally:
+                book.display.drop(task)
+            queue[:0] = _settle_group(group, replies, book, store, groups)
+            continue
         task, on_progress = book.display.run_bar(item, _total_steps(kind, item.config))
         try:
             # wait=True: a run another sweep is writing is waited for, then skipped (or resumed)
@@ -313,6 +415,23 @@ def _execute_in_worker(
     return {"ok": True, "skipped": outcome.skipped, "wall_s": outcome.wall_s}
 
 
+def _execute_group_in_worker(
+    kind_ref: str | RunKind, plains: list[dict], run_ids: list[str], root: str
+) -> list[dict]:
+    """Worker side of a group: `Store.execute_group`, one plain reply per member (never an exception)."""
+    try:
+        kind = RUN_KINDS.get(kind_ref) if isinstance(kind_ref, str) else kind_ref
+        cfgs = [kind.config_cls.model_validate(p) for p in plains]
+        for cfg, run_id in zip(cfgs, run_ids, strict=True):
+            if kind.run_id(cfg) != run_id:
+                raise RuntimeError(
+                    f"config of {kind.name}/{run_id} changed in transit to the worker (run the command again)"
+                )
+        return _group_replies(Store(root).execute_group(kind, cfgs))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as data
+        return [{"ok": False, "error": one_line_error(exc)}] * len(plains)
+
+
 def _init_worker(threads: int) -> None:
     """Give each worker its share of the cores: torch's default (all cores in every process) makes the
     small matrix products of tiny models orders of magnitude slower when processes fight for cores."""
@@ -333,7 +452,8 @@ def _run_pool(
     refs = {name: _kind_ref(kind, kinds) for name, kind in kind_of.items()}
     context = multiprocessing.get_context("spawn")
     pending = list(ordered)
-    running: dict[Future, PlanItem] = {}
+    running: dict[Future, PlanItem | list[PlanItem]] = {}
+    groups = _Groups(kind_of, store, book)
     pool = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=context,
@@ -344,21 +464,37 @@ def _run_pool(
         while pending or running:
             # settle blocked runs and start ready ones, in plan order, keeping `workers` in flight
             for item in list(pending):
+                if item not in pending:  # taken into a group earlier in this pass
+                    continue
                 state = book.state(item)
                 if state == "blocked":
                     pending.remove(item)
                     book.block(item)
                 elif state == "ready" and len(running) < workers:
-                    pending.remove(item)
-                    future = pool.submit(
-                        _execute_in_worker,
-                        refs[item.kind],
-                        to_plain(item.config),
-                        item.run_id,
-                        str(Path(store.root).absolute()),
-                        item.redo,
-                    )
-                    running[future] = item
+                    group = groups.mates(item, pending)
+                    if len(group) > 1:
+                        group = group[: groups.share(group, workers)]
+                    for member in group:
+                        pending.remove(member)
+                    if len(group) > 1:
+                        future = pool.submit(
+                            _execute_group_in_worker,
+                            refs[item.kind],
+                            [to_plain(m.config) for m in group],
+                            [m.run_id for m in group],
+                            str(Path(store.root).absolute()),
+                        )
+                        running[future] = group
+                    else:
+                        future = pool.submit(
+                            _execute_in_worker,
+                            refs[item.kind],
+                            to_plain(item.config),
+                            item.run_id,
+                            str(Path(store.root).absolute()),
+                            item.redo,
+                        )
+                        running[future] = item
             if not running:
                 # nothing in flight and nothing startable: every pending run waits on a bad dep
                 for item in pending:
@@ -376,6 +512,10 @@ def _run_pool(
                     reply = {"ok": False, "error": one_line_error(exc)}
                 except Exception as exc:
                     reply = {"ok": False, "error": one_line_error(exc)}
+                if isinstance(item, list):  # a group: one reply per member
+                    replies = reply if isinstance(reply, list) else [reply] * len(item)
+                    pending[:0] = _settle_group(item, replies, book, store, groups)
+                    continue
                 if reply["ok"]:
                     book.finish(item, reply["skipped"], reply["wall_s"])
                 else:
@@ -383,7 +523,8 @@ def _run_pool(
             if broken:
                 for future, item in list(running.items()):
                     running.pop(future)
-                    book.fail(item, "BrokenProcessPool: a worker process died", store)
+                    for member in item if isinstance(item, list) else [item]:
+                        book.fail(member, "BrokenProcessPool: a worker process died", store)
                 pool.shutdown(wait=False, cancel_futures=True)
                 pool = ProcessPoolExecutor(
                     max_workers=workers,

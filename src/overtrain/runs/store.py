@@ -265,6 +265,26 @@ class Store:
         on_progress: ProgressCallback | None,
         parents: Sequence[str | tuple[str, str]] | None,
     ) -> RunOutcome:
+        run = self._begin(kind, cfg, run_id, previous, on_progress, parents)
+        t0 = time.perf_counter()
+        try:
+            kind.run(cfg, run)
+            run.close()
+        except BaseException as exc:
+            self._mark_failed(run, exc, time.perf_counter() - t0)
+            raise
+        return self._mark_success(run, time.perf_counter() - t0)
+
+    def _begin(
+        self,
+        kind: RunKind,
+        cfg: BaseConfig,
+        run_id: str,
+        previous: dict[str, Any] | None,
+        on_progress: ProgressCallback | None,
+        parents: Sequence[str | tuple[str, str]] | None,
+    ) -> Run:
+        """Write ``config.yaml`` and the ``running`` manifest (the caller holds the run's lock); the open handle."""
         run_dir = self.run_dir(kind.name, run_id)
         previous = previous or {}
         if parents is None:
@@ -297,32 +317,116 @@ class Store:
         stale_traceback = run_dir / "traceback.txt"
         if stale_traceback.exists():
             stale_traceback.unlink()
+        return Run(self, kind.name, run_id, cfg, manifest, on_progress)
 
-        run = Run(self, kind.name, run_id, cfg, manifest, on_progress)
-        t0 = time.perf_counter()
+    def _mark_failed(self, run: Run, exc: BaseException, wall_s: float) -> None:
+        """Close the run's files and write its ``failed`` manifest with the one-line error and traceback.txt."""
         try:
-            kind.run(cfg, run)
             run.close()
-        except BaseException as exc:
-            try:
-                run.close()
-            finally:
-                manifest.update(
-                    status="failed",
-                    error=one_line_error(exc),
-                    failed_at=now_iso(),
-                    wall_s=time.perf_counter() - t0,
-                )
-                atomic_write_text(run_dir / "traceback.txt", traceback.format_exc())
-                self._write_manifest(kind.name, run_id, manifest)
-            raise
+        finally:
+            run._manifest.update(
+                status="failed", error=one_line_error(exc), failed_at=now_iso(), wall_s=wall_s
+            )
+            trace = "".join(traceback.format_exception(exc))
+            atomic_write_text(run.dir / "traceback.txt", trace)
+            self._write_manifest(run.kind, run.run_id, run._manifest)
+
+    def _mark_success(self, run: Run, wall_s: float) -> RunOutcome:
+        """Hash the run's files and write its ``success`` manifest, last (the files are closed and synced)."""
         fault_point("store.before_success")
-        outputs = output_hashes(run_dir)  # what a later skip checks the files against
-        manifest.update(
-            status="success", finished_at=now_iso(), wall_s=time.perf_counter() - t0, outputs=outputs
-        )
-        self._write_manifest(kind.name, run_id, manifest)
-        return RunOutcome(kind.name, run_id, run_dir, "success", skipped=False, wall_s=manifest["wall_s"])
+        outputs = output_hashes(run.dir)  # what a later skip checks the files against
+        run._manifest.update(status="success", finished_at=now_iso(), wall_s=wall_s, outputs=outputs)
+        self._write_manifest(run.kind, run.run_id, run._manifest)
+        return RunOutcome(run.kind, run.run_id, run.dir, "success", skipped=False, wall_s=wall_s)
+
+    # --- groups -------------------------------------------------------------------------------------
+
+    def execute_group(
+        self,
+        kind: str | RunKind,
+        cfgs: Sequence[BaseConfig | Mapping[str, Any]],
+        *,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[RunOutcome | BaseException]:
+        """Run several configs of `kind` as one computation (``kind.run_group``), each recorded as its own run.
+
+        Every member gets exactly what `execute` gives a run: its lock, ``config.yaml``, a ``running`` then
+        ``success`` or ``failed`` manifest, its own record files. Members already a success are skipped;
+        a member another process is writing is left out (its entry is a `RunBusy`: run it alone with
+        ``wait=True``). A member's failure (``run_group`` returns its exception) marks that member failed
+        only. An exception out of ``run_group`` itself fails every member still running and is re-raised.
+
+        Returns:
+            Per config, in order: its `RunOutcome`, or the exception it failed with (or `RunBusy`).
+        """
+        kind_obj = _resolve_kind(kind)
+        if kind_obj.run_group is None:
+            raise UserError(f"run kind {kind_obj.name!r} has no grouped execution")
+        cfgs = [_coerce_config(kind_obj, c) for c in cfgs]
+        results: list[RunOutcome | BaseException | None] = [None] * len(cfgs)
+        locks: list[FileLock] = []
+        members: list[tuple[int, Run]] = []
+        try:
+            for i, cfg in enumerate(cfgs):
+                run_id = kind_obj.run_id(cfg)
+                run_dir = self.run_dir(kind_obj.name, run_id)
+                done = self.manifest(kind_obj.name, run_id)
+                if done is not None and done.get("status") == "success" and not self._damage(run_dir, done):
+                    results[i] = RunOutcome(kind_obj.name, run_id, run_dir, "success", skipped=True)
+                    continue
+                run_dir.mkdir(parents=True, exist_ok=True)
+                lock = FileLock(str(run_dir / ".lock"), timeout=0)
+                try:
+                    lock.acquire()
+                except Timeout:
+                    results[i] = RunBusy(f"run {kind_obj.name}/{run_id} is being written by another process")
+                    continue
+                locks.append(lock)
+                previous = self.manifest(kind_obj.name, run_id)
+                if previous is not None and previous.get("status") == "success":
+                    damage = self._damage(run_dir, previous)
+                    if not damage:
+                        results[i] = RunOutcome(kind_obj.name, run_id, run_dir, "success", skipped=True)
+                        continue
+                    reason = "; ".join(damage[:3])
+                    message = f"run {kind_obj.name}/{run_id} is damaged ({reason}); redoing it from scratch"
+                    warnings.warn(DamagedRunWarning(message), stacklevel=2)
+                    _discard_outputs(run_dir)
+                    previous = {**previous, "redo_reason": reason}
+                _remove_temporaries(run_dir)
+                members.append((i, self._begin(kind_obj, cfg, run_id, previous, None, None)))
+            if members:
+                self._run_members(kind_obj, members, results, on_progress)
+        finally:
+            for lock in locks:
+                lock.release()
+        return results  # type: ignore[return-value]
+
+    def _run_members(self, kind: RunKind, members, results, on_progress) -> None:
+        t0 = time.perf_counter()
+        runs = [run for _, run in members]
+        try:
+            errors = kind.run_group([run.config for run in runs], runs, on_progress)
+        except BaseException as exc:
+            wall = time.perf_counter() - t0
+            for i, run in members:
+                self._mark_failed(run, exc, wall)
+                results[i] = exc
+            raise
+        wall = time.perf_counter() - t0
+        for (i, run), error in zip(members, errors, strict=True):
+            # the group's wall time, shared: members ran as one computation
+            run.set_info(group_size=len(members))
+            if error is None:
+                try:
+                    run.close()
+                    results[i] = self._mark_success(run, wall)
+                except BaseException as exc:  # noqa: BLE001 - a member's own write failed
+                    self._mark_failed(run, exc, wall)
+                    results[i] = exc
+            else:
+                self._mark_failed(run, error, wall)
+                results[i] = error
 
 
 def _discard_outputs(run_dir: Path) -> None:

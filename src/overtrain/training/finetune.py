@@ -22,7 +22,9 @@ truncated first) rather than resuming mid-way.
 from __future__ import annotations
 
 import time
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -139,7 +141,7 @@ class FinetuneConfig(ParentCheckpoint):
         return self
 
 
-def _lr_schedule(tc: FinetuneTrainConfig) -> LR:
+def lr_schedule(tc: FinetuneTrainConfig) -> LR:
     if tc.schedule == "cosine":
         return cosine(tc.lr, tc.warmup_steps, tc.steps, 0.0)
     base = warmup_stable(tc.lr, tc.warmup_steps)
@@ -202,6 +204,113 @@ def _optional(before: dict, after: dict, step: int, plateau: _Plateau | None) ->
     return out
 
 
+@dataclass
+class Setting:
+    """What every run of one fine-tuning setting shares: the parent's config, the task, the evaluation sets.
+
+    Runs that differ only in parent run, checkpoint, learning rate and seed (a fine-tuning grid over a
+    model family, `overtrain.training.finetune_group`) share one `Setting`.
+    """
+
+    parent: Any
+    parent_tok: Any
+    task: Any
+    seq_len: int
+    sets: dict[str, list[torch.Tensor]]
+    device: torch.device
+    autocast: torch.dtype | None
+
+    @classmethod
+    def build(cls, cfg: FinetuneConfig, parent, model, parent_tok) -> Setting:
+        device = resolve_device(cfg.device)
+        pretrain_source = parent.data.build()
+        parent_tok = parent_tok or pretrain_source.tokenizer()
+        task = _build_task(cfg.data, parent_tok, model, "data")
+        seq_len = cfg.train.seq_len or parent.train.seq_len
+        n_eval = cfg.eval_batches or parent.eval.batches
+        eval_bs = parent.eval.batch_size or parent.train.batch_size
+        task_val = [task.batch("val", i, eval_bs, seq_len) for i in range(n_eval)]
+        pre_val = [pretrain_source.batch("val", i, eval_bs, parent.train.seq_len) for i in range(n_eval)]
+        sets = {"task/loss": task_val, "pretrain/loss": pre_val}
+        if cfg.selection_batches:  # later val batches than the reported ones: disjoint from them
+            sets["task/select_loss"] = [
+                task.batch("val", n_eval + i, eval_bs, seq_len) for i in range(cfg.selection_batches)
+            ]
+        if cfg.ood_data is not None:
+            ood = _build_task(cfg.ood_data, parent_tok, model, "ood_data")
+            sets["ood/loss"] = [ood.batch("val", i, eval_bs, seq_len) for i in range(n_eval)]
+        autocast = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+        return cls(parent, parent_tok, task, seq_len, sets, device, autocast)
+
+    def evaluate(self, model) -> dict[str, float]:
+        """Every evaluation set's mean next-token loss (nats per token) of `model`."""
+        return {
+            k: evaluate_loss(model, v, autocast_dtype=self.autocast, device=self.device)
+            for k, v in self.sets.items()
+        }
+
+    def batch_at(self, cfg: FinetuneConfig) -> Callable[[int], torch.Tensor]:
+        """Step -> the run's training batch: each seed reads its own stretch of the task's training stream."""
+        offset, tc = cfg.seed << 32, cfg.train
+
+        def batch_at(step: int) -> torch.Tensor:
+            return self.task.batch("train", offset + step, tc.batch_size, self.seq_len)
+
+        return batch_at
+
+
+def schedule_events(tc: FinetuneTrainConfig) -> tuple[list[int], set[int]]:
+    """The steps where a segment ends (logging, evaluation, the last step) and those that evaluate."""
+    events = set(range(tc.log_every, tc.steps + 1, tc.log_every)) | {tc.steps}
+    evals = set(range(tc.eval_every, tc.steps + 1, tc.eval_every)) if tc.eval_every else set()
+    if tc.converge:
+        evals |= set(range(tc.converge.every, tc.steps + 1, tc.converge.every))
+    return sorted(events | evals), evals
+
+
+def final_record(
+    cfg: FinetuneConfig,
+    meta: dict,
+    sizes: tuple[int, int],
+    before: dict,
+    after: dict,
+    step: int,
+    plateau: _Plateau | None = None,
+) -> dict:
+    """The run's evals.jsonl row: what it fine-tuned, the losses before and after, the forgetting."""
+    n_params, trainable = sizes
+    return {
+        "parent": cfg.parent_id,
+        "checkpoint": cfg.checkpoint,
+        "method": cfg.method.name,
+        "lr": cfg.train.lr,
+        "steps": cfg.train.steps,
+        "seed": cfg.seed,
+        "tokens_seen": meta.get("tokens_seen"),
+        "budget": meta.get("budget"),
+        "tokens_per_param": meta.get("tokens_per_param"),
+        "n_params": n_params,
+        "trainable_params": trainable,
+        "base_task_loss": before["task/loss"],
+        "task_loss": after["task/loss"],
+        "base_pretrain_loss": before["pretrain/loss"],
+        "pretrain_loss": after["pretrain/loss"],
+        "forgetting": after["pretrain/loss"] - before["pretrain/loss"],
+        **_optional(before, after, step, plateau),
+    }
+
+
+def train_record(step: int, tokens_per_step: int, stats) -> dict:
+    """A metrics row at the end of a segment."""
+    return {
+        "step": step,
+        "tokens_seen": step * tokens_per_step,
+        "train/loss": stats.mean_loss,
+        "train/lr": stats.lr,
+        "train/grad_norm": stats.grad_norm,
+    }
+
+
 def run_finetune(cfg: FinetuneConfig, run) -> None:
     """Execute one fine-tuning run inside an open run directory (see module docstring)."""
     started = time.perf_counter()
@@ -209,32 +318,18 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
         run.truncate(name, 0)  # a restarted run begins again from the checkpoint
     parent_dir, parent = resolve_parent(cfg, run.store)
     device = resolve_device(cfg.device)
-    autocast = torch.bfloat16 if cfg.dtype == "bfloat16" else None
     model, parent_tok, meta = ckpt.load_checkpoint(parent_dir / "ckpt" / cfg.checkpoint, device=str(device))
-    n_params = count_params(model)
-
-    pretrain_source = parent.data.build()
-    parent_tok = parent_tok or pretrain_source.tokenizer()
-    task = _build_task(cfg.data, parent_tok, model, "data")
-    seq_len = cfg.train.seq_len or parent.train.seq_len
-    n_eval = cfg.eval_batches or parent.eval.batches
-    eval_bs = parent.eval.batch_size or parent.train.batch_size
-    task_val = [task.batch("val", i, eval_bs, seq_len) for i in range(n_eval)]
-    pre_val = [pretrain_source.batch("val", i, eval_bs, parent.train.seq_len) for i in range(n_eval)]
-    sets = {"task/loss": task_val, "pretrain/loss": pre_val}
-    if cfg.selection_batches:  # later val batches than the reported ones: disjoint from them
-        sets["task/select_loss"] = [
-            task.batch("val", n_eval + i, eval_bs, seq_len) for i in range(cfg.selection_batches)
-        ]
-    if cfg.ood_data is not None:
-        ood = _build_task(cfg.ood_data, parent_tok, model, "ood_data")
-        sets["ood/loss"] = [ood.batch("val", i, eval_bs, seq_len) for i in range(n_eval)]
-
-    def evaluate(m) -> dict[str, float]:
-        return {k: evaluate_loss(m, v, autocast_dtype=autocast, device=device) for k, v in sets.items()}
-
-    before = evaluate(model)
+    setting = Setting.build(cfg, parent, model, parent_tok)
+    before = setting.evaluate(model)
     run.log_metrics({"step": 0, "tokens_seen": 0, **before})
+    finetune_member(cfg, run, setting, model, meta, before, started)
+
+
+def finetune_member(
+    cfg: FinetuneConfig, run, setting: Setting, model, meta: dict, before: dict, started: float
+) -> None:
+    """Train `model` (the parent checkpoint, evaluated as `before`) and log the run's records."""
+    n_params = count_params(model)
     seed_everything(cfg.seed)
     model = cfg.method.apply(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -242,21 +337,13 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, 1e-8)
     rule = cfg.method.step_rule(model, optimizer, cfg.seed)
     train_model = distributed.wrap(model)  # DDP under a multi-process launch; the rule keeps the bare model
-    lr = _lr_schedule(tc)
-    offset = cfg.seed << 32  # each seed reads its own stretch of the task's training stream
-
-    def batch_at(step: int) -> torch.Tensor:
-        return task.batch("train", offset + step, tc.batch_size, seq_len)
-
-    tokens_per_step = tc.batch_size * seq_len
-    events = set(range(tc.log_every, tc.steps + 1, tc.log_every)) | {tc.steps}
-    evals = set(range(tc.eval_every, tc.steps + 1, tc.eval_every)) if tc.eval_every else set()
-    if tc.converge:
-        evals |= set(range(tc.converge.every, tc.steps + 1, tc.converge.every))
-    events |= evals
+    lr = lr_schedule(tc)
+    batch_at = setting.batch_at(cfg)
+    tokens_per_step = tc.batch_size * setting.seq_len
+    events, evals = schedule_events(tc)
     step, after = 0, {}
     plateau = _Plateau(tc.converge, before.get("task/select_loss")) if tc.converge else None
-    for event in sorted(events):
+    for event in events:
         stats = train_segment(
             train_model,
             optimizer,
@@ -265,8 +352,8 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
             step,
             event,
             grad_clip=tc.grad_clip or None,
-            autocast_dtype=autocast,
-            device=device,
+            autocast_dtype=setting.autocast,
+            device=setting.device,
             step_rule=rule,
         )
         reason = divergence(stats, step, event, "fine-tuning loss")
@@ -275,42 +362,15 @@ def run_finetune(cfg: FinetuneConfig, run) -> None:
             run.set_info(diverged_at_step=event if bad is None else bad)
             raise RunFailed(reason)
         step = event
-        record = {
-            "step": step,
-            "tokens_seen": step * tokens_per_step,
-            "train/loss": stats.mean_loss,
-            "train/lr": stats.lr,
-            "train/grad_norm": stats.grad_norm,
-            **rule.stats(),
-        }
+        record = {**train_record(step, tokens_per_step, stats), **rule.stats()}
         converged = False
         if step == tc.steps or step in evals:
-            after = evaluate(model)  # the last one is the run's final evaluation
+            after = setting.evaluate(model)  # the last one is the run's final evaluation
             record.update(after)
             converged = plateau is not None and plateau.update(after["task/select_loss"])
         run.log_metrics(record)
         run.progress(step, tc.steps)
         if converged:
             break
-    run.log_eval(
-        {
-            "parent": cfg.parent_id,
-            "checkpoint": cfg.checkpoint,
-            "method": cfg.method.name,
-            "lr": tc.lr,
-            "steps": tc.steps,
-            "seed": cfg.seed,
-            "tokens_seen": meta.get("tokens_seen"),
-            "budget": meta.get("budget"),
-            "tokens_per_param": meta.get("tokens_per_param"),
-            "n_params": n_params,
-            "trainable_params": trainable,
-            "base_task_loss": before["task/loss"],
-            "task_loss": after["task/loss"],
-            "base_pretrain_loss": before["pretrain/loss"],
-            "pretrain_loss": after["pretrain/loss"],
-            "forgetting": after["pretrain/loss"] - before["pretrain/loss"],
-            **_optional(before, after, step, plateau),
-        }
-    )
+    run.log_eval(final_record(cfg, meta, (n_params, trainable), before, after, step, plateau))
     run.set_info(n_params=n_params, trainable_params=trainable, wall_s=time.perf_counter() - started)

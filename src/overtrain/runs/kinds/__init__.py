@@ -39,6 +39,12 @@ class RunKind:
         data_parallel: `run` may execute on every process of a multi-process launch (DDP): it shards
             batches and wraps the model through `overtrain.distributed` and writes checkpoints only when
             ``run.writes`` (`overtrain.runs.replicated`). Other kinds are refused under a launch.
+        group_key: ``group_key(cfg, store) -> key | None``: runs of this kind with equal keys (not None) may
+            execute together through `run_group`, once their parents are done (the key may read them).
+            None for a run that must execute alone (a large model, a feature the group path lacks).
+        run_group: ``run_group(cfgs, runs, on_progress) -> [exception | None, ...]``: the work of several
+            runs as one computation, writing each member through its own `Run` exactly as `run` would;
+            per member, the exception it failed with or None (`Store.execute_group`).
         version: ``version() -> str``, the version of the code whose output the run stores (a study's
             analysis: the digest of the modules that decide its verdicts, `code_digest`). It enters the
             run id, so changed code is a new run and old results are never served for it. None (every
@@ -53,6 +59,8 @@ class RunKind:
     help: str = ""
     data_parallel: bool = False
     version: Callable[[], str] | None = None
+    group_key: Callable[[Any, Any], Any] | None = None
+    run_group: Callable[..., list[BaseException | None]] | None = None
 
     def run_id(self, cfg: BaseConfig) -> str:
         """The id of the run of `cfg`: `config_hash` of the config, with the kind's code version."""

@@ -206,3 +206,47 @@ def test_bad_sql_is_a_one_line_user_error(store, sql, message):
 def test_statement_without_rows(home):
     assert query("create table t (a int)", Store()).num_rows <= 1
     assert query("select * from runs", Store()).num_rows == 0
+
+
+def _runs_rows(store):
+    return query("select * exclude (dir) from runs order by run_id", store).to_pylist()
+
+
+def test_cached_runs_rows_follow_every_change_to_the_store(store):
+    """The ``runs`` rows kept in ``.cache`` are reused only while a run's manifest and config are
+    unchanged: a rerun that succeeds, a new run and a deleted run all show at the next query."""
+    from overtrain.runs.query import _runs_table
+    from overtrain.runs.table_cache import CACHE_NAME
+
+    cache = store.root / ".cache" / CACHE_NAME
+    first = _runs_rows(store)
+    assert cache.is_file()
+    assert _runs_rows(store) == first  # served from the cache
+    # the uncached build agrees
+    uncached = _runs_table(list(store.iter_runs()))
+    assert sorted(r["run_id"] for r in uncached.to_pylist()) == [r["run_id"] for r in first]
+
+    failed_id = next(r["run_id"] for r in first if r["status"] == "failed")
+    store.execute(Q, QConfig(n=5))  # a new run
+    failed_cfg = QConfig(n=3, fail=True)
+    # the failed run is redone and now succeeds: its manifest (and attempts) change
+    Q_ok = RunKind("q", QConfig, lambda cfg, run: q_run(cfg.model_copy(update={"fail": False}), run))
+    store.execute(Q_ok, failed_cfg)
+    rows = {r["run_id"]: r for r in _runs_rows(store)}
+    assert len(rows) == 3
+    assert rows[failed_id]["status"] == "success" and rows[failed_id]["attempts"] == 2
+
+    import shutil
+
+    shutil.rmtree(store.run_dir("q", failed_id))
+    assert failed_id not in {r["run_id"] for r in _runs_rows(store)}
+
+
+def test_a_damaged_cache_is_rebuilt(store):
+    from overtrain.runs.table_cache import CACHE_NAME
+
+    first = _runs_rows(store)
+    cache = store.root / ".cache" / CACHE_NAME
+    cache.write_bytes(b"not arrow")
+    assert _runs_rows(store) == first
+    assert cache.read_bytes()[:6] == b"ARROW1"

@@ -25,7 +25,7 @@ from typing import Any
 
 from overtrain import distributed
 from overtrain.config import to_plain
-from overtrain.errors import UserError
+from overtrain.errors import RunBusy, UserError
 from overtrain.registry import EXECUTORS, RUN_KINDS
 from overtrain.runs.kinds import RunKind
 from overtrain.runs.manifest import one_line_error
@@ -324,8 +324,6 @@ def _settle_group(
 
 def _group_replies(outcomes: list) -> list[dict]:
     """`Store.execute_group`'s outcomes as plain data (exceptions flattened to one line)."""
-    from overtrain.errors import RunBusy
-
     replies = []
     for outcome in outcomes:
         if isinstance(outcome, RunBusy):
@@ -348,8 +346,9 @@ def _run_inline(ordered: list[PlanItem], kind_of: dict[str, RunKind], store: Sto
         kind = kind_of[item.kind]
         group = groups.mates(item, queue)
         if len(group) > 1:
-            for member in group[1:]:
-                queue.remove(member)
+            for member in group:
+                if member is not item:
+                    queue.remove(member)
             total = sum(_total_steps(kind, m.config) or 0 for m in group) or None
             label = PlanItem(item.kind, item.config, f"{item.run_id} +{len(group) - 1} grouped")
             task, on_progress = book.display.run_bar(label, total)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from overtrain.core.lora import lora_layers
+
 LINEARS = (
     "self_attn.q_proj",
     "self_attn.k_proj",
@@ -107,8 +109,6 @@ class GroupedLlama:
         ``requires_grad``: ``"all"`` (full fine-tuning, pre-training), ``"lora"`` (the adapters only)
         or ``"none"``.
         """
-        from overtrain.core.lora import lora_layers
-
         bases = [_base(m) for m in models]
         config = bases[0].config
         names = [n for n, _ in bases[0].named_parameters() if ".lora_" not in n]

@@ -41,6 +41,7 @@ import yaml
 from overtrain.errors import UserError
 from overtrain.runs.jsonl import read_jsonl
 from overtrain.runs.store import Store
+from overtrain.runs.table_cache import RunFiles, cached_runs_table, snapshot
 
 if TYPE_CHECKING:
     import duckdb
@@ -269,13 +270,25 @@ def build_tables(
     Returns:
         ``{"runs": ..., "metrics": ..., "probes": ..., "evals": ...}`` (those asked for).
     """
+    store = store or Store()
     if manifests is None:
-        manifests = list((store or Store()).iter_runs())
+        return _build(store, tables, snapshot(store))
     builders = {
         "runs": lambda: _runs_table(manifests),
         "metrics": lambda: _metrics_table(manifests),
         "probes": lambda: _wide_table(manifests, "probes.jsonl"),
         "evals": lambda: _wide_table(manifests, "evals.jsonl"),
+    }
+    return {name: builders[name]() for name in tables}
+
+
+def _build(store: Store, tables: Iterable[str], runs: list[RunFiles]) -> dict[str, pa.Table]:
+    refs = [run.ref() for run in runs]
+    builders = {
+        "runs": lambda: cached_runs_table(store, runs, _runs_table, RUNS_SCHEMA),
+        "metrics": lambda: _metrics_table(refs),
+        "probes": lambda: _wide_table(refs, "probes.jsonl"),
+        "evals": lambda: _wide_table(refs, "evals.jsonl"),
     }
     return {name: builders[name]() for name in tables}
 
@@ -344,7 +357,7 @@ class Reader:
         self.store = store or Store()
         # the snapshot is the set of runs now; each table is built from their files the first time a
         # query names it (a query over `runs` alone never reads a metrics file)
-        self._manifests = list(self.store.iter_runs())
+        self._runs = snapshot(self.store)
         self.con = duckdb.connect(":memory:")
         self._built: set[str] = set()
         self._columns: dict[str, set[str]] = {}
@@ -354,7 +367,7 @@ class Reader:
         ``show tables``)."""
         named = [t for t in TABLES if re.search(rf"\b{t}\b", sql, re.IGNORECASE)]
         wanted = [t for t in named or TABLES if t not in self._built]
-        for name, table in build_tables(self.store, wanted, self._manifests).items():
+        for name, table in _build(self.store, wanted, self._runs).items():
             _load(self.con, name, table)
             self._built.add(name)
 

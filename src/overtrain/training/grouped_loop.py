@@ -49,9 +49,10 @@ def train_group_segment(
     or ``[K, B, T]``) at rates ``lr_at(s)`` (``[K]``). Losses are nats per token; one host sync at the end."""
     params = group.trainable()
     k = group.k
-    loss_sum = torch.zeros(k)
-    grad_norm = torch.zeros(k)
-    lr = torch.full((k,), math.nan)
+    device = params[0].device
+    loss_sum = torch.zeros(k, device=device)
+    grad_norm = torch.zeros(k, device=device)
+    lr = torch.full((k,), math.nan, device=device)
     losses = []
     for step in range(start, stop):
         lr = lr_at(step)
@@ -69,7 +70,7 @@ def train_group_segment(
     means = (loss_sum / n).tolist()
     first_bad: list[int | None] = [None] * k
     if losses and not all(math.isfinite(m) for m in means):
-        bad = ~torch.isfinite(torch.stack(losses))  # [steps, K]
+        bad = (~torch.isfinite(torch.stack(losses))).cpu()  # [steps, K]
         for member in range(k):
             rows = bad[:, member].nonzero()
             first_bad[member] = start + int(rows[0]) if len(rows) else None

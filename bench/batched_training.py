@@ -110,68 +110,72 @@ def finetune_grid(repeats: int) -> dict:
         shutil.copytree(parent_root / "pretrain", root / "pretrain")
         return Store(root)
 
-    def per_run() -> Store:
-        store = fresh("per_run")
-        for cfgs in grid.values():
-            for cfg in cfgs:
-                store.execute(kind, cfg)
+    def per_run(method: str) -> Store:
+        store = fresh(f"per_run-{method}")
+        for cfg in grid[method]:
+            store.execute(kind, cfg)
         return store
 
-    def grouped(stack: int):
-        def run() -> Store:
-            store = fresh(f"stack{stack}")
-            group_kind = type(kind)(
-                **{
-                    **kind.__dict__,
-                    "run_group": lambda c, r, p=None: run_finetune_group(c, r, p, stack=stack),
-                }
-            )
-            for cfgs in grid.values():
-                outcomes = store.execute_group(group_kind, cfgs)
-                bad = [o for o in outcomes if isinstance(o, BaseException)]
-                if bad:
-                    raise SystemExit(f"grouped run failed: {bad[0]}")
-            return store
-
-        return run
+    def grouped(method: str, stack: int) -> Store:
+        store = fresh(f"stack{stack}-{method}")
+        group_kind = type(kind)(
+            **{**kind.__dict__, "run_group": lambda c, r, p=None: run_finetune_group(c, r, p, stack=stack)}
+        )
+        outcomes = store.execute_group(group_kind, grid[method])
+        bad = [o for o in outcomes if isinstance(o, BaseException)]
+        if bad:
+            raise SystemExit(f"grouped run failed: {bad[0]}")
+        return store
 
     paths = {
         "per_run": per_run,
-        "stack_1": grouped(1),
-        "stack_all": grouped(max(len(v) for v in grid.values())),
+        "stack_1": lambda method: grouped(method, 1),
+        "stack_all": lambda method: grouped(method, len(grid[method])),
     }
-    times = {name: [] for name in paths}
-    stores = {}
+    times = {method: {name: [] for name in paths} for method in grid}
+    stores: dict[tuple[str, str], Store] = {}
     for r in range(repeats):
-        for name, fn in paths.items():
-            t0 = time.perf_counter()
-            stores[name] = fn()
-            times[name].append(time.perf_counter() - t0)
-        print(f"  finetune_grid repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()))
+        for method in grid:
+            for name, fn in paths.items():
+                t0 = time.perf_counter()
+                stores[method, name] = fn(method)
+                times[method][name].append(time.perf_counter() - t0)
+            line = ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times[method].items())
+            print(f"  finetune_grid {method} repeat {r + 1}: {line}")
 
     def rows(store: Store, cfg) -> list:
         return read_jsonl(store.run_dir("finetune", kind.run_id(cfg)) / "evals.jsonl")
 
-    all_cfgs = [c for v in grid.values() for c in v]
-    equal = all(rows(stores["stack_1"], c) == rows(stores["per_run"], c) for c in all_cfgs)
+    def rel(a: dict, b: dict) -> float:
+        return max(
+            abs(a[k] - b[k]) / abs(b[k]) for k in ("task_loss", "pretrain_loss", "select_loss", "ood_loss")
+        )
+
+    equal = all(rows(stores[m, "stack_1"], c) == rows(stores[m, "per_run"], c) for m in grid for c in grid[m])
     diff = max(
-        abs(rows(stores["stack_all"], c)[0][k] - rows(stores["per_run"], c)[0][k])
-        / abs(rows(stores["per_run"], c)[0][k])
-        for c in all_cfgs
-        for k in ("task_loss", "pretrain_loss")
+        rel(rows(stores[m, "stack_all"], c)[0], rows(stores[m, "per_run"], c)[0])
+        for m in grid
+        for c in grid[m]
     )
     if not equal:
         raise SystemExit("stack 1 records differ from the per-run records")
     shutil.rmtree(work, ignore_errors=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "runs": n_runs,
-        "median_s": med,
-        "ratio_stack_1": med["per_run"] / med["stack_1"],
-        "ratio_stack_all": med["per_run"] / med["stack_all"],
-        "records_equal_stack_1": equal,
-        "max_rel_diff_stack_all": diff,
-    }
+    out: dict = {"runs": n_runs, "steps": 100, "records_equal_stack_1": equal, "max_rel_diff_stack_all": diff}
+    total = {name: 0.0 for name in paths}
+    for method in grid:
+        med = {k: statistics.median(v) for k, v in times[method].items()}
+        for name in paths:
+            total[name] += med[name]
+        out[method] = {
+            "runs": len(grid[method]),
+            "median_s": med,
+            "ratio_stack_1": med["per_run"] / med["stack_1"],
+            "ratio_stack_all": med["per_run"] / med["stack_all"],
+        }
+    out["median_s"] = total
+    out["ratio_stack_1"] = total["per_run"] / total["stack_1"]
+    out["ratio_stack_all"] = total["per_run"] / total["stack_all"]
+    return out
 
 
 def step(members: list[int], repeats: int, device: str = "cpu") -> list[dict]:

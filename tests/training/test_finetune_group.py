@@ -162,3 +162,21 @@ def test_the_executor_groups_ready_fine_tuning_runs(two_stores, workers):
     ]
     assert sizes == ([4] * 4 if workers == 1 else [2] * 4)  # split in one share per worker
     assert len(run_plan(plan, grouped, workers=workers, progress=False).skipped) == 4
+
+
+def test_a_killed_group_redoes_only_its_unfinished_members(two_stores):
+    """After a kill, finished members are skipped and an unfinished one (manifest ``running``, records
+    cut mid-way) restarts from its checkpoint, ending with the records of an uninterrupted group."""
+    (_, grouped), parent_id = two_stores
+    cfgs = _grid(parent_id)
+    _execute_group(grouped, cfgs, stack=1)
+    before = [_records(grouped, c) for c in cfgs]
+    victim = grouped.run_dir("finetune", FT.run_id(cfgs[2]))
+    manifest = json.loads((victim / "manifest.json").read_text())
+    (victim / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    lines = (victim / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (victim / "metrics.jsonl").write_text("".join(lines[:2]) + lines[2][:10])  # a partial last line
+    (victim / "evals.jsonl").unlink()
+    outcomes = _execute_group(grouped, cfgs, stack=1)
+    assert [o.skipped for o in outcomes] == [True, True, False, True]
+    assert [_records(grouped, c) for c in cfgs] == before

@@ -11,11 +11,14 @@ checkpoint logs the same ``step 0`` losses a run alone computes, bit for bit), a
   weights, batched matmuls, per-member AdamW and clipping), full fine-tuning or LoRA with the plain step.
   Each member matches its run alone to float rounding (tests/training/test_finetune_group.py).
 
-Why stacking is not the CPU default: measured on llama-nano (64 x 64 tokens a step, one thread), a
-stacked step costs 34 ms a member at K = 1 and 41-50 ms at K = 2-32 (bench/batched_training.py): a tiny
-model's step on this CPU is bound by memory traffic and the attention kernel (head dim 4-8), not by
-per-call overhead, and stacking K members moves the working set out of cache. On a GPU, where the same
-step is bound by kernel launches, stacking is the point (`DEFAULT_STACK`).
+Why stacking is not the CPU default: measured on llama-nano (one thread, bench/batched_training.py), a
+stacked step costs what a loop over the models costs (64 x 64 tokens: 33 ms a model at K = 1, 32-35 ms at
+K = 4-16) and more at the pre-training batch (256 x 64, K = 16: 0.65x): a tiny model's step on a CPU is
+bound by memory traffic and the attention kernel (head dim 4), not by per-call overhead. On the demo's
+grid the group runs 1.18x faster than the runs alone with members one at a time (shared setup and
+evaluations) and 1.21x stacked (LoRA without PEFT's wrappers), while one at a time keeps each member's
+records bit-identical to its run alone. On a GPU, where the same step is bound by kernel launches,
+stacking is the point (`DEFAULT_STACK`).
 
 Each member is recorded as its own run (`overtrain.runs.store.Store.execute_group`); a member that
 diverges fails alone. Fine-tuning runs restart from their checkpoint, so a killed group resumes by

@@ -308,3 +308,53 @@ def test_probe_run_kind_on_a_pretraining_checkpoint(home, tiny_pretrain):
     assert summary[0]["block_len"] == 16 and summary[0]["sequences"] == 8  # seq_len 32 -> L = 16
     assert summary[0]["max_prefix_matching"] == max(r["prefix_matching"] for r in rows)
     assert math.isfinite(summary[0]["copying_gain"])
+
+
+@pytest.mark.parametrize("preset", ["llama-nano", "olmo2-nano", "neox-nano"])
+def test_ablating_every_head_equals_zeroing_the_output_projections(preset):
+    """Zeroing every head's output where it enters the output projection is, exactly, the model with
+    those projections' weights zeroed: the reference for the ablation hooks."""
+    from overtrain.probes.induction import attention_outputs, heads_ablated
+
+    model = _model(preset)
+    model.eval()
+    L = 6
+    xs = induction_batches(VOCAB, L, 4, 4, seed=2)
+    layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    before = _direct_losses(model, xs, L)
+    with heads_ablated(model, [(layer, head) for layer in range(layers) for head in range(heads)]):
+        ablated = _direct_losses(model, xs, L)
+    assert _direct_losses(model, xs, L) == before  # the hooks are gone
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for module in attention_outputs(zeroed):
+            module.weight.zero_()  # a bias (GPT-NeoX) enters after the heads: kept, as the ablation keeps it
+    assert ablated == pytest.approx(_direct_losses(zeroed, xs, L), rel=1e-6)
+    assert ablated != pytest.approx(before, rel=1e-3)
+
+
+def test_ablating_the_induction_head_of_a_copying_model_costs_copying():
+    """The trained copier of the test above: ablating its top head raises the second-copy loss (the
+    head carries copying); the ablation is reported with the heads it removed."""
+    L = 8
+    source = CopyConfig(mode="repeat", vocab_size=VOCAB).build()
+    model = _model("llama-nano")
+    opt = build_optimizer(model, 1e-2, 0.0, (0.9, 0.95), 1e-8)
+    train_segment(model, opt, lambda s: source.batch("train", s, 32, 2 * L), lambda s: 1e-2, 0, 200)
+    xs = induction_batches(VOCAB, L, 64, 32)
+    res = PROBES.get("induction")(InductionConfig(block_len=L, ablate_top=1)).run(model, xs)
+    assert res.ablated_heads == (res.best_head,)
+    assert res.ablation_effect > 0.1 * res.copying_gain > 0
+    summary = res.summary_rows()[0]
+    assert summary["ablated_heads"] == [list(res.best_head)]
+    assert summary["ablation_effect"] == pytest.approx(res.ablation_effect)
+    plain = induction_scores(model, xs)
+    assert plain.ablated_heads is None and "ablation_effect" not in plain.summary_rows()[0]
+    assert plain.second_copy_loss == pytest.approx(res.second_copy_loss)
+
+
+def test_ablate_top_is_not_in_the_id_unless_set():
+    from overtrain.config import config_hash
+
+    assert config_hash(InductionConfig()) == config_hash(InductionConfig(ablate_top=None))
+    assert config_hash(InductionConfig()) != config_hash(InductionConfig(ablate_top=2))

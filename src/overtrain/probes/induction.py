@@ -32,7 +32,8 @@ floats, which is why the default block is at most `MAX_DEFAULT_BLOCK_LEN` tokens
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from overtrain.config import BaseConfig, NotInId
+from overtrain.config import BaseConfig, InIdWhenSet, NotInId
 from overtrain.core.evaluate import autocast_context
 from overtrain.errors import ConfigError
 from overtrain.models.attention import eager_attention
@@ -69,6 +70,11 @@ class InductionConfig(BaseConfig):
     seed: int = Field(0, ge=0)
     """Seed of the random blocks: the same seed gives the same sequences for every checkpoint."""
 
+    ablate_top: int | None = InIdWhenSet(ge=1)
+    """Also measure the copying loss with the k heads of highest prefix-matching score ablated (their
+    output zeroed before the attention's output projection): how much of the copying those heads carry,
+    a causal measure where the score only correlates (Olsson et al. 2022). None: no ablation."""
+
 
 # --- results ------------------------------------------------------------------------------------------
 
@@ -83,6 +89,8 @@ class InductionResult:
         second_copy_loss: mean loss on the second copy (targets ``L..2L-1``), nats/token.
         block_len: L.
         sequences: number of sequences averaged over.
+        ablated_heads: the ``(layer, head)`` pairs ablated (highest score first), or None.
+        ablated_second_copy_loss: the second-copy loss with those heads' outputs zeroed, nats/token.
     """
 
     prefix_matching: tuple[tuple[float, ...], ...]
@@ -90,6 +98,16 @@ class InductionResult:
     second_copy_loss: float
     block_len: int
     sequences: int
+    ablated_heads: tuple[tuple[int, int], ...] | None = None
+    ablated_second_copy_loss: float | None = None
+
+    @property
+    def ablation_effect(self) -> float | None:
+        """``ablated_second_copy_loss − second_copy_loss`` (nats/token): the copying the ablated heads
+        carry; 0 when they do none of it. None without an ablation."""
+        if self.ablated_second_copy_loss is None:
+            return None
+        return self.ablated_second_copy_loss - self.second_copy_loss
 
     @property
     def copying_gain(self) -> float:
@@ -145,6 +163,15 @@ class InductionResult:
                 "copying_gain": self.copying_gain,
                 "block_len": self.block_len,
                 "sequences": self.sequences,
+                **(
+                    {
+                        "ablated_heads": [list(h) for h in self.ablated_heads],
+                        "ablated_second_copy_loss": self.ablated_second_copy_loss,
+                        "ablation_effect": self.ablation_effect,
+                    }
+                    if self.ablated_heads is not None
+                    else {}
+                ),
                 **extra,
             }
         ]
@@ -229,8 +256,78 @@ def _check_batches(batches: Sequence[torch.Tensor], vocab: int | None) -> int:
     return L
 
 
+def attention_outputs(model: nn.Module) -> list[nn.Module]:
+    """Each layer's attention output projection, in layer order: the module whose input holds the heads'
+    outputs side by side (``self_attn.o_proj`` in Llama / OLMo-2, ``attention.dense`` in GPT-NeoX; under
+    PEFT the LoRA wrapper of it)."""
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name.endswith(("self_attn.o_proj", "attention.dense"))
+    ]
+    if not found:
+        raise ValueError(f"{type(model).__name__}: no attention output projection found to ablate heads at")
+    return [module for _, module in found]
+
+
+@contextlib.contextmanager
+def heads_ablated(model: nn.Module, heads: Sequence[tuple[int, int]]) -> Iterator[None]:
+    """Within the block, the outputs of `heads` (``(layer, head)``) are zeroed where they enter their
+    layer's output projection (columns ``head·D .. (head+1)·D``, D the head dimension): the zero-ablation
+    of Olsson et al. 2022. The hooks go on exit; the weights are never touched."""
+    config = _hf_config(model)
+    n_heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    projections = attention_outputs(model)
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        if not (0 <= layer < len(projections) and 0 <= head < n_heads):
+            raise ValueError(f"no head {head} in layer {layer} ({len(projections)} layers x {n_heads} heads)")
+        by_layer.setdefault(layer, []).append(head)
+
+    def hook_for(columns: list[int]):
+        def hook(module, args):
+            x = args[0].clone()
+            for head in columns:
+                x[..., head * head_dim : (head + 1) * head_dim] = 0
+            return (x, *args[1:])
+
+        return hook
+
+    handles = [projections[layer].register_forward_pre_hook(hook_for(hs)) for layer, hs in by_layer.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _hf_config(model: nn.Module):
+    get = getattr(model, "get_base_model", None)
+    return (get() if get is not None else model).config
+
+
+def _copy_losses(model: nn.Module, batches: Sequence[torch.Tensor], L: int, device, autocast_dtype):
+    """Summed cross-entropy (nats) on the first and second copies, and the number of sequences."""
+    first = second = 0.0
+    n = 0
+    with torch.no_grad(), autocast_context(device, autocast_dtype):
+        for x in batches:
+            x = x.to(device)
+            logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
+            ce = F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")  # (B, 2L-1)
+            first += ce[:, : L - 1].sum(dtype=torch.float64).item()
+            second += ce[:, L - 1 :].sum(dtype=torch.float64).item()
+            n += x.shape[0]
+    return first, second, n
+
+
 def induction_scores(
-    model: nn.Module, batches: Sequence[torch.Tensor], *, autocast_dtype: torch.dtype | None = None
+    model: nn.Module,
+    batches: Sequence[torch.Tensor],
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    ablate_top: int | None = None,
 ) -> InductionResult:
     """Prefix-matching score per head and copying losses of `model` on [block; block] `batches`.
 
@@ -239,6 +336,8 @@ def induction_scores(
             training flag and its attention kernel are left as they were.
         batches: int64 ``(B, 2L)`` sequences whose second half repeats the first (`induction_batches`).
         autocast_dtype: evaluate under autocast to this dtype (None: the parameters' dtype).
+        ablate_top: also measure the second-copy loss with the this many highest-scoring heads ablated
+            (`heads_ablated`).
 
     Returns:
         An `InductionResult`.
@@ -269,16 +368,28 @@ def induction_scores(
                 first += ce[:, : L - 1].sum(dtype=torch.float64).item()
                 second += ce[:, L - 1 :].sum(dtype=torch.float64).item()
                 n += x.shape[0]
+        assert scores is not None
+        per_head = (scores / n).tolist()
+        ablated, ablated_loss = None, None
+        if ablate_top:
+            ranked = sorted(
+                ((s, layer, head) for layer, hs in enumerate(per_head) for head, s in enumerate(hs)),
+                key=lambda t: (-t[0], t[1], t[2]),
+            )
+            ablated = tuple((layer, head) for _, layer, head in ranked[:ablate_top])
+            with heads_ablated(model, ablated):
+                _, ablated_sum, _ = _copy_losses(model, batches, L, device, autocast_dtype)
+            ablated_loss = ablated_sum / (n * L)
     finally:
         model.train(was_training)
-    assert scores is not None
-    per_head = (scores / n).tolist()
     return InductionResult(
         prefix_matching=tuple(tuple(layer) for layer in per_head),
         first_copy_loss=first / (n * (L - 1)),
         second_copy_loss=second / (n * L),
         block_len=L,
         sequences=n,
+        ablated_heads=ablated,
+        ablated_second_copy_loss=ablated_loss,
     )
 
 
@@ -320,4 +431,4 @@ class InductionProbe:
         autocast_dtype: torch.dtype | None = None,
     ) -> InductionResult:
         """`induction_scores` on `batches` (`init_state` is not used)."""
-        return induction_scores(model, batches, autocast_dtype=autocast_dtype)
+        return induction_scores(model, batches, autocast_dtype=autocast_dtype, ablate_top=self.cfg.ablate_top)

@@ -53,7 +53,7 @@ TINY = {
     },  # 24 steps, N = 192 sequences, 19 of them repeats
     "eval": {"batches": 2, "every": 8, "extra": {"copy": COPY, "spans": SPANS}},
     "checkpoint": {"log_spaced": False, "every": 12, "step_zero": False, "resume_every": 12},
-    "induction": {"sequences": 8, "batch_size": 8},
+    "induction": {"sequences": 8, "batch_size": 8, "ablate_top": 1},
     "memorisation": {"split": "repeated", "eval_batches": 2, "batch_size": 4},
     "bootstrap": 100,
 }
@@ -137,9 +137,19 @@ def test_study_writes_rows_and_claims(done):
         r["repeats"] > 1 for r in by["worst"]
     )
     assert len(by["law"]) == 100 and all(r["heldout_loss"] > 0 for r in by["law"])
+    # the induction probe at every checkpoint of every run (steps 12 and 24), timing read from it
+    assert len(by["induction_curve"]) == 6 * 2 and {r["step"] for r in by["induction_curve"]} == {12, 24}
+    for p in by["point"]:
+        assert (
+            0 <= p["induction_mean_score"] <= 1
+            and p["phase_change_step"] in (12, 24)
+            or (12 <= p["phase_change_step"] <= 24)
+        )
+        assert p["ablation_effect"] is not None
     claims = by["claim"]
-    # per size: text peak, precondition, copying, induction, rise; then the size order and effective size
-    assert len(claims) == 2 * 5 + 2 and all(c["value"] is not None for c in claims if c["verdict"] != "N/A")
+    # per size: text peak, precondition, copying, induction, ablation, mean score, phase change, rise; then
+    # the size order and effective size
+    assert len(claims) == 2 * 8 + 2 and all(c["value"] is not None for c in claims if c["verdict"] != "N/A")
     # one seed: no finding can PASS or FAIL (fewer than 4 seeds), the checks can
     assert all(c["verdict"] in ("UNDERPOWERED", "N/A") for c in claims if c["type"] == "finding")
     assert {r["chosen_on"] for r in by["worst"]} == {"spans_loss"}
@@ -215,6 +225,10 @@ TABLES = {
     # micro's copying 50% worse and its head 20% weaker at E = 2; nano has no head
     "copying_loss": {"nano": [4.0] * 5, "micro": [1.0, 1.5, 1.0, 1.05, 2.0]},
     "max_prefix_matching": {"nano": [0.02] * 5, "micro": [0.6, 0.48, 0.6, 0.6, 0.3]},
+    # micro's top head carries 30% less copying at E = 2, its head forms 40% later, its mean score is 25% lower
+    "ablation_effect": {"nano": [0.01] * 5, "micro": [1.0, 0.7, 1.0, 1.0, 0.5]},
+    "phase_change_step": {"nano": [1500.0] * 5, "micro": [500.0, 700.0, 500.0, 510.0, 900.0]},
+    "induction_mean_score": {"nano": [0.02] * 5, "micro": [0.4, 0.3, 0.4, 0.4, 0.2]},
 }
 BUMP = [4.0, 3.6, 3.4, 3.3, 3.5, 3.4, 3.35, 3.3]  # 6% above the running minimum at step 5
 SMALL_BUMP = [4.0, 3.6, 3.4, 3.3, 3.33, 3.32, 3.31, 3.3]  # 1% at step 5: the induction phase change
@@ -240,6 +254,13 @@ def test_claims_on_synthetic_points():
     assert by["At the worst E on text, copying is worse (micro)"].verdict == "PASS"
     weaker = by["At the worst E on text, induction heads are weaker (micro)"]
     assert weaker.verdict == "PASS" and weaker.value == pytest.approx(-0.2, abs=0.01) and weaker.ci_high < 0
+    causal = by["At the worst E on text, the top head carries less copying (micro)"]
+    assert causal.verdict == "PASS" and causal.value == pytest.approx(-0.3, abs=0.01)
+    later = by["At the worst E on text, the induction phase change comes later (micro)"]
+    assert later.verdict == "PASS" and later.value == pytest.approx(0.4, abs=0.01) and later.ci_low > 0
+    over = by["At the worst E on text, induction is weaker over training (micro)"]
+    assert over.verdict == "PASS" and over.value == pytest.approx(-0.25, abs=0.01)
+    assert by["At the worst E on text, the induction phase change comes later (nano)"].verdict == "N/A"
     # the copy task is read at the E chosen on the text (E = 2: 2.6 vs 2.0), not at its own worst (E = 16)
     rows = {r["size"]: r for r in worst_rows(cfg, _points(cfg, TABLES), worst)}
     assert rows["micro"]["copy_task_loss"] == pytest.approx(2.6, rel=0.01)

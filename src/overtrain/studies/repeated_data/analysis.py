@@ -3,7 +3,9 @@ the claims, store what the report shows.
 
 It writes into its ``evals.jsonl`` (``record`` column): ``claim``, ``point`` (per run), ``layer`` (best
 prefix-matching score per layer), ``curve`` (held-out loss over training), ``subset_curve`` (loss on the
-repeated subset over training, at the worst E and E = 1, from the run's checkpoints), ``worst`` (the
+repeated subset over training, at the worst E and E = 1, from the run's checkpoints),
+``induction_curve`` (max prefix-matching score and copying loss at every checkpoint of every run),
+``worst`` (the
 worst E per size, chosen on the text loss, with the text, copy-task and copying losses there and at
 E = 1), ``scaling_fit`` (loss vs parameters on the E = 1 runs), ``law`` (that law on a grid
 of sizes), ``effective_size`` (its inversion per size and E) and ``recommendation`` (the headline).
@@ -21,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from overtrain.analysis.phase_change import mean_score, phase_change_step
 from overtrain.core.evaluate import evaluate_loss
+from overtrain.probes.induction import InductionProbe, induction_batches, induction_scores
 from overtrain.runs.query import Reader
 from overtrain.runs.run import Run
 from overtrain.runs.store import Store
@@ -42,11 +46,14 @@ def analyse(cfg: RepeatedDataConfig, run: Run) -> None:
     """The ``repeated_data`` run kind: read the children, decide the claims, store every row."""
     with Reader(run.store) as reader:
         points, layers, curves = collect(cfg, reader)
+    induction = induction_curves(cfg, run.store)
+    add_induction_timing(cfg, points, induction)
     claims, worst, fit_row, effective, headline = decide(cfg, points, curves)
     subset = subset_curves(cfg, run.store, {size: [1, e] for size, e in worst.items()})
     log_claims(run, claims, headline=headline)  # starts the evals over: redone whole
     worst_e = worst_rows(cfg, points, worst)
-    rows = points + layers + curves + subset + worst_e + [fit_row] + law_rows(fit_row, points) + effective
+    rows = points + layers + curves + induction + subset + worst_e + [fit_row] + law_rows(fit_row, points)
+    rows += effective
     for row in rows + [{"record": "recommendation", "text": headline}]:
         run.log_eval(row)
 
@@ -92,6 +99,7 @@ def collect(cfg: RepeatedDataConfig, reader: Reader) -> tuple[list[dict], list[d
                 "first_copy_loss": model["first_copy_loss"],
                 "copying_gain": model["copying_gain"],
                 "max_prefix_matching": model["max_prefix_matching"],
+                "ablation_effect": model.get("ablation_effect"),
                 "repeated_loss": memo["loss"],
                 "uniform_prefix_matching": _uniform_score(int(model["block_len"])),
             }
@@ -187,6 +195,65 @@ def subset_curves(cfg: RepeatedDataConfig, store: Store, which: dict[str, list[i
                 }
             )
     return rows
+
+
+def induction_curves(cfg: RepeatedDataConfig, store: Store) -> list[dict[str, Any]]:
+    """The induction probe (prefix-matching score, copying loss) at every checkpoint of every run: the
+    ``induction_curve`` rows, one per (run, step) (a step saved under two names is scored once)."""
+    rows = []
+    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+    ic = cfg.induction.model_copy(update={"ablate_top": None})
+    for c in cells(cfg):
+        run_dir = store.run_dir("pretrain", c["pretrain_id"])
+        seen: set[int] = set()
+        for meta in ckpt.list_checkpoints(run_dir):
+            if meta["step"] in seen:
+                continue
+            seen.add(meta["step"])
+            model, _, _ = ckpt.load_checkpoint(Path(meta["path"]))
+            probe = InductionProbe(ic)
+            batches = induction_batches(
+                model.config.vocab_size,
+                probe.block_len(cfg.train.seq_len),
+                ic.sequences,
+                ic.batch_size,
+                ic.seed,
+            )
+            res = induction_scores(model, batches, autocast_dtype=dtype)
+            rows.append(
+                {
+                    "record": "induction_curve",
+                    "size": c["size"],
+                    "repeats": c["repeats"],
+                    "seed": c["seed"],
+                    "step": meta["step"],
+                    "max_prefix_matching": res.max_prefix_matching,
+                    "copying_loss": res.second_copy_loss,
+                }
+            )
+    return rows
+
+
+def add_induction_timing(cfg: RepeatedDataConfig, points: list[dict], curves: list[dict]) -> None:
+    """Per ``point`` row: ``induction_mean_score`` (the max prefix-matching score averaged over training,
+    from step 0 where it is taken as 0) and ``phase_change_step`` (the step it first reaches
+    `induction_threshold`, interpolated; a run whose head never forms gets its last step, so a delay is
+    never overstated), `overtrain.analysis.phase_change`; ``phase_change_reached`` says which."""
+    by: dict[tuple, list[tuple[int, float]]] = {}
+    for r in curves:
+        by.setdefault((r["size"], r["repeats"], r["seed"]), []).append((r["step"], r["max_prefix_matching"]))
+    for p in points:
+        curve = sorted(by.get((p["size"], p["repeats"], p["seed"]), []))
+        if not curve:
+            p.update(induction_mean_score=None, phase_change_step=None, phase_change_reached=None)
+            continue
+        steps, scores = [s for s, _ in curve], [v for _, v in curve]
+        step = phase_change_step(steps, scores, cfg.induction_threshold)
+        p.update(
+            induction_mean_score=mean_score(steps, scores, start=0),
+            phase_change_step=float(steps[-1]) if step is None else step,
+            phase_change_reached=step is not None,
+        )
 
 
 def law_rows(fit_row: dict[str, Any], points: list[dict]) -> list[dict[str, Any]]:

@@ -81,10 +81,13 @@ class RepeatedDataConfig(BaseConfig):
     checkpoint: CheckpointConfig = CheckpointConfig(
         log_spaced=False, every=250, step_zero=False, resume_every=500
     )
-    """Checkpoints along training: the analysis evaluates the repeated subset on them (worst E, E = 1)."""
+    """Checkpoints along training: the analysis evaluates the repeated subset on them (worst E, E = 1) and
+    the induction scores on them (every run)."""
 
-    induction: InductionConfig = InductionConfig(sequences=64, batch_size=32)
-    """Induction probe on every final checkpoint: prefix-matching score per head, copying loss."""
+    induction: InductionConfig = InductionConfig(sequences=64, batch_size=32, ablate_top=1)
+    """Induction probe on every final checkpoint: prefix-matching score per head, copying loss, and the
+    copying loss with the top head ablated (``ablate_top``); the analysis also scores every checkpoint
+    (the phase change and the mean score over training)."""
 
     memorisation: ReferenceLossConfig = ReferenceLossConfig(split="repeated", eval_batches=4, batch_size=32)
     """Loss on the repeated subset (``split: repeated``) on every final checkpoint."""

@@ -11,9 +11,12 @@ Findings (per size where marked; `calibrate` gives each rule's fpr and power; ev
 
 - an interior E is worst (per size): leave-one-seed-out interior peak of the text loss over E, one-sided
   97.5% lower bound above `min_peak`;
-- at the worst E copying is worse / induction heads are weaker (per size, N/A without a head at E = 1):
-  per-seed relative change of the copying loss (2nd copy of [block; block]) / max prefix-matching score
-  against E = 1, mean past `min_change` and one-sided lower bound past 0;
+- at the worst E copying is worse / induction heads are weaker / the top head carries less copying /
+  induction is weaker over training / the phase change comes later (per size, N/A without a head at
+  E = 1): per-seed relative change of the copying loss (2nd copy of [block; block]) / max prefix-matching
+  score / the rise of the copying loss when the top head is ablated (causal) / the score averaged over
+  training / the step it reaches the induction threshold, against E = 1, mean past `min_change` in the
+  damaging direction and one-sided lower bound past 0;
 - the text loss rises mid-training at the worst E more than at E = 1 (per size): per seed, the
   leave-one-seed-out rise above the running minimum at the worst E minus that at E = 1 (the text loss rises
   at E = 1 too, when the induction head forms), mean ≥ `min_rise`, one-sided 99% lower bound > 0;
@@ -132,10 +135,36 @@ def _damage_claims(cfg: RepeatedDataConfig, points: list[dict], size: str, w: in
     ]
     has_head = formed >= cfg.induction_threshold
     task = np.nanmean(grid(points, size, reps, seeds, "copy_task_loss")[:, [0, w]], axis=0)
-    for key, what, sign in (
-        ("copying_loss", "copying loss (2nd copy of [block; block])", 1),
-        ("max_prefix_matching", "max prefix-matching score", -1),
-    ):
+    measures = [
+        ("copying_loss", "copying loss (2nd copy of [block; block])", 1, "copying is worse"),
+        ("max_prefix_matching", "max prefix-matching score", -1, "induction heads are weaker"),
+    ]
+    if all(p.get("ablation_effect") is not None for p in points):
+        measures.append(
+            (
+                "ablation_effect",
+                "copying the top head carries (2nd-copy loss with it ablated − without, nats)",
+                -1,
+                "the top head carries less copying",
+            )
+        )
+    if all(p.get("phase_change_step") is not None for p in points):
+        measures += [
+            (
+                "induction_mean_score",
+                "max prefix-matching score averaged over training (area under its curve)",
+                -1,
+                "induction is weaker over training",
+            ),
+            (
+                "phase_change_step",
+                f"step at which the max prefix-matching score reaches {cfg.induction_threshold:g} (the last "
+                "step where it never does)",
+                1,
+                "the induction phase change comes later",
+            ),
+        ]
+    for key, what, sign, phrase in measures:
         pair = grid(points, size, reps, seeds, key)[:, [0, w]]
         change = pair[:, 1] / pair[:, 0] - 1  # per seed, paired by seed (same init and placement)
         worse = sign * change[:, None]  # damage is positive
@@ -144,14 +173,18 @@ def _damage_claims(cfg: RepeatedDataConfig, points: list[dict], size: str, w: in
         passed = paired_rule(cfg.min_change)(worse) if has_head else None
         m1, mw = np.nanmean(pair, axis=0)
         claim = check(
-            f"At the worst E on text, {'copying is worse' if sign > 0 else 'induction heads are weaker'} ({size})",
+            f"At the worst E on text, {phrase} ({size})",
             f"mean over seeds of the relative change of the {what}, E = {reps[w]} (chosen on the text) "
             "vs E = 1",
             value,
             passed,
             f"{'≥ +' if sign > 0 else '≤ −'}{cfg.min_change:g}, one-sided 97.5% bound excludes 0 (≥ 4 seeds)",
             detail=f"{mw:.4g} vs {m1:.4g}"
-            + (f"; copy-task part of the held-out loss {task[1]:.4g} vs {task[0]:.4g}" if sign > 0 else "")
+            + (
+                f"; copy-task part of the held-out loss {task[1]:.4g} vs {task[0]:.4g}"
+                if key == "copying_loss"
+                else ""
+            )
             + ("" if has_head else "; no induction head at E = 1 (precondition fails): not testable"),
         )
         if bound is not None:

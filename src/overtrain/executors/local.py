@@ -9,6 +9,10 @@ process has finished it: two sweeps sharing runs neither fail nor run anything t
 With ``workers=1`` runs execute in this process, under a `rich` progress display on stderr: an overall
 bar over runs and a bar over the current run's steps. With ``workers>1`` each run executes in a process
 of a ``spawn`` pool (fork is unsafe once torch has started threads); the display shows the overall bar.
+
+Ready runs whose kind gives them equal ``group_key`` execute as one group (`Store.execute_group`: each
+member still recorded as its own run), split once into one share per worker; a fine-tuning grid is the
+case today (`overtrain.training.finetune_group`).
 """
 
 from __future__ import annotations

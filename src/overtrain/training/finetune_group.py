@@ -147,8 +147,9 @@ def run_finetune_group(
     if stack == 1 or not stackable:
         for i, cfg, run, meta, before in members:
             try:
+                member_started = time.perf_counter()  # info.wall_s: this member's own time
                 model, _, _ = _load(cfg, run.store, device)
-                finetune_member(cfg, run, setting, model, meta, before, started)
+                finetune_member(cfg, run, setting, model, meta, before, member_started)
             except Exception as exc:  # noqa: BLE001 - this member fails; the others go on
                 errors[i] = exc
             done_steps += cfg.train.steps

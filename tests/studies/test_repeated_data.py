@@ -17,6 +17,9 @@ from overtrain.runs.query import Reader
 from overtrain.runs.store import Store
 from overtrain.studies.repeated_data.calibrate import (
     PAPER_EFFECT,
+    gap_bump,
+    gap_calibration,
+    gap_rule,
     held_out_bump,
     lower_bound,
     order_calibration,
@@ -143,9 +146,9 @@ def test_study_writes_rows_and_claims(done):
         assert 0 <= p["induction_mean_score"] <= 1 and 12 <= p["phase_change_step"] <= 24
         assert p["ablation_effect"] is not None
     claims = by["claim"]
-    # per size: text peak, precondition, copying, induction, ablation, mean score, phase change, rise; then
-    # the size order and effective size
-    assert len(claims) == 2 * 8 + 2 and all(c["value"] is not None for c in claims if c["verdict"] != "N/A")
+    # per size: text peak, precondition, copying, induction, ablation, mean score, phase change, rise, gap;
+    # then the size order and effective size
+    assert len(claims) == 2 * 9 + 2 and all(c["value"] is not None for c in claims if c["verdict"] != "N/A")
     # one seed: no finding can PASS or FAIL (fewer than 4 seeds), the checks can
     assert all(c["verdict"] in ("UNDERPOWERED", "N/A") for c in claims if c["type"] == "finding")
     assert {r["chosen_on"] for r in by["worst"]} == {"spans_loss"}
@@ -268,6 +271,9 @@ def test_claims_on_synthetic_points():
     rise = by["The text loss rises mid-training at the worst E, more than at E = 1 (micro)"]
     assert rise.verdict == "PASS" and rise.value == pytest.approx(3.5 / 3.3 - 3.33 / 3.3, abs=0.005)
     assert rise.fpr <= 0.05 and rise.power > 0.9
+    gap = by["The worst E's gap to E = 1 peaks mid-training (micro)"]
+    assert gap.verdict == "PASS" and gap.value == pytest.approx(3.5 / 3.33 - 1, abs=0.01) and gap.fpr <= 0.05
+    assert by["The worst E's gap to E = 1 peaks mid-training (nano)"].verdict == "FAIL"
     # nano's text loss rises as much at its worst E as at E = 1: not the repetition's doing
     assert by["The text loss rises mid-training at the worst E, more than at E = 1 (nano)"].verdict == "FAIL"
     effective_check = by["Repetition makes a model behave like a smaller one"]
@@ -337,6 +343,21 @@ def test_rise_rule_passes_a_rise_beyond_e1_and_fails_the_same_rise():
     assert set(bump.step_index) == {4} and bump.excess == pytest.approx(3.5 / 3.45 - 1, abs=0.002)
     cal = rise_calibration(_noisy(base), _noisy(base, seed=1), 0.005)
     assert cal.fpr <= 0.05 and cal.power > 0.9
+
+
+def test_gap_rule_passes_a_mid_training_bump_of_the_ratio_and_fails_a_widening_gap():
+    # the worst E's loss relative to E = 1: a gap that widens and stays (no bump) vs one that peaks at
+    # evaluation 3 by 5.4% over where it ends
+    widening = np.array([1.0, 1.005, 1.01, 1.015, 1.02, 1.02, 1.021, 1.022])
+    rule = gap_rule(0.005)
+    bumped = planted_peak(widening, PAPER_EFFECT, 3)
+    assert rule(_noisy(bumped, sigma=0.005)) and not rule(_noisy(widening, sigma=0.005))
+    bump = gap_bump(_noisy(bumped, sigma=0.0005))
+    assert set(bump.step_index) == {3}
+    assert bump.excess == pytest.approx(bumped[3] / widening[4:].min() - 1, abs=0.003)
+    cal = gap_calibration(_noisy(widening, sigma=0.005), 0.005)
+    assert cal.fpr <= 0.05 and cal.power > 0.9
+    assert gap_calibration(_noisy(widening)[:1], 0.005) is None  # one seed
 
 
 def test_order_rule_passes_a_shifted_peak_and_fails_a_common_one():

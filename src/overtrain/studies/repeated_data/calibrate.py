@@ -12,7 +12,8 @@ L ∝ N^(−α_N) with α_N = 0.076, a 2x smaller model's loss is 2^0.076 = 1.05
   the worst E. The paper says repetition damages both *disproportionately* — more than the loss — without
   a number we can transfer, so the loss's own 5.4% is a conservative stand-in;
 - the mid-training rise at the worst E: 5.4% more rise above the running minimum than at E = 1 (the paper
-  shows the rise in its curves, with no number; the same stand-in);
+  shows the rise in its curves, with no number; the same stand-in), and a 5.4% bump of the worst E's loss
+  relative to E = 1's through training (the gap L_E(t) / L_1(t) 5.4% higher mid-training than later);
 - the peak location vs size: the larger model's peak one grid step towards smaller E (a larger subset)
   than the smaller model's, both peaks of height 5.4%.
 
@@ -200,6 +201,53 @@ def rise_calibration(base: np.ndarray, worst: np.ndarray, min_rise: float) -> Ca
     null = np.concatenate([m, m])
     effect = np.concatenate([m, planted_peak(m, PAPER_EFFECT, _bump_at(m)[0])])
     return calibrate(rise_rule(len(m), min_rise), null, effect, sigma, base.shape[0], n_sim=N_SIM)
+
+
+# --- the gap to E = 1 through training (a mid-training bump of L_E(t) / L_1(t)) --------------------------
+
+
+def gap_bump(ratios: np.ndarray) -> HeldOutBump:
+    """The leave-one-seed-out bump of a ``[seeds, steps]`` matrix of loss ratios r_s(t) = L_E(t) / L_1(t)
+    (paired by seed) above their *later* minimum: for seed s the step i* where the other seeds' mean
+    ratio stands highest above its minimum after i*, and that minimum's step j* > i*, are located on the
+    other seeds; the seed contributes ``r_s(i*) / r_s(j*) − 1`` (0.01: the worst E's loss, relative to
+    E = 1's, is 1% higher mid-training than it is later). `held_out_bump` on the reversed time axis;
+    `step_index` counts forward."""
+    r = np.asarray(ratios, dtype=float)
+    rev = held_out_bump(r[:, ::-1])
+    n = r.shape[1]
+    return HeldOutBump(rev.excess, rev.lower, rev.per_seed, tuple(n - 1 - i for i in rev.step_index))
+
+
+def gap_rule(min_rise: float) -> Rule:
+    """ "The worst E's gap to E = 1 peaks mid-training" on a ``[seeds, steps]`` ratio matrix: the
+    `gap_bump` mean at least `min_rise` and its one-sided `RISE_LEVEL` lower bound above 0 (≥ 4 seeds)."""
+
+    def rule(y: np.ndarray) -> bool:
+        if y.shape[0] < 2:
+            return False
+        bump = gap_bump(y)
+        lb = lower_bound(bump.per_seed, RISE_LEVEL)
+        return lb is not None and lb > 0 and bump.excess >= min_rise
+
+    return rule
+
+
+def gap_calibration(ratios: np.ndarray, min_rise: float) -> Calibration | None:
+    """fpr and power of `gap_rule` at the seed-to-seed noise of the ratio curves: null, the seed-mean
+    ratio's running maximum (a gap that never narrows again: no bump); effect, that null with a
+    `PAPER_EFFECT` peak planted where the mean ratio stands highest above its later minimum. None with
+    one seed or fewer than 3 steps."""
+    r = np.asarray(ratios, dtype=float)
+    if r.ndim != 2 or r.shape[0] < 2 or r.shape[1] < 3:
+        return None
+    sigma, m = seed_sd(r), np.nanmean(r, axis=0)
+    if not np.isfinite(sigma) or not np.all(np.isfinite(m)):
+        return None
+    at = min(len(m) - 2, max(1, len(m) - 1 - _bump_at(m[::-1])[0]))
+    null = np.maximum.accumulate(m)
+    effect = planted_peak(null, PAPER_EFFECT, at)
+    return calibrate(gap_rule(min_rise), null, effect, sigma, r.shape[0], n_sim=N_SIM)
 
 
 # --- the peak's location vs model size -------------------------------------------------------------------

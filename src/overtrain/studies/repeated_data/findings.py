@@ -20,6 +20,9 @@ Findings (per size where marked; `calibrate` gives each rule's fpr and power; ev
 - the text loss rises mid-training at the worst E more than at E = 1 (per size): per seed, the
   leave-one-seed-out rise above the running minimum at the worst E minus that at E = 1 (the text loss rises
   at E = 1 too, when the induction head forms), mean ≥ `min_rise`, one-sided 99% lower bound > 0;
+- the worst E's gap to E = 1 peaks mid-training (per size): per seed, the text-loss ratio L_E(t) / L_1(t)
+  at the step where the other seeds' mean ratio stands highest above its later minimum, over that
+  minimum, − 1; mean ≥ `min_rise`, one-sided 99% lower bound > 0;
 - larger models are hurt most by larger subsets: the largest model's interior peak at a smaller E than the
   smallest's; N/A unless both have an interior peak (their peak findings' rules passed).
 
@@ -41,6 +44,9 @@ from overtrain.analysis.stats import bootstrap_ci
 from overtrain.studies.repeated_data.calibrate import (
     LEVEL,
     RISE_LEVEL,
+    gap_bump,
+    gap_calibration,
+    gap_rule,
     held_out_bump,
     in_sample_peak,
     interior_peak,
@@ -230,6 +236,42 @@ def _rise_claim(cfg: RepeatedDataConfig, curves: list[dict], size: str, e: int, 
     return calibrated(claim, passed, rise_calibration(base, y, cfg.min_rise), len(seeds))
 
 
+def _gap_claim(cfg: RepeatedDataConfig, curves: list[dict], size: str, e: int, key: str) -> Claim:
+    """The gap finding of one size: the worst E's text loss relative to E = 1's, L_E(t) / L_1(t) paired by
+    seed, peaks mid-training above where it ends up (the paper's mid-training divergence, measured against
+    the run without repetition so the induction phase change common to both cancels)."""
+    seeds = list(cfg.seeds)
+    base, y = (_curve_matrix(curves, size, x, seeds, key) for x in (1, e))
+    value, lower, passed, detail, ratios = None, None, False, f"{y.shape[1]} evaluations", None
+    if y.shape == base.shape and y.shape[1] >= 3:
+        ratios = y / base
+        m = np.nanmean(ratios, axis=0)
+        i = int(np.nanargmax([m[k] / np.nanmin(m[k + 1 :]) for k in range(len(m) - 1)]))
+        value = float(m[i] / np.nanmin(m[i + 1 :]) - 1)  # one seed: in sample
+        if len(seeds) >= 2:
+            bump = gap_bump(ratios)
+            value, lower = bump.excess, lower_bound(bump.per_seed, RISE_LEVEL)
+            passed = gap_rule(cfg.min_rise)(ratios)
+        detail = (
+            f"seed-mean gap at E = {e}: {m[i] - 1:+.2%} at its peak (evaluation {i + 1} of {len(m)}), "
+            f"{m[-1] - 1:+.2%} at the end"
+        )
+    claim = check(
+        f"The worst E's gap to E = 1 peaks mid-training ({size})",
+        f"per seed, L_E(t) / L_1(t) of the text loss (E = {e}) at the step where the other seeds' mean "
+        "stands highest above its later minimum, over that minimum, − 1 (leave-one-seed-out)",
+        value,
+        passed,
+        f"≥ {cfg.min_rise:g}, one-sided 99% lower bound > 0 (≥ 4 seeds)",
+        detail=detail,
+    )
+    claim.ci_low = lower
+    if ratios is None:
+        claim.detail += ": not testable"
+        return claim
+    return calibrated(claim, passed, gap_calibration(ratios, cfg.min_rise), len(seeds))
+
+
 def _order_claim(
     cfg: RepeatedDataConfig, points: list[dict], sizes: list[str], n_of: dict, peaked: dict, key: str
 ) -> Claim:
@@ -366,6 +408,7 @@ def decide(
         peaks[size], peaked[size] = _peak_claim(cfg, points, size, key)
         claims += [peaks[size], *_damage_claims(cfg, points, size, w)]
     claims += [_rise_claim(cfg, curves, size, worst[size], key) for size in sizes]
+    claims += [_gap_claim(cfg, curves, size, worst[size], key) for size in sizes]
     fit_row: dict[str, Any] = {"record": "scaling_fit"}
     effective: list[dict[str, Any]] = []
     headline = "No effective-size headline: it needs at least 2 model sizes."

@@ -67,6 +67,19 @@ def seed_sd(curves: np.ndarray) -> float:
     return float(np.sqrt(var.mean())) if var.size else float("nan")
 
 
+def noise_and_mean(curves, min_points: int = 3) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """``(curves, σ, mean)`` of a ``[groups, points]`` matrix for a calibration: the matrix as floats, its
+    `seed_sd` and its mean curve; None when there is nothing to calibrate on (fewer than 2 groups or
+    `min_points` points, a non-finite σ or mean)."""
+    y = np.asarray(curves, dtype=float)
+    if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < min_points:
+        return None
+    sigma, mean = seed_sd(y), np.nanmean(y, axis=0)
+    if not np.isfinite(sigma) or not np.all(np.isfinite(mean)):
+        return None
+    return y, sigma, mean
+
+
 def no_rise(mean: np.ndarray) -> np.ndarray:
     """The curve with every rise removed: its running minimum (a loss that never gets worse again)."""
     return np.minimum.accumulate(np.asarray(mean, dtype=float))

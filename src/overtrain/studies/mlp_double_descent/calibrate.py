@@ -40,9 +40,9 @@ from overtrain.analysis.calibration import (
     calibrate,
     no_peak,
     no_rise,
+    noise_and_mean,
     planted_peak,
     planted_rise,
-    seed_sd,
 )
 from overtrain.analysis.rise import held_out_peak, peak_rule
 
@@ -205,21 +205,11 @@ def planted_step(null, height: float, valley: int, peak: int) -> np.ndarray:
     return y
 
 
-def _usable(curves) -> tuple[np.ndarray, float, np.ndarray] | None:
-    y = np.asarray(curves, dtype=float)
-    if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 3:
-        return None
-    sigma, mean = seed_sd(y), np.nanmean(y, axis=0)
-    if not np.isfinite(sigma) or not np.all(np.isfinite(mean)):
-        return None
-    return y, sigma, mean
-
-
 def peak_calibration(curves, n_params, threshold: int, tolerance: float) -> Calibration | None:
     """fpr and power of `located_peak_rule`: null `no_peak` of the seed mean, effect a peak of
     `PAPER_PEAK` planted at the threshold. None with one seed or fewer than 3 widths, or a threshold at
     the edge of the grid (no interior peak there)."""
-    got = _usable(curves)
+    got = noise_and_mean(curves)
     if got is None or not 0 < threshold < len(n_params) - 1:
         return None
     y, sigma, mean = got
@@ -232,7 +222,7 @@ def peak_calibration(curves, n_params, threshold: int, tolerance: float) -> Cali
 def rise_calibration(curves, min_rise: float) -> Calibration | None:
     """fpr and power of `rise_rule`: null `no_rise` of the seed mean, effect a rise of `PAPER_RISE` planted
     after its first minimum (the start of its largest rise; the middle when that is at an edge)."""
-    got = _usable(curves)
+    got = noise_and_mean(curves)
     if got is None:
         return None
     y, sigma, mean = got
@@ -246,7 +236,7 @@ def rise_calibration(curves, min_rise: float) -> Calibration | None:
 def fall_calibration(curves, min_rise: float) -> Calibration | None:
     """fpr and power of `fall_rule`: null `no_fall` after the seed mean's peak (the end of its largest
     rise; the middle when it never rises or peaks last), effect a fall of `PAPER_FALL` planted there."""
-    got = _usable(curves)
+    got = noise_and_mean(curves)
     if got is None:
         return None
     y, sigma, mean = got
@@ -261,7 +251,7 @@ def absence_calibration(curves, min_rise: float, valley: int, peak: int) -> Cali
     """fpr and power of `absence_rule` (module docstring: the roles swap): ``fpr`` on `no_peak` of the
     seed mean with a rise of exactly `min_rise` planted from `valley` to `peak`, ``power`` on `no_peak`
     of the seed mean. None with one seed or fewer than 3 grid points."""
-    got = _usable(curves)
+    got = noise_and_mean(curves)
     if got is None or valley == peak:
         return None
     y, sigma, mean = got

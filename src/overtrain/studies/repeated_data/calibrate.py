@@ -35,6 +35,7 @@ from overtrain.analysis.calibration import (
     Rule,
     calibrate,
     no_peak,
+    noise_and_mean,
     peak_null_and_effect,
     planted_peak,
     seed_sd,
@@ -238,12 +239,10 @@ def gap_calibration(ratios: np.ndarray, min_rise: float) -> Calibration | None:
     ratio's running maximum (a gap that never narrows again: no bump); effect, that null with a
     `PAPER_EFFECT` peak planted where the mean ratio stands highest above its later minimum. None with
     one seed or fewer than 3 steps."""
-    r = np.asarray(ratios, dtype=float)
-    if r.ndim != 2 or r.shape[0] < 2 or r.shape[1] < 3:
+    got = noise_and_mean(ratios)
+    if got is None:
         return None
-    sigma, m = seed_sd(r), np.nanmean(r, axis=0)
-    if not np.isfinite(sigma) or not np.all(np.isfinite(m)):
-        return None
+    r, sigma, m = got
     at = min(len(m) - 2, max(1, len(m) - 1 - _bump_at(m[::-1])[0]))
     null = np.maximum.accumulate(m)
     effect = planted_peak(null, PAPER_EFFECT, at)

@@ -164,3 +164,20 @@ print(sum(losses) / len(losses))
     assert result.returncode == 0, result.stderr
     theirs = float(result.stdout.strip().splitlines()[-1])
     assert theirs == pytest.approx(ours, abs=1e-5)
+
+
+def test_dense_checkpoints_add_a_grid_and_leave_old_ids_alone(tiny_pretrain):
+    from overtrain.config import ConfigError, identity
+    from overtrain.training.pretrain_config import CheckpointConfig
+
+    cc = CheckpointConfig(log_spaced=False, every=250, dense_every=50, dense_until=200)
+    assert cc.dense_steps(1500) == {50, 100, 150, 200}
+    assert cc.dense_steps(120) == {50, 100}  # never past the run's last step
+    assert CheckpointConfig().dense_steps(1500) == set()
+    plain = validate(PretrainConfig, tiny_pretrain)
+    # unset, the fields are not part of the id: runs saved before they existed keep their ids
+    assert not {"dense_every", "dense_until"} & identity(plain)["checkpoint"].keys()
+    dense = plain.model_copy(update={"checkpoint": cc})
+    assert identity(dense)["checkpoint"]["dense_every"] == 50
+    with pytest.raises((ValueError, ConfigError), match="together"):
+        validate(CheckpointConfig, {"dense_every": 50})

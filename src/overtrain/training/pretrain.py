@@ -284,8 +284,8 @@ class _Job:
         cc = self.cfg.checkpoint
         if not cc.log_spaced:
             steps = set(range(cc.every, last + 1, cc.every)) if cc.every else set()
-            return steps | ({0} if cc.step_zero else set())
-        return set(log_spaced_steps(last, cc.every, cc.step_zero))
+            return steps | ({0} if cc.step_zero else set()) | cc.dense_steps(last)
+        return set(log_spaced_steps(last, cc.every, cc.step_zero)) | cc.dense_steps(last)
 
     def check(self, model, step: int) -> None:
         """One early-warning monitor check (metrics line ``monitor``)."""

@@ -126,6 +126,25 @@ class CheckpointConfig(BaseConfig):
     resume_every: int = Field(200, gt=0)
     """Steps between resumable trainer states (optimizer + RNG), the most work a crash can lose."""
 
+    dense_every: int | None = InIdWhenSet(gt=0)
+    """Also save every this many steps up to `dense_until`: a finer grid where something changes fast
+    (an induction head forming); unset, no extra checkpoints (and the run id is unchanged)."""
+
+    dense_until: int | None = InIdWhenSet(gt=0)
+    """Last step of the `dense_every` grid (needs `dense_every`)."""
+
+    @model_validator(mode="after")
+    def _dense(self) -> CheckpointConfig:
+        if (self.dense_every is None) != (self.dense_until is None):
+            raise ValueError("give dense_every and dense_until together")
+        return self
+
+    def dense_steps(self, last: int) -> set[int]:
+        """The `dense_every` grid up to ``min(dense_until, last)``."""
+        if self.dense_every is None:
+            return set()
+        return set(range(self.dense_every, min(self.dense_until, last) + 1, self.dense_every))
+
 
 class PretrainConfig(BaseConfig):
     """One model pre-trained to a list of token budgets (``overtrain pretrain``)."""

@@ -8,7 +8,7 @@ repeated subset over training, at the worst E and E = 1, from the run's checkpoi
 ``worst`` (the
 worst E per size, chosen on the text loss, with the text, copy-task and copying losses there and at
 E = 1), ``scaling_fit`` (loss vs parameters on the E = 1 runs), ``law`` (that law on a grid
-of sizes), ``effective_size`` (its inversion per size and E) and ``recommendation`` (the headline).
+of sizes; both on the text loss), ``effective_size`` (its inversion per size and E) and ``recommendation`` (the headline).
 
 The claims, the worst E per size (chosen on the text part of the held-out loss) and the effective size
 are decided in `findings`, their rules calibrated in `calibrate`.
@@ -264,4 +264,4 @@ def law_rows(fit_row: dict[str, Any], points: list[dict]) -> list[dict[str, Any]
     sizes = [p["n_params_non_embedding"] for p in points]
     grid = np.geomspace(min(sizes) / 2, max(sizes) * 2, LAW_POINTS)
     loss = fit_row["a"] * grid ** -fit_row["b"] + fit_row["c"]
-    return [{"record": "law", "n": float(n), "heldout_loss": float(v)} for n, v in zip(grid, loss)]
+    return [{"record": "law", "n": float(n), "loss": float(v)} for n, v in zip(grid, loss)]

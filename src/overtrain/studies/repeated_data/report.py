@@ -170,27 +170,27 @@ def report(reader: Reader, cfg: RepeatedDataConfig, run_id: str) -> list[Section
     if fit.get("a") is not None:
         fig4, (ax_f, ax_e) = new_figure(2)
         base = [p for p in points if p["repeats"] == 1]
+        key = fit.get("loss_key", "heldout_loss")
         ax_f.scatter(
             [p["n_params_non_embedding"] for p in base],
-            [p["heldout_loss"] for p in base],
+            [p[key] for p in base],
             color="k",
             zorder=3,
             label="E = 1 runs",
         )
         ax_f.plot(
             [r["n"] for r in rec["law"]],
-            [r["heldout_loss"] for r in rec["law"]],
+            [r["loss"] for r in rec["law"]],
             color="k",
             lw=1,
             label=f"{fit['form']} law, b = {fit['b']:.3g}",
         )
         for size in sizes:
             r = next(r for r in eff if r["size"] == size and r["repeats"] == worst[size])
-            ax_f.scatter(
-                [r["n_eff"]], [r["heldout_loss"]], marker="x", label=f"{size} at E = {worst[size]} (N_eff)"
-            )
+            ax_f.scatter([r["n_eff"]], [r["loss"]], marker="x", label=f"{size} at E = {worst[size]} (N_eff)")
         ax_f.set_xscale("log")
-        label(ax_f, "non-embedding parameters N (log)", "held-out loss", "Scaling law on E = 1, inverted")
+        what = "text loss" if key == "spans_loss" else "held-out loss"
+        label(ax_f, "non-embedding parameters N (log)", what, "Scaling law on E = 1, inverted")
         ax_f.legend(fontsize=7)
         for size in sizes:
             sel = sorted((r["repeats"], r["ratio"]) for r in eff if r["size"] == size)
@@ -203,8 +203,8 @@ def report(reader: Reader, cfg: RepeatedDataConfig, run_id: str) -> list[Section
             Figure(
                 "repeated_effective_size",
                 fig4,
-                "Loss-vs-parameters law fitted on the E = 1 "
-                "runs; effective size N_eff of each (size, E): the size whose predicted loss "
+                "Text-loss-vs-parameters law fitted on the E = 1 "
+                "runs (seed-mean points per size); effective size N_eff of each (size, E): the size whose predicted loss "
                 "equals its own (seed mean), relative to the same size's N_eff at E = 1 (so "
                 "the law's residual at that size cancels).",
             )
@@ -231,7 +231,7 @@ def report(reader: Reader, cfg: RepeatedDataConfig, run_id: str) -> list[Section
             "size": r["size"],
             "E": r["repeats"],
             "subset share": r["subset_share"],
-            "held-out": r["heldout_loss"],
+            "loss": r["loss"],
             "N": r["n"],
             "N_eff": r["n_eff"],
             "N_eff / N": r["ratio_to_n"],

@@ -21,6 +21,7 @@ from overtrain.studies.repeated_data.calibrate import (
     gap_calibration,
     gap_rule,
     held_out_bump,
+    loo_damage,
     lower_bound,
     order_calibration,
     order_rule,
@@ -28,6 +29,8 @@ from overtrain.studies.repeated_data.calibrate import (
     paired_rule,
     rise_calibration,
     rise_rule,
+    shrink_calibration,
+    shrink_rule,
     text_peak_calibration,
     text_peak_rule,
 )
@@ -379,3 +382,21 @@ def test_lower_bound_needs_4_values():
     assert lower_bound([1.0, 2.0, 3.0]) is None
     assert lower_bound([1.0, 1.0, 1.0, 1.0]) == pytest.approx(1.0)
     assert PAPER_EFFECT == pytest.approx(0.054, abs=0.001)
+
+
+def test_shrink_rule_locates_the_worst_e_on_the_other_seeds():
+    flat = np.full(4, 3.3)
+    hurt = flat * np.array([1, 1.01, 1.05, 1.02])  # E index 2 is 5% worse than E = 1
+    rule = shrink_rule()
+    # (a null draw passes ~2% of the time, as the calibration says; this one is not among them)
+    assert rule(_noisy(hurt)) and not rule(_noisy(flat, seed=1))
+    # each seed's change is read at the E the other seeds pick: index 2 here, so about +5% per seed
+    assert loo_damage(_noisy(hurt, sigma=0.001)) == pytest.approx(np.full(6, 0.05), abs=0.002)
+    # on a flat null a seed whose own noise peaks somewhere cannot pick that E for itself
+    y = np.full((4, 3), 3.3)
+    y[1:, 2], y[0, 1] = 3.31, 3.8  # seed 0's own noise peaks at E index 1, the others' at index 2
+    # seed 0 reads index 2 (0%), not its own +15%; the others read index 1, where seed 0 peaks (0% for them)
+    assert loo_damage(y) == pytest.approx([0.0, 0.0, 0.0, 0.0])
+    cal = shrink_calibration(_noisy(flat), PAPER_EFFECT)
+    assert cal.fpr <= 0.05 and cal.power > 0.9
+    assert shrink_calibration(_noisy(flat)[:1], PAPER_EFFECT) is None  # one seed

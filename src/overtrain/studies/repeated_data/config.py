@@ -16,7 +16,7 @@ from overtrain.probes.reference_loss import ReferenceLossConfig
 from overtrain.registry import DATASETS
 from overtrain.training.pretrain_config import CheckpointConfig, EvalConfig, TrainConfig
 
-PRESETS = ("default", "small", "wsd")
+PRESETS = ("default", "small", "wsd", "fraction")
 VOCAB = 64
 
 

@@ -339,7 +339,8 @@ def _effective(
                     "subset_share": cfg.subset(e) / cfg.sequences,
                 }
             )
-        claims.append(found.setdefault(size, _shrink_claim(cfg, fit, law, loss, size, n_of[size])))
+        found[size] = _shrink_claim(cfg, fit, law, loss, size, n_of[size])
+        claims.append(found[size])
     big = found[sizes[-1]]
     headline = (
         "No effective-size headline: the text loss of the E = 1 runs does not fall with model size "
@@ -426,12 +427,11 @@ def decide(
     claims: list[Claim] = []
     worst: dict[str, int] = {}
     peaked: dict[str, bool] = {}
-    peaks: dict[str, Claim] = {}
     for size in sizes:
         w = worst_index(grid(points, size, reps, seeds, key))
         worst[size] = reps[w]
-        peaks[size], peaked[size] = _peak_claim(cfg, points, size, key)
-        claims += [peaks[size], *_damage_claims(cfg, points, size, w)]
+        peak, peaked[size] = _peak_claim(cfg, points, size, key)
+        claims += [peak, *_damage_claims(cfg, points, size, w)]
     claims += [_rise_claim(cfg, curves, size, worst[size], key) for size in sizes]
     claims += [_gap_claim(cfg, curves, size, worst[size], key) for size in sizes]
     fit_row: dict[str, Any] = {"record": "scaling_fit"}

@@ -204,7 +204,7 @@ def report(reader: Reader, cfg: RepeatedDataConfig, run_id: str) -> list[Section
                 "repeated_effective_size",
                 fig4,
                 "Text-loss-vs-parameters law fitted on the E = 1 "
-                "runs (seed-mean points per size); effective size N_eff of each (size, E): the size whose predicted loss "
+                "runs (every seed a point); effective size N_eff of each (size, E): the size whose predicted loss "
                 "equals its own (seed mean), relative to the same size's N_eff at E = 1 (so "
                 "the law's residual at that size cancels).",
             )

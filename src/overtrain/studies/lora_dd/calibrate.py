@@ -10,8 +10,9 @@ a reader would call the paper's claim:
 - **lower peak**: GGPO's highest test loss over ranks 5% below LoRA's (`PEAK_CUT`);
 - **no worse accuracy**: the non-inferiority margin is the claim's 1 point (`ACC_MARGIN`); null at the
   margin (GGPO 1 point worse), effect at equality;
-- **rank-wise double descent**: an interior test-loss peak 10% above the higher of its two valleys
-  (`RANK_PEAK`);
+- **rank-wise double descent**: a test-loss peak at the measured threshold rank r* 10% above the higher of
+  its two valleys (`RANK_PEAK`; `peak_at_rule`: the peak's place is fixed by the training losses, not
+  searched for in the test losses);
 - **converges, diverges, stabilises**: a transient rise of the training loss 25% above where it had
   converged (`TRANSIENT`), decided against a 10% gate (`TRANSIENT_GATE`).
 """
@@ -27,9 +28,10 @@ from overtrain.analysis.calibration import (
     calibrate,
     no_peak,
     paired_share_calibration,
+    peak_null_and_effect,
     seed_sd,
 )
-from overtrain.analysis.rise import PEAK_LEVEL, held_out_peak, peak_calibration
+from overtrain.analysis.rise import PEAK_LEVEL, held_out_peak
 
 N_SIM = 200
 FLATTER = 0.10
@@ -87,9 +89,32 @@ def no_worse_calibration(g: np.ndarray, lo: np.ndarray) -> Calibration | None:
     return _pair_calibration(no_worse_rule, g, lo, lambda b: b - ACC_MARGIN, lambda b: b)
 
 
-def rank_peak_calibration(curves: np.ndarray) -> Calibration | None:
-    """`overtrain.analysis.rise.peak_rule` on LoRA's ``[seeds, ranks]`` test losses, planted peak `RANK_PEAK`."""
-    return peak_calibration(curves, RANK_PEAK)
+def peak_at_excess(curves: np.ndarray, at: int) -> np.ndarray:
+    """Per seed of ``[seeds, ranks]`` test losses: ``y[at] / max(min y[:at], min y[at+1:]) − 1`` — how far
+    the value at grid index `at` stands above the higher of the best values either side (relative)."""
+    y = np.asarray(curves, dtype=float)
+    return y[:, at] / np.maximum(y[:, :at].min(axis=1), y[:, at + 1 :].min(axis=1)) - 1
+
+
+def peak_at_rule(at: int) -> Rule:
+    """ "The test loss peaks at grid index `at`": the one-sided 97.5% lower bound of the mean over seeds of
+    `peak_at_excess` above 0 (needs ≥ 4 seeds and an interior `at`)."""
+
+    def rule(curves: np.ndarray) -> bool:
+        bound = t_lower(peak_at_excess(curves, at))
+        return bound is not None and bound > 0
+
+    return rule
+
+
+def peak_at_calibration(curves: np.ndarray, at: int) -> Calibration | None:
+    """`peak_at_rule` at the seed noise of the ``[seeds, ranks]`` test losses: null the seed mean with every
+    interior peak removed (`no_peak`), effect that null with a peak `RANK_PEAK` high planted at `at`."""
+    setup = peak_null_and_effect(curves, RANK_PEAK, at)
+    if setup is None or not 0 < at < np.shape(curves)[1] - 1:
+        return None
+    sigma, null, effect = setup
+    return calibrate(peak_at_rule(at), null, effect, sigma, np.shape(curves)[0], n_sim=N_SIM)
 
 
 def transient_rule(level: float, sigmas: list[float] | None = None) -> Rule:

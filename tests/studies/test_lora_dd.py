@@ -11,16 +11,18 @@ import pytest
 import torch
 
 from overtrain.analysis.rise import held_out_peak
+from overtrain.core.lora import lora_layers
 from overtrain.errors import ConfigError
-from overtrain.probes.lora_sharpness import row_noise_sharpness
+from overtrain.probes.lora_sharpness import merged_hessian_top, row_noise_sharpness
 from overtrain.registry import FINETUNE_METHODS, STUDIES
 from overtrain.report.build import build_report
 from overtrain.runs.store import Store
 from overtrain.studies.lora_dd import calibrate as cal_mod
 from overtrain.studies.lora_dd.analysis import claims as lora_claims
-from overtrain.studies.lora_dd.config import LoraMlpConfig
+from overtrain.studies.lora_dd.config import LoraMlpConfig, lora_scale
 from overtrain.studies.lora_dd.lm_part import run_lora_lm
 from overtrain.studies.lora_dd.mlp_part import pretrain_base, task_data
+from overtrain.studies.lora_dd.sweep import stop_reason
 
 SMALL = [
     "lm=null",
@@ -233,3 +235,73 @@ def test_flatter_calibration_measures_noise_within_a_rank_not_across_ranks():
     assert cal is not None and cal.fpr <= 0.05 and cal.power >= 0.8
     old = cal_mod.paired_share_calibration((ggpo - lora).ravel(), 0.8, 0.1 * float(np.median(lora)))
     assert old.power < 0.5
+
+
+def test_lora_scale_rslora_fixed_and_rank():
+    """s = α/√r (rsLoRA), α/r (fixed α), 1 (α = r); a cell built at s·r as PEFT's alpha has scaling s."""
+    assert lora_scale("rslora", 2.0, 16) == pytest.approx(0.5)
+    assert lora_scale("fixed", 2.0, 16) == pytest.approx(0.125)
+    assert lora_scale("rank", 2.0, 16) == 1.0
+    base = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    model = FINETUNE_METHODS.get("lora")(rank=9, alpha=lora_scale("rslora", 1.5, 9) * 9, target_modules=["0"])
+    assert lora_layers(model.apply(base))[0].scaling == pytest.approx(0.5)
+
+
+def test_merged_hessian_top_matches_autograd_hessian():
+    """λ_max of ∂²L/∂W'² over both merged weights of a tiny LoRA MLP (B ≠ 0, so W' ≠ W) equals the top
+    eigenvalue of `torch.autograd.functional.hessian` of the same loss written as a function of W'; the
+    base weights come back frozen and unchanged."""
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    model = FINETUNE_METHODS.get("lora")(rank=2, alpha=2, target_modules=["0", "2"]).apply(base)
+    for layer in lora_layers(model):
+        with torch.no_grad():
+            layer.B.normal_()
+    x, y = torch.randn(8, 3), torch.randn(8, 2)
+    merged = [layer.merged().clone() for layer in lora_layers(model)]
+    biases = [base[0].bias.detach(), base[2].bias.detach()]
+
+    def f(w1, w2):
+        h = torch.tanh(x @ w1.T + biases[0])
+        return (h @ w2.T + biases[1] - y).pow(2).mean()
+
+    blocks = torch.autograd.functional.hessian(f, tuple(merged))
+    n1, n2 = merged[0].numel(), merged[1].numel()
+    H = torch.cat(
+        [
+            torch.cat([blocks[i][j].reshape(n, m) for j, m in enumerate((n1, n2))], 1)
+            for i, n in enumerate((n1, n2))
+        ]
+    )
+    want = float(torch.linalg.eigvalsh(H.double()).max())
+    before = [layer.base.weight.clone() for layer in lora_layers(model)]
+    got = merged_hessian_top(model, lambda: (model(x) - y).pow(2).mean(), iterations=n1 + n2)
+    assert got == pytest.approx(want, rel=1e-4)
+    for layer, w in zip(lora_layers(model), before):
+        assert torch.equal(layer.base.weight, w) and not layer.base.weight.requires_grad
+
+
+def test_convergence_stop():
+    """Stops on reaching the fit loss, on a plateau (< 2% better over 500 steps), on divergence; goes on
+    while the loss still falls faster than that."""
+    steps = list(range(0, 1001, 100))
+    falling = [1.0 * 0.9**k for k in range(len(steps))]
+    assert stop_reason(steps, falling, 1e-3, 500, 0.02) is None
+    assert stop_reason(steps, falling[:-1] + [5e-4], 1e-3, 500, 0.02) == "fit"
+    flat = [1.0, 0.5, 0.3, 0.2] + [0.199] * 7
+    assert stop_reason(steps, flat, 1e-3, 500, 0.02) == "plateau"
+    assert stop_reason(steps[:4], flat[:4], 1e-3, 500, 0.02) is None  # not 500 steps of history yet
+    assert stop_reason(steps, falling[:-1] + [float("nan")], 1e-3, 500, 0.02) == "diverged"
+
+
+def test_peak_at_rule_is_calibrated():
+    """A 30% test-loss peak planted at a fixed rank index passes at 5 seeds; a U without a peak does not;
+    the calibration keeps fpr ≤ 5% (+3 Monte-Carlo SE) with power ≥ 0.8 at small noise."""
+    u = np.array([1.0, 0.6, 0.5, 0.55, 0.6, 0.7])
+    peaked = u.copy()
+    peaked[3] = 0.5 * 1.3
+    assert cal_mod.peak_at_rule(3)(_noisy(peaked, 5, 0.01))
+    assert not cal_mod.peak_at_rule(3)(_noisy(u, 5, 0.01))
+    cal = cal_mod.peak_at_calibration(_noisy(u, 5, 0.01), 3)
+    assert cal is not None and cal.fpr <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / cal.n_sim) and cal.power >= 0.8
+    assert cal_mod.peak_at_calibration(_noisy(u, 5, 0.01), 0) is None  # not interior

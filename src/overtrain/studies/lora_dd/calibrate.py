@@ -28,7 +28,6 @@ from overtrain.analysis.calibration import (
     calibrate,
     no_peak,
     paired_share_calibration,
-    peak_null_and_effect,
     seed_sd,
 )
 from overtrain.analysis.rise import PEAK_LEVEL, held_out_peak
@@ -109,12 +108,18 @@ def peak_at_rule(at: int) -> Rule:
 
 def peak_at_calibration(curves: np.ndarray, at: int) -> Calibration | None:
     """`peak_at_rule` at the seed noise of the ``[seeds, ranks]`` test losses: null the seed mean with every
-    interior peak removed (`no_peak`), effect that null with a peak `RANK_PEAK` high planted at `at`."""
-    setup = peak_null_and_effect(curves, RANK_PEAK, at)
-    if setup is None or not 0 < at < np.shape(curves)[1] - 1:
+    interior peak removed (`no_peak`), effect that null with its value at `at` raised to `RANK_PEAK` above
+    the higher of its best values either side — the excess the rule measures."""
+    y = np.asarray(curves, dtype=float)
+    if y.ndim != 2 or y.shape[0] < 2 or not 0 < at < y.shape[1] - 1:
         return None
-    sigma, null, effect = setup
-    return calibrate(peak_at_rule(at), null, effect, sigma, np.shape(curves)[0], n_sim=N_SIM)
+    sigma, mean = seed_sd(y), np.nanmean(y, axis=0)
+    if not np.isfinite(sigma) or not np.all(np.isfinite(mean)):
+        return None
+    null = no_peak(mean)
+    effect = null.copy()
+    effect[at] = (1 + RANK_PEAK) * max(null[:at].min(), null[at + 1 :].min())
+    return calibrate(peak_at_rule(at), null, effect, sigma, y.shape[0], n_sim=N_SIM)
 
 
 def transient_rule(level: float, sigmas: list[float] | None = None) -> Rule:

@@ -27,7 +27,7 @@ def default_lora_methods() -> list:
     return [
         get("lora")(),
         get("flat_lora")(sigma=0.05),
-        get("lora_ggpo")(sigma=0.035, beta=1.0, beta_scale="relative"),
+        get("lora_ggpo")(sigma=0.035, beta=1.0, beta_scale="relative", grad_ema=0.9),
     ]
 
 

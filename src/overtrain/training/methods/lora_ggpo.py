@@ -47,11 +47,15 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from overtrain.config import InIdWhenSet
 from overtrain.core.lora import LoraView, lora_layers, row_noise_generator, row_std, sample_row_noise
 from overtrain.core.perturb import perturbed
 from overtrain.registry import FINETUNE_METHODS
 from overtrain.training.methods.lora import LoraFinetune
 from overtrain.training.step_rules import StepRule
+
+GRAD_EMA = 0.9
+"""Default decay of the running mean of Σ‖∇W'_i‖² behind the relative β."""
 
 
 @FINETUNE_METHODS.register("lora_ggpo")
@@ -67,12 +71,14 @@ class LoraGgpoFinetune(LoraFinetune):
     """β: weight of the squared gradient row norm (0: Flat-LoRA); with ``beta_scale: relative`` the
     dimensionless β̃ (the gradient term's share of the variance is β̃/(1 + β̃))."""
 
-    beta_scale: Literal["absolute", "relative"] = "absolute"
-    """``absolute``: β as given (units weight²/gradient²); ``relative``: β̃ scaled per layer by the weight
-    term over the running mean of the squared gradient norm (module docstring)."""
+    beta_scale: Literal["absolute", "relative"] | None = InIdWhenSet()
+    """``absolute`` (or unset): β as given (units weight²/gradient²); ``relative``: β̃ scaled per layer by
+    the weight term over the running mean of the squared gradient norm (module docstring). Unset leaves
+    the run ids of runs from before the field existed unchanged."""
 
-    grad_ema: float = Field(0.9, ge=0, lt=1)
-    """Decay of the running mean of the squared gradient norm used by ``beta_scale: relative``."""
+    grad_ema: float | None = InIdWhenSet(ge=0, lt=1)
+    """Decay of the running mean of the squared gradient norm used by ``beta_scale: relative`` (unset:
+    `GRAD_EMA`)."""
 
     std_form: Literal["paper", "kohya"] = "paper"
     """``paper``: variance (σ²/d)(‖W'_i‖² + β‖∇_i‖²); ``kohya``: std (σ‖W'_i‖ + β‖∇_i‖²)/√d."""
@@ -96,8 +102,8 @@ class LoraGgpoFinetune(LoraFinetune):
             norm_dim=self.norm_dim,
             grad_every=self.grad_every,
             grad_source=self.grad_source,
-            beta_scale=self.beta_scale,
-            grad_ema=self.grad_ema,
+            beta_scale=self.beta_scale or "absolute",
+            grad_ema=GRAD_EMA if self.grad_ema is None else self.grad_ema,
             seed=seed,
         )
 
@@ -116,7 +122,7 @@ class RowNoise(StepRule):
         grad_every: int = 1,
         grad_source: str = "merged",
         beta_scale: str = "absolute",
-        grad_ema: float = 0.9,
+        grad_ema: float = GRAD_EMA,
         seed: int = 0,
     ):
         super().__init__(model)

@@ -222,6 +222,9 @@ def test_transient_rule_finds_a_planted_spike_and_not_a_smooth_descent():
     level = 1 - 0.025 / 3
     assert not any(held_out_peak(m, level).exceeds(cal_mod.TRANSIENT_GATE) for m in flat)
     assert held_out_peak(_noisy(spiky, 5, 0.005), level).exceeds(cal_mod.TRANSIENT_GATE)
+    # ranks that stopped at different steps have curves of different lengths
+    uneven = cal_mod.transient_calibration([flat[0], flat[1][:, :5], flat[2][:, :6]])
+    assert uneven is not None and uneven.fpr <= 0.05
 
 
 def test_flatter_calibration_measures_noise_within_a_rank_not_across_ranks():

@@ -87,7 +87,7 @@ class RankSweepConfig(BaseConfig):
     adapter seed) and the one with the lowest final training loss is used for every method and seed at
     that rank. One value: no tuning."""
 
-    max_steps: int = Field(2500, ge=1)
+    max_steps: int = Field(4000, ge=1)
     """Step cap of a cell (full-batch Adam steps)."""
 
     fit_loss: float = Field(1e-2, ge=0)
@@ -98,7 +98,7 @@ class RankSweepConfig(BaseConfig):
     """A cell also stops when its training loss improved by less than `plateau_tol` (relative) over the
     last this many steps."""
 
-    plateau_tol: float = Field(0.02, ge=0, lt=1)
+    plateau_tol: float = Field(0.05, ge=0, lt=1)
     """Relative improvement below which the training loss counts as converged (see `plateau_steps`)."""
 
     curve_every: int = Field(25, ge=1)

@@ -74,7 +74,7 @@ def _figures(rows: list[dict], task: str, part, threshold: float | None) -> list
         if steps:
             share_ax.plot(steps, share, lw=1, label=m)
     share_ax.set_xscale("log")
-    label(share_ax, "step", "ggpo/grad_share (median over cells)", "GGPO's gradient share")
+    label(share_ax, "step", "ggpo/grad_share (median)", "GGPO: gradient term share of noise")
     name = TASKS[task]
     return [
         Figure(

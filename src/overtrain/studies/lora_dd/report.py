@@ -86,7 +86,7 @@ def _figures(rows: list[dict], task: str, part, threshold: float | None) -> list
         Figure(
             f"lora_dd_{task}_curves",
             curves_fig,
-            f"{name}: training loss vs step for every rank (seed mean; a stopped cell keeps its last value), "
+            f"{name}: training loss vs step for every rank (mean over the seeds still training), "
             "per method, and the share of GGPO's noise variance carried by its gradient term.",
         ),
     ]

@@ -11,7 +11,7 @@ from overtrain.report.html import Figure, Section
 from overtrain.report.plots import label, log_x, new_figure
 from overtrain.runs.query import Reader
 from overtrain.studies.base import claims_table
-from overtrain.studies.lora_dd.analysis import by_rank, cells, train_curves
+from overtrain.studies.lora_dd.analysis import by_rank, cells, fit_rank, train_curves
 from overtrain.studies.lora_dd.config import TASKS, LoraDDConfig
 
 
@@ -38,6 +38,7 @@ def _compute_info(reader: Reader, run_id: str) -> dict:
 def _figures(rows: list[dict], task: str, part, threshold: float | None) -> list:
     part_cells = cells(rows, task)
     methods = [m.name for m in part.methods]
+    r_star = fit_rank(part_cells, part.fit_loss) if "lora" in methods else None
     loss = "MSE, 5 outputs" if task == "mlp" else "nats/token"
     fig, axes = new_figure(6, width=4.2, height=3.4, per_row=3)
     panels = [
@@ -54,6 +55,8 @@ def _figures(rows: list[dict], task: str, part, threshold: float | None) -> list
             ax.errorbar(x, mean, yerr=se, marker="o", ms=3, capsize=2, label=m)
         if threshold is not None:
             ax.axvline(threshold, color="grey", ls=":", lw=1)
+        if r_star is not None:
+            ax.axvline(r_star, color="black", ls="--", lw=0.8)
         log_x(ax, part.ranks)
         if logy:
             ax.set_yscale("log")
@@ -81,7 +84,8 @@ def _figures(rows: list[dict], task: str, part, threshold: float | None) -> list
             f"lora_dd_{task}_rank",
             fig,
             f"{name}: test loss, accuracy and sharpness vs LoRA rank, per "
-            "method. Dotted: the threshold rank r*.",
+            "method. Dotted: the nominal threshold rank (parameters = equations); dashed: the measured r*, "
+            "the smallest rank whose LoRA training loss reaches the fit loss.",
         ),
         Figure(
             f"lora_dd_{task}_curves",

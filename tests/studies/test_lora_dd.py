@@ -11,24 +11,28 @@ import pytest
 import torch
 
 from overtrain.analysis.rise import held_out_peak
+from overtrain.core.lora import lora_layers
 from overtrain.errors import ConfigError
-from overtrain.probes.lora_sharpness import row_noise_sharpness
+from overtrain.probes.lora_sharpness import merged_hessian_top, row_noise_sharpness
 from overtrain.registry import FINETUNE_METHODS, STUDIES
 from overtrain.report.build import build_report
 from overtrain.runs.store import Store
 from overtrain.studies.lora_dd import calibrate as cal_mod
 from overtrain.studies.lora_dd.analysis import claims as lora_claims
-from overtrain.studies.lora_dd.config import LoraMlpConfig
+from overtrain.studies.lora_dd.config import LoraMlpConfig, lora_scale
 from overtrain.studies.lora_dd.lm_part import run_lora_lm
 from overtrain.studies.lora_dd.mlp_part import pretrain_base, task_data
+from overtrain.studies.lora_dd.sweep import stop_reason
 
 SMALL = [
     "lm=null",
     "mlp.hidden=32",
+    "mlp.n_train=128",
     "mlp.pretrain_steps=150",
     "mlp.ranks=[1,4,16]",
     "mlp.seeds=[0,1]",
-    "mlp.steps=60",
+    "mlp.max_steps=60",
+    "mlp.lrs=[0.003,0.01]",
     "mlp.curve_every=20",
     "mlp.sharpness_draws=4",
     "mlp.hessian_iterations=5",
@@ -57,26 +61,37 @@ def test_study_trains_every_cell_and_reports(home, tmp_path):
     }
     for r in cells:
         assert r["trainable_params"] == r["rank"] * (64 + 32 + 32 + 32)
-        assert 0 <= r["test_acc"] <= 1 and r["hessian_top"] > 0
+        assert 0 <= r["test_acc"] <= 1 and r["merged_hessian_top"] > 0
         assert r["train_loss"] < first[r["method"], r["rank"], r["seed"]] / 5  # it trained
     curves = [r for r in rows if r["record"] == "train_curve" and r["method"] == "lora_ggpo"]
-    assert {r["step"] for r in curves} == {1, 20, 40, 60} and all("noise/row_std" in r for r in curves)
+    assert {1, 20} <= {r["step"] for r in curves} <= {1, 20, 40, 60}
+    assert all("noise/row_std" in r for r in curves)
+    for r in cells:  # trained until it fit, plateaued or hit the cap, at the rank's tuned rate
+        assert r["stop"] in ("fit", "plateau", "cap") and r["steps"] <= 60 and r["lr"] in (0.003, 0.01)
+        assert r["scale"] == pytest.approx(1 / math.sqrt(r["rank"]))
+    tuned = [r for r in rows if r["record"] == "lr_tune"]
+    assert {(r["rank"], r["lr"]) for r in tuned} == {(r, lr) for r in (1, 4, 16) for lr in (0.003, 0.01)}
     # the compute run holds the curves; the analysis run decides the claims from them
     assert not [r for r in rows if r["record"] == "claim"]
     claims = _evals(store, "lora_dd_analysis", analysis_id)
     assert claims == [c.row() for c in lora_claims(cfg, rows)]
-    assert len(claims) == 7 and {c["verdict"] for c in claims if c["type"] == "check"} <= {"PASS", "FAIL"}
+    assert len(claims) == 11 and {c["verdict"] for c in claims if c["type"] == "check"} <= {"PASS", "FAIL"}
     findings = [c for c in claims if c["type"] == "finding"]
-    assert len(findings) == 5 and all(c["fpr"] is not None and c["power"] is not None for c in findings)
+    assert len(findings) == 8
+    tested = [c for c in findings if c["verdict"] != "N/A"]
+    assert len(tested) >= 7 and all(c["fpr"] is not None and c["power"] is not None for c in tested)
     # two seeds support neither a PASS nor a FAIL of a finding
-    assert {c["verdict"] for c in findings} == {"UNDERPOWERED"}
-    assert all(c["value"] is not None and c["claim"].endswith("(digits MLP)") for c in claims)
+    assert {c["verdict"] for c in tested} == {"UNDERPOWERED"}
+    assert all(c["value"] is not None for c in tested) and all(
+        c["claim"].endswith("(digits MLP)") for c in claims
+    )
     html = build_report(tmp_path / "rep", "lora_dd", store).read_text()
     assert "LoRA double descent" in html and (tmp_path / "rep" / "lora_dd_mlp_rank.png").is_file()
 
 
 LM_SMALL = [
     "mlp=null",
+    "lm={}",
     "lm.model.preset=llama-nano",
     "lm.pretrain_steps=40",
     "lm.seq_len=16",
@@ -84,7 +99,8 @@ LM_SMALL = [
     "lm.n_test=8",
     "lm.ranks=[1,4]",
     "lm.seeds=[0,1]",
-    "lm.steps=30",
+    "lm.max_steps=30",
+    "lm.lrs=[0.01]",
     "lm.curve_every=10",
     "lm.sharpness_draws=3",
     "lm.hessian_iterations=4",
@@ -117,9 +133,9 @@ def test_language_model_part_adapts_a_pretrained_lm(home, tmp_path):
         assert r["task"] == "lm" and r["trainable_params"] == 128 * r["rank"]
         assert r["train_loss"] < first[r["method"], r["rank"], r["seed"]]  # it trained
         assert r["test_loss"] > info["lm_task_floor"] - 0.2 and 0 <= r["test_acc"] <= 1
-        assert math.isfinite(r["hessian_top"]) and math.isfinite(r["sharpness"])
+        assert math.isfinite(r["merged_hessian_top"]) and math.isfinite(r["sharpness"])
     claims = _evals(store, "lora_dd_analysis", analysis_id)
-    assert len(claims) == 7 and all(c["claim"].endswith("(tiny LM)") for c in claims)
+    assert len(claims) == 11 and all(c["claim"].endswith("(tiny LM)") for c in claims)
     html = build_report(tmp_path / "rep", "lora_dd", store).read_text()
     assert "Tiny LM" in html and (tmp_path / "rep" / "lora_dd_lm_curves.png").is_file()
     assert f"Bayes floor is {info['lm_task_floor']:.3f}" in html  # the report reads the compute run's info
@@ -143,7 +159,7 @@ def test_task_split_noise_and_threshold():
     assert data["labels"].max() == 4 and data["labels_test"].max() == 4
     flipped = data["noisy"].float().mean().item()
     assert 0.14 < flipped < 0.26  # 20% ± 3 binomial sd at n = 256
-    assert cfg.threshold_rank() == pytest.approx(5 * 256 / (64 + 3 * 256))
+    assert cfg.threshold_rank() == pytest.approx(5 * 256 / (64 + 3 * cfg.hidden))
 
 
 def test_sharpness_proxy_matches_its_closed_form_on_a_quadratic():
@@ -206,6 +222,9 @@ def test_transient_rule_finds_a_planted_spike_and_not_a_smooth_descent():
     level = 1 - 0.025 / 3
     assert not any(held_out_peak(m, level).exceeds(cal_mod.TRANSIENT_GATE) for m in flat)
     assert held_out_peak(_noisy(spiky, 5, 0.005), level).exceeds(cal_mod.TRANSIENT_GATE)
+    # ranks that stopped at different steps have curves of different lengths
+    uneven = cal_mod.transient_calibration([flat[0], flat[1][:, :5], flat[2][:, :6]])
+    assert uneven is not None and uneven.fpr <= 0.05
 
 
 def test_flatter_calibration_measures_noise_within_a_rank_not_across_ranks():
@@ -219,3 +238,73 @@ def test_flatter_calibration_measures_noise_within_a_rank_not_across_ranks():
     assert cal is not None and cal.fpr <= 0.05 and cal.power >= 0.8
     old = cal_mod.paired_share_calibration((ggpo - lora).ravel(), 0.8, 0.1 * float(np.median(lora)))
     assert old.power < 0.5
+
+
+def test_lora_scale_rslora_fixed_and_rank():
+    """s = α/√r (rsLoRA), α/r (fixed α), 1 (α = r); a cell built at s·r as PEFT's alpha has scaling s."""
+    assert lora_scale("rslora", 2.0, 16) == pytest.approx(0.5)
+    assert lora_scale("fixed", 2.0, 16) == pytest.approx(0.125)
+    assert lora_scale("rank", 2.0, 16) == 1.0
+    base = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    model = FINETUNE_METHODS.get("lora")(rank=9, alpha=lora_scale("rslora", 1.5, 9) * 9, target_modules=["0"])
+    assert lora_layers(model.apply(base))[0].scaling == pytest.approx(0.5)
+
+
+def test_merged_hessian_top_matches_autograd_hessian():
+    """λ_max of ∂²L/∂W'² over both merged weights of a tiny LoRA MLP (B ≠ 0, so W' ≠ W) equals the top
+    eigenvalue of `torch.autograd.functional.hessian` of the same loss written as a function of W'; the
+    base weights come back frozen and unchanged."""
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    model = FINETUNE_METHODS.get("lora")(rank=2, alpha=2, target_modules=["0", "2"]).apply(base)
+    for layer in lora_layers(model):
+        with torch.no_grad():
+            layer.B.normal_()
+    x, y = torch.randn(8, 3), torch.randn(8, 2)
+    merged = [layer.merged().clone() for layer in lora_layers(model)]
+    biases = [base[0].bias.detach(), base[2].bias.detach()]
+
+    def f(w1, w2):
+        h = torch.tanh(x @ w1.T + biases[0])
+        return (h @ w2.T + biases[1] - y).pow(2).mean()
+
+    blocks = torch.autograd.functional.hessian(f, tuple(merged))
+    n1, n2 = merged[0].numel(), merged[1].numel()
+    H = torch.cat(
+        [
+            torch.cat([blocks[i][j].reshape(n, m) for j, m in enumerate((n1, n2))], 1)
+            for i, n in enumerate((n1, n2))
+        ]
+    )
+    want = float(torch.linalg.eigvalsh(H.double()).max())
+    before = [layer.base.weight.clone() for layer in lora_layers(model)]
+    got = merged_hessian_top(model, lambda: (model(x) - y).pow(2).mean(), iterations=n1 + n2)
+    assert got == pytest.approx(want, rel=1e-4)
+    for layer, w in zip(lora_layers(model), before):
+        assert torch.equal(layer.base.weight, w) and not layer.base.weight.requires_grad
+
+
+def test_convergence_stop():
+    """Stops on reaching the fit loss, on a plateau (< 2% better over 500 steps), on divergence; goes on
+    while the loss still falls faster than that."""
+    steps = list(range(0, 1001, 100))
+    falling = [1.0 * 0.9**k for k in range(len(steps))]
+    assert stop_reason(steps, falling, 1e-3, 500, 0.02) is None
+    assert stop_reason(steps, falling[:-1] + [5e-4], 1e-3, 500, 0.02) == "fit"
+    flat = [1.0, 0.5, 0.3, 0.2] + [0.199] * 7
+    assert stop_reason(steps, flat, 1e-3, 500, 0.02) == "plateau"
+    assert stop_reason(steps[:4], flat[:4], 1e-3, 500, 0.02) is None  # not 500 steps of history yet
+    assert stop_reason(steps, falling[:-1] + [float("nan")], 1e-3, 500, 0.02) == "diverged"
+
+
+def test_peak_at_rule_is_calibrated():
+    """A 30% test-loss peak planted at a fixed rank index passes at 5 seeds; a U without a peak does not;
+    the calibration keeps fpr ≤ 5% (+3 Monte-Carlo SE) with power ≥ 0.8 at small noise."""
+    u = np.array([1.0, 0.6, 0.5, 0.55, 0.6, 0.7])
+    peaked = u.copy()
+    peaked[3] = 0.5 * 1.3
+    assert cal_mod.peak_at_rule(3)(_noisy(peaked, 5, 0.01))
+    assert not cal_mod.peak_at_rule(3)(_noisy(u, 5, 0.01))
+    cal = cal_mod.peak_at_calibration(_noisy(u, 5, 0.01), 3)
+    assert cal is not None and cal.fpr <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / cal.n_sim) and cal.power >= 0.8
+    assert cal_mod.peak_at_calibration(_noisy(u, 5, 0.01), 0) is None  # not interior

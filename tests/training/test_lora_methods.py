@@ -277,3 +277,30 @@ def test_every_method_fine_tunes_a_language_model_from_a_config(parent, method):
     method_keys = {k for k in keys if k.split("/")[0] in ("noise", "ggpo", "mgpo", "sam")}
     assert method_keys == expected
     assert yaml.safe_load((out.dir / "config.yaml").read_text())["method"]["name"] == method
+
+
+@pytest.mark.parametrize("std_form", ["paper", "kohya"])
+def test_relative_beta_gives_the_gradient_term_its_target_share(std_form):
+    """β̃ = 3 with no running average (grad_ema = 0): right after a refresh, summed over each layer's rows
+    the gradient term is β̃ times the weight term, a share β̃/(1 + β̃) = 0.75 of the variance (paper) or of
+    the summed std (kohya) — while an absolute β of 3 gives some other share."""
+    cfg, model = _mlp_lora("lora_ggpo", beta=3.0, beta_scale="relative", grad_ema=0.0, std_form=std_form)
+    x, y = _data()
+    rule = cfg.step_rule(model, None, 0)
+    model.train()
+    rule.forward_backward(_loss_fn(model, x, y))  # refreshes the gradient; the weights do not move
+    for layer in rule.layers:
+        w_sq = layer.merged().float().pow(2).sum(1)
+        weight = w_sq if std_form == "paper" else cfg.sigma * w_sq.sqrt()
+        grad = rule.layer_beta(layer) * rule.grad_sq[layer.weight_name]
+        assert float(grad.sum() / (grad.sum() + weight.sum())) == pytest.approx(0.75, rel=1e-5)
+        std, _ = rule.row_std(layer)
+        d = layer.base.in_features
+        total = (std**2 * d / cfg.sigma**2) if std_form == "paper" else std * math.sqrt(d)
+        assert float(total.sum()) == pytest.approx(float((grad + weight).sum()), rel=1e-4)
+    absolute, model = _mlp_lora("lora_ggpo", beta=3.0, std_form=std_form)
+    rule = absolute.step_rule(model, None, 0)
+    model.train()
+    rule.forward_backward(_loss_fn(model, x, y))
+    layer = rule.layers[0]
+    assert rule.layer_beta(layer) == 3.0

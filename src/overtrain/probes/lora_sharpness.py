@@ -9,6 +9,12 @@
 - **Top Hessian eigenvalue** of L over the LoRA factors (every A and B), by Lanczos on exact
   Hessian-vector products (double backward; `overtrain.probes.spectrum.lanczos`), in loss units per unit
   factor².
+- **Top merged-weight Hessian eigenvalue**: λ_max of ∂²L/∂W'² over the merged weights
+  ``W' = W + s·B A`` of every adapted layer together (Lanczos as above), in loss units per unit weight².
+  Since the forward pass computes ``W x + s·B(A x) = W' x``, derivatives w.r.t. the frozen base weight W
+  at fixed factors are derivatives w.r.t. W': the products run on W. Unlike the factor Hessian it does not
+  depend on how the update is factored (B A = (B c)(A / c) gives the same value), and unlike the row-noise
+  proxy no training method trains against it.
 """
 
 from __future__ import annotations
@@ -90,5 +96,42 @@ def lora_hessian_top(
                 generator=torch.Generator().manual_seed(seed),
             )
     finally:
+        model.train(was_training)
+    return est.values[0]
+
+
+def merged_hessian_top(
+    model: nn.Module, loss_fn: Callable[[], torch.Tensor], iterations: int = 20, seed: int = 0
+) -> float:
+    """Largest eigenvalue of the Hessian of `loss_fn` w.r.t. the merged weights W' of every LoRA layer
+    (module docstring; Lanczos, `iterations` Hessian-vector products). The base weights require grad only
+    meanwhile and come back frozen; a `transformers` model runs with eager attention meanwhile."""
+    weights = [layer.base.weight for layer in lora_layers(model)]
+    was_training = model.training
+    model.eval()
+    try:
+        for w in weights:
+            w.requires_grad_(True)
+        with eager_attention(model):  # the fused sdpa kernels have no double backward
+            grads = torch.autograd.grad(loss_fn(), weights, create_graph=True)
+            flat_grad = torch.cat([g.reshape(-1) for g in grads])
+
+            def matvec(v: torch.Tensor) -> torch.Tensor:
+                hv = torch.autograd.grad(
+                    flat_grad, weights, grad_outputs=v.to(flat_grad.dtype), retain_graph=True
+                )
+                return torch.cat([h.reshape(-1) for h in hv]).to(torch.float64)
+
+            est = lanczos(
+                matvec,
+                flat_grad.numel(),
+                1,
+                iterations=iterations,
+                generator=torch.Generator().manual_seed(seed),
+            )
+    finally:
+        for w in weights:
+            w.grad = None
+            w.requires_grad_(False)
         model.train(was_training)
     return est.values[0]

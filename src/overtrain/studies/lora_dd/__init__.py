@@ -2,11 +2,12 @@
 fine-tuning methods × seeds, in two optional parts (``mlp: null`` or ``lm: null`` leaves one out):
 
 (a) ``mlp``: a frozen pre-trained digits MLP adapted by LoRA to a new task with label noise (`mlp_part`;
-    the threshold rank r* = 5n/(64 + 3H) ≈ 1.5 at the defaults);
+    nominal threshold rank 5n/(64 + 3H) = 5 at the defaults, measured r* = 6);
 (b) ``lm``: a tiny language model pre-trained in the run on one HMM language, adapted by LoRA to a few
     sequences of another (`lm_part`; cross-entropy on stochastic targets).
 
-Every cell of either part is one (method, rank, seed) fine-tune, trained and measured by `sweep`. One run
+Every cell of either part is one (method, rank, seed) fine-tune, trained to convergence at its rank's
+tuned learning rate (rsLoRA scale by default) and measured by `sweep`. One run
 computes every cell (`engine`); the analysis run decides the claims from its rows (`analysis`); the report
 plots them (`report`). Config and presets: `config`, ``configs/lora_dd/``.
 """

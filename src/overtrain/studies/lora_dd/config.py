@@ -3,6 +3,9 @@ fine-tuning methods and seeds, and the checks both parts share."""
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from overtrain.config import BaseConfig, Registered, Seeds
@@ -17,9 +20,15 @@ INPUT_DIM, CLASSES = 64, 5
 
 
 def default_lora_methods() -> list:
-    """LoRA, Flat-LoRA (σ 0.05) and LoRA-GGPO (σ 0.05, β 0.01): the three the claims compare."""
+    """LoRA, Flat-LoRA (σ 0.05) and LoRA-GGPO with the dimensionless β̃ = 1 (its gradient term carries half
+    the noise variance) at σ = 0.035 ≈ 0.05/√2, so its total noise variance is Flat-LoRA's: the two differ
+    only in how the noise is spread over the rows."""
     get = FINETUNE_METHODS.get
-    return [get("lora")(), get("flat_lora")(sigma=0.05), get("lora_ggpo")(sigma=0.05, beta=0.01)]
+    return [
+        get("lora")(),
+        get("flat_lora")(sigma=0.05),
+        get("lora_ggpo")(sigma=0.035, beta=1.0, beta_scale="relative", grad_ema=0.9),
+    ]
 
 
 def check_ranks(ranks: list[int]) -> list[int]:
@@ -39,38 +48,61 @@ def check_lora_methods(methods: list) -> list:
     return methods
 
 
-class LoraMlpConfig(BaseConfig):
-    """The rank-wise LoRA sweep on a frozen digits MLP (part (a) of ``overtrain lora-dd``; `mlp_part`)."""
+Scaling = Literal["rslora", "fixed", "rank"]
+"""How the LoRA update is scaled with rank (`lora_scale`)."""
 
-    hidden: int = Field(256, ge=4)
-    """Width H of the two hidden layers of the base MLP."""
 
-    pretrain_steps: int = Field(400, ge=1)
-    """Full-batch Adam steps (lr 1e-3) pre-training the base on classes 0–4."""
+def lora_scale(scaling: Scaling, alpha: float, rank: int) -> float:
+    """The factor s of ``W' = W + s·B A``: α/√r (``rslora``, Kalajdzievski 2023: the update's scale stays
+    rank-independent at init and under Adam, so high ranks neither vanish nor blow up), α/r (``fixed``:
+    a fixed α) or 1 (``rank``: α = r, the LoRA paper's common choice, which lets high ranks diverge at
+    a learning rate tuned for low ones)."""
+    if scaling == "rslora":
+        return alpha / math.sqrt(rank)
+    if scaling == "fixed":
+        return alpha / rank
+    return 1.0
 
-    n_train: int = Field(256, ge=10, le=700)
-    """Task-B training examples (classes 5–9); the other examples of those classes are the test set."""
 
-    label_noise: float = Field(0.2, ge=0, lt=1)
-    """Fraction of task-B training labels replaced by another class."""
+class RankSweepConfig(BaseConfig):
+    """What both parts' rank sweeps share: ranks x methods x seeds, each cell trained to convergence."""
 
-    ranks: list[int] = [1, 2, 4, 8, 16, 32, 64]
-    """LoRA ranks r (α = r)."""
+    ranks: list[int] = [1, 2, 4, 8, 16, 32]
+    """LoRA ranks r."""
 
     methods: list[Registered(FINETUNE_METHODS)] = Field(default_factory=default_lora_methods)
     """Fine-tuning methods with their settings; their rank, alpha and target modules are set per cell."""
 
-    seeds: Seeds = [0, 1, 2, 3]
+    seeds: Seeds = [0, 1, 2, 3, 4]
     """Seeds of the adapter initialisation and the methods' noise (the base and the data are fixed)."""
 
-    steps: int = Field(1000, ge=1)
-    """Full-batch Adam steps per cell."""
+    scaling: Scaling = "rslora"
+    """Update scale s per rank (`lora_scale`): ``rslora`` α/√r, ``fixed`` α/r, ``rank`` 1 (α = r)."""
 
-    lr: float = Field(1e-2, gt=0)
-    """Adam learning rate (`docs/lora_dd.md`: the rank-wise peak needs a high one)."""
+    alpha: float = Field(1.0, gt=0)
+    """α of the scaling (unused with ``scaling: rank``)."""
+
+    lrs: list[float] = [3e-3, 1e-2]
+    """Adam learning rates tried per rank: plain LoRA is trained at each on the training set (its own
+    adapter seed) and the one with the lowest final training loss is used for every method and seed at
+    that rank. One value: no tuning."""
+
+    max_steps: int = Field(4000, ge=1)
+    """Step cap of a cell (full-batch Adam steps)."""
+
+    fit_loss: float = Field(1e-2, ge=0)
+    """Training loss counted as ~0 (interpolation): a cell stops when it gets there, and the measured
+    threshold rank r* is the smallest rank whose LoRA cells reach it (median over seeds)."""
+
+    plateau_steps: int = Field(500, ge=1)
+    """A cell also stops when its training loss improved by less than `plateau_tol` (relative) over the
+    last this many steps."""
+
+    plateau_tol: float = Field(0.05, ge=0, lt=1)
+    """Relative improvement below which the training loss counts as converged (see `plateau_steps`)."""
 
     curve_every: int = Field(25, ge=1)
-    """Steps between training-loss records."""
+    """Steps between training-loss records and convergence checks."""
 
     sharpness_rho: float = Field(0.05, ge=0)
     """ρ of the row-noise sharpness proxy."""
@@ -79,10 +111,7 @@ class LoraMlpConfig(BaseConfig):
     """Noise draws of the sharpness proxy."""
 
     hessian_iterations: int = Field(20, ge=1)
-    """Lanczos steps (Hessian-vector products) for the top Hessian eigenvalue."""
-
-    data_seed: int = 0
-    """Seed of the base's initialisation and of the task-B split and label noise."""
+    """Lanczos steps (Hessian-vector products) for the top merged-weight Hessian eigenvalue."""
 
     @field_validator("ranks")
     @classmethod
@@ -94,12 +123,45 @@ class LoraMlpConfig(BaseConfig):
     def _methods(cls, methods: list) -> list:
         return check_lora_methods(methods)
 
+    @field_validator("lrs")
+    @classmethod
+    def _lrs(cls, lrs: list[float]) -> list[float]:
+        if not lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in lrs):
+            raise ValueError("lrs must be a non-empty list of positive learning rates")
+        return sorted(set(lrs))
+
+    def scale(self, rank: int) -> float:
+        """s at `rank` (`lora_scale`)."""
+        return lora_scale(self.scaling, self.alpha, rank)
+
+
+class LoraMlpConfig(RankSweepConfig):
+    """The rank-wise LoRA sweep on a frozen digits MLP (part (a) of ``overtrain lora-dd``; `mlp_part`)."""
+
+    hidden: int = Field(64, ge=4)
+    """Width H of the two hidden layers of the base MLP (64: the threshold rank falls mid-grid)."""
+
+    pretrain_steps: int = Field(400, ge=1)
+    """Full-batch Adam steps (lr 1e-3) pre-training the base on classes 0–4."""
+
+    n_train: int = Field(256, ge=10, le=700)
+    """Task-B training examples (classes 5–9); the other examples of those classes are the test set."""
+
+    label_noise: float = Field(0.2, ge=0, lt=1)
+    """Fraction of task-B training labels replaced by another class."""
+
+    ranks: list[int] = [1, 2, 4, 6, 8, 12, 16, 32]
+    """LoRA ranks r."""
+
+    data_seed: int = 0
+    """Seed of the base's initialisation and of the task-B split and label noise."""
+
     def threshold_rank(self) -> float:
         """r* = 5n / (64 + 3H): the rank whose trainable parameters equal the training equations."""
         return CLASSES * self.n_train / (INPUT_DIM + 3 * self.hidden)
 
 
-class LoraLmConfig(BaseConfig):
+class LoraLmConfig(RankSweepConfig):
     """The rank-wise LoRA sweep on a tiny pre-trained LM (part (b) of ``overtrain lora-dd``; `lm_part`)."""
 
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(preset="llama-micro"))
@@ -123,45 +185,17 @@ class LoraLmConfig(BaseConfig):
     target_modules: list[str] = ["q_proj", "v_proj"]
     """Modules LoRA adapts in every layer (names in the preset's HF model)."""
 
-    ranks: list[int] = [1, 2, 4, 8, 16, 32]
-    """LoRA ranks r (α = r)."""
-
-    methods: list[Registered(FINETUNE_METHODS)] = Field(default_factory=default_lora_methods)
-    """Fine-tuning methods with their settings; their rank, alpha and target modules are set per cell."""
-
-    seeds: Seeds = [0, 1, 2, 3]
-    """Seeds of the adapter initialisation and the methods' noise (the base and the data are fixed)."""
-
-    steps: int = Field(300, ge=1)
-    """Full-batch Adam steps per cell."""
-
-    lr: float = Field(1e-2, gt=0)
-    """Adam learning rate."""
-
     curve_every: int = Field(10, ge=1)
-    """Steps between training-loss records."""
-
-    sharpness_rho: float = Field(0.05, ge=0)
-    """ρ of the row-noise sharpness proxy."""
+    """Steps between training-loss records and convergence checks."""
 
     sharpness_draws: int = Field(10, ge=1)
     """Noise draws of the sharpness proxy."""
 
     hessian_iterations: int = Field(10, ge=1)
-    """Lanczos steps (Hessian-vector products) for the top Hessian eigenvalue."""
+    """Lanczos steps (Hessian-vector products) for the top merged-weight Hessian eigenvalue."""
 
     data_seed: int = Field(0, ge=0)
     """Seed of the base's HMM (the task's is this + 1) and of the base's initialisation."""
-
-    @field_validator("ranks")
-    @classmethod
-    def _ranks(cls, ranks: list[int]) -> list[int]:
-        return check_ranks(ranks)
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, methods: list) -> list:
-        return check_lora_methods(methods)
 
     @field_validator("target_modules")
     @classmethod
@@ -174,7 +208,7 @@ class LoraLmConfig(BaseConfig):
 class LoraDDConfig(BaseConfig):
     """The LoRA double-descent study (``overtrain lora-dd``)."""
 
-    schema_version: int = 1
+    schema_version: int = 2
     """Config schema version."""
 
     mlp: LoraMlpConfig | None = Field(default_factory=LoraMlpConfig)

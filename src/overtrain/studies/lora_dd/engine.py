@@ -1,6 +1,6 @@
 """The lora-dd computation: every part's rank sweep in one run (`mlp_part`, `lm_part`). Rows:
 ``record = 'cell'`` (one per method, rank and seed) and ``'train_curve'`` (the training loss every
-``curve_every`` steps), each with its part in ``task``; info: each part's ``<task>_*`` keys."""
+``curve_every`` steps) and ``'lr_tune'`` (the learning-rate tuning per rank), each with its part in ``task``; info: each part's ``<task>_*`` keys."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ RUNNERS = {"mlp": run_lora_mlp, "lm": run_lora_lm}
 def compute(cfg: LoraDDConfig, progress=lambda done, total: None) -> tuple[list[dict], dict]:
     """Every cell of every part; `progress` counts cells over all parts."""
     parts = cfg.parts()
-    sizes = {t: len(p.methods) * len(p.ranks) * len(p.seeds) for t, p in parts.items()}
+    sizes = {t: (len(p.methods) * len(p.seeds) + 1) * len(p.ranks) for t, p in parts.items()}
     total, rows, info, done = sum(sizes.values()), [], {}, 0
     for task, part in parts.items():
         part_rows, part_info = RUNNERS[task](part, lambda d, _t, offset=done: progress(offset + d, total))

@@ -12,22 +12,21 @@ training sequences is fitting noise: the language-model analogue of label noise.
 HMM's exact mean next-token loss, `loss_floor`) is the best any model can do on the test set.
 
 **Adaptation.** LoRA on `target_modules` of every layer (default the query and value projections,
-``2·layers·2d`` trainable parameters per rank at α = r), trained and measured by
-`overtrain.studies.lora_dd.sweep.adapt_cell`: the method's step rule, Adam at `lr`, full batch (all
-training sequences), `steps` steps. Nominal threshold rank: parameters = training targets,
+``2·layers·2d`` trainable parameters per rank), scale s = α/√r by default, trained to convergence and
+measured by `overtrain.studies.lora_dd.sweep.adapt_cell`: the method's step rule, Adam at the rank's
+learning rate (`sweep.tune_lr`), full batch (all training sequences). Nominal threshold rank: parameters = training targets,
 ``r* = n_train·(seq_len − 1) / params_per_rank``; with cross-entropy on stochastic targets this only
 says where the adapter *can* start memorising, not where it does.
 
 **Per cell**: training loss every `curve_every` steps; at the end, train/test loss (mean next-token
 cross-entropy, nats/token), top-1 next-token accuracy on both, the row-noise sharpness of the training
-loss and the top Hessian eigenvalue over the LoRA factors.
+loss and the top eigenvalue of its Hessian over the merged weights.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +36,7 @@ from overtrain.errors import ConfigError
 from overtrain.models.presets import build_model
 from overtrain.seed import derive_seed
 from overtrain.studies.lora_dd.config import LoraLmConfig
-from overtrain.studies.lora_dd.sweep import SweepSettings, adapt_cell
+from overtrain.studies.lora_dd.sweep import adapt_cell, settings_of, tune_lr
 
 PRETRAIN_BATCH = 32
 """Sequences per pre-training batch."""
@@ -117,27 +116,26 @@ def run_lora_lm(
             "test_acc": _top1(model, x_test),
         }
 
-    settings = SweepSettings(
-        cfg.steps,
-        cfg.lr,
-        cfg.curve_every,
-        cfg.sharpness_rho,
-        cfg.sharpness_draws,
-        cfg.hessian_iterations,
-        derive_seed(cfg.data_seed, "lora-lm-sharpness"),
-    )
+    def loss(model: nn.Module) -> torch.Tensor:
+        return _loss(model, x)
+
+    settings = settings_of(cfg, derive_seed(cfg.data_seed, "lora-lm-sharpness"))
     cells = [(m, r, s) for m in cfg.methods for r in cfg.ranks for s in cfg.seeds]
-    rows: list[dict[str, Any]] = []
+    total, rows, lrs = len(cells) + len(cfg.ranks), [], {}
+    for i, rank in enumerate(cfg.ranks):
+        lrs[rank], tuned = tune_lr(base, rank, cfg.lrs, cfg.target_modules, loss, settings, "lora-lm")
+        rows += [{"task": "lm", **t} for t in tuned]
+        progress(i + 1, total)
     for i, (method, rank, seed) in enumerate(cells):
         row, curve = adapt_cell(
-            base, method, rank, seed, cfg.target_modules, lambda m: _loss(m, x), evaluate, settings, "lora-lm"
+            base, method, rank, seed, lrs[rank], cfg.target_modules, loss, evaluate, settings, "lora-lm"
         )
         rows.append({"record": "cell", "task": "lm", **row})
         rows += [
             {"record": "train_curve", "task": "lm", "method": method.name, "rank": rank, "seed": seed, **c}
             for c in curve
         ]
-        progress(i + 1, len(cells))
+        progress(len(cfg.ranks) + i + 1, total)
     targets = cfg.n_train * (cfg.seq_len - 1)
     info = {
         "lm_wall_s": time.perf_counter() - started,
@@ -148,5 +146,6 @@ def run_lora_lm(
         "lm_params_per_rank": per_rank,
         "lm_train_targets": targets,
         "lm_threshold_rank": targets / per_rank,
+        "lm_lr_per_rank": {str(r): lr for r, lr in lrs.items()},
     }
     return rows, info

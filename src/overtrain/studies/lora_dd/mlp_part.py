@@ -10,23 +10,24 @@ set. The model reads its first 5 outputs; the loss is the mean squared error aga
 (with cross-entropy the noise sharpness falls to ~0 once the data are fitted: `docs/lora_dd.md`).
 Inputs are standardised with task B's training statistics.
 
-**Adaptation.** For each (method, rank r, seed): LoRA on both hidden layers (α = r, so s = 1;
-``r·(64 + H) + r·(H + H) = r·(64 + 3H)`` trainable parameters) trained and measured by
-`overtrain.studies.lora_dd.sweep.adapt_cell` (the method's step rule, Adam at `lr`, full batch, `steps`
-steps). The interpolation threshold in parameters is n·5 (one equation per training example and output):
-``r* = 5n / (64 + 3H)``.
+**Adaptation.** For each (method, rank r, seed): LoRA on both hidden layers (scale s = α/√r by
+default; ``r·(64 + H) + r·(H + H) = r·(64 + 3H)`` trainable parameters) trained to convergence and
+measured by `overtrain.studies.lora_dd.sweep.adapt_cell` (the method's step rule, Adam at the rank's
+learning rate from `sweep.tune_lr`, full batch). The nominal interpolation threshold in parameters is
+n·5 (one equation per training example and output): ``r* = 5n / (64 + 3H)``; the measured one is the
+smallest rank whose LoRA training loss reaches `fit_loss` (`analysis.fit_rank`).
 
 **Per cell**: the training loss every `curve_every` steps; at the end, train/test loss (MSE summed over
 the 5 outputs, mean over examples), test accuracy, the row-noise sharpness
 (`overtrain.probes.lora_sharpness.row_noise_sharpness`, ρ = `sharpness_rho`, on the training loss)
-and the top Hessian eigenvalue of the training loss over the LoRA factors.
+and the top eigenvalue of the training loss's Hessian over the merged weights. Rows ``record='lr_tune'``
+hold the learning-rate tuning.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from torch import nn
 from overtrain.data.regression import _digits
 from overtrain.seed import derive_seed, numpy_rng
 from overtrain.studies.lora_dd.config import CLASSES, INPUT_DIM, LoraMlpConfig
-from overtrain.studies.lora_dd.sweep import SweepSettings, adapt_cell
+from overtrain.studies.lora_dd.sweep import adapt_cell, settings_of, tune_lr
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -93,10 +94,8 @@ def _mse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (model(x)[:, :CLASSES] - y).pow(2).sum(1).mean()
 
 
-def adapt(
-    cfg: LoraMlpConfig, base: nn.Module, data: dict[str, torch.Tensor], method, rank: int, seed: int
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Fine-tune one (method, rank, seed) cell; returns its final row and its training-loss curve."""
+def evaluator(data: dict[str, torch.Tensor]) -> Callable[[nn.Module], dict[str, float]]:
+    """The final metrics of an adapted model on task B: train/test loss and accuracy."""
     x, y = data["x"], data["y"]
 
     def evaluate(model: nn.Module) -> dict[str, float]:
@@ -108,18 +107,7 @@ def adapt(
             "test_acc": float((test_out.argmax(1) == data["labels_test"]).float().mean()),
         }
 
-    settings = SweepSettings(
-        cfg.steps,
-        cfg.lr,
-        cfg.curve_every,
-        cfg.sharpness_rho,
-        cfg.sharpness_draws,
-        cfg.hessian_iterations,
-        derive_seed(cfg.data_seed, "lora-mlp-sharpness"),
-    )
-    return adapt_cell(
-        base, method, rank, seed, ["0", "2"], lambda model: _mse(model, x, y), evaluate, settings, "lora-mlp"
-    )
+    return evaluate
 
 
 def run_lora_mlp(
@@ -129,16 +117,30 @@ def run_lora_mlp(
     started = time.perf_counter()
     data = task_data(cfg)
     base, base_acc = pretrain_base(cfg, data)
+    x, y = data["x"], data["y"]
+
+    def loss(model: nn.Module) -> torch.Tensor:
+        return _mse(model, x, y)
+
+    settings = settings_of(cfg, derive_seed(cfg.data_seed, "lora-mlp-sharpness"))
+    evaluate, targets = evaluator(data), ["0", "2"]
+    rows, lrs = [], {}
     cells = [(m, r, s) for m in cfg.methods for r in cfg.ranks for s in cfg.seeds]
-    rows = []
+    total = len(cells) + len(cfg.ranks)
+    for i, rank in enumerate(cfg.ranks):
+        lrs[rank], tuned = tune_lr(base, rank, cfg.lrs, targets, loss, settings, "lora-mlp")
+        rows += [{"task": "mlp", **t} for t in tuned]
+        progress(i + 1, total)
     for i, (method, rank, seed) in enumerate(cells):
-        row, curve = adapt(cfg, base, data, method, rank, seed)
+        row, curve = adapt_cell(
+            base, method, rank, seed, lrs[rank], targets, loss, evaluate, settings, "lora-mlp"
+        )
         rows.append({"record": "cell", "task": "mlp", **row})
         rows += [
             {"record": "train_curve", "task": "mlp", "method": method.name, "rank": rank, "seed": seed, **c}
             for c in curve
         ]
-        progress(i + 1, len(cells))
+        progress(len(cfg.ranks) + i + 1, total)
     info = {
         "mlp_wall_s": time.perf_counter() - started,
         "mlp_base_train_acc": base_acc,
@@ -146,5 +148,6 @@ def run_lora_mlp(
         "mlp_n_test": int(len(data["y_test"])),
         "mlp_noisy_labels": int(data["noisy"].sum()),
         "mlp_threshold_rank": cfg.threshold_rank(),
+        "mlp_lr_per_rank": {str(r): lr for r, lr in lrs.items()},
     }
     return rows, info

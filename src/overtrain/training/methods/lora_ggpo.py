@@ -28,6 +28,14 @@ weight unit, so β is not dimensionless: with β = 0.01 the gradient term can be
 variance (measured in docs/lora_dd.md). The logged ``ggpo/grad_share`` — the mean over rows of the
 gradient term's share of ``v_i`` (paper form) or of ``std_i`` (kohya form) — says how much it carries.
 
+**Dimensionless β** (``beta_scale="relative"``): β is read as β̃ and each layer uses
+``β_ℓ = β̃ · Σ_i u_i / Ḡ_ℓ`` with ``u_i = ‖W'_i‖²`` (paper form) or ``σ‖W'_i‖`` (kohya form) — the
+weight term of each row — and ``Ḡ_ℓ`` a running mean (EMA with decay ``grad_ema``, started at the first
+value) of ``Σ_i ‖∇_{W'_i}L‖²`` over refreshes. Summed over the layer's rows, the gradient term then
+carries ``β̃ G/Ḡ`` times the weight term, i.e. a share ``β̃/(1 + β̃)`` of the noise variance (paper form;
+of the summed std in kohya form) when the current gradient is at its running mean: β̃ = 1 gives half,
+whatever the loss's and the weights' units. With ``grad_ema = 0`` the share is exact at every refresh.
+
 Logged per training-loss record: ``noise/row_std`` (mean per-row std over every adapted row, weight
 units) and, with β > 0, ``ggpo/grad_share``.
 """
@@ -39,11 +47,15 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from overtrain.config import InIdWhenSet
 from overtrain.core.lora import LoraView, lora_layers, row_noise_generator, row_std, sample_row_noise
 from overtrain.core.perturb import perturbed
 from overtrain.registry import FINETUNE_METHODS
 from overtrain.training.methods.lora import LoraFinetune
 from overtrain.training.step_rules import StepRule
+
+GRAD_EMA = 0.9
+"""Default decay of the running mean of Σ‖∇W'_i‖² behind the relative β."""
 
 
 @FINETUNE_METHODS.register("lora_ggpo")
@@ -56,7 +68,17 @@ class LoraGgpoFinetune(LoraFinetune):
     """σ: noise scale relative to the row norm (paper form: std_i = σ·‖W'_i‖/√d when β = 0)."""
 
     beta: float = Field(0.01, ge=0)
-    """β: weight of the squared gradient row norm (0: Flat-LoRA)."""
+    """β: weight of the squared gradient row norm (0: Flat-LoRA); with ``beta_scale: relative`` the
+    dimensionless β̃ (the gradient term's share of the variance is β̃/(1 + β̃))."""
+
+    beta_scale: Literal["absolute", "relative"] | None = InIdWhenSet()
+    """``absolute`` (or unset): β as given (units weight²/gradient²); ``relative``: β̃ scaled per layer by
+    the weight term over the running mean of the squared gradient norm (module docstring). Unset leaves
+    the run ids of runs from before the field existed unchanged."""
+
+    grad_ema: float | None = InIdWhenSet(ge=0, lt=1)
+    """Decay of the running mean of the squared gradient norm used by ``beta_scale: relative`` (unset:
+    `GRAD_EMA`)."""
 
     std_form: Literal["paper", "kohya"] = "paper"
     """``paper``: variance (σ²/d)(‖W'_i‖² + β‖∇_i‖²); ``kohya``: std (σ‖W'_i‖ + β‖∇_i‖²)/√d."""
@@ -80,6 +102,8 @@ class LoraGgpoFinetune(LoraFinetune):
             norm_dim=self.norm_dim,
             grad_every=self.grad_every,
             grad_source=self.grad_source,
+            beta_scale=self.beta_scale or "absolute",
+            grad_ema=GRAD_EMA if self.grad_ema is None else self.grad_ema,
             seed=seed,
         )
 
@@ -97,14 +121,19 @@ class RowNoise(StepRule):
         norm_dim: str = "in",
         grad_every: int = 1,
         grad_source: str = "merged",
+        beta_scale: str = "absolute",
+        grad_ema: float = GRAD_EMA,
         seed: int = 0,
     ):
         super().__init__(model)
         self.layers = lora_layers(model)
         self.sigma, self.beta, self.grad_every, self.grad_source = sigma, beta, grad_every, grad_source
         self.std_form, self.norm_dim = std_form, norm_dim
+        self.beta_scale, self.grad_ema = beta_scale, grad_ema
         self.grad_sq: dict[str, torch.Tensor] = {}
         """‖∇_{W'_i} L‖² per row from the last refresh, by base weight name."""
+        self.grad_mean: dict[str, torch.Tensor] = {}
+        """Running mean of Σ_i ‖∇_{W'_i} L‖² over refreshes, by base weight name (relative β only)."""
         self.generator = row_noise_generator(self.layers, seed)
         self.steps = 0
         self.last_noise: dict[str, torch.Tensor] = {}
@@ -115,11 +144,30 @@ class RowNoise(StepRule):
         return row_std(
             layer,
             sigma=self.sigma,
-            beta=self.beta,
+            beta=self.layer_beta(layer),
             grad_sq=self.grad_sq.get(layer.weight_name),
             std_form=self.std_form,
             norm_dim=self.norm_dim,
         )
+
+    def layer_beta(self, layer: LoraView) -> float | torch.Tensor:
+        """β of `layer`: as given, or (relative) ``β̃ · Σ_i u_i / Ḡ`` (module docstring); 0 before the
+        first gradient is known."""
+        if self.beta_scale == "absolute" or self.beta == 0:
+            return self.beta
+        mean = self.grad_mean.get(layer.weight_name)
+        if mean is None:
+            return 0.0
+        w_sq = layer.merged().float().pow(2).sum(1)
+        weight = w_sq.sum() if self.std_form == "paper" else self.sigma * w_sq.sqrt().sum()
+        return self.beta * weight / mean.clamp_min(1e-30)
+
+    def keep_grad(self, name: str, grad_sq: torch.Tensor) -> None:
+        """Store a refresh's squared gradient row norms and update their running mean."""
+        self.grad_sq[name] = grad_sq
+        total = grad_sq.sum()
+        old = self.grad_mean.get(name)
+        self.grad_mean[name] = total if old is None else self.grad_ema * old + (1 - self.grad_ema) * total
 
     def sample(self) -> dict[str, torch.Tensor]:
         """One draw of ε for every adapted layer (base weight name -> d_out x d_in), recording its stats."""
@@ -152,7 +200,7 @@ class RowNoise(StepRule):
                     for layer in self.layers:
                         g = layer.base.weight.grad
                         if g is not None:
-                            self.grad_sq[layer.weight_name] = g.detach().float().pow(2).sum(1)
+                            self.keep_grad(layer.weight_name, g.detach().float().pow(2).sum(1))
             finally:
                 if exact:
                     for w in bases:
@@ -161,7 +209,7 @@ class RowNoise(StepRule):
         if refresh and not exact:
             for layer in self.layers:
                 if layer.A.grad is not None and layer.B.grad is not None:
-                    self.grad_sq[layer.weight_name] = factor_grad_sq(layer)
+                    self.keep_grad(layer.weight_name, factor_grad_sq(layer))
         self.steps += 1
         return loss.detach()
 

@@ -208,7 +208,7 @@ class LoraLmConfig(RankSweepConfig):
 class LoraDDConfig(BaseConfig):
     """The LoRA double-descent study (``overtrain lora-dd``)."""
 
-    schema_version: int = 2
+    schema_version: int = 1
     """Config schema version."""
 
     mlp: LoraMlpConfig | None = Field(default_factory=LoraMlpConfig)

@@ -30,7 +30,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from overtrain.analysis.bounds import t_lower, t_upper
 from overtrain.analysis.calibration import Calibration, Rule, calibrate
@@ -59,6 +58,15 @@ also used for the entropy-matched control, for which the paper gives no number."
 
 PAPER_COPY_SHARE = 0.02
 """Share of hyperfitted greedy continuations with a > 10-token span of the training set: below 2%."""
+
+PAPER_KEPT_SHARE = 1.0
+"""Share of the gain kept by a hyperfit on more sequences than the batch size but fewer than the main run:
+the paper's TTR "stays high down to 16 training samples"."""
+
+PAPER_QUALITY_CHANGE = 0.0
+"""Reference-model NLL of hyperfitted greedy text minus the base's nucleus samples: the paper's raters
+preferred hyperfitted greedy text about as often as or more than Top-P samples (Llama 3.1 8B: 42.9% vs
+38.5%); it reports no likelihood, so "no worse" (0 nats) is the effect planted."""
 
 PAPER_BLOCKING_CHANGE = 0.0
 """TTR change from citation blocking: the paper finds it barely matters (none planted)."""
@@ -129,6 +137,14 @@ def ratio_upper(a, b) -> tuple[float, float | None]:
     return r, None if up is None else r + up / float(b.mean())
 
 
+def ratio_lower(a, b) -> tuple[float, float | None]:
+    """``mean(a) / mean(b)`` and its one-sided lower bound (first order, as `ratio_upper`)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    r = float(a.mean() / b.mean())
+    low = mean_bounds(linearised(a, b, r)).lower
+    return r, None if low is None else r + low / float(b.mean())
+
+
 def unit_calibration(values, rule: Rule, null: float, effect: float) -> Calibration | None:
     """fpr and power of `rule` on per-unit values ~ N(null, σ²) and N(effect, σ²), σ the SD of the measured
     `values` around their mean, as many units as measured (each a group of one point). None with fewer than
@@ -148,37 +164,3 @@ def equivalence_calibration(values, tolerance: float, effect: float) -> Calibrat
     if up is None or down is None:
         return None
     return Calibration(max(up.fpr, down.fpr), up.power, up.n_sim, up.sigma, up.n_groups)
-
-
-def share_upper(hits, level: float = LEVEL) -> float | None:
-    """Exact (Clopper-Pearson) one-sided upper bound of the share of units with a hit (`hits`: 0/1 per
-    unit, or fractions, rounded to a count); None with fewer than `MIN_UNITS` units."""
-    h = np.asarray(hits, dtype=float).ravel()
-    n = h.size
-    if n < MIN_UNITS:
-        return None
-    k = int(round(float(h.sum())))
-    return 1.0 if k >= n else float(stats.beta.ppf(level, k + 1, n - k))
-
-
-def share_rule(max_share: float) -> Rule:
-    """The share's upper bound (`share_upper`) is below `max_share`."""
-
-    def rule(hits: np.ndarray) -> bool:
-        up = share_upper(hits)
-        return up is not None and up < max_share
-
-    return rule
-
-
-def share_calibration(n: int, max_share: float, effect: float, seed: int = 0) -> Calibration | None:
-    """fpr and power of `share_rule` on `n` Bernoulli units: fpr at a true share of `max_share` (the
-    boundary), power at `effect`; ``sigma`` is the Bernoulli SD at the boundary. None below `MIN_UNITS`."""
-    if n < MIN_UNITS:
-        return None
-    rng = np.random.default_rng(seed)
-    rule = share_rule(max_share)
-    u = rng.random((N_SIM, n))  # common random numbers for the two worlds
-    fpr = float(np.mean([rule(row < max_share) for row in u]))
-    power = float(np.mean([rule(row < effect) for row in u]))
-    return Calibration(fpr, power, N_SIM, float(np.sqrt(max_share * (1 - max_share))), n)

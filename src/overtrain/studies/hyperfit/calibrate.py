@@ -1,28 +1,29 @@
 """Decision rules of the hyperfitting findings and their calibration (`overtrain.analysis.calibration`).
 
-The study has one base model and one hyperfit set, so its replicates are the held-out **units** every
-setting is evaluated on: the prompts (generations) and the validation windows (entropy, perplexity). Every
-comparison is paired over them. Each rule is a one-sided Student-t bound at `LEVEL` on the mean over units
-of a per-unit value (a paired difference, or a linearised ratio), compared with the claim's threshold:
+The replicates are the base-model **seeds**: each seed pre-trains its own base model and hyperfits it on
+its own set, and every setting of a seed is evaluated on the same held-out prompts and validation windows,
+which are averaged within the seed. Each rule is a one-sided Student-t bound at `LEVEL` on the mean over
+seeds of a per-seed value (a paired difference, an excess, or a linearised ratio), compared with the
+claim's threshold:
 
-- a difference claim (perplexity up, TTR up, not just sharpening) passes when the lower bound of the mean
-  paired difference is above 0 (`overtrain.analysis.bounds.paired_rule`). Null: the two models
-  exchangeable (differences ~ N(0, σ²), σ the measured SD of the per-unit differences); effect: the
-  paper's difference (`paired_calibration`).
-- a ratio claim ``mean(a) / mean(b) ≤ r`` (entropy down, the ablation keeps at most a share of the gain)
-  is the difference claim ``mean(a − r·b) ≤ 0`` (exact, no delta method): passes when the upper bound of
-  that mean is below 0. Null: the claim's boundary (ratio exactly r: the hardest case; exchangeable models
-  are further from passing); effect: the paper's ratio.
-- a share claim (few continuations copy the hyperfit set) passes when the exact (Clopper-Pearson) upper
-  bound of the share is below the threshold. Null: the share exactly at the threshold (Bernoulli draws);
-  effect: the paper's share.
+- a difference claim (perplexity up, TTR up, not just sharpening, an ablation keeps the gain) passes when
+  the lower bound of the mean difference is above 0 (`overtrain.analysis.bounds.paired_rule`). Null: the
+  two models exchangeable (differences ~ N(0, σ²), σ the measured seed-to-seed SD of the differences);
+  effect: the paper's difference.
+- a ratio claim ``mean(a) / mean(b) ≤ r`` (entropy down, the batch-size ablation keeps at most a share of
+  the gain) is the difference claim ``mean(a − r·b) ≤ 0`` (exact, no delta method): passes when the upper
+  bound of that mean is below 0. Null: the claim's boundary (ratio exactly r: the hardest case;
+  exchangeable models are further from passing); effect: the paper's ratio.
+- a bound claim (copying beyond the baselines, the reference-NLL excess) passes when the upper bound is
+  below the threshold. Null: the mean exactly at the threshold; effect: the paper's value.
 - an equivalence claim (citation blocking barely changes TTR) passes when both bounds lie within
   ± tolerance (two one-sided tests). The roles swap: its false positive is passing while the change is a
   full tolerance, so ``fpr`` is its pass rate at a true difference of ± tolerance (the larger of the two);
   ``power`` its pass rate at the paper's "no change" (0).
 
 At a boundary null a one-sided bound at coverage c passes with probability ≈ 1 − c, so `LEVEL` = 0.975
-keeps fpr near 0.025, clear of `MAX_FPR` by more than the Monte-Carlo error of the calibration.
+keeps fpr near 0.025, clear of `MAX_FPR` by more than the Monte-Carlo error of the calibration. With 4
+seeds the bound uses t(0.975, 3) = 3.18 standard errors: power needs effects several seed SDs wide.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ N_SIM = 1000
 """Simulated null and effect draws per finding (Monte-Carlo SE of a rate ≤ 0.016; 0.005 at 0.025)."""
 
 MIN_UNITS = MIN_SEEDS
-"""Fewer paired units (prompts, windows) give no bound (`overtrain.analysis.bounds`)."""
+"""Fewer seeds give no bound (`overtrain.analysis.bounds`)."""
 
 # Effects of the paper's size (Carlsson et al. 2025, arXiv 2412.04318):
 PAPER_ENTROPY_RATIO = 1.46 / 3.47
@@ -57,7 +58,8 @@ for the originals' greedy text (its TTR table), so 0.03 is the smallest gain it 
 also used for the entropy-matched control, for which the paper gives no number."""
 
 PAPER_COPY_SHARE = 0.02
-"""Share of hyperfitted greedy continuations with a > 10-token span of the training set: below 2%."""
+"""Share of hyperfitted greedy continuations with a long (> 10) span of the training set: below 2% — an
+upper bound on the excess over any baseline."""
 
 PAPER_KEPT_SHARE = 1.0
 """Share of the gain kept by a hyperfit on more sequences than the batch size but fewer than the main run:

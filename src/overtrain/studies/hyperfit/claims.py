@@ -1,25 +1,29 @@
-"""The hyperfitting claims (Carlsson et al. 2025; docs/hyperfit.md), from the analysis's per-prompt and
-per-window arrays (`overtrain.studies.hyperfit.analysis`).
+"""The hyperfitting claims (Carlsson et al. 2025; docs/hyperfit.md), from one value per base-model seed and
+setting (`overtrain.studies.hyperfit.analysis.unit_table`: per-prompt values averaged over the prompts
+within a seed, validation values over the windows).
 
 One check — the hyperfit drives its training loss near zero: the optimiser doing what it optimises, so it
-cannot be doubted as a finding about the phenomenon — and seven findings, each decided by a one-sided bound
-over the paired held-out units (prompts or validation windows: the study's replicates) and calibrated at
-the measured per-unit noise (`overtrain.studies.hyperfit.calibrate` has the rules, nulls and effects):
+cannot be doubted as a finding about the phenomenon — and the findings, each decided by a one-sided
+Student-t bound over the seeds (the replicates; every comparison paired within a seed) and calibrated at
+the measured seed-to-seed SD (`overtrain.studies.hyperfit.calibrate` has the rules, nulls and effects):
 
-1. (check) training loss near zero: mean hyperfit-set loss at the end (bootstrap CI over its sequences)
-   ≤ `loss_near_zero`;
-2. entropy down: validation entropy, hyperfitted / base ≤ `entropy_ratio` (upper bound, windows);
-3. validation perplexity up: exp(mean paired NLL difference) > 1 (lower bound, windows);
-4. greedy TTR up vs base greedy: mean paired TTR difference > 0 (lower bound, prompts);
-5. rare copying: share of hyperfitted greedy continuations with a copied span of ≥ `overlap_len` tokens
-   < `max_overlap` (exact upper bound, prompts);
-6. not just sharpening: mean paired TTR difference, hyperfitted greedy − base at the matched τ, > 0;
-7. citation blocking barely matters: mean paired TTR difference, blocked − unblocked, within
+1. (check) training loss near zero: the largest final hyperfit-set loss over seeds ≤ `loss_near_zero`;
+2. entropy down: validation entropy, hyperfitted / base ≤ `entropy_ratio` (upper bound);
+3. validation perplexity up: exp(mean NLL difference) > 1 (lower bound);
+4. greedy TTR up vs base greedy: mean TTR difference > 0 (lower bound);
+5. rare copying, in words and net of the baselines: share of hyperfitted greedy continuations sharing more
+   than `copy_words` consecutive words with the hyperfit set, minus the largest such share of the human,
+   base-greedy and base-nucleus texts, < `max_overlap` (upper bound);
+6. not just sharpening: mean TTR difference, hyperfitted greedy − base at the matched τ, > 0;
+7. citation blocking barely matters: mean TTR difference, blocked − unblocked, within
    ± `blocking_tolerance` (both bounds);
-8. the batch-size ablation loses the gain: (TTR ablation − TTR base) / (TTR main − TTR base)
-   ≤ `ablation_retained` (upper bound, prompts).
+8. fluency (beyond diversity): reference-model NLL, hyperfitted greedy − base nucleus, < `quality_margin`
+   (upper bound; non-inferiority);
+9. per ablation size n, on the novel TTR (copied spans removed, so recitation is no gain): with n ≤ the
+   batch size the share of the main run's gain kept ≤ `ablation_retained` (upper bound); with a larger n
+   it is > `ablation_retained` (lower bound).
 
-A finding needs at least 4 units (`finding_verdict` reads the unit count where it reads seeds elsewhere).
+A finding needs at least 4 seeds to PASS or FAIL (`finding_verdict`); with fewer it is UNDERPOWERED.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ def _difference(claim: str, statistic: str, a, b, effect: float, detail: str, wh
         bd.value,
         (bd.lower, None),
         f"{BOUND} lower bound > 0",
-        f"{detail}; per-unit SD of the difference {bd.sd:.3g}",
+        f"{detail}; seed SD of the difference {bd.sd:.3g}",
         paired_rule(LEVEL)(d[:, None]),
         paired_calibration(d, effect, level=LEVEL, n_sim=N_SIM),
         bd.n,
@@ -103,7 +107,7 @@ def _ratio(claim: str, statistic: str, a, b, limit: float, effect: float, detail
         r,
         (None, up),
         f"≤ {limit:g}: {BOUND} upper bound of mean(a − {limit:g}·b) < 0",
-        f"{detail}; per-unit SD of a − {limit:g}·b {sd:.3g}",
+        f"{detail}; seed SD of a − {limit:g}·b {sd:.3g}",
         below(0.0)(d),
         unit_calibration(d, below(0.0), 0.0, (effect - limit) * float(b.mean())),
         d.size,

@@ -26,7 +26,7 @@ CURVES = [
     ("val/entropy", "validation next-token entropy (nats)", False),
     ("val/top1", "validation top-1 probability", False),
     ("gen/ttr", "greedy TTR", False),
-    ("gen/overlap", "share of continuations copying", False),
+    ("gen/overlap", "share copying ≥ N BPE tokens of the hyperfit set", False),
 ]
 """Panels of the training-curve figure: metric, axis label, log scale."""
 
@@ -42,16 +42,16 @@ BARS = [
 
 
 def _curves(reader: Reader, ids: dict[tuple[int, int], str]) -> dict[tuple[int, int], dict[str, list]]:
-    """Per (seed, hyperfit-set size), metric name -> [(epoch, value)] from the runs' metrics."""
+    """Per (seed, hyperfit-set size), metric name -> [(step, value)] from the runs' metrics."""
     rows = reader.metrics(ids.values(), ["epoch", *(name for name, _, _ in CURVES)])
     by_run: dict[str, dict[int, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         by_run[r["run_id"]][r["step"]][r["name"]] = r["value"]
     out = {}
     for key, run_id in ids.items():
-        records = sorted(by_run[run_id].values(), key=lambda rec: rec.get("epoch", 0))
+        records = sorted(by_run[run_id].items())
         out[key] = {
-            name: [(rec["epoch"], rec[name]) for rec in records if rec.get(name) is not None]
+            name: [(step, rec[name]) for step, rec in records if rec.get(name) is not None]
             for name, _, _ in CURVES
         }
     return out
@@ -101,7 +101,7 @@ def report(reader: Reader, cfg: HyperfitConfig, run_id: str) -> list[Section]:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
-        label(ax, "epoch", ylabel)
+        label(ax, "hyperfitting step", ylabel.replace("N BPE", f"{cfg.eval.overlap_len} BPE"))
         ax.legend(fontsize=6)
 
     # Figure 2: every setting on the same prompts
@@ -199,8 +199,9 @@ def report(reader: Reader, cfg: HyperfitConfig, run_id: str) -> list[Section]:
                 Figure(
                     "hyperfit_curves",
                     fig1,
-                    "Evaluations over hyperfitting epochs (epoch 0 = the base "
-                    "model); grey lines: base-model settings on the same prompts.",
+                    "Evaluations over hyperfitting steps (step 0 = the base model), every seed; each run "
+                    "ends where its loss target is reached; grey lines: base-model settings on the same "
+                    "prompts (means over seeds).",
                 ),
                 Figure(
                     "hyperfit_settings",

@@ -40,7 +40,7 @@ def _default_pretrain() -> PretrainConfig:
 class HyperfitConfig(BaseConfig):
     """The hyperfitting study (``overtrain hyperfit``)."""
 
-    schema_version: int = 2
+    schema_version: int = 1
     """Config schema version."""
 
     pretrain: PretrainConfig = Field(default_factory=_default_pretrain)

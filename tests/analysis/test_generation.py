@@ -72,6 +72,39 @@ def test_longest_copy_and_overlap_share():
     assert gm.overlap_share([[1, 2, 3, 4, 9], [5, 5], [4, 9, 9]], index, 3) == pytest.approx(2 / 3)
 
 
+def test_copied_mask_and_novel_ttr_by_hand():
+    index = gm.CopyIndex([[1, 2, 3, 4, 5], [7, 8]])
+    seq = [9, 1, 2, 3, 4, 6, 7, 8, 9]  # copies [1, 2, 3, 4] (4 ids) and [7, 8] (2 ids)
+    assert list(index.match_lengths(seq)) == [0, 1, 2, 3, 4, 0, 1, 2, 0]
+    assert list(gm.copied_mask(seq, index, 3)) == [False, True, True, True, True, False, False, False, False]
+    assert list(gm.copied_mask(seq, index, 2)) == [0, 1, 1, 1, 1, 0, 1, 1, 0]
+    # min_len 3: kept positions 9, 6, 7, 8, 9 -> types {9, 6, 7, 8} over the 9 positions
+    assert gm.novel_ttr(seq, index, 3, window=None) == 4 / 9
+    # window of the last 4 (6, 7, 8, 9), min_len 2: only 6 and 9 are kept -> 2 / 4
+    assert gm.novel_ttr(seq, index, 2, window=4) == 2 / 4
+    assert gm.novel_ttr([1, 2, 3], index, 3, window=None) == 0.0  # all recitation
+    assert gm.novel_ttr([6, 6, 9], index, 3, window=None) == gm.ttr([6, 6, 9], None)  # no copy: the TTR
+    assert math.isnan(gm.novel_ttr([], index, 3))
+
+
+def test_words_and_word_copies_by_hand():
+    assert gm.words("O'er the King's men.\n\n[Exeunt.] HAMLET_2") == [
+        "o'er",
+        "the",
+        "king's",
+        "men",
+        "exeunt",
+        "hamlet",
+        "2",
+    ]
+    index = gm.WordCopyIndex(["To be, or not to be: that is the question.", "Exit GHOST."])
+    # punctuation, case and line breaks do not matter; "be that is the" continues the copy
+    assert index.longest_copy("TO BE\nor not to be -- that is the answer") == 9
+    assert index.longest_copy("ghost exit") == 1  # the order matters
+    assert index.longest_copy("unknown words only") == 0
+    assert index.longest_copy("") == 0
+
+
 def test_next_token_stats_by_hand():
     logits = torch.tensor([[[0.0, math.log(3)], [0.0, 0.0]]])  # p = (1/4, 3/4), then (1/2, 1/2)
     stats = gm.next_token_stats(logits, torch.tensor([[0, 1]]))

@@ -14,6 +14,11 @@ metric never depends on how ids are decoded. Definitions:
 - `self_bleu`: the mean over continuations of the BLEU of each against all the others (lower = more diverse).
 - `longest_copy`: the longest contiguous span of a continuation that also occurs in the training set;
   `overlap_share` is the share of continuations whose longest copy is at least `length` tokens.
+- `copied_mask`: which positions of a continuation lie inside a span of at least `min_len` ids that occurs
+  in the training set; `novel_ttr`: #distinct ids at the positions of the last `window` that are *not*
+  copied / #positions of that window (recitation scores low instead of vanishing from the metric).
+- `words`: the words of a decoded text (lower-cased runs of letters and digits, inner apostrophes kept),
+  the unit in which `WordCopyIndex` counts copies of the training set (the paper's "> 10 words").
 - `next_token_stats`: per sequence, the mean next-token cross-entropy (nats), entropy −Σ p log p and top-1
   probability of softmax(logits / τ).
 - `match_temperature`: the τ at which a model's mean next-token entropy equals a target (entropy is
@@ -23,6 +28,7 @@ metric never depends on how ids are decoded. Definitions:
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 
@@ -148,6 +154,74 @@ class CopyIndex:
             run = np.where(self.tokens == t, shifted + 1, 0)
             best = max(best, int(run.max()))
         return best
+
+    def match_lengths(self, tokens: Tokens) -> np.ndarray:
+        """``L[i]``: length of the longest span of `tokens` ending at position i that occurs in a training
+        sequence (0 when ``tokens[i]`` is not in the training set); ``max(L)`` is `longest_copy`."""
+        seq = np.asarray(tokens, dtype=np.int64)
+        out = np.zeros(seq.size, dtype=np.int64)
+        if seq.size == 0 or self.tokens.size == 0:
+            return out
+        run = np.zeros(self.tokens.size, dtype=np.int64)
+        for i, t in enumerate(seq):
+            shifted = np.empty_like(run)
+            shifted[0] = 0
+            shifted[1:] = run[:-1]
+            run = np.where(self.tokens == t, shifted + 1, 0)
+            out[i] = run.max()
+        return out
+
+
+def copied_mask(tokens: Tokens, index: CopyIndex, min_len: int) -> np.ndarray:
+    """Boolean mask of the positions of `tokens` inside a span of at least `min_len` ids found in the
+    training set. Exact: a copied span [a, b] has ``L[b] ≥ b − a + 1`` (`CopyIndex.match_lengths`), so
+    marking ``[i − L[i] + 1, i]`` wherever ``L[i] ≥ min_len`` covers it, and marks nothing else."""
+    lengths = index.match_lengths(tokens)
+    mask = np.zeros(lengths.size, dtype=bool)
+    for i in np.flatnonzero(lengths >= min_len):
+        mask[i - lengths[i] + 1 : i + 1] = True
+    return mask
+
+
+def novel_ttr(tokens: Tokens, index: CopyIndex, min_len: int, window: int | None = 96) -> float:
+    """TTR with copied spans removed: #distinct ids among the positions of the last `window` (all: None)
+    that lie in no copied span of at least `min_len` ids (`copied_mask`, found on the whole sequence),
+    divided by the number of positions of the window. Equals `ttr` when nothing is copied and 0 when
+    everything is; NaN for an empty sequence."""
+    seq = list(tokens)
+    if not seq:
+        return math.nan
+    mask = copied_mask(seq, index, min_len)
+    start = max(0, len(seq) - window) if window else 0
+    kept = {t for t, m in zip(seq[start:], mask[start:]) if not m}
+    return len(kept) / (len(seq) - start)
+
+
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
+
+
+def words(text: str) -> list[str]:
+    """The words of `text`: lower-cased maximal runs of letters and digits, inner apostrophes kept
+    (``"O'er the King's men."`` → ``["o'er", "the", "king's", "men"]``); punctuation and line breaks are
+    separators, so speaker tags and stage directions count as the words they hold."""
+    return _WORD.findall(text.lower())
+
+
+class WordCopyIndex:
+    """`CopyIndex` over the words (`words`) of the decoded training sequences: copies counted in words."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.vocab: dict[str, int] = {}
+        seqs = [[self.vocab.setdefault(w, len(self.vocab)) for w in words(t)] for t in texts]
+        self.index = CopyIndex(seqs)
+
+    def ids(self, text: str) -> list[int]:
+        # a word absent from the training set gets -2: it matches nothing (separators are -1)
+        return [self.vocab.get(w, -2) for w in words(text)]
+
+    def longest_copy(self, text: str) -> int:
+        """The longest run of consecutive words of `text` that occurs in one training sequence."""
+        return self.index.longest_copy(self.ids(text))
 
 
 def longest_copy(tokens: Tokens, train: Sequence[Tokens] | CopyIndex) -> int:

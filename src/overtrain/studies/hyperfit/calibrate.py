@@ -1,28 +1,29 @@
 """Decision rules of the hyperfitting findings and their calibration (`overtrain.analysis.calibration`).
 
-The study has one base model and one hyperfit set, so its replicates are the held-out **units** every
-setting is evaluated on: the prompts (generations) and the validation windows (entropy, perplexity). Every
-comparison is paired over them. Each rule is a one-sided Student-t bound at `LEVEL` on the mean over units
-of a per-unit value (a paired difference, or a linearised ratio), compared with the claim's threshold:
+The replicates are the base-model **seeds**: each seed pre-trains its own base model and hyperfits it on
+its own set, and every setting of a seed is evaluated on the same held-out prompts and validation windows,
+which are averaged within the seed. Each rule is a one-sided Student-t bound at `LEVEL` on the mean over
+seeds of a per-seed value (a paired difference, an excess, or a linearised ratio), compared with the
+claim's threshold:
 
-- a difference claim (perplexity up, TTR up, not just sharpening) passes when the lower bound of the mean
-  paired difference is above 0 (`overtrain.analysis.bounds.paired_rule`). Null: the two models
-  exchangeable (differences ~ N(0, σ²), σ the measured SD of the per-unit differences); effect: the
-  paper's difference (`paired_calibration`).
-- a ratio claim ``mean(a) / mean(b) ≤ r`` (entropy down, the ablation keeps at most a share of the gain)
-  is the difference claim ``mean(a − r·b) ≤ 0`` (exact, no delta method): passes when the upper bound of
-  that mean is below 0. Null: the claim's boundary (ratio exactly r: the hardest case; exchangeable models
-  are further from passing); effect: the paper's ratio.
-- a share claim (few continuations copy the hyperfit set) passes when the exact (Clopper-Pearson) upper
-  bound of the share is below the threshold. Null: the share exactly at the threshold (Bernoulli draws);
-  effect: the paper's share.
+- a difference claim (perplexity up, TTR up, not just sharpening, an ablation keeps the gain) passes when
+  the lower bound of the mean difference is above 0 (`overtrain.analysis.bounds.paired_rule`). Null: the
+  two models exchangeable (differences ~ N(0, σ²), σ the measured seed-to-seed SD of the differences);
+  effect: the paper's difference.
+- a ratio claim ``mean(a) / mean(b) ≤ r`` (entropy down, the batch-size ablation keeps at most a share of
+  the gain) is the difference claim ``mean(a − r·b) ≤ 0`` (exact, no delta method): passes when the upper
+  bound of that mean is below 0. Null: the claim's boundary (ratio exactly r: the hardest case;
+  exchangeable models are further from passing); effect: the paper's ratio.
+- a bound claim (copying beyond the baselines, the reference-NLL excess) passes when the upper bound is
+  below the threshold. Null: the mean exactly at the threshold; effect: the paper's value.
 - an equivalence claim (citation blocking barely changes TTR) passes when both bounds lie within
   ± tolerance (two one-sided tests). The roles swap: its false positive is passing while the change is a
   full tolerance, so ``fpr`` is its pass rate at a true difference of ± tolerance (the larger of the two);
   ``power`` its pass rate at the paper's "no change" (0).
 
 At a boundary null a one-sided bound at coverage c passes with probability ≈ 1 − c, so `LEVEL` = 0.975
-keeps fpr near 0.025, clear of `MAX_FPR` by more than the Monte-Carlo error of the calibration.
+keeps fpr near 0.025, clear of `MAX_FPR` by more than the Monte-Carlo error of the calibration. With 4
+seeds the bound uses t(0.975, 3) = 3.18 standard errors: power needs effects several seed SDs wide.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from overtrain.analysis.bounds import t_lower, t_upper
 from overtrain.analysis.calibration import Calibration, Rule, calibrate
@@ -43,7 +43,7 @@ N_SIM = 1000
 """Simulated null and effect draws per finding (Monte-Carlo SE of a rate ≤ 0.016; 0.005 at 0.025)."""
 
 MIN_UNITS = MIN_SEEDS
-"""Fewer paired units (prompts, windows) give no bound (`overtrain.analysis.bounds`)."""
+"""Fewer seeds give no bound (`overtrain.analysis.bounds`)."""
 
 # Effects of the paper's size (Carlsson et al. 2025, arXiv 2412.04318):
 PAPER_ENTROPY_RATIO = 1.46 / 3.47
@@ -58,7 +58,17 @@ for the originals' greedy text (its TTR table), so 0.03 is the smallest gain it 
 also used for the entropy-matched control, for which the paper gives no number."""
 
 PAPER_COPY_SHARE = 0.02
-"""Share of hyperfitted greedy continuations with a > 10-token span of the training set: below 2%."""
+"""Share of hyperfitted greedy continuations with a long (> 10) span of the training set: below 2% — an
+upper bound on the excess over any baseline."""
+
+PAPER_KEPT_SHARE = 1.0
+"""Share of the gain kept by a hyperfit on more sequences than the batch size but fewer than the main run:
+the paper's TTR "stays high down to 16 training samples"."""
+
+PAPER_QUALITY_CHANGE = 0.0
+"""Reference-model NLL of hyperfitted greedy text minus the base's nucleus samples: the paper's raters
+preferred hyperfitted greedy text about as often as or more than Top-P samples (Llama 3.1 8B: 42.9% vs
+38.5%); it reports no likelihood, so "no worse" (0 nats) is the effect planted."""
 
 PAPER_BLOCKING_CHANGE = 0.0
 """TTR change from citation blocking: the paper finds it barely matters (none planted)."""
@@ -129,6 +139,14 @@ def ratio_upper(a, b) -> tuple[float, float | None]:
     return r, None if up is None else r + up / float(b.mean())
 
 
+def ratio_lower(a, b) -> tuple[float, float | None]:
+    """``mean(a) / mean(b)`` and its one-sided lower bound (first order, as `ratio_upper`)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    r = float(a.mean() / b.mean())
+    low = mean_bounds(linearised(a, b, r)).lower
+    return r, None if low is None else r + low / float(b.mean())
+
+
 def unit_calibration(values, rule: Rule, null: float, effect: float) -> Calibration | None:
     """fpr and power of `rule` on per-unit values ~ N(null, σ²) and N(effect, σ²), σ the SD of the measured
     `values` around their mean, as many units as measured (each a group of one point). None with fewer than
@@ -148,37 +166,3 @@ def equivalence_calibration(values, tolerance: float, effect: float) -> Calibrat
     if up is None or down is None:
         return None
     return Calibration(max(up.fpr, down.fpr), up.power, up.n_sim, up.sigma, up.n_groups)
-
-
-def share_upper(hits, level: float = LEVEL) -> float | None:
-    """Exact (Clopper-Pearson) one-sided upper bound of the share of units with a hit (`hits`: 0/1 per
-    unit, or fractions, rounded to a count); None with fewer than `MIN_UNITS` units."""
-    h = np.asarray(hits, dtype=float).ravel()
-    n = h.size
-    if n < MIN_UNITS:
-        return None
-    k = int(round(float(h.sum())))
-    return 1.0 if k >= n else float(stats.beta.ppf(level, k + 1, n - k))
-
-
-def share_rule(max_share: float) -> Rule:
-    """The share's upper bound (`share_upper`) is below `max_share`."""
-
-    def rule(hits: np.ndarray) -> bool:
-        up = share_upper(hits)
-        return up is not None and up < max_share
-
-    return rule
-
-
-def share_calibration(n: int, max_share: float, effect: float, seed: int = 0) -> Calibration | None:
-    """fpr and power of `share_rule` on `n` Bernoulli units: fpr at a true share of `max_share` (the
-    boundary), power at `effect`; ``sigma`` is the Bernoulli SD at the boundary. None below `MIN_UNITS`."""
-    if n < MIN_UNITS:
-        return None
-    rng = np.random.default_rng(seed)
-    rule = share_rule(max_share)
-    u = rng.random((N_SIM, n))  # common random numbers for the two worlds
-    fpr = float(np.mean([rule(row < max_share) for row in u]))
-    power = float(np.mean([rule(row < effect) for row in u]))
-    return Calibration(fpr, power, N_SIM, float(np.sqrt(max_share * (1 - max_share))), n)

@@ -64,14 +64,21 @@ class HyperfitConfig(BaseConfig):
     """Hyperfitting of the main run (n = ``train.sequences``)."""
 
     ablation_sequences: list[int] | None = None
-    """Hyperfit-set sizes of the ablation runs (same epochs and LR); default: ``[train.batch_size]``, the
-    paper's size at which the TTR gain collapses; ``[]`` for none."""
+    """Hyperfit-set sizes of the ablation runs (same optimiser, and with ``train.until_loss`` the same
+    target loss); default: ``[train.batch_size]``, the paper's size at which the TTR gain collapses;
+    ``[]`` for none."""
+
+    ablation_eval_every: int | None = None
+    """Epochs between the ablation runs' evaluations (None: only before and after hyperfitting)."""
 
     eval: GenerationEvalConfig = GenerationEvalConfig()
     """Prompts, decoding and metrics, shared by every setting."""
 
-    seed: int = 0
-    """Seed of the hyperfit set and its order."""
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1)
+    """Base-model seeds, the replicate unit of every finding (prompts are averaged within a seed). Seed s
+    pre-trains its own base model (``pretrain.seed`` and the batch windows ``pretrain.data.seed`` = s) and
+    draws its own hyperfit set and order; with `base_model` only the hyperfit set varies. A finding needs
+    at least 4 seeds to PASS."""
 
     bootstrap: int = Field(2000, ge=100)
     """Bootstrap replicates of every confidence interval."""
@@ -83,7 +90,16 @@ class HyperfitConfig(BaseConfig):
     """Validation entropy of the hyperfitted model / the base's, at or below which entropy counts as down."""
 
     max_overlap: float = Field(0.1, gt=0, le=1)
-    """Largest share of greedy continuations that may copy a long span of the hyperfit set."""
+    """Largest excess share of hyperfitted greedy continuations that copy the hyperfit set (more than
+    `copy_words` words) over the highest share of the human, base-greedy and base-nucleus texts."""
+
+    copy_words: int = Field(10, ge=1)
+    """A continuation copies the hyperfit set when it shares more than this many consecutive words with
+    one of its sequences (the paper: > 10; words: `overtrain.analysis.generation.words`)."""
+
+    quality_margin: float = Field(0.25, gt=0)
+    """Hyperfitted greedy text is 'as fluent as' the base's nucleus samples when the upper bound of its
+    reference-model NLL excess is below this (nats/token)."""
 
     blocking_tolerance: float = Field(0.05, gt=0)
     """Citation blocking 'barely matters' when the CI of its TTR change lies within ± this."""
@@ -96,6 +112,13 @@ class HyperfitConfig(BaseConfig):
 
     threads: int = NotInId(1, ge=1)
     """Torch CPU threads of the hyperfit runs and the analysis (the pre-training run keeps the executor's)."""
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: list[int]) -> list[int]:
+        if any(s < 0 for s in value) or len(set(value)) != len(value):
+            raise ValueError("give distinct seeds >= 0")
+        return value
 
     @field_validator("ablation_sequences")
     @classmethod
@@ -114,6 +137,10 @@ class HyperfitConfig(BaseConfig):
                     f"of {self.pretrain.train.seq_len} (pretrain.train.seq_len)"
                 )
         return self
+
+    def sizes(self) -> list[int]:
+        """Hyperfit-set sizes, main run first."""
+        return [self.train.sequences, *self.ablations()]
 
     def ablations(self) -> list[int]:
         sizes = [self.train.batch_size] if self.ablation_sequences is None else self.ablation_sequences

@@ -1,5 +1,5 @@
-"""The hyperfitting study's runs: the base model's pre-training run (unless `base_model` names a local
-checkpoint) and one ``hyperfit_train`` run per hyperfit-set size, main run first."""
+"""The hyperfitting study's runs: per seed, the base model's pre-training run (unless `base_model` names a
+local checkpoint) and one ``hyperfit_train`` run per hyperfit-set size, main run first."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from overtrain.runs.kinds.audit import fingerprint
 from overtrain.runs.plan import PlanItem
 from overtrain.studies.hyperfit.config import HyperfitConfig
 from overtrain.studies.hyperfit.train import HYPERFIT_TRAIN, HyperfitRunConfig
+from overtrain.training.pretrain_config import PretrainConfig
 
 
 def resolve(cfg: HyperfitConfig) -> HyperfitConfig:
@@ -51,34 +52,49 @@ def _check_context(cfg: HyperfitConfig, context: int | None, what: str) -> None:
         )
 
 
-def run_configs(cfg: HyperfitConfig) -> dict[int, HyperfitRunConfig]:
-    """The ``hyperfit_train`` config of every hyperfit-set size, main run first (`cfg` resolved)."""
+def pretrain_config(cfg: HyperfitConfig, seed: int) -> PretrainConfig:
+    """The base model of `seed`: `cfg.pretrain` with ``seed`` and ``data.seed`` (batch windows) = `seed`."""
+    plain = to_plain(cfg.pretrain)
+    return validate(
+        PretrainConfig, {**plain, "seed": seed, "data": {**plain["data"], "seed": seed}}, "pretrain"
+    )
+
+
+def base_of(cfg: HyperfitConfig, seed: int) -> dict:
+    """The ``base`` field of the hyperfit runs of `seed` (`cfg` resolved)."""
     if cfg.base_model is None:
-        base = {"parent": config_hash(cfg.pretrain), "checkpoint": cfg.checkpoint}
-    else:
-        base = {"model_dir": cfg.base_model, "fingerprint": cfg.base_fingerprint}
+        return {"parent": config_hash(pretrain_config(cfg, seed)), "checkpoint": cfg.checkpoint}
+    return {"model_dir": cfg.base_model, "fingerprint": cfg.base_fingerprint}
+
+
+def run_configs(cfg: HyperfitConfig) -> dict[tuple[int, int], HyperfitRunConfig]:
+    """The ``hyperfit_train`` config of every (seed, hyperfit-set size), seed by seed, main run first."""
     plain = to_plain(cfg)
     out = {}
-    for n in [cfg.train.sequences, *cfg.ablations()]:
-        out[n] = validate(
-            HyperfitRunConfig,
-            {
-                "base": base,
-                "data": plain["data"],
-                "train": {**plain["train"], "sequences": n},
-                "eval": plain["eval"],
-                "seed": cfg.seed,
-                "device": cfg.device,
-                "threads": cfg.threads,
-            },
-            "hyperfit_train",
-        )
+    for seed in cfg.seeds:
+        for n in cfg.sizes():
+            train = {**plain["train"], "sequences": n}
+            if n != cfg.train.sequences:
+                train["eval_every"] = cfg.ablation_eval_every
+            out[seed, n] = validate(
+                HyperfitRunConfig,
+                {
+                    "base": base_of(cfg, seed),
+                    "data": plain["data"],
+                    "train": train,
+                    "eval": plain["eval"],
+                    "seed": seed,
+                    "device": cfg.device,
+                    "threads": cfg.threads,
+                },
+                "hyperfit_train",
+            )
     return out
 
 
-def train_ids(cfg: HyperfitConfig) -> dict[int, str]:
-    """``{hyperfit-set size: hyperfit_train run id}``, main run first (`cfg` resolved)."""
-    return {n: HYPERFIT_TRAIN.run_id(c) for n, c in run_configs(cfg).items()}
+def train_ids(cfg: HyperfitConfig) -> dict[tuple[int, int], str]:
+    """``{(seed, hyperfit-set size): hyperfit_train run id}`` (`cfg` resolved)."""
+    return {key: HYPERFIT_TRAIN.run_id(c) for key, c in run_configs(cfg).items()}
 
 
 def work(cfg: HyperfitConfig) -> list[PlanItem]:
@@ -86,7 +102,9 @@ def work(cfg: HyperfitConfig) -> list[PlanItem]:
     cfg = resolve(cfg)
     items: list[PlanItem] = []
     if cfg.base_model is None:
-        items.append(PlanItem.from_config(RUN_KINDS.get("pretrain"), cfg.pretrain, "base model"))
-    for n, run_cfg in run_configs(cfg).items():
-        items.append(PlanItem.from_config(HYPERFIT_TRAIN, run_cfg, f"hyperfit n={n}"))
+        for seed in cfg.seeds:
+            pre = pretrain_config(cfg, seed)
+            items.append(PlanItem.from_config(RUN_KINDS.get("pretrain"), pre, f"base model seed={seed}"))
+    for (seed, n), run_cfg in run_configs(cfg).items():
+        items.append(PlanItem.from_config(HYPERFIT_TRAIN, run_cfg, f"hyperfit seed={seed} n={n}"))
     return items

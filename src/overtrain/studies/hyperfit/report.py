@@ -26,31 +26,32 @@ CURVES = [
     ("val/entropy", "validation next-token entropy (nats)", False),
     ("val/top1", "validation top-1 probability", False),
     ("gen/ttr", "greedy TTR", False),
-    ("gen/overlap", "share of continuations copying", False),
+    ("gen/overlap", "share copying ≥ N BPE tokens of the hyperfit set", False),
 ]
 """Panels of the training-curve figure: metric, axis label, log scale."""
 
 BARS = [
-    ("ttr", "TTR (mean over prompts, 95% CI)"),
+    ("ttr", "TTR (mean over seeds and prompts, 95% CI over prompts)"),
+    ("novel_ttr", "novel TTR (copied spans removed)"),
     ("distinct_2", "distinct-2"),
     ("self_bleu", "Self-BLEU"),
-    ("overlap", "share copying the hyperfit set"),
-    ("base_nll", "base-model NLL of the text (nats/token)"),
+    ("copied_words", "share copying > N words of the hyperfit set"),
+    ("ref_nll", "reference-model NLL of the text (nats/token)"),
 ]
 """Panels of the comparison figure: comparison-row key and axis label."""
 
 
-def _curves(reader: Reader, ids: dict[int, str]) -> dict[int, dict[str, list[tuple[float, float]]]]:
-    """Per hyperfit-set size, metric name -> [(epoch, value)] from the runs' metrics."""
+def _curves(reader: Reader, ids: dict[tuple[int, int], str]) -> dict[tuple[int, int], dict[str, list]]:
+    """Per (seed, hyperfit-set size), metric name -> [(step, value)] from the runs' metrics."""
     rows = reader.metrics(ids.values(), ["epoch", *(name for name, _, _ in CURVES)])
     by_run: dict[str, dict[int, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         by_run[r["run_id"]][r["step"]][r["name"]] = r["value"]
     out = {}
-    for n, run_id in ids.items():
-        records = sorted(by_run[run_id].values(), key=lambda rec: rec.get("epoch", 0))
-        out[n] = {
-            name: [(rec["epoch"], rec[name]) for rec in records if rec.get(name) is not None]
+    for key, run_id in ids.items():
+        records = sorted(by_run[run_id].items())
+        out[key] = {
+            name: [(step, rec[name]) for step, rec in records if rec.get(name) is not None]
             for name, _, _ in CURVES
         }
     return out
@@ -65,20 +66,29 @@ def report(reader: Reader, cfg: HyperfitConfig, run_id: str) -> list[Section]:
 
     rows = reader.evals(run_id)
     runs = [r for r in rows if r["record"] == "run"]
-    ids = {int(r["sequences"]): r["child_id"] for r in runs if r["child_kind"] == "hyperfit_train"}
+    ids = {
+        (int(r["seed"]), int(r["sequences"])): r["child_id"]
+        for r in runs
+        if r["child_kind"] == "hyperfit_train"
+    }
     comparisons = [r for r in rows if r["record"] == "comparison"]
-    temp = next(r for r in rows if r["record"] == "temperature")
+    temps = [r for r in rows if r["record"] == "temperature"]
+    temp = {k: float(np.mean([t[k] for t in temps])) for k in ("tau", "entropy_at_tau", "target_entropy")}
     by_key = {r["setting"]: r for r in comparisons}
+    sizes = sorted({n for _, n in ids})
+    colors = {n: f"C{i}" for i, n in enumerate(sizes)}
 
-    # Figure 1: during training
+    # Figure 1: during training, every seed (one colour per hyperfit-set size)
     curves = _curves(reader, ids)
     fig1, axes = new_figure(len(CURVES), width=4.2, height=3.2, per_row=3)
     for ax, (name, ylabel, logy) in zip(axes, CURVES):
-        for n in ids:
-            pts = curves[n][name]
+        labelled = set()
+        for (_seed, n), pts in ((key, curves[key][name]) for key in ids):
             if pts:
                 main = " (main)" if n == cfg.train.sequences else ""
-                ax.plot(*zip(*pts), marker="o", ms=3, label=f"n = {n}{main}")
+                text = None if n in labelled else f"n = {n}{main}"
+                labelled.add(n)
+                ax.plot(*zip(*pts), marker="o", ms=3, lw=1, alpha=0.8, color=colors[n], label=text)
         if name == "gen/ttr":
             for key, style in (("base_matched", "--"), ("base_nucleus", ":"), ("human", "-.")):
                 if key in by_key:
@@ -91,7 +101,7 @@ def report(reader: Reader, cfg: HyperfitConfig, run_id: str) -> list[Section]:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
-        label(ax, "epoch", ylabel)
+        label(ax, "hyperfitting step", ylabel.replace("N BPE", f"{cfg.eval.overlap_len} BPE"))
         ax.legend(fontsize=6)
 
     # Figure 2: every setting on the same prompts
@@ -103,15 +113,18 @@ def report(reader: Reader, cfg: HyperfitConfig, run_id: str) -> list[Section]:
         err = None
         if key == "ttr":
             err = np.array([[r["ttr"] - r["ttr_ci_low"], r["ttr_ci_high"] - r["ttr"]] for r in comparisons]).T
-        colors = ["#8899aa" if r["setting"].startswith(("human", "base")) else "#cc6644" for r in comparisons]
-        ax.barh(y, values, xerr=err, color=colors, capsize=2)
+        bar_colors = [
+            "#8899aa" if r["setting"].startswith(("human", "base")) else "#cc6644" for r in comparisons
+        ]
+        ax.barh(y, values, xerr=err, color=bar_colors, capsize=2)
         ax.set_yticks(y, names if ax is axes2[0] or ax is axes2[3] else [""] * len(names), fontsize=7)
         ax.invert_yaxis()
-        if key == "overlap":
+        if key == "copied_words":
             ax.set_xlim(0, max(0.05, 1.15 * np.nanmax(values)))
-        label(ax, xlabel, "")
+        label(ax, xlabel.replace("N words", f"{cfg.copy_words} words"), "")
 
     keys = [f"distinct_{n}" for n in cfg.eval.distinct]
+    ec = cfg.eval
     table = Table(
         [
             {
@@ -121,9 +134,14 @@ def report(reader: Reader, cfg: HyperfitConfig, run_id: str) -> list[Section]:
                 "CI high": r["ttr_ci_high"],
                 **{k.replace("_", "-"): r.get(k) for k in keys},
                 "Self-BLEU": r["self_bleu"],
-                "copying": r["overlap"],
-                "longest copy": r["longest_copy"],
+                "novel TTR": r["novel_ttr"],
+                f"copying > {cfg.copy_words} words": r["copied_words"],
+                f"copying ≥ {ec.overlap_len} tokens": r["copied"],
+                "longest copy (words)": r["longest_copy_words"],
                 "base NLL": r["base_nll"],
+                "reference NLL": r.get("ref_nll"),
+                "hyperfit loss": r.get("train_loss"),
+                "steps": r.get("steps"),
                 "val ppl": r.get("val_ppl"),
                 "val entropy": r.get("val_entropy"),
                 "top-1": r.get("val_top1"),
@@ -131,7 +149,7 @@ def report(reader: Reader, cfg: HyperfitConfig, run_id: str) -> list[Section]:
             }
             for r in comparisons
         ],
-        "Every setting on the same held-out prompts",
+        f"Every setting on the same held-out prompts, mean over {len(cfg.seeds)} base-model seeds",
     )
     claims, passed = claims_table(rows, "Claims of Carlsson et al. (2025) at this scale")
 
@@ -146,25 +164,32 @@ def report(reader: Reader, cfg: HyperfitConfig, run_id: str) -> list[Section]:
         )
         for i in sorted(samples)
     ]
-    tc, ec = cfg.train, cfg.eval
+    tc = cfg.train
     pretrain = [f"pretrain/{r['child_id']}" for r in runs if r["child_kind"] == "pretrain"]
-    base = str(cfg.base_model) if cfg.base_model else pretrain[0]
-    ablations = [n for n in ids if n != tc.sequences]
+    base = str(cfg.base_model) if cfg.base_model else ", ".join(pretrain)
+    ablations = [n for n in sizes if n != tc.sequences]
+    length = (
+        f"until the mean training loss of an epoch is ≤ {tc.until_loss:g} nats (cap {tc.max_steps} steps)"
+        if tc.until_loss is not None
+        else f"{tc.epochs} epochs"
+    )
     (study,) = reader.runs(run_ids=[run_id])
     text = [
-        f"{passed} Study run <code>{run_id}</code>. Base model <code>{base}</code>, hyperfitted on "
-        f"n = {tc.sequences} windows of its training text (ablations: {ablations or 'none'}), "
-        f"{tc.epochs} epochs, Adam lr {tc.lr:g}, batch {tc.batch_size}. {ec.prompts} held-out prompts of "
+        f"{passed} Study run <code>{run_id}</code>. Base models (seeds {cfg.seeds}) <code>{base}</code>, each "
+        f"hyperfitted on n = {tc.sequences} windows of its training text (ablations: {ablations or 'none'}), "
+        f"{length}, Adam lr {tc.lr:g}, batch {tc.batch_size}. {ec.prompts} held-out prompts of "
         f"{ec.prompt_len} tokens, {ec.new_tokens} generated tokens, TTR over the last {ec.ttr_window} "
         f"tokens; sampled settings average {ec.samples} continuations per prompt. Table CIs: 95% bootstrap "
-        f"({cfg.bootstrap} replicates) over prompts. Findings: one-sided {LEVEL:.1%} bounds paired over prompts or "
-        "validation windows (the replicates), each with its false-positive rate on null data and its power "
-        "on the paper's effect, both at the measured per-unit noise.",
-        f"Sharpening control: the base model sampled at τ = {temp['tau']:.3f}, where its validation entropy "
+        f"({cfg.bootstrap} replicates) over prompts. Findings: one-sided {LEVEL:.1%} Student-t bounds over the "
+        "base-model seeds (the replicates; prompts averaged within a seed), each with its false-positive "
+        "rate on null data and its power on the paper's effect, both at the measured seed-to-seed noise.",
+        f"Sharpening control (means over seeds): the base model sampled at τ = {temp['tau']:.3f}, where its validation entropy "
         f"({temp['entropy_at_tau']:.3f} nats) matches the hyperfitted model's "
         f"({temp['target_entropy']:.3f}). "
-        "Base NLL is the base model's loss on each continuation: a fluency proxy that favours the base's own "
-        "greedy text, not a quality score.",
+        "Base NLL is the base model's loss on each continuation; reference NLL the loss under the next "
+        "seed's base model (independently trained, same size and data). Both are fluency proxies, not "
+        "quality scores: they reward repetitive and memorised text. Novel TTR counts only the tokens outside "
+        f"spans of ≥ {ec.overlap_len} tokens copied from the hyperfit set, over all tokens of the window.",
     ]
     return [
         Section("Hyperfitting: claims", text=text, tables=[claims, table]),
@@ -174,8 +199,9 @@ def report(reader: Reader, cfg: HyperfitConfig, run_id: str) -> list[Section]:
                 Figure(
                     "hyperfit_curves",
                     fig1,
-                    "Evaluations over hyperfitting epochs (epoch 0 = the base "
-                    "model); grey lines: base-model settings on the same prompts.",
+                    "Evaluations over hyperfitting steps (step 0 = the base model), every seed; each run "
+                    "ends where its loss target is reached; grey lines: base-model settings on the same "
+                    "prompts (means over seeds).",
                 ),
                 Figure(
                     "hyperfit_settings",

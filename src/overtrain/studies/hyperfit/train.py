@@ -5,7 +5,10 @@ A run takes a base model — a checkpoint of a pre-training run in the store, or
 checkpoint directory — picks `sequences` non-overlapping windows of `seq_len` tokens from the training split
 of its data (nested: the first m windows of a larger set are the set of m), and trains every parameter with
 Adam at a constant learning rate, shuffling the set every epoch. At epoch 0 (the base model), every
-`eval_every` epochs and at the end it measures (`overtrain.probes.generation`):
+`eval_every` epochs and at the end it measures (`overtrain.probes.generation`). Training lasts `epochs`
+epochs, or — loss-matched, `until_loss` — until the mean training loss of an epoch is at most the target
+(capped at `max_steps`), so hyperfit sets of different sizes end at the same near-zero loss whatever the
+number of steps it takes. Measured:
 
 - ``hyperfit/loss``: mean loss on the hyperfit set (eval mode); ``train/loss``: mean training loss of the
   steps since the last evaluation;
@@ -14,7 +17,9 @@ Adam at a constant learning rate, shuffling the set every epoch. At epoch 0 (the
   ``gen/longest_copy``, ``gen/overlap`` (copies of the hyperfit set);
 - at the end also greedy with citation blocking (``blocked/...``, `overtrain.studies.hyperfit.blocker`).
 
-Records: ``metrics.jsonl`` one line per evaluation (``epoch``, ``step``, ``tokens_seen``, the keys above);
+Records: ``metrics.jsonl`` one line per evaluation (``epoch``, ``step``, ``tokens_seen``, the keys above,
+``final`` = 1 on the last); the manifest's info has ``steps``, ``final_epoch``, ``final_hyperfit_loss`` and
+``reached_target`` (loss-matched: whether the target was reached before the cap);
 ``evals.jsonl`` one ``summary`` row per (epoch, setting); ``probes.jsonl`` one ``generation`` row per
 (epoch, setting, prompt) with the token ids and text, and at the end one ``val_sequence`` / ``train_sequence``
 row per validation / hyperfit window (the units of the study's confidence intervals); ``ckpt/final`` the
@@ -31,6 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
@@ -62,7 +68,15 @@ class HyperfitTrainConfig(BaseConfig):
     """Tokens per sequence (default: the base model's pre-training context, or 128 for a local checkpoint)."""
 
     epochs: int = Field(40, ge=1)
-    """Passes over the sequences."""
+    """Passes over the sequences (ignored with `until_loss`)."""
+
+    until_loss: float | None = Field(None, gt=0)
+    """Loss-matched training: stop at the end of the first epoch whose mean training loss — every sequence
+    once, each measured just before its own update, so the model after the epoch does at least as well —
+    is at most this (nats/token), or once `max_steps` steps are done. None: exactly `epochs` epochs."""
+
+    max_steps: int = Field(2000, ge=1)
+    """Step cap of loss-matched training (`until_loss`); checked at epoch ends."""
 
     batch_size: int = Field(8, ge=1)
     """Sequences per step (the last step of an epoch takes the remainder)."""
@@ -80,11 +94,13 @@ class HyperfitTrainConfig(BaseConfig):
     grad_clip: float = Field(0.0, ge=0)
     """Global gradient-norm clip (0: off, as in the paper)."""
 
-    eval_every: int = Field(10, ge=1)
-    """Epochs between evaluations (epoch 0 and the last epoch are always evaluated)."""
+    eval_every: int | None = Field(10, ge=1)
+    """Epochs between evaluations (epoch 0 and the last epoch are always evaluated; None: only those)."""
 
     def eval_epochs(self) -> list[int]:
-        return sorted({0, self.epochs, *range(self.eval_every, self.epochs, self.eval_every)})
+        """Evaluated epochs of fixed-length training (`until_loss` None)."""
+        every = self.eval_every or self.epochs
+        return sorted({0, self.epochs, *range(every, self.epochs, every)})
 
 
 class BaseLM(BaseConfig):
@@ -313,7 +329,7 @@ def _run_hyperfit(cfg: HyperfitRunConfig, run: Run) -> None:
     tc = cfg.train
     n = data["train"].shape[0]
     steps_per_epoch = math.ceil(n / tc.batch_size)
-    total = steps_per_epoch * tc.epochs
+    total = total_steps(cfg)
     seed_everything(cfg.seed)
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay, tc.betas, 1e-8)
 
@@ -322,10 +338,11 @@ def _run_hyperfit(cfg: HyperfitRunConfig, run: Run) -> None:
         order = numpy_rng(cfg.seed, "hyperfit order", epoch).permutation(n)
         return data["train"][torch.from_numpy(order[i * tc.batch_size : (i + 1) * tc.batch_size])]
 
-    def log(epoch: int, step: int, train_loss: float | None) -> dict[str, float]:
-        last = epoch == tc.epochs
+    def log(epoch: int, step: int, train_loss: float | None, last: bool) -> dict[str, float]:
         metrics, rows, seq_rows = evaluate(model, tokenizer, data, cfg, blocked=last, sequence_rows=last)
         record = {"epoch": epoch, "step": step, "tokens_seen": step * tc.batch_size * seq_len, **metrics}
+        if last:
+            record["final"] = 1
         if train_loss is not None:
             record["train/loss"] = train_loss
         run.log_metrics(record)
@@ -351,30 +368,49 @@ def _run_hyperfit(cfg: HyperfitRunConfig, run: Run) -> None:
             run.log_probe({"epoch": epoch, **row})
         return metrics
 
-    log(0, 0, None)
-    step = 0
-    for epoch in cfg.train.eval_epochs()[1:]:
-        stop = epoch * steps_per_epoch
+    def train(start: int, stop: int, epoch: int) -> float:
         stats = train_segment(
             model,
             optimizer,
             batch_at,
             lambda s: tc.lr,
-            step,
+            start,
             stop,
             grad_clip=tc.grad_clip or None,
             device=device,
         )
         if not math.isfinite(stats.mean_loss):
             raise RunFailed(f"hyperfitting loss became {stats.mean_loss} before epoch {epoch}")
-        step = stop
-        final = log(epoch, step, stats.mean_loss)
-        run.progress(step, total)
+        return stats.mean_loss
+
+    log(0, 0, None, False)
+    step, epoch, reached = 0, 0, None
+    if tc.until_loss is None:
+        for epoch in cfg.train.eval_epochs()[1:]:
+            stop = epoch * steps_per_epoch
+            loss = train(step, stop, epoch)
+            step = stop
+            final = log(epoch, step, loss, epoch == tc.epochs)
+            run.progress(step, total)
+    else:  # loss-matched: one epoch at a time until its mean training loss reaches the target
+        losses: list[float] = []
+        while True:
+            epoch += 1
+            losses.append(train(step, step + steps_per_epoch, epoch))
+            step += steps_per_epoch
+            reached = losses[-1] <= tc.until_loss
+            last = reached or step >= tc.max_steps
+            if last or (tc.eval_every and epoch % tc.eval_every == 0):
+                final = log(epoch, step, float(np.mean(losses)), last)
+                losses = []
+            run.progress(min(step, total), total)
+            if last:
+                break
     ckpt.save_checkpoint(
         run.ckpt_dir("final"),
         model,
         tokenizer,
-        {"step": step, "epochs": tc.epochs, "sequences": n, "base": base["name"], **final},
+        {"step": step, "epochs": epoch, "sequences": n, "base": base["name"], **final},
     )
     run.set_info(
         n_params=count_params(model),
@@ -385,6 +421,8 @@ def _run_hyperfit(cfg: HyperfitRunConfig, run: Run) -> None:
         prompts_digest=digest(data["prompts"]),
         wall_s=time.perf_counter() - started,
         final_hyperfit_loss=final["hyperfit/loss"],
+        final_epoch=epoch,
+        reached_target=reached,
     )
 
 
@@ -394,7 +432,11 @@ def digest(tokens: torch.Tensor) -> str:
 
 
 def total_steps(cfg: HyperfitRunConfig) -> int:
-    return math.ceil(cfg.train.sequences / cfg.train.batch_size) * cfg.train.epochs
+    """Steps of fixed-length training; the cap, rounded up to whole epochs, of loss-matched training."""
+    per_epoch = math.ceil(cfg.train.sequences / cfg.train.batch_size)
+    if cfg.train.until_loss is not None:
+        return math.ceil(cfg.train.max_steps / per_epoch) * per_epoch
+    return per_epoch * cfg.train.epochs
 
 
 HYPERFIT_TRAIN = RunKind(

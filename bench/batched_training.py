@@ -178,9 +178,9 @@ def finetune_grid(repeats: int) -> dict:
     return out
 
 
-def step(members: list[int], repeats: int, device: str = "cpu") -> list[dict]:
+def step(members: list[int], repeats: int, device: str = "cpu", batches=(64, 256)) -> list[dict]:
     out = []
-    for batch in (64, 256):
+    for batch in batches:
         for k in members:
             row = _time_step(k, batch, repeats, device)
             print(
@@ -290,6 +290,9 @@ def main() -> None:
     ap.add_argument("--cases", nargs="*", default=["finetune_grid", "step", "noise_draws"])
     ap.add_argument("--members", type=int, nargs="*", default=[1, 4, 16])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--step-batches", type=int, nargs="*", default=[64, 256], help="sequences per step of the step case"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the executor gives each worker 1)")
     ap.add_argument("--device", default="cpu", help="device of the step case (cuda on a GPU)")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -297,7 +300,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     result: dict = {"benchmark": "batched_training", "threads": args.threads, "device": args.device}
     if "step" in args.cases:
-        result["step"] = step(args.members, args.repeats, args.device)
+        result["step"] = step(args.members, args.repeats, args.device, args.step_batches)
     if "noise_draws" in args.cases:
         result["noise_draws"] = noise_draws(8, args.repeats)
     if "finetune_grid" in args.cases:

@@ -48,8 +48,8 @@ if [[ $DEVICE == cuda ]]; then
   )
 else
   "$PY" bench/pretrain_throughput.py --preset llama-nano --vocab 64 --batch-size 8 --seq-len 32 \
-    --repeats 3 --steps 3 --warmup 1 --out "$OUT/pretrain_throughput-gpu-check-cpu-tiny.json"
-  "$PY" bench/batched_training.py --cases step --members 1 2 --repeats 1 \
+    --repeats 3 --steps 3 --warmup 1 --peak-n 256 --out "$OUT/pretrain_throughput-gpu-check-cpu-tiny.json"
+  "$PY" bench/batched_training.py --cases step --members 1 2 --repeats 1 --step-batches 16 \
     --out "$OUT/batched_training-gpu-check-cpu-tiny.json"
   PIPELINE=(
     --preset demo

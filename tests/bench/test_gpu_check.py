@@ -28,5 +28,5 @@ def test_gpu_check_runs_in_its_cpu_mode(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "gpu_check: device cpu" in done.stdout
     step = json.loads((tmp_path / "results" / "batched_training-gpu-check-cpu-tiny.json").read_text())
-    assert [row["members"] for row in step["step"]] == [1, 2, 1, 2]
+    assert [(row["batch"], row["members"]) for row in step["step"]] == [("16x64", 1), ("16x64", 2)]
     assert (tmp_path / "home" / "report" / "index.html").is_file()

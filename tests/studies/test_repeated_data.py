@@ -400,3 +400,37 @@ def test_shrink_rule_locates_the_worst_e_on_the_other_seeds():
     cal = shrink_calibration(_noisy(flat), PAPER_EFFECT)
     assert cal.fpr <= 0.05 and cal.power > 0.9
     assert shrink_calibration(_noisy(flat)[:1], PAPER_EFFECT) is None  # one seed
+
+
+def test_a_wsd_run_s_curve_is_its_stable_line_then_its_decay():
+    """Under WSD the budget's line is only the decay, branched at step 30 from `main`: the curve must hold
+    main's evaluations up to the branch, then the decay's (cosine runs log their budget's line only)."""
+    import json
+
+    from overtrain.studies.repeated_data.analysis import _evaluations
+
+    def row(step, line, value):
+        tags = json.dumps({"line": line})
+        return {
+            "run_id": "r",
+            "step": step,
+            "tokens_seen": step,
+            "name": "val/loss",
+            "value": value,
+            "tags": tags,
+        }
+
+    class Reader:
+        def metrics(self, run_ids, names):
+            main = [row(s, "main", 4.0 - s / 100) for s in (10, 20, 30)]
+            return main + [row(40, "main", 9.0)] + [row(s, "budget_40", 3.0 - s / 100) for s in (30, 40)]
+
+    got = _evaluations(Reader(), ["r"], "budget_40")["r"]
+    # step 40 of main (past the branch) is not the budget's; the branch point is logged on both lines
+    assert [(r["step"], round(r["val/loss"], 2)) for r in got] == [
+        (10, 3.9),
+        (20, 3.8),
+        (30, 3.7),
+        (30, 2.7),
+        (40, 2.6),
+    ]

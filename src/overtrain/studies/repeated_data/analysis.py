@@ -141,13 +141,21 @@ def _by_run(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def _evaluations(reader: Reader, run_ids: list[str], line: str) -> dict[str, list[dict[str, Any]]]:
     """Per run, the held-out evaluation records of training line `line` (those with ``val/loss``), as
     logged: ``{step, tokens_seen, <metric>: value}`` in step order, a record logged twice kept twice.
+    Under WSD the budget's line is only its decay, branched from the ``main`` (stable) line, so the
+    ``main`` records up to the branch point come first (the branch point is logged on both: the same
+    weights). A cosine run has its budget's line only.
 
     The ``metrics`` table holds one row per (record, metric): the k-th row of a metric at a step belongs
     to the step's k-th record."""
     records: dict[tuple[str, int, int], dict[str, Any]] = {}
     seen: dict[tuple[str, int, str], int] = {}
-    for r in reader.metrics(run_ids, CURVE_METRICS):
-        if json.loads(r["tags"] or "{}").get("line") != line:
+    rows = [(r, json.loads(r["tags"] or "{}").get("line")) for r in reader.metrics(run_ids, CURVE_METRICS)]
+    branch: dict[str, int] = {}
+    for r, tag in rows:
+        if tag == line:
+            branch[r["run_id"]] = min(branch.get(r["run_id"], r["step"]), r["step"])
+    for r, tag in rows:
+        if not (tag == line or (tag == "main" and r["step"] <= branch.get(r["run_id"], -1))):
             continue
         metric = (r["run_id"], r["step"], r["name"])
         k = seen[metric] = seen.get(metric, -1) + 1

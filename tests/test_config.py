@@ -98,6 +98,16 @@ def test_missing_and_malformed_files(tmp_path):
         build_config(Outer, scalar)
 
 
+def test_a_key_given_twice_is_refused_with_its_lines(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("seed: 1\ninner:\n  tokens: 5\n  tokens: 7\n")
+    with pytest.raises(ConfigError, match=r"line 4 invalid YAML: duplicate key 'tokens' \(first on line 3\)"):
+        build_config(Outer, twice)
+    # the same key in two different mappings, and a merge key overridden, are fine
+    assert parse_yaml("a: {k: 1}\nb: {k: 2}\n") == {"a": {"k": 1}, "b": {"k": 2}}
+    assert parse_yaml("a: &x {k: 1}\nb:\n  <<: *x\n  k: 2\n")["b"] == {"k": 2}
+
+
 def test_identity_ignores_fields_marked_not_in_id():
     a, b, c = Outer(device="cpu"), Outer(device="cuda"), Outer(seed=1)
     assert config_hash(a) == config_hash(b)

@@ -137,7 +137,25 @@ Count = Annotated[int, BeforeValidator(parse_count), Field(gt=0)]
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``2e6`` and ``1e-3`` as floats (YAML 1.1 wants ``2.0e+6``)."""
+    """SafeLoader that reads ``2e6`` and ``1e-3`` as floats (YAML 1.1 wants ``2.0e+6``) and refuses a key
+    given twice in one mapping (plain YAML keeps the last value silently, so a config could run with a
+    setting its author did not mean; merge keys ``<<`` may still be overridden)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r} (first on line {seen[key].start_mark.line + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(

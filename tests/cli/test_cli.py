@@ -24,6 +24,14 @@ def cli(capsys, *argv):
     return info.value.code, out.out, out.err
 
 
+def test_version_and_a_bare_command(capsys):
+    from overtrain import __version__
+
+    assert cli(capsys, "--version") == (0, f"overtrain {__version__}\n", "")
+    code, out, err = cli(capsys)  # no arguments: the help, on stdout, exit 0
+    assert code == 0 and out.startswith("Usage: overtrain") and "--version" in out and not err
+
+
 @pytest.fixture
 def tiny_yaml(tmp_path, tiny_pretrain):
     path = tmp_path / "tiny.yaml"

@@ -37,6 +37,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from overtrain import __version__
+
+        typer.echo(f"overtrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    # no docstring: the app's own help stays the text of `overtrain --help`
+    pass
+
+
 data_app = typer.Typer(help="Prepare data sources that need a one-time step.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -532,6 +552,8 @@ _default_showwarning = warnings.showwarning
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: map errors to exit codes and one-line messages."""
     warnings.showwarning = _show_warning
+    if not (sys.argv[1:] if argv is None else argv):
+        argv = ["--help"]  # a bare `overtrain` is asking what there is: the help, not a usage error
     try:
         code = app(args=argv, prog_name="overtrain", standalone_mode=False)
     except UserError as exc:

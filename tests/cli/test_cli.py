@@ -32,6 +32,11 @@ def test_version_and_a_bare_command(capsys):
     assert code == 0 and out.startswith("Usage: overtrain") and "--version" in out and not err
 
 
+def test_ls_prints_bracketed_text_as_text(capsys):
+    code, out, _ = cli(capsys, "ls", "executors")
+    assert code == 0 and "overtrain[ray]" in out  # rich would read "[ray]" as a style tag and drop it
+
+
 @pytest.fixture
 def tiny_yaml(tmp_path, tiny_pretrain):
     path = tmp_path / "tiny.yaml"

@@ -508,16 +508,18 @@ def data_prepare(name: str = typer.Argument(..., help="Data source to prepare (s
 
 
 def _print_rows(rows: list[dict], title: str | None = None) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     if not rows:
         _console().print("(nothing)")
         return
-    table = Table(title=title, show_lines=False)
+    # cells are plain text: "overtrain[ray]" or "[random block; same block]" must not be read as markup
+    table = Table(title=None if title is None else escape(title), show_lines=False)
     for key in rows[0]:
-        table.add_column(str(key))
+        table.add_column(escape(str(key)))
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
+        table.add_row(*("" if v is None else escape(str(v)) for v in row.values()))
     _console().print(table)
 
 

@@ -54,6 +54,20 @@ def test_atomic_dir_moves_into_place(tmp_path):
     assert _names(final.parent) == ["step_1"]
 
 
+def test_atomic_dir_leaves_files_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    with atomic_dir(tmp_path / "ckpt") as tmp:
+        (tmp / "sub").mkdir(mode=0o700)
+        fd = os.open(
+            tmp / "sub" / "model.safetensors", os.O_CREAT | os.O_WRONLY, 0o600
+        )  # as safetensors does
+        os.close(fd)
+    mode = stat.S_IMODE((tmp_path / "ckpt" / "sub" / "model.safetensors").stat().st_mode)
+    assert mode == 0o644 and stat.S_IMODE((tmp_path / "ckpt" / "sub").stat().st_mode) == 0o755
+
+
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
 def test_atomic_dir_replaces_existing(tmp_path, monkeypatch, exchange):
     if not exchange:

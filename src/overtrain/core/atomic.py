@@ -299,6 +299,18 @@ def _exchange(a: Path, b: Path) -> bool:
     return _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
+def _share_tree(root: Path) -> None:
+    """Every file `_FILE_MODE` and every subdirectory `_DIR_MODE`: tools that write into the temporary
+    directory (safetensors) create their files 0600, and a finished run is meant to be read by others."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), _DIR_MODE)
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, _FILE_MODE)
+
+
 def _fsync_tree(root: Path) -> None:
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
@@ -337,6 +349,7 @@ def atomic_dir(final_path: str | Path, *, checksums: bool = False) -> Iterator[P
         if checksums:
             table = hash_tree(tmp, exclude=(CHECKSUMS,))
             (tmp / CHECKSUMS).write_text(json.dumps({"sha256": table}, indent=1, sort_keys=True) + "\n")
+        _share_tree(tmp)
         _fsync_tree(tmp)
         fault_point("atomic_dir.rename")
     except BaseException:

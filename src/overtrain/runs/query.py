@@ -483,7 +483,7 @@ def _plain(value: Any) -> Any:
 def _cell_text(value: Any) -> str:
     value = _plain(value)
     if value is None:
-        return "NULL"
+        return ""  # a blank reads as "no value" at a glance; NULL in every other cell is noise
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -498,7 +498,7 @@ def format_table(table: pa.Table, fmt: str = "table") -> str:
 
     Args:
         table: the result (e.g. from `query`).
-        fmt: ``table`` (aligned columns, floats to 6 significant digits, NULL shown as ``NULL``),
+        fmt: ``table`` (aligned columns, floats to 6 significant digits, NULL left blank),
             ``json`` (a list of row objects, one per line; NaN/inf as null) or ``csv`` (header row,
             NULL as an empty field, lists and structs as JSON).
 

@@ -91,6 +91,14 @@ def test_pretrain_then_query_and_ls(capsys, home, tiny_yaml):
     assert code == 0 and "hmm" in out
     code, _, err = cli(capsys, "ls", "widgets")
     assert code == 2 and "unknown listing 'widgets'" in err
+    code, out, _ = cli(capsys, "ls", "runs")
+    assert code == 0 and out.startswith(f"store: {home / 'runs'}") and "pretrain" in out
+    code, out, _ = cli(capsys, "ls", "runs", "--kind", "pretrain", "--status", "success", "-f", "json")
+    assert code == 0 and [r["kind"] for r in json.loads(out)] == ["pretrain"]
+    code, out, _ = cli(capsys, "ls", "runs", "--status", "failed", "-f", "json")
+    assert code == 0 and json.loads(out) == []
+    code, _, err = cli(capsys, "ls", "runs", "--kind", "pretrian")
+    assert code == 2 and "did you mean 'pretrain'" in err
 
 
 def test_corrupt_resume_state_is_a_one_line_error(capsys, home, tiny_yaml, tiny_pretrain, monkeypatch):

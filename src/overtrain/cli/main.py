@@ -32,7 +32,7 @@ app = typer.Typer(
         "  overtrain random-features --report report/\n\n"
         "  overtrain ls presets"
     ),
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,

@@ -155,3 +155,20 @@ def test_inflection_row_follows_the_perturbed_loss():
     assert row["rise"] == pytest.approx(2.91 / 2.51 - 1)  # mean over the draws: +0.01
     assert inflection_row(checkpoints[:3], rows) is None
     assert inflection_row(checkpoints, [r for r in rows if r["law"] == "relative"]) is None
+
+
+def test_a_tokenizer_that_cannot_encode_the_reference_text_is_a_one_line_error():
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from overtrain.errors import DataError
+    from overtrain.runs.kinds.audit import _reference_source
+
+    words = Tokenizer(models.WordLevel({"a": 0, "b": 1}))  # no unknown token: English cannot be encoded
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words)
+    with pytest.raises(DataError, match=r"cannot encode the default reference text .* with --text") as info:
+        _reference_source(SimpleNamespace(text=None), tokenizer)
+    assert "\n" not in str(info.value)

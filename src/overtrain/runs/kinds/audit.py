@@ -39,7 +39,7 @@ from overtrain.core.atomic import atomic_write_json
 from overtrain.core.weights import check_model_dir
 from overtrain.data.corpus import TextConfig
 from overtrain.data.tokenized import tokenizer_digest
-from overtrain.errors import CheckpointError, DataError
+from overtrain.errors import CheckpointError, DataError, UserError
 from overtrain.probes import lm_harness
 from overtrain.registry import PROBES, RUN_KINDS
 from overtrain.runs.kinds import RunKind
@@ -171,7 +171,17 @@ def _reference_source(cfg: AuditConfig, tokenizer):
     text = cfg.text or Path(
         str(resources.files("overtrain.data").joinpath("fixtures/shakespeare_excerpt.txt"))
     )
-    return TextConfig(train=[text], val=[text], tokenizer="parent").build(tokenizer)
+    try:
+        return TextConfig(train=[text], val=[text], tokenizer="parent").build(tokenizer)
+    except UserError:
+        raise
+    except Exception as exc:  # e.g. a word-level vocabulary without an unknown token meets English text
+        what = "the reference text" if cfg.text else "the default reference text (English)"
+        message = " ".join(str(exc).split())
+        raise DataError(
+            f"the checkpoints' tokenizer cannot encode {what}: {message}; give a text in its vocabulary "
+            "with --text"
+        ) from None
 
 
 def training_order(checkpoint: dict[str, Any]) -> tuple:

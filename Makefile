@@ -1,11 +1,16 @@
 # Set-up and entry points. `make demo` and `make test` work on a fresh clone: they create .venv,
-# install the CPU build of torch *first* (a bare `torch` requirement pulls a multi-GB CUDA build),
-# then the package with its dev extras.
+# install torch *first*, pinned (a bare `torch` requirement lets the package's dependencies pull whatever
+# build the index offers, multi-GB with CUDA), then the package with its dev extras.
+# TORCH_INDEX picks the wheel index of torch alone: empty uses pip's configured index; on a CPU-only
+# machine `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu` avoids the CUDA build, and on a GPU
+# machine `TORCH_INDEX=https://download.pytorch.org/whl/cu128` (or your CUDA version) gets a CUDA one.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TORCH  := torch==2.13.0
+TORCH_INDEX ?=
+TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 export OVERTRAIN_HOME ?= $(CURDIR)/.overtrain
 
 .PHONY: install demo test lint test-slow bench fault-injection clean
@@ -14,7 +19,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH_FLAGS) $(TORCH)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 

@@ -27,3 +27,9 @@ def repo_root() -> Path | None:
         if (parent / "pyproject.toml").is_file() and (parent / "src" / "overtrain").is_dir():
             return parent
     return None
+
+
+def configs_dir() -> Path:
+    """The shipped configs (study presets, pretrain and sweep examples): package data, so an installed
+    `overtrain` finds its presets outside a checkout too (the repo's top-level ``configs`` links here)."""
+    return Path(__file__).resolve().parent / "configs"

@@ -183,9 +183,9 @@ REDO_ANALYSIS = typer.Option(
 
 
 def _presets(name: str) -> list[str]:
-    from overtrain.paths import repo_root
+    from overtrain.paths import configs_dir
 
-    folder = (repo_root() or Path.cwd()) / "configs" / name
+    folder = configs_dir() / name
     return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
@@ -434,12 +434,14 @@ def ls(
     from overtrain.registry import REGISTRIES
 
     if what == "runs":
-        _ls_runs(kind, status, fmt)
+        from overtrain.cli.listing import ls_runs
+
+        ls_runs(kind, status, fmt)
         return
     if what == "configs":
-        from overtrain.paths import repo_root
+        from overtrain.paths import configs_dir
 
-        root = (repo_root() or Path.cwd()) / "configs"
+        root = configs_dir()
         for path in sorted(root.rglob("*.yaml")):
             _console().print(str(path.relative_to(root.parent)))
         return
@@ -456,28 +458,6 @@ def ls(
         _console().print(f"no {what} registered yet")
         return
     _print_rows(rows, title=what)
-
-
-def _ls_runs(kind: str | None, status: str | None, fmt: str) -> None:
-    """The store's runs, oldest first, filtered by kind and status; the table names the store it read."""
-    from overtrain.paths import runs_root
-    from overtrain.registry import RUN_KINDS
-    from overtrain.runs.manifest import STATUSES
-    from overtrain.runs.query import format_table, query
-
-    if fmt not in ("table", "json", "csv"):
-        raise UserError(f"--format must be table, json or csv, not {fmt!r}")
-    if kind is not None:
-        RUN_KINDS.get(kind)  # an unknown kind is a one-line error with the names that exist
-    if status is not None and status not in STATUSES:
-        raise UserError(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
-    where = [c for c, v in (("kind = ?", kind), ("status = ?", status)) if v is not None]
-    sql = "select kind, run_id, status, attempts, wall_s, started_at from runs"
-    sql += (" where " + " and ".join(where) if where else "") + " order by started_at"
-    text = format_table(query(sql, params=[v for v in (kind, status) if v is not None]), fmt)
-    if fmt == "table":  # json and csv stay machine-readable
-        text = f"store: {runs_root()}\n{text}"
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
 @app.command()

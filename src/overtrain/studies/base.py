@@ -32,7 +32,7 @@ from overtrain.analysis.claims import guard
 from overtrain.config import BaseConfig, build_config, validate
 from overtrain.errors import UserError
 from overtrain.executors.local import PlanResult, run_plan
-from overtrain.paths import repo_root
+from overtrain.paths import configs_dir
 from overtrain.registry import RUN_KINDS, STUDIES
 from overtrain.report.html import Section, Table
 from overtrain.runs.jsonl import read_jsonl
@@ -115,13 +115,11 @@ class Study:
                 raise UserError(
                     f"unknown preset {preset!r} of {self.name}; choose from: {', '.join(self.presets)}"
                 )
-            config = (repo_root() or Path.cwd()) / "configs" / self.name / f"{preset}.yaml"
+            config = configs_dir() / self.name / f"{preset}.yaml"
             if not config.is_file():
                 if preset != "default":  # a named preset's values live only in its file
-                    raise UserError(
-                        f"preset file not found: {config} (presets ship with the source checkout)"
-                    )
-                config = None  # installed without the repo: the default preset is the config's defaults
+                    raise UserError(f"preset file not found: {config}")
+                config = None  # a study without a default.yaml: its config's defaults
         elif preset is not None:
             raise UserError("give --config or --preset, not both")
         return build_config(self.config_cls, config, list(overrides))

@@ -30,8 +30,6 @@ def test_version_and_a_bare_command(capsys):
     assert cli(capsys, "--version") == (0, f"overtrain {__version__}\n", "")
     code, out, err = cli(capsys)  # no arguments: the help, on stdout, exit 0
     assert code == 0 and out.startswith("Usage: overtrain") and "--version" in out and not err
-    code, out, _ = cli(capsys, "--show-completion", "bash")
-    assert code == 0 and "_overtrain_completion" in out  # `overtrain --install-completion` installs it
 
 
 def test_ls_prints_bracketed_text_as_text(capsys):

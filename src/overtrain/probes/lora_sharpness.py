@@ -69,22 +69,25 @@ def row_noise_sharpness(
     return RowNoiseSharpness(float(t.mean()), stderr, base, draws)
 
 
-def lora_hessian_top(
-    model: nn.Module, loss_fn: Callable[[], torch.Tensor], iterations: int = 20, seed: int = 0
+def _top_eigenvalue(
+    model: nn.Module,
+    loss_fn: Callable[[], torch.Tensor],
+    params: list[torch.Tensor],
+    iterations: int,
+    seed: int,
 ) -> float:
-    """Largest eigenvalue of the Hessian of `loss_fn` w.r.t. the LoRA factors (Lanczos, `iterations`
-    Hessian-vector products). A `transformers` model runs with eager attention meanwhile."""
-    factors = [t for layer in lora_layers(model) for t in (layer.A, layer.B)]
+    """Largest eigenvalue of the Hessian of `loss_fn` w.r.t. `params` (Lanczos on exact Hessian-vector
+    products, double backward), in eval mode and with eager attention meanwhile."""
     was_training = model.training
     model.eval()
     try:
         with eager_attention(model):  # the fused sdpa kernels have no double backward
-            grads = torch.autograd.grad(loss_fn(), factors, create_graph=True)
+            grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
             flat_grad = torch.cat([g.reshape(-1) for g in grads])
 
             def matvec(v: torch.Tensor) -> torch.Tensor:
                 hv = torch.autograd.grad(
-                    flat_grad, factors, grad_outputs=v.to(flat_grad.dtype), retain_graph=True
+                    flat_grad, params, grad_outputs=v.to(flat_grad.dtype), retain_graph=True
                 )
                 return torch.cat([h.reshape(-1) for h in hv]).to(torch.float64)
 
@@ -98,6 +101,15 @@ def lora_hessian_top(
     finally:
         model.train(was_training)
     return est.values[0]
+
+
+def lora_hessian_top(
+    model: nn.Module, loss_fn: Callable[[], torch.Tensor], iterations: int = 20, seed: int = 0
+) -> float:
+    """Largest eigenvalue of the Hessian of `loss_fn` w.r.t. the LoRA factors (Lanczos, `iterations`
+    Hessian-vector products). A `transformers` model runs with eager attention meanwhile."""
+    factors = [t for layer in lora_layers(model) for t in (layer.A, layer.B)]
+    return _top_eigenvalue(model, loss_fn, factors, iterations, seed)
 
 
 def merged_hessian_top(
@@ -107,31 +119,11 @@ def merged_hessian_top(
     (module docstring; Lanczos, `iterations` Hessian-vector products). The base weights require grad only
     meanwhile and come back frozen; a `transformers` model runs with eager attention meanwhile."""
     weights = [layer.base.weight for layer in lora_layers(model)]
-    was_training = model.training
-    model.eval()
     try:
         for w in weights:
             w.requires_grad_(True)
-        with eager_attention(model):  # the fused sdpa kernels have no double backward
-            grads = torch.autograd.grad(loss_fn(), weights, create_graph=True)
-            flat_grad = torch.cat([g.reshape(-1) for g in grads])
-
-            def matvec(v: torch.Tensor) -> torch.Tensor:
-                hv = torch.autograd.grad(
-                    flat_grad, weights, grad_outputs=v.to(flat_grad.dtype), retain_graph=True
-                )
-                return torch.cat([h.reshape(-1) for h in hv]).to(torch.float64)
-
-            est = lanczos(
-                matvec,
-                flat_grad.numel(),
-                1,
-                iterations=iterations,
-                generator=torch.Generator().manual_seed(seed),
-            )
+        return _top_eigenvalue(model, loss_fn, weights, iterations, seed)
     finally:
         for w in weights:
             w.grad = None
             w.requires_grad_(False)
-        model.train(was_training)
-    return est.values[0]

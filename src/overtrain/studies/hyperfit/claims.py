@@ -76,6 +76,26 @@ def _finding(
     return calibrated(row, passed, cal, units)
 
 
+def _upper(
+    claim: str, statistic: str, d, limit: float, threshold: str, detail: str, effect: float, what: str
+) -> Claim:
+    """A "mean of d is below `limit`" finding (upper bound; null: a mean of exactly `limit`, effect:
+    `effect`)."""
+    bd = mean_bounds(d)
+    return _finding(
+        claim,
+        statistic,
+        bd.value,
+        (None, bd.upper),
+        threshold,
+        detail,
+        below(limit)(d),
+        unit_calibration(d, below(limit), limit, effect),
+        bd.n,
+        what,
+    )
+
+
 def _difference(claim: str, statistic: str, a, b, effect: float, detail: str, what: str) -> Claim:
     """A "mean paired difference a − b is above 0" finding (lower bound; exchangeable null)."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
@@ -239,22 +259,19 @@ def _copy_claim(cfg: HyperfitConfig, u, what: str) -> Claim:
     hf = u["hyperfit"]["copied_words"]
     baseline = np.max([u[k]["copied_words"] for k in COPY_BASELINES], axis=0)
     excess = hf - baseline
-    bd = mean_bounds(excess)
     shares = ", ".join(f"{k} {u[k]['copied_words'].mean():.3f}" for k in COPY_BASELINES)
-    return _finding(
+    return _upper(
         "Hyperfitted continuations rarely copy the training set (beyond the baselines)",
         f"share of greedy continuations sharing > {cfg.copy_words} consecutive words with the hyperfit set, "
         "minus the largest share of the human, base-greedy and base-nucleus texts (per seed)",
-        bd.value,
-        (None, bd.upper),
+        excess,
+        cfg.max_overlap,
         f"< {cfg.max_overlap:g}: {BOUND} upper bound",
         f"hyperfitted {hf.mean():.3f} (per seed {_list(hf, 3)}); {shares}; in tokens (≥ "
         f"{cfg.eval.overlap_len} BPE ids) {u['hyperfit']['copied'].mean():.3f}; mean longest copy "
         f"{u['hyperfit']['longest_copy_words'].mean():.1f} words; null: an excess of {cfg.max_overlap:g}, effect: "
         f"the paper's {PAPER_COPY_SHARE:g}",
-        below(cfg.max_overlap)(excess),
-        unit_calibration(excess, below(cfg.max_overlap), cfg.max_overlap, PAPER_COPY_SHARE),
-        bd.n,
+        PAPER_COPY_SHARE,
         what,
     )
 
@@ -271,20 +288,17 @@ def _quality_claim(cfg: HyperfitConfig, u, what: str) -> Claim:
         return check(
             claim, statistic, None, None, "", detail="no reference model: needs ≥ 2 pre-trained seeds"
         )
-    bd = mean_bounds(d)
     others = ", ".join(f"{k} {u[k]['ref_nll'].mean():.2f}" for k in u)
-    return _finding(
+    return _upper(
         claim,
         statistic,
-        bd.value,
-        (None, bd.upper),
+        d,
+        cfg.quality_margin,
         f"< {cfg.quality_margin:g} nats: {BOUND} upper bound (non-inferiority)",
         f"reference NLL per setting: {others}; the reference is the next seed's base model (same size and "
         f"data): low NLL also rewards repetition and recitation; null: +{cfg.quality_margin:g} nats, effect: "
         f"{PAPER_QUALITY_CHANGE:g}",
-        below(cfg.quality_margin)(d),
-        unit_calibration(d, below(cfg.quality_margin), cfg.quality_margin, PAPER_QUALITY_CHANGE),
-        bd.n,
+        PAPER_QUALITY_CHANGE,
         what,
     )
 

@@ -41,8 +41,8 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
+from overtrain.analysis.bounds import t_quantile
 from overtrain.analysis.claims import Claim, calibrated, check
 from overtrain.analysis.rise import held_out_peak
 from overtrain.studies.repeated_data.calibrate import (
@@ -407,7 +407,7 @@ def _shrink_claim(
     def ratio(change: float) -> float:
         return float(fit.size(l1 * (1 + change)) / fit.size(l1))
 
-    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
+    half = t_quantile(0.975, d.size - 1) * float(d.std(ddof=1)) / np.sqrt(d.size)
     lo, hi = ratio(float(d.mean()) + half), ratio(float(d.mean()) - half)
     paper = float(fit.loss(n / 2) / fit.loss(n) - 1)  # a 2x smaller model's loss, in this law
     passed = shrink_rule()(loss)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from overtrain.config import validate
 from overtrain.errors import UnknownNameError, UserError
 from overtrain.registry import RUN_KINDS
-from overtrain.report.build import build_report
+from overtrain.report.build import build_report, provenance_section
+from overtrain.report.html import Figure, FigureRef, Section, Table, _cell, format_number, write_report
+from overtrain.runs.query import Reader
 from overtrain.runs.store import Store
 from overtrain.training.pretrain_config import PretrainConfig
 
@@ -27,3 +31,63 @@ def test_report_of_a_pretraining_run(home, tmp_path, tiny_pretrain):
     assert text.count("<tr>") >= 1 + 2 + 1 + 1  # budget table header + 2 budgets, provenance header + 1 run
     with pytest.raises(UnknownNameError):
         build_report(tmp_path / "r2", study="no-such-study")
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (933888, "933,888"),
+        (933888.0, "933,888"),  # a token count stored as a float reads like the integer
+        (0.01234567, "0.01235"),
+        (12.3456, "12.35"),
+        (-0.5, "-0.5"),
+        (2.5e-05, "2.500e-05"),
+        (3e15, "3.000e+15"),
+        (0.0, "0"),
+        (True, "yes"),
+        (float("nan"), "nan"),
+    ],
+)
+def test_one_number_format_for_every_table(value, text):
+    assert format_number(value) == text
+    assert text in _cell(value)
+
+
+def test_figures_are_2x_png_and_svg_tables_scroll_and_collapse(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([1, 2, 3])
+    wide = [{f"column {i}": i * 1.5 for i in range(18)}]
+    sections = [
+        Section("Summary", figures=[FigureRef("curve", "shown again")], summary=True),
+        Section(
+            "Detail",
+            figures=[Figure("curve", fig, "a curve")],
+            tables=[Table(wide, "wide"), Table([{"a": 1}, {"a": 2}], "every row", collapsed=True)],
+        ),
+    ]
+    page = write_report(tmp_path, "t", sections, dpi=100).read_text()
+    png = (tmp_path / "curve.png").read_bytes()
+    width = struct.unpack(">I", png[16:20])[0]
+    assert 700 <= width <= 820  # 4 in at 2 x 100 dpi, trimmed by bbox_inches="tight"
+    assert page.count(f"<img src='curve.png' width='{width // 2}'") == 2  # the summary's reference too
+    assert (tmp_path / "curve.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+    assert "<a href='curve.svg'>SVG</a>" in page
+    assert page.index("class='summary'") < page.index("Detail</h2>")
+    assert "<div class='scroll'><table><caption>wide" in page
+    assert "<details><summary>every row (2 rows)</summary><div class='scroll'>" in page
+
+
+def test_provenance_counts_runs_by_kind_and_collapses_the_list(home, tmp_path, tiny_pretrain):
+    store = Store()
+    store.execute(RUN_KINDS.get("pretrain"), validate(PretrainConfig, tiny_pretrain))
+    with Reader(store) as reader:
+        section = provenance_section(reader)
+    counts, every = section.tables
+    assert counts.rows == [{"kind": "pretrain", "success": 1, "total": 1}]
+    assert every.collapsed and len(every.rows) == 1
+    assert "1 run in the store" in section.text[0]

@@ -57,6 +57,10 @@ def test_study_runs_records_claims_and_reports(home, tmp_path, name, overrides, 
     assert not any(r.get("record") == "claim" for r in _compute_rows(store, study, cfg))
     html = build_report(tmp_path / "rep", name, store).read_text()
     assert "findings hold" in html
+    # the one-screen summary (conclusion and main figure) comes before the study's own sections
+    assert html.index("class='summary'") < html.index("Provenance</h2>")
+    summary = html[html.index("class='summary'") : html.index("</section>")]
+    assert "findings hold" in summary and "<img src=" in summary
     again, _ = study.run(cfg, store, progress=False)
     assert len(again.skipped) == 2 and not again.done
 

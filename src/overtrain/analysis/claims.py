@@ -115,3 +115,21 @@ def guard(claims: list[Claim]) -> list[Claim]:
             c.verdict = "UNDERPOWERED"
             c.detail += "; no calibrated false-positive rate ≤ 5%: not a PASS"
     return claims
+
+
+def headline(claims: list[dict[str, Any]]) -> str:
+    """ "k of n findings hold", with the checks counted apart and the PASSes that lack a measured
+    false-positive rate named as such."""
+    findings = [c for c in claims if (c.get("type") or "finding") == "finding"]
+    checks = [c for c in claims if c.get("type") == "check"]
+    held = [c for c in findings if c["verdict"] == "PASS"]
+    unmeasured = sum(c.get("fpr") is None for c in held)
+    under = sum(c["verdict"] == "UNDERPOWERED" for c in findings)
+    text = f"{len(held)} of {len(findings)} findings hold"
+    if unmeasured:
+        text += f" ({unmeasured} of them without a measured false-positive rate: their rules are not calibrated yet)"
+    if under:
+        text += f"; {under} underpowered (fewer than 4 seeds, or a rule that passes null data more than 5% of the time)"
+    if checks:
+        text += f"; {sum(c['verdict'] == 'PASS' for c in checks)} of {len(checks)} checks pass"
+    return text + "."

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from overtrain.analysis.claims import guard
+from overtrain.analysis.claims import guard, headline
 from overtrain.config import BaseConfig, build_config, validate
 from overtrain.errors import UserError
 from overtrain.executors.local import PlanResult, run_plan
@@ -287,24 +287,6 @@ def claims_table(rows: list[dict[str, Any]], caption: str) -> tuple[Table, str]:
         caption,
     )
     return table, headline(claims)
-
-
-def headline(claims: list[dict[str, Any]]) -> str:
-    """ "k of n findings hold", with the checks counted apart and the PASSes that lack a measured
-    false-positive rate named as such."""
-    findings = [c for c in claims if (c.get("type") or "finding") == "finding"]
-    checks = [c for c in claims if c.get("type") == "check"]
-    held = [c for c in findings if c["verdict"] == "PASS"]
-    unmeasured = sum(c.get("fpr") is None for c in held)
-    under = sum(c["verdict"] == "UNDERPOWERED" for c in findings)
-    text = f"{len(held)} of {len(findings)} findings hold"
-    if unmeasured:
-        text += f" ({unmeasured} of them without a measured false-positive rate: their rules are not calibrated yet)"
-    if under:
-        text += f"; {under} underpowered (fewer than 4 seeds, or a rule that passes null data more than 5% of the time)"
-    if checks:
-        text += f"; {sum(c['verdict'] == 'PASS' for c in checks)} of {len(checks)} checks pass"
-    return text + "."
 
 
 _DIGESTS: dict[tuple[str, ...], str] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from overtrain.analysis.inflection import inflection_point, parabola_vertex
+from overtrain.analysis.inflection import bracket, describe_t_star, inflection_point, parabola_vertex
 
 BUDGETS = np.logspace(2, 5, 13)  # 100 .. 1e5, four per decade (the linear theory grid)
 LOG10 = np.log10(BUDGETS)
@@ -105,3 +105,23 @@ def test_inputs_are_checked_and_mappings_accepted():
         inflection_point(BUDGETS[:-1], u_curve(3.0))
     with pytest.raises(ValueError, match="NaN"):
         inflection_point(BUDGETS, np.where(LOG10 > 4, np.nan, 1.0))
+
+
+def test_t_star_is_described_at_the_grid_precision():
+    """A grid argmin says only that the minimum lies between the neighbouring budgets; with 2 seeds the
+    interval is their range, not a CI (the report used to print "~933,888 tokens [933,888, 933,888]")."""
+    grid = [1e5, 2e5, 4e5, 8e5, 1.6e6]
+    curve = np.array([3.0, 2.5, 2.2, 2.4, 2.6])
+    two = inflection_point(grid, np.stack([curve, curve + 0.01]), n_boot=200)
+    text = describe_t_star(two, grid)
+    assert (
+        "lowest at the budget of 400,000 tokens: the minimum lies between the budgets 200,000 and 800,000"
+        in text
+    )
+    assert "over 2 seeds (a range, too few for a CI): budget 400,000" in text and "CI over" not in text
+    rng = np.random.default_rng(0)
+    four = inflection_point(grid, curve + 0.01 * rng.standard_normal((4, 5)), n_boot=200)
+    assert "95% bootstrap CI over 4 seeds" in describe_t_star(four, grid)
+    edge = inflection_point(grid, curve[::-1].copy() * 0 + np.arange(5), n_boot=10)
+    assert "first budget measured (100,000 tokens): no interior minimum" in describe_t_star(edge, grid)
+    assert bracket(grid, 0) == (None, 2e5) and bracket(grid, 4) == (8e5, None)

@@ -11,6 +11,7 @@ from overtrain.errors import UnknownNameError, UserError
 from overtrain.registry import RUN_KINDS
 from overtrain.report.build import build_report, provenance_section
 from overtrain.report.html import Figure, FigureRef, Section, Table, _cell, format_number, write_report
+from overtrain.report.plots import log_y, new_figure
 from overtrain.runs.query import Reader
 from overtrain.runs.store import Store
 from overtrain.training.pretrain_config import PretrainConfig
@@ -91,3 +92,14 @@ def test_provenance_counts_runs_by_kind_and_collapses_the_list(home, tmp_path, t
     assert counts.rows == [{"kind": "pretrain", "success": 1, "total": 1}]
     assert every.collapsed and len(every.rows) == 1
     assert "1 run in the store" in section.text[0]
+
+
+def test_log_y_labels_an_axis_spanning_less_than_a_decade():
+    """The theory figure's y axis (0.2–0.9) had no tick labels: matplotlib labels only powers of ten."""
+    fig, (ax,) = new_figure(1)
+    ax.plot([1, 10, 100], [0.21, 0.4, 0.88])
+    log_y(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_visible() and t.get_text()]
+    values = [float(x) for x in labels]
+    assert len(values) >= 3 and min(values) >= 0.2 and max(values) <= 0.9

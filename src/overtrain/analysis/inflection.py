@@ -30,6 +30,8 @@ from typing import Literal
 
 import numpy as np
 
+from overtrain.analysis.claims import MIN_SEEDS as MIN_GROUPS_FOR_CI
+
 
 @dataclass(frozen=True)
 class Inflection:
@@ -254,3 +256,35 @@ def inflection_point(
         degenerate=False,
         note="; ".join(notes),
     )
+
+
+def bracket(grid: Sequence[float], index: int) -> tuple[float | None, float | None]:
+    """The budgets either side of grid point `index`: an argmin on a grid says only that the curve's
+    minimum lies between its neighbours (None beyond an edge of the grid)."""
+    lo = float(grid[index - 1]) if index > 0 else None
+    hi = float(grid[index + 1]) if index + 1 < len(grid) else None
+    return lo, hi
+
+
+def describe_t_star(
+    inf: Inflection, grid: Sequence[float], unit: str = "tokens", groups: str = "seeds"
+) -> str:
+    """T* in words at the precision the grid supports: the budget where the mean curve is lowest, the
+    neighbouring budgets that bracket the minimum, and the spread over `groups` — a bootstrap CI with at
+    least `MIN_GROUPS_FOR_CI` of them, otherwise called what it is (the range over so few)."""
+    lo, hi = bracket(grid, inf.index)
+    at = f"{inf.t_star:,.0f}"
+    if lo is None or hi is None:
+        text = f"lowest at the {'first' if lo is None else 'last'} budget measured ({at} {unit}): no interior minimum"
+    else:
+        text = f"lowest at the budget of {at} {unit}: the minimum lies between the budgets {lo:,.0f} and {hi:,.0f}"
+    if inf.degenerate or inf.n_groups < 2:
+        return text
+    span = (
+        f"budget {inf.ci_low:,.0f}"
+        if inf.ci_low == inf.ci_high
+        else f"budgets {inf.ci_low:,.0f} to {inf.ci_high:,.0f}"
+    )
+    if inf.n_groups >= MIN_GROUPS_FOR_CI:
+        return f"{text}; {inf.level:.0%} bootstrap CI over {inf.n_groups} {groups}: {span}"
+    return f"{text}; over {inf.n_groups} {groups} (a range, too few for a CI): {span}"

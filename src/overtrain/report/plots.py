@@ -54,3 +54,24 @@ def log_x(ax, ticks=None) -> None:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: compact(v)))
         ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def log_y(ax, n_ticks: int = 5) -> None:
+    """Log y axis whose ticks are labelled even when the data span less than a decade (call after plotting).
+
+    Matplotlib labels only powers of ten, so a curve between 0.2 and 0.9 would show no number at all;
+    there we place `n_ticks` log-spaced ticks over the data, rounded to two significant digits."""
+    import numpy as np
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    ax.set_yscale("log")
+    lo, hi = ax.dataLim.intervaly
+    if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo < hi) or hi / lo >= 10:
+        ax.yaxis.set_minor_formatter(NullFormatter())  # minor labels collide with the axis label
+        return
+    raw = np.geomspace(lo, hi, n_ticks)
+    ticks = sorted({float(f"{v:.2g}") for v in raw})
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.2g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_minor_formatter(NullFormatter())

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from overtrain.analysis.claims import Claim
+from overtrain.analysis.inflection import bracket
 from overtrain.runs.query import Reader
 
 
@@ -89,11 +90,13 @@ def _advice(cfg, fixed, method, tokens, n_params, claims: list[Claim]) -> str:
         )
         if finding.verdict == "PASS":
             stops.append(inf.t_star)
-            where = (
-                f"at or before {inf.t_star:,.0f} tokens (the smallest budget measured)"
-                if inf.t_star == tokens[0]
-                else f"near {inf.t_star:,.0f} tokens"
-            )
+            lo, hi = bracket(tokens, inf.index)
+            if lo is None:
+                where = f"at or before {inf.t_star:,.0f} tokens (the smallest budget measured)"
+            elif hi is None:
+                where = f"at {inf.t_star:,.0f} tokens (the largest budget measured)"
+            else:
+                where = f"near {inf.t_star:,.0f} tokens (the minimum lies between the budgets {lo:,.0f} and {hi:,.0f})"
             lines.append(
                 f"{head} stop {where}: more pre-training hurt ({shape}, 95% lower bound {finding.ci_low:.2%}, "
                 f"fpr {finding.fpr:.0%})."
@@ -111,7 +114,7 @@ def _advice(cfg, fixed, method, tokens, n_params, claims: list[Claim]) -> str:
                 + "."
             )
     both = (
-        f"both: stop at the earlier, ~{min(stops):,.0f} tokens."
+        f"both: stop at the earlier, {min(stops):,.0f} tokens."
         if stops
         else "both: no finding supports stopping before the largest budget measured."
     )

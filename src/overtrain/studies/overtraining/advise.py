@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from overtrain.analysis.forecast import MIN_CHECKS, prospective
+from overtrain.analysis.inflection import bracket
 from overtrain.errors import UserError
 from overtrain.runs.query import Reader
 from overtrain.runs.store import Store
@@ -169,7 +170,8 @@ def _advise_audit(
         )
     else:
         lines.append(
-            f"stop near ~{int(tokens[best]):,} tokens: the perturbed loss (γ={gamma:g}) is lowest there and "
+            f"stop near {int(tokens[best]):,} tokens{_between(tokens, best)}: the perturbed loss (γ={gamma:g}) "
+            "is lowest there and "
             f"{rise:.1%} higher at the largest checkpoint, {np.log2(tokens[-1] / tokens[best]):.1f} "
             "doublings later"
         )
@@ -278,9 +280,18 @@ def _recommend(tradeoff: list[dict[str, Any]], objective: Objective, min_rise: f
         )
         doublings = math.log2(last["tokens"] / rows[best]["tokens"])
         lines.append(
-            f"{method}: stop at ~{rows[best]['tokens']:,} tokens for '{objective}' — the largest budget, "
+            f"{method}: stop near {rows[best]['tokens']:,} tokens"
+            f"{_between([r['tokens'] for r in rows], best)} for '{objective}' — the largest budget, "
             f"{doublings:.1f} doublings later, "
             + ("fine-tunes worse" if objective != "both" else "is worse on the two together")
             + f" ({cost})"
         )
     return lines
+
+
+def _between(grid, index: int) -> str:
+    """ " (the minimum lies between the budgets A and B)": a grid's argmin is no finer than its grid."""
+    lo, hi = bracket(grid, index)
+    if lo is None or hi is None:
+        return ""
+    return f" (the minimum lies between the budgets {lo:,.0f} and {hi:,.0f})"

@@ -16,7 +16,7 @@ import numpy as np
 
 from overtrain.analysis.bounds import t_lower, t_upper
 from overtrain.analysis.claims import Claim, calibrated
-from overtrain.analysis.inflection import Inflection, inflection_point
+from overtrain.analysis.inflection import Inflection, describe_t_star, inflection_point
 from overtrain.analysis.rise import held_out_rise
 from overtrain.analysis.stats import spearman, spearman_ci
 from overtrain.config import config_hash
@@ -202,7 +202,9 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             pert[(law, g)] = inf
             matrices[("perturbed", law, g)] = loss
             matrices[("delta", law, g)] = delta
-            inflections.append(inflection_row(inf, regime=f"{law} noise", gamma=g, quantity="perturbed loss"))
+            inflections.append(
+                inflection_row(inf, t, regime=f"{law} noise", gamma=g, quantity="perturbed loss")
+            )
 
     # --- claims ---------------------------------------------------------------------------------------
     for law, name in (("init_scale", "init-scale (canonical)"), ("relative", "relative")):
@@ -254,7 +256,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
             f"Perturbed loss is U-shaped in tokens (init-scale, γ={gammas[-1]:g})",
             ("perturbed", "init_scale", gammas[-1]),
             inf,
-            f"T* = {inf.t_star:,.0f} tokens [{inf.ci_low:,.0f}, {inf.ci_high:,.0f}]",
+            f"T*: {describe_t_star(inf, t)}",
             interior=True,
         )
     for method in methods:
@@ -400,7 +402,10 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
         inf = inflection_point(steps, res.pretrain_loss, n_boot=boot)
         inflections.append(
             inflection_row(
-                inf, regime=f"linear theory, {label}", quantity="pre-training loss after fine-tuning (steps)"
+                inf,
+                steps,
+                regime=f"linear theory, {label}",
+                quantity="pre-training loss after fine-tuning (steps)",
             )
         )
         g0 = float(res.gammas[0])

@@ -11,12 +11,13 @@ itself, which the detail of every tuned-LR finding then says.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from overtrain.analysis.inflection import Inflection, inflection_point
+from overtrain.analysis.inflection import Inflection, bracket, inflection_point
 from overtrain.analysis.rise import MIN_SEEDS_FOR_CI
 
 QUANTITIES = {
@@ -56,14 +57,19 @@ def ci(value: float | None, n_groups: int) -> float | None:
     return value if n_groups >= MIN_SEEDS_FOR_CI else None
 
 
-def inflection_row(inf: Inflection, **labels: Any) -> dict[str, Any]:
+def inflection_row(inf: Inflection, grid: Sequence[float], **labels: Any) -> dict[str, Any]:
+    """The stored row of T* on `grid`; ``between_low``/``between_high`` are the budgets either side of it
+    (the minimum lies between them: T* is a grid point, not a measurement finer than the grid)."""
     n = inf.n_groups
+    between = bracket(grid, inf.index)
     note = inf.note if n >= MIN_SEEDS_FOR_CI else "; ".join(filter(None, [inf.note, f"no CI with {n} seeds"]))
     return {
         **labels,
         "t_star": inf.t_star,
         "t_star_ci_low": ci(inf.ci_low, n),
         "t_star_ci_high": ci(inf.ci_high, n),
+        "between_low": between[0],
+        "between_high": between[1],
         "interior": inf.interior,
         "rise": inf.rise,
         "rise_ci_low": ci(inf.rise_ci_low, n),
@@ -111,7 +117,7 @@ def finetune_curves(cfg, ft: list[dict], seeds: list[int], tokens: list, seed_of
         inf = inflection_point(t, m, n_boot=boot)
         out.inflections[(method, key, fld)] = inf
         out.inflection_rows.append(
-            inflection_row(inf, regime=regime, method=method, lr=lr, quantity=QUANTITIES[fld])
+            inflection_row(inf, tokens, regime=regime, method=method, lr=lr, quantity=QUANTITIES[fld])
         )
 
     for method in methods:

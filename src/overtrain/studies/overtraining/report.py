@@ -10,9 +10,10 @@ import math
 
 import numpy as np
 
+from overtrain.analysis.rise import MIN_SEEDS_FOR_CI
 from overtrain.config import dump_yaml, to_plain
-from overtrain.report.html import Figure, Section, Table
-from overtrain.report.plots import label, new_figure
+from overtrain.report.html import Figure, Section, Table, format_number
+from overtrain.report.plots import label, log_y, new_figure
 from overtrain.runs.query import Reader
 from overtrain.studies.base import claims_table
 from overtrain.studies.overtraining.advise import advise_pretrain, forecast_tokens
@@ -68,6 +69,13 @@ def _mark(ax, row, color, min_rise: float):
         ax.axvline(row["t_star"], color=color, ls=":", lw=1)
         if row.get("t_star_ci_low") is not None and row.get("t_star_ci_high") is not None:
             ax.axvspan(row["t_star_ci_low"], row["t_star_ci_high"], color=color, alpha=0.07, lw=0)
+
+
+def _span(low: float | None, high: float | None) -> str:
+    """ "A – B" of two budgets (blank when either is missing: an edge of the grid, or too few seeds)."""
+    if low is None or high is None:
+        return ""
+    return format_number(low) if low == high else f"{format_number(low)} – {format_number(high)}"
 
 
 def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Section]:
@@ -179,22 +187,23 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
             *_curve(curves, [], "theory pre-training loss after fine-tuning", "steps", model=key),
             label=name,
         )
-    ax_d.set_xscale("log")
-    ax_d.set_yscale("log")
-    label(ax_d, "pre-training GD steps (log)", "Δ (perturbed − base loss)", "Theory: sensitivity rises")
-    ax_u.set_xscale("log")
-    ax_u.set_yscale("log")
+    for ax in (ax_d, ax_u):
+        ax.set_xscale("log")
+        log_y(ax)
+        ax.legend(fontsize=8)
+    # the theory model's loss is ½‖W2 W1 − M‖²_F of a linear network (docs/theory.md), not nats
+    label(
+        ax_d,
+        "pre-training GD steps (log)",
+        "Δ = perturbed − base loss (½ squared error)",
+        "Theory: sensitivity rises",
+    )
     label(
         ax_u,
         "pre-training GD steps (log)",
-        "pre-training loss after fine-tuning",
+        "pre-training loss after fine-tuning (½ squared error)",
         "Theory: U only with the slow spectrum",
     )
-    from matplotlib.ticker import NullFormatter
-
-    for ax in (ax_d, ax_u):
-        ax.yaxis.set_minor_formatter(NullFormatter())  # log minor labels collide with the axis label
-        ax.legend(fontsize=8)
 
     monitor_section = _monitor_section(
         reader,
@@ -212,9 +221,9 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
             "method": r.get("method"),
             "LR": r.get("lr"),
             "γ": r.get("gamma"),
-            "T*": r["t_star"],
-            "CI low": r["t_star_ci_low"],
-            "CI high": r["t_star_ci_high"],
+            "T* (lowest budget)": r["t_star"],
+            "minimum between": _span(r.get("between_low"), r.get("between_high")),
+            f"95% CI (≥ {MIN_SEEDS_FOR_CI} seeds)": _span(r["t_star_ci_low"], r["t_star_ci_high"]),
             "interior": r["interior"],
             "rise": r["rise"],
         }
@@ -253,7 +262,9 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
             tables=[
                 Table(
                     infl_rows,
-                    "Inflection points T* (tokens; theory rows in steps), bootstrap CIs over seeds where there are ≥ 4",
+                    "Inflection points T* (tokens; theory rows in steps): the budget where the seed-mean curve "
+                    "is lowest, the budgets either side of it (the minimum lies between them), and a bootstrap "
+                    f"CI over seeds only where there are ≥ {MIN_SEEDS_FOR_CI} (fewer seeds give their range, not a CI)",
                 )
             ],
         ),

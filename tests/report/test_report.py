@@ -103,3 +103,8 @@ def test_log_y_labels_an_axis_spanning_less_than_a_decade():
     labels = [t.get_text() for t in ax.get_yticklabels() if t.get_visible() and t.get_text()]
     values = [float(x) for x in labels]
     assert len(values) >= 3 and min(values) >= 0.2 and max(values) <= 0.9
+    fig, (ax,) = new_figure(1)
+    ax.plot([1, 10], [2.4, 2.6])  # a few percent: no round value but 2.5 inside
+    log_y(ax)
+    fig.canvas.draw()
+    assert len([t for t in ax.get_yticklabels() if t.get_text()]) >= 3

@@ -47,6 +47,8 @@ class Figure:
     name: str
     figure: Any
     caption: str = ""
+    main: bool = False
+    """The study's main figure (the paper's headline plot): shown again in its summary."""
 
 
 @dataclass

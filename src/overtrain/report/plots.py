@@ -60,7 +60,7 @@ def log_y(ax, n_ticks: int = 5) -> None:
     """Log y axis whose ticks are labelled even when the data span less than a decade (call after plotting).
 
     Matplotlib labels only powers of ten, so a curve between 0.2 and 0.9 would show no number at all;
-    there we place `n_ticks` log-spaced ticks over the data, rounded to two significant digits."""
+    there we place up to `n_ticks` ticks at round values (1-2-5 steps, finer when the span is narrow)."""
     import numpy as np
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
@@ -69,9 +69,21 @@ def log_y(ax, n_ticks: int = 5) -> None:
     if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo < hi) or hi / lo >= 10:
         ax.yaxis.set_minor_formatter(NullFormatter())  # minor labels collide with the axis label
         return
-    raw = np.geomspace(lo, hi, n_ticks)
-    ticks = sorted({float(f"{v:.2g}") for v in raw})
+    # 1-2-5 steps first (round numbers read at a glance), finer mantissas only when they give too few ticks
+    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)):
+        ticks = [
+            m * 10.0**k
+            for k in range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+            for m in mantissas
+            if lo <= m * 10.0**k <= hi
+        ]
+        if len(ticks) >= min(3, n_ticks):
+            break
+    if len(ticks) > n_ticks:
+        ticks = ticks[:: -(-len(ticks) // n_ticks)]
+    if len(ticks) < 2:  # a span of a few percent: evenly spaced ticks at three significant digits
+        ticks = sorted({float(f"{v:.3g}") for v in np.geomspace(lo, hi, n_ticks)})
     ax.yaxis.set_major_locator(FixedLocator(ticks))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.2g}"))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
     ax.yaxis.set_minor_locator(NullLocator())
     ax.yaxis.set_minor_formatter(NullFormatter())

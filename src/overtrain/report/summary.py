@@ -40,7 +40,8 @@ def study_summary(title: str, reader: Reader, study_kind: str, sections: list[Se
         title: the study's name for the reader (e.g. its registry description's first words).
         reader: the store snapshot.
         study_kind: the run kind of the study's analysis.
-        sections: the study's own sections (the first figure among them is its main figure).
+        sections: the study's own sections (their figure marked `Figure.main`, else their first, is the
+            study's main figure).
     """
     run = reader.latest(study_kind)
     if run is None:
@@ -49,7 +50,7 @@ def study_summary(title: str, reader: Reader, study_kind: str, sections: list[Se
     claims = [r for r in rows if r.get("record") == "claim"]
     advice = next((r.get("text") for r in rows if r.get("record") == "recommendation" and r.get("text")), "")
     held = [c for c in claims if (c.get("type") or "finding") == "finding" and c["verdict"] == "PASS"]
-    text = [f"<b>{html.escape(headline(claims))}.</b>" if claims else "No claims stored for this study."]
+    text = [f"<b>{html.escape(headline(claims))}</b>" if claims else "No claims stored for this study."]
     if advice:
         text.append(f"<b>Recommendation.</b> {html.escape(advice)}")
     if held:
@@ -60,6 +61,7 @@ def study_summary(title: str, reader: Reader, study_kind: str, sections: list[Se
         text += ["Findings that hold:", f"<ul>{items}{more}</ul>"]
     elif claims:
         text.append("No finding holds at this scale; the claims table below says by how much each missed.")
-    main = next((f for s in sections for f in s.figures if isinstance(f, Figure)), None)
+    figures = [f for s in sections for f in s.figures if isinstance(f, Figure)]
+    main = next((f for f in figures if f.main), figures[0] if figures else None)
     figures = [FigureRef(main.name, main.caption)] if main is not None else []
     return Section(f"{title}: summary", text=text, figures=figures, summary=True)

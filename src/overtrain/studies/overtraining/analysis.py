@@ -278,7 +278,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     f"{what} degrades with more pre-training ({method}, {regime})",
                     (method, key, fld),
                     inf,
-                    f"T* = {inf.t_star:,.0f} tokens; {inf.min_loss:.3f} at T*, {inf.final_loss:.3f} at the "
+                    f"T*: {describe_t_star(inf, t)}; {inf.min_loss:.3f} at T*, {inf.final_loss:.3f} at the "
                     "largest budget" + (tuned if key == "tuned" else ""),
                 )
         if len(lrs) > 1:
@@ -440,7 +440,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     ci(inf.rise_ci_high, inf.n_groups),
                     "interior minimum, rise >= 5%",
                     _verdict(inf.is_u(0.05)),
-                    f"T* = {inf.t_star:,.0f} steps",
+                    f"T*: {describe_t_star(inf, steps, 'steps')}",
                     type="check",
                 )
             )
@@ -454,7 +454,7 @@ def analyse_runs(cfg: OvertrainingConfig, reader: Reader, ids: dict[str, list[st
                     ci(inf.rise_ci_high, inf.n_groups),
                     "not (interior and rise >= 1%)",
                     _verdict(not inf.is_u(0.01)),
-                    f"T* = {inf.t_star:,.0f} steps",
+                    f"T*: {describe_t_star(inf, steps, 'steps')}",
                     type="check",
                 )
             )

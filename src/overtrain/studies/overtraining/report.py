@@ -84,7 +84,6 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
     rows = reader.evals(study_id)
     claims = [r for r in rows if r["record"] == "claim"]
     infl = [r for r in rows if r["record"] == "inflection"]
-    advice = next((r["text"] for r in rows if r["record"] == "recommendation"), "")
     curves = [r for r in rows if r["record"] == "curve"]
     base = [r for r in curves if r["curve"] == "base val loss"]
     tokens = sorted({int(r["tokens_seen"]) for r in base})
@@ -172,6 +171,7 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
                 f"{method} fine-tuning of every budget checkpoint: mean over {len(seeds)} seeds, band = "
                 "min-max over seeds; dashed: the LR tuned per checkpoint (chosen on a selection split); T* "
                 "(dotted; CI shaded with ≥ 4 seeds) where the curve has an interior minimum and rises after it.",
+                main=not figs3,  # the paper's headline: fine-tuned loss against pre-training tokens
             )
         )
 
@@ -230,7 +230,6 @@ def report(reader: Reader, cfg: OvertrainingConfig, study_id: str) -> list[Secti
         for r in infl
     ]
     text = [
-        f"<b>Recommendation.</b> {advice}",
         f"{headline} Findings are statements about the phenomenon, each with the false-positive rate (fpr) of "
         "its rule on null curves at the measured seed-to-seed noise and its power on the paper's effect size; "
         "checks verify the theory model. "

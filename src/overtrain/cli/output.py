@@ -48,6 +48,10 @@ def set_globals(home, tensorboard) -> None:
         set_home(home)
     if tensorboard is not None:
         os.environ["OVERTRAIN_TENSORBOARD"] = str(tensorboard.expanduser().absolute())
+    if os.environ.get("OVERTRAIN_WANDB"):  # without wandb: exit 2 before any run starts
+        from overtrain.runs.sinks import check_environment
+
+        check_environment()
 
 
 def run_facts(store, kind: str, run_id: str, cfg) -> str:

@@ -241,6 +241,7 @@ _add_study_commands()
 def redo(run: str = typer.Argument(..., help="A run id (or a unique prefix, or kind/prefix).")) -> None:
     """Run one finished run again from scratch with its stored config (e.g. a study's analysis after you
     changed a claim). Example: overtrain redo 3f2a9c"""
+    from overtrain.cli.output import run_facts
     from overtrain.cli.progress import step_progress
     from overtrain.config import build_config
     from overtrain.registry import RUN_KINDS
@@ -256,6 +257,7 @@ def redo(run: str = typer.Argument(..., help="A run id (or a unique prefix, or k
         outcome = store.execute(kind, cfg, on_progress=on_progress, redo=True)
     note = "" if new_id == run_id else f" (the code changed since {run_id}: this is a new run)"
     _console().print(f"{kind_name} run {outcome.run_id} redone{note}: {outcome.dir}")
+    _console().print(run_facts(store, kind_name, outcome.run_id, cfg), markup=False)
 
 
 @app.command()
@@ -338,6 +340,7 @@ def audit(
     """
     import pyarrow as pa
 
+    from overtrain.cli.output import run_facts
     from overtrain.cli.progress import step_progress
     from overtrain.config import build_config, config_hash
     from overtrain.registry import RUN_KINDS
@@ -362,6 +365,7 @@ def audit(
     out = _console()
     out.print(format_table(pa.Table.from_pylist(rows)), end="", markup=False)
     out.print(f"audit run {outcome.run_id}: {store.run_dir(kind.name, outcome.run_id)}")
+    out.print(run_facts(store, kind.name, outcome.run_id, cfg), markup=False)
     if report_dir is not None:
         from overtrain.report.build import build_report
 

@@ -85,6 +85,19 @@ def test_bad_input_is_one_line_naming_the_field(overrides, message):
     assert message in text and "\n" not in text
 
 
+def test_several_problems_are_all_named_one_per_line():
+    with pytest.raises(ConfigError) as info:
+        build_config(Outer, None, ["inner.tokenz=5", "inner.lr=fast", "seed=x"])
+    exc = info.value
+    assert exc.lines() == [
+        "config with overrides: 3 problems",
+        "  seed: Input should be a valid integer, unable to parse string as an integer (got 'x')",
+        "  inner.lr: Input should be a valid number, unable to parse string as a number (got 'fast')",
+        "  inner.tokenz: unknown key",
+    ]
+    assert str(exc) == "\n".join(exc.lines())
+
+
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         build_config(Outer, tmp_path / "nope.yaml")

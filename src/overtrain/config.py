@@ -2,7 +2,7 @@
 
 Order of precedence (lowest first): the class defaults, the YAML file, then ``key.sub=value`` overrides.
 Every config forbids unknown keys, documents each field with an attribute docstring, and turns any
-validation failure into a one-line `ConfigError` that names the field.
+validation failure into a `ConfigError` that names the field of each problem (one line per problem).
 
 A config's *identity* (what its run id hashes) excludes fields marked ``identity=False`` (devices,
 progress bars, paths): rerunning on another device resumes the same run.
@@ -232,29 +232,40 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
 # --- building and errors -------------------------------------------------------------------------------
 
 
+def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    """One line per problem: ``train.tokens.0: Input should be greater than 0 (got -5)``.
+
+    Args:
+        exc: the pydantic error.
+        prefix: put before each key path (``settings.`` for a config nested in another one's field).
+    """
+    problems = []
+    for error in exc.errors():
+        loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
+        msg = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif error["type"] == "missing":
+            msg = "missing required key"
+        elif "input" in error and not isinstance(error["input"], (dict, list)):
+            shown = repr(error["input"])
+            msg = f"{msg} (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+        where = f"{prefix}{loc}" if loc else prefix.rstrip(".")
+        problems.append(f"{where}: {msg}" if where else msg)
+    return problems
+
+
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One line: ``train.tokens: Input should be greater than 0 (got -5)`` plus a count of the rest."""
-    errors = exc.errors()
-    first = errors[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif first["type"] == "missing":
-        msg = "missing required key"
-    elif "input" in first and not isinstance(first["input"], (dict, list)):
-        shown = repr(first["input"])
-        msg = f"{msg} (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    where = f"{prefix}{loc}" if loc else prefix.rstrip(".")
-    return f"{where}: {msg}{more}" if where else f"{msg}{more}"
+    """Every problem on one line, joined by ``; `` (for a message nested inside another error)."""
+    return "; ".join(validation_problems(exc, prefix))
 
 
 def validate(cls: type[C], data: Mapping[str, Any], source: str = "config") -> C:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
+        # every problem, not just the first: a user fixing a config sees all of them in one go
+        raise ConfigError(source, problems=validation_problems(exc)) from None
 
 
 def build_config(

@@ -103,6 +103,25 @@ def init(device: str = "cpu") -> World:
     return w
 
 
+def auto_device() -> str:
+    """What ``device: auto`` (every config's default) means here: ``cuda`` if available, else ``mps``
+    (Apple GPUs) if available, else ``cpu``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
+def device_name(setting: str) -> str:
+    """The device a run with this ``device`` setting computes on, as the manifest records it: ``auto``
+    resolved (`auto_device`), a bare ``cuda`` in a launch this process's ``cuda:<local_rank>``; any other
+    setting as given (a bad one is refused later, by `overtrain.training.pretrain.resolve_device`)."""
+    name = auto_device() if setting == "auto" else setting
+    return f"cuda:{world().local_rank}" if name == "cuda" and launched() else name
+
+
 def device_for(device: torch.device) -> torch.device:
     """A bare ``cuda`` becomes this process's own GPU (``cuda:<local_rank>``) in a launch."""
     if device.type == "cuda" and device.index is None and launched():

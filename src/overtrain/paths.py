@@ -11,6 +11,17 @@ def home() -> Path:
     return Path(os.environ.get("OVERTRAIN_HOME") or ".overtrain").expanduser().absolute()
 
 
+def set_home(path: str | Path) -> Path:
+    """Make `path` the root for this process and the processes it starts (``overtrain --home``).
+
+    It is set as ``$OVERTRAIN_HOME`` (absolute), not kept in a variable, because pool workers and Ray
+    tasks started from here find the store through the environment they inherit.
+    """
+    root = Path(path).expanduser().absolute()
+    os.environ["OVERTRAIN_HOME"] = str(root)
+    return root
+
+
 def runs_root() -> Path:
     return home() / "runs"
 

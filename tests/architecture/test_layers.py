@@ -58,6 +58,7 @@ LAZY_THIRD_PARTY: dict[str, str] = {
     "lm_eval": "an optional extra (overtrain[eval]): imported only for --lm-eval-tasks",
     "datasets": "an optional dependency: only `hf_dataset` directories need it",
     "ray": "an optional extra (overtrain[ray]): imported only by the Ray executor",
+    "wandb": "optional, never required: imported only when OVERTRAIN_WANDB asks for the metrics mirror",
     "ctypes": "platform-specific (Linux renameat2); probed once, where it is used",
 }
 """Packages that may be imported inside a function (outside the CLI), each with the reason."""

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from overtrain.cli.main import main
+from overtrain.paths import configs_dir
 from overtrain.runs.jsonl import read_jsonl
 
 
@@ -70,6 +71,19 @@ def test_bad_input_is_one_line_and_exit_2(capsys, home, tiny_yaml, args, message
     assert not (home / "runs").exists() or not any((home / "runs").rglob("manifest.json"))
 
 
+def test_several_config_problems_are_one_line_each_and_exit_2(capsys, home, tiny_yaml):
+    code, out, err = cli(capsys, "pretrain", "--config", str(tiny_yaml), "train.tokenz=5", "train.lr=-1")
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines() == [
+        f"overtrain: error: {tiny_yaml} with overrides: 2 problems",
+        "  train.lr: Input should be greater than 0 (got -1)",
+        "  train.tokenz: unknown key",
+    ]
+    # a line break inside a value stays escaped: still one line per problem
+    code, _, err = cli(capsys, "pretrain", "--config", str(tiny_yaml), "train.tokenz=5", "train.x\ny=1")
+    assert code == 2 and len(err.splitlines()) == 3
+
+
 def test_pretrain_then_query_and_ls(capsys, home, tiny_yaml):
     code, out, _ = cli(capsys, "pretrain", "--config", str(tiny_yaml))
     assert code == 0 and "done" in out
@@ -99,6 +113,24 @@ def test_pretrain_then_query_and_ls(capsys, home, tiny_yaml):
     assert code == 0 and json.loads(out) == []
     code, _, err = cli(capsys, "ls", "runs", "--kind", "pretrian")
     assert code == 2 and "did you mean 'pretrain'" in err
+
+
+def test_home_option_puts_the_run_there_and_dry_runs_name_the_store(capsys, home, tiny_yaml, tmp_path):
+    other = tmp_path / "elsewhere"
+    code, out, _ = cli(capsys, "--home", str(other), "pretrain", "--config", str(tiny_yaml), "--dry-run")
+    assert code == 0 and f"store: {other / 'runs'}" in out.splitlines()
+    code, out, _ = cli(capsys, "--home", str(other), "pretrain", "--config", str(tiny_yaml))
+    assert code == 0 and f"store: {other / 'runs'}" in out.splitlines()
+    assert "device: cpu (auto)" in out.splitlines()  # the default device, resolved on this CPU machine
+    manifest = json.loads(next((other / "runs" / "pretrain").glob("*/manifest.json")).read_text())
+    assert manifest["status"] == "success" and manifest["device"] == "cpu"
+    assert not (home / "runs").exists()  # not in $OVERTRAIN_HOME
+    code, out, _ = cli(capsys, "--home", str(other), "random-features", "--dry-run")
+    assert code == 0 and f"store: {other / 'runs'}" in out.splitlines()
+    code, out, _ = cli(
+        capsys, "--home", str(other), "sweep", str(configs_dir() / "sweeps" / "demo.yaml"), "--dry-run"
+    )
+    assert code == 0 and f"store: {other / 'runs'}" in out.splitlines()
 
 
 def test_corrupt_resume_state_is_a_one_line_error(capsys, home, tiny_yaml, tiny_pretrain, monkeypatch):

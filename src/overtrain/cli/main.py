@@ -18,6 +18,9 @@ try:  # typer >= 0.20 vendors its own click; its exceptions are not the `click` 
 except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as click_exceptions
 
+from overtrain.cli.output import console as _console
+from overtrain.cli.output import print_rows as _print_rows
+from overtrain.cli.output import say as _say
 from overtrain.errors import OvertrainError, UserError
 
 app = typer.Typer(
@@ -52,9 +55,23 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
+    home: Optional[Path] = typer.Option(
+        None,
+        "--home",
+        help="Store and data root (default: $OVERTRAIN_HOME, else ./.overtrain).",
+        show_default=False,
+    ),
+    tensorboard: Optional[Path] = typer.Option(
+        None,
+        "--tensorboard",
+        help="Mirror metrics to TensorBoard under DIR/<kind>/<run_id>.",
+        show_default=False,
+    ),
 ) -> None:
     # no docstring: the app's own help stays the text of `overtrain --help`
-    pass
+    from overtrain.cli.output import set_globals
+
+    set_globals(home, tensorboard)
 
 
 data_app = typer.Typer(help="Prepare data sources that need a one-time step.", no_args_is_help=True)
@@ -66,16 +83,11 @@ OVERRIDES = typer.Argument(
 CONFIG = typer.Option(None, "--config", "-c", help="YAML config file.", show_default=False)
 
 
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
-
-
 # --- runs ----------------------------------------------------------------------------------------------
 
 
 def _execute_one(kind_name: str, config: Optional[Path], overrides: list[str] | None, dry_run: bool) -> None:
+    from overtrain.cli.output import run_facts
     from overtrain.cli.progress import step_progress
     from overtrain.config import build_config
     from overtrain.distributed import world
@@ -90,7 +102,7 @@ def _execute_one(kind_name: str, config: Optional[Path], overrides: list[str] | 
     out = _console()
     status = store.status(kind.name, run_id)
     if dry_run:
-        out.print(f"{kind.name} run {run_id} ({status or 'new'}) -> {run_dir}")
+        out.print(f"{kind.name} run {run_id} ({status or 'new'}) -> {run_dir}\nstore: {store.root}")
         return
     total = kind.total_steps(cfg) if kind.total_steps else None
     with step_progress(f"{kind.name} {run_id}", total) as on_progress:
@@ -98,6 +110,7 @@ def _execute_one(kind_name: str, config: Optional[Path], overrides: list[str] | 
     if world().is_main:  # under `accelerate launch` every rank gets here; one says so
         verb = "already done" if outcome.skipped else "done"
         out.print(f"{kind.name} run {run_id} {verb}: {run_dir}")
+        out.print(run_facts(store, kind.name, run_id, cfg), markup=False)
         out.print(f"query it: overtrain query \"select * from evals where run_id = '{run_id}'\"")
 
 
@@ -144,6 +157,7 @@ def _run_study(
     if dry_run:
         plan = study.plan(cfg)
         _print_rows(plan.summary(store), title=f"{name}: {len(plan.items)} runs")
+        _console().print(f"store: {store.root}", markup=False)
         return
     result, study_id = study.run(cfg, store, workers=workers, redo_analysis=redo_analysis)
     if not result.ok:
@@ -227,6 +241,7 @@ _add_study_commands()
 def redo(run: str = typer.Argument(..., help="A run id (or a unique prefix, or kind/prefix).")) -> None:
     """Run one finished run again from scratch with its stored config (e.g. a study's analysis after you
     changed a claim). Example: overtrain redo 3f2a9c"""
+    from overtrain.cli.output import run_facts
     from overtrain.cli.progress import step_progress
     from overtrain.config import build_config
     from overtrain.registry import RUN_KINDS
@@ -242,6 +257,7 @@ def redo(run: str = typer.Argument(..., help="A run id (or a unique prefix, or k
         outcome = store.execute(kind, cfg, on_progress=on_progress, redo=True)
     note = "" if new_id == run_id else f" (the code changed since {run_id}: this is a new run)"
     _console().print(f"{kind_name} run {outcome.run_id} redone{note}: {outcome.dir}")
+    _console().print(run_facts(store, kind_name, outcome.run_id, cfg), markup=False)
 
 
 @app.command()
@@ -279,6 +295,7 @@ def sweep(
     store = Store()
     if dry_run:
         _print_rows(plan.summary(store), title=f"plan: {len(plan.items)} runs")
+        _console().print(f"store: {store.root}", markup=False)
         return
     options = {"address": address} if address is not None else {}
     if workers is not None or executor == "local":
@@ -302,7 +319,9 @@ def audit(
     probes: Optional[str] = typer.Option(
         None, "--probes", help="Comma-separated probes (default: all four)."
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps."
+    ),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (autocast)."),
     lm_eval_tasks: Optional[list[Path]] = typer.Option(
         None,
@@ -321,6 +340,7 @@ def audit(
     """
     import pyarrow as pa
 
+    from overtrain.cli.output import run_facts
     from overtrain.cli.progress import step_progress
     from overtrain.config import build_config, config_hash
     from overtrain.registry import RUN_KINDS
@@ -345,6 +365,7 @@ def audit(
     out = _console()
     out.print(format_table(pa.Table.from_pylist(rows)), end="", markup=False)
     out.print(f"audit run {outcome.run_id}: {store.run_dir(kind.name, outcome.run_id)}")
+    out.print(run_facts(store, kind.name, outcome.run_id, cfg), markup=False)
     if report_dir is not None:
         from overtrain.report.build import build_report
 
@@ -506,62 +527,17 @@ def data_prepare(name: str = typer.Argument(..., help="Data source to prepare (s
     _console().print(f"prepared {name}: {path}")
 
 
-# --- output helpers ------------------------------------------------------------------------------------
-
-
-def _print_rows(rows: list[dict], title: str | None = None) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    if not rows:
-        _console().print("(nothing)")
-        return
-    # cells are plain text: "overtrain[ray]" or "[random block; same block]" must not be read as markup
-    table = Table(title=None if title is None else escape(title), show_lines=False)
-    for key in rows[0]:
-        table.add_column(escape(str(key)))
-    for row in rows:
-        table.add_row(*("" if v is None else escape(str(v)) for v in row.values()))
-    _console().print(table)
-
-
-# --- entry point ---------------------------------------------------------------------------------------
-
-
-_LINE_BREAKS = {ord(c): c.encode("unicode_escape").decode() for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
-
-
-def _one_line(text: str) -> str:
-    """`text` as one line: a line break inside a message (a path, a value) is shown escaped, never broken."""
-    return text.translate(_LINE_BREAKS)
-
-
-def _say(text: str) -> None:
-    # plain stderr, not rich: no markup, emoji codes or wrapping may change a message, and stderr's
-    # backslashreplace error handler prints any path, even one that is not valid UTF-8
-    sys.stderr.write(_one_line(text) + "\n")
-    sys.stderr.flush()
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    if category.__module__.startswith("overtrain"):  # ours are one line for the user, like the errors
-        _say(f"overtrain: warning: {message}")
-    else:
-        _default_showwarning(message, category, filename, lineno, file, line)
-
-
-_default_showwarning = warnings.showwarning
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: map errors to exit codes and one-line messages."""
-    warnings.showwarning = _show_warning
+    from overtrain.cli.output import say_user_error, show_warning
+
+    warnings.showwarning = show_warning
     if not (sys.argv[1:] if argv is None else argv):
         argv = ["--help"]  # a bare `overtrain` is asking what there is: the help, not a usage error
     try:
         code = app(args=argv, prog_name="overtrain", standalone_mode=False)
     except UserError as exc:
-        _say(f"overtrain: error: {exc}")
+        say_user_error(exc)
         sys.exit(2)
     except OvertrainError as exc:
         _say(f"overtrain: {exc}")

@@ -21,6 +21,7 @@ from overtrain.core.atomic import (
     fault_point,
 )
 from overtrain.runs.jsonl import JSONL_FILES, complete_lines_end, read_jsonl
+from overtrain.runs.sinks import MetricsMirror, open_mirror
 
 if TYPE_CHECKING:
     from overtrain.runs.store import Store
@@ -62,6 +63,7 @@ class Run:
         self._manifest = manifest
         self._on_progress = on_progress
         self._files: dict[str, IO[str]] = {}
+        self._mirror: MetricsMirror | None = None  # opened with the first metrics record
 
     # records ---------------------------------------------------------------------------------------
 
@@ -88,12 +90,17 @@ class Run:
         fault_point("jsonl.partial_line", half_a_line)
         f.write(line)
         f.flush()
+        if path.name == "metrics.jsonl":  # live mirrors (TensorBoard, wandb) when the environment asks
+            if self._mirror is None:
+                self._mirror = open_mirror(self.kind, self.run_id, self.config)
+            self._mirror.add(record)
 
     def log_metrics(self, record: Mapping[str, Any]) -> None:
         """Append one metrics record (``step``, ``tokens_seen``, ``split/name`` keys) to metrics.jsonl.
 
         NaN and infinite values are written as ``null``. The line is flushed to the OS at once (not
-        fsynced: `sync` does that, and `Store.execute` calls it before marking the run a success).
+        fsynced: `sync` does that, and `Store.execute` calls it before marking the run a success). The
+        record is also mirrored to TensorBoard / wandb when the environment asks (`overtrain.runs.sinks`).
         """
         self._append("metrics", record)
 
@@ -119,6 +126,9 @@ class Run:
             for f in self._files.values():
                 f.close()
             self._files.clear()
+            if self._mirror is not None:
+                self._mirror.close()
+                self._mirror = None
 
     def line_count(self, name: str) -> int:
         """Number of complete (newline-terminated) lines in ``<name>.jsonl``; 0 when it does not exist.

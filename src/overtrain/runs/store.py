@@ -302,7 +302,8 @@ class Store:
             "wall_s": None,
             "git": git_info(),
             "versions": package_versions(),
-            "device": str(getattr(cfg, "device", None) or "cpu"),
+            # the device it resolved to ("auto" -> cpu here): config.yaml keeps the setting
+            "device": distributed.device_name(str(getattr(cfg, "device", None) or "cpu")),
             "host": socket.gethostname(),
             "error": None,
             # info survives a retry: a run may record facts (e.g. n_params) once, early

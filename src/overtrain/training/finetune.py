@@ -123,8 +123,8 @@ class FinetuneConfig(ParentCheckpoint):
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Compute precision (bf16 autocast)."""
 
-    device: str = NotInId("cpu")
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
+    device: str = NotInId("auto")
+    """``auto`` (cuda, else mps, else cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
 
     ood_data: Registered(DATASETS) | None = InIdWhenSet()
     """A held-out capability probe: a language in neither the pre-training nor the task data (e.g. a third

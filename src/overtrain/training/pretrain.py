@@ -58,8 +58,9 @@ def _ppl(loss: float) -> float:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of a config's ``device`` setting (``auto``: `distributed.auto_device`)."""
     if name == "auto":
-        return distributed.device_for(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        return distributed.device_for(torch.device(distributed.auto_device()))
     try:
         device = torch.device(name)
     except RuntimeError:  # fine-tuning, probe and audit configs take any string

@@ -178,8 +178,8 @@ class PretrainConfig(BaseConfig):
     """Compute precision (bf16 autocast; weights stay fp32). On a CPU it pays off only for the larger
     presets (bench/README.md, `pretrain_throughput.py`)."""
 
-    device: str = NotInId("cpu")
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (not part of the run id: moving device resumes the run)."""
+    device: str = NotInId("auto")
+    """``auto`` (cuda, else mps, else cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (not part of the run id: moving device resumes the run)."""
 
     compile: bool = NotInId(False)
     """``torch.compile`` the model (a one-off compile time, bench/README.md; worth it for long runs)."""

@@ -99,8 +99,8 @@ class AuditConfig(BaseConfig):
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Compute precision of the probes (bf16 autocast; curvature probes run in float32)."""
 
-    device: str = NotInId("cpu")
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
+    device: str = NotInId("auto")
+    """``auto`` (cuda, else mps, else cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
 
     @field_validator("probes")
     @classmethod

@@ -46,8 +46,8 @@ class ProbeRunConfig(ParentCheckpoint):
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Compute precision (bf16 autocast)."""
 
-    device: str = NotInId("cpu")
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
+    device: str = NotInId("auto")
+    """``auto`` (cuda, else mps, else cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
 
     eval_seq_len: int | None = Field(None, ge=2)
     """Sequence length of the probe's batches (default: the parent's)."""
@@ -62,7 +62,7 @@ class ProbeRunConfig(ParentCheckpoint):
             # identity(): every default spelled out (a stable run id), execution-only fields left out
             normalised = json.loads(json.dumps(identity(cls.model_validate(self.settings))))
         except ValidationError as exc:
-            raise ValueError(f"settings.{format_validation_error(exc)}") from None
+            raise ValueError(format_validation_error(exc, prefix="settings.")) from None
         if normalised != self.settings:
             object.__setattr__(self, "settings", normalised)
         return self

@@ -107,8 +107,8 @@ class HyperfitConfig(BaseConfig):
     ablation_retained: float = Field(0.5, gt=0, le=1)
     """The ablation 'loses the gain' when it keeps at most this share of the main run's TTR gain."""
 
-    device: str = NotInId("cpu")
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (every run of the study)."""
+    device: str = NotInId("auto")
+    """``auto`` (cuda, else mps, else cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (every run of the study)."""
 
     threads: int = NotInId(1, ge=1)
     """Torch CPU threads of the hyperfit runs and the analysis (the pre-training run keeps the executor's)."""

@@ -159,8 +159,8 @@ class HyperfitRunConfig(BaseConfig):
     seed: int = 0
     """Seed of the choice of sequences and of their order in every epoch."""
 
-    device: str = NotInId("cpu")
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
+    device: str = NotInId("auto")
+    """``auto`` (cuda, else mps, else cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
 
     threads: int = NotInId(1, ge=1)
     """Torch CPU threads of the run: one is as fast for these small models and never fights the other

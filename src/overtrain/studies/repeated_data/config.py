@@ -95,8 +95,8 @@ class RepeatedDataConfig(BaseConfig):
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Compute precision of every run (bf16 autocast)."""
 
-    device: str = NotInId("cpu")
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
+    device: str = NotInId("auto")
+    """``auto`` (cuda, else mps, else cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
 
     bootstrap: int = Field(2000, ge=100)
     """Bootstrap replicates for every confidence interval (over seeds)."""

@@ -19,6 +19,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as click_exceptions
 
 from overtrain.cli.audit import TOKENIZER_HELP, TOKENS_PER_STEP_HELP
+from overtrain.cli.convert import HELP as CONVERT_HELP
 from overtrain.errors import OvertrainError, UserError
 
 app = typer.Typer(
@@ -327,6 +328,16 @@ def audit(
     flags = dict(text=text, probes=probes, device=device, dtype=dtype, lm_eval_tasks=lm_eval_tasks)
     flags.update(tokens_per_step=tokens_per_step, tokenizer=tokenizer)
     audit_command(models, flags, overrides or [], report_dir, _console())
+
+
+@app.command(help=CONVERT_HELP)
+def convert(
+    dirs: list[Path] = typer.Argument(..., help="Checkpoint directories.", show_default=False),
+    remove_bin: bool = typer.Option(False, "--remove-bin", help="Delete the .bin files once converted."),
+) -> None:
+    from overtrain.cli.convert import convert_command
+
+    convert_command(dirs, remove_bin, _console())
 
 
 @app.command()

@@ -35,7 +35,8 @@ def check_model_dir(path: Path) -> None:
         pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
         if pickled:
             raise CheckpointError(
-                f"refusing to unpickle {pickled[0]} in {path}: convert the weights to safetensors"
+                f"refusing to unpickle {pickled[0]} in {path}: convert the weights to safetensors "
+                f"(`overtrain convert {path}`, for files you trust)"
             )
         raise CheckpointError(f"no safetensors weights in {path}")
     verify_checkpoint(path)

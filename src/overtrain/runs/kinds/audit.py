@@ -38,7 +38,7 @@ from pydantic import Field, field_validator, model_validator
 from overtrain.analysis.inflection import inflection_point
 from overtrain.config import BaseConfig, InIdWhenSet, NotInId
 from overtrain.core.atomic import atomic_write_json
-from overtrain.core.weights import check_model_dir
+from overtrain.core.weights import check_model_dir, fingerprint
 from overtrain.data.corpus import TextConfig
 from overtrain.data.tokenized import tokenizer_digest
 from overtrain.errors import CheckpointError, DataError, UserError
@@ -136,12 +136,6 @@ class AuditConfig(BaseConfig):
 
     def probe_settings(self, name: str) -> dict[str, Any]:
         return {**AUDIT_SETTINGS.get(name, {}), **self.settings.get(name, {})}
-
-
-def fingerprint(path: Path) -> str:
-    """Names, sizes and modification times of a directory's weight and config files."""
-    files = sorted([*path.glob("*.safetensors"), path / "config.json"])
-    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file())
 
 
 def _file_print(files: list[Path]) -> str:

@@ -38,7 +38,7 @@ def test_convert_then_audit_reads_bit_exact_weights(tmp_path, capsys, fails):
     fails([str(tmp_path / "old"), "--probes", "reference_loss"], "overtrain convert")
     code, out, err = _cli(capsys, "convert", str(tmp_path / "old"))
     assert code == 0, err
-    assert "only files you trust" in out and "1 shared tensors stored as copies" in out
+    assert "only files you trust" in out and "copied 1 tensor(s) that shared storage" in out
     assert (tmp_path / "old" / "pytorch_model.bin").is_file()  # kept without --remove-bin
     stored = load_file(tmp_path / "old" / "model.safetensors")
     for name, t in model.state_dict().items():

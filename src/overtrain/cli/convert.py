@@ -24,7 +24,7 @@ def convert_command(dirs: list[Path], remove_bin: bool, console) -> None:
     console.print(f"note: {TRUST_NOTE}", markup=False)
     for d in dirs:
         c = convert_dir(Path(d), remove_bin=remove_bin)
-        shared = f", {c.shared} shared tensors stored as copies" if c.shared else ""
+        shared = f", copied {c.shared} tensor(s) that shared storage" if c.shared else ""
         kept = f"removed {', '.join(c.removed)}" if c.removed else "kept the .bin (--remove-bin deletes it)"
         console.print(
             f"{c.path}: wrote {', '.join(c.written)} ({c.tensors} tensors{shared}, read back identical); {kept}",

@@ -20,10 +20,21 @@ FAST = ["reference_loss", "noise", "induction"]
 
 
 def test_training_position_from_names_and_meta(tmp_path):
-    assert training_position(tmp_path / "stage1-step1000-tokens4B", {}) == {"tokens": 4 * 10**9, "step": 1000}
-    assert training_position(tmp_path / "step143000", {}) == {"tokens": None, "step": 143000}
-    assert training_position(tmp_path / "budget_520000", {}) == {"tokens": 520000, "step": None}
-    assert training_position(tmp_path / "x", {"tokens_seen": 7, "step": 1}) == {"tokens": 7, "step": 1}
+    def pos(name, meta, tps=None):
+        return {k: v for k, v in training_position(tmp_path / name, meta, tps).items() if k != "tokens_from"}
+
+    assert pos("stage1-step1000-tokens4B", {}) == {"tokens": 4 * 10**9, "step": 1000}
+    assert pos("step143000", {}) == {"tokens": None, "step": 143000}
+    assert pos("budget_520000", {}) == {"tokens": 520000, "step": None}
+    assert pos("x", {"tokens_seen": 7, "step": 1}) == {"tokens": 7, "step": 1}
+    # Pythia's step<N>: tokens only with the tokens per step, and a count from a name or meta.json wins
+    assert training_position(tmp_path / "step3", {}, 2_097_152) == {
+        "tokens": 3 * 2_097_152,
+        "step": 3,
+        "tokens_from": "step × 2097152",
+    }
+    assert training_position(tmp_path / "step3-tokens4B", {}, 10)["tokens_from"] == "name"
+    assert training_position(tmp_path / "x", {"tokens_seen": 7, "step": 1}, 10)["tokens"] == 7
 
 
 @pytest.mark.parametrize("family", ["llama", "neox", "olmo2"])

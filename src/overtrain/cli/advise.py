@@ -14,13 +14,16 @@ from overtrain.runs.kinds.audit import AuditConfig, with_fingerprints
 from overtrain.studies.overtraining.advise import Advice, forecast_tokens
 
 
-def resolve_target(run: list[str], text: Path | None, store) -> str:
+def resolve_target(run: list[str], text: Path | None, store, tokens_per_step: int | None = None) -> str:
     """The run to advise from: `run` names one stored run, or is a list of checkpoint directories, which
-    are audited with the noise probe first (reused when the store has that audit)."""
+    are audited with the noise probe first (reused when the store has that audit); `tokens_per_step`
+    gives step-only directories (Pythia's step<N>) their token counts."""
     if all(Path(r).is_dir() for r in run):
         base: dict = {"models": run, "probes": ["noise"]}
         if text is not None:
             base["text"] = str(text)
+        if tokens_per_step is not None:
+            base["tokens_per_step"] = tokens_per_step
         cfg = with_fingerprints(build_config(AuditConfig, None, [], base=base))
         with step_progress(f"audit {config_hash(cfg)}", len(cfg.models)) as on_progress:
             outcome = store.execute(RUN_KINDS.get("audit"), cfg, on_progress=on_progress)

@@ -18,6 +18,8 @@ try:  # typer >= 0.20 vendors its own click; its exceptions are not the `click` 
 except ImportError:  # pragma: no cover - older typer on top of click
     from click import exceptions as click_exceptions
 
+from overtrain.cli.audit import TOKENIZER_HELP, TOKENS_PER_STEP_HELP
+from overtrain.cli.convert import HELP as CONVERT_HELP
 from overtrain.cli.output import console as _console
 from overtrain.cli.output import print_rows as _print_rows
 from overtrain.cli.output import say as _say
@@ -328,6 +330,8 @@ def audit(
         "--lm-eval-tasks",
         help="lm-eval task YAML over local data, or a directory of them (repeatable; needs overtrain[eval]).",
     ),
+    tokens_per_step: Optional[int] = typer.Option(None, "--tokens-per-step", help=TOKENS_PER_STEP_HELP),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help=TOKENIZER_HELP),
     report_dir: Optional[Path] = typer.Option(None, "--report", help="Also write the HTML report here."),
     overrides: Optional[list[str]] = typer.Option(
         None, "--set", help="Config override key=value (repeatable)."
@@ -336,40 +340,23 @@ def audit(
     """Probe your own Hugging Face checkpoints: reference loss, sensitivity, sharpness, induction, and
     optionally your lm-eval tasks.
 
-    Example: overtrain audit ckpts/pythia-70m-step* --text my.txt --lm-eval-tasks my_tasks/ --report audit-report/
+    Example: overtrain audit ckpts/pythia-70m-step* --tokens-per-step 2097152 --text my.txt --report audit-report/
     """
-    import pyarrow as pa
+    from overtrain.cli.audit import audit_command
 
-    from overtrain.cli.output import run_facts
-    from overtrain.cli.progress import step_progress
-    from overtrain.config import build_config, config_hash
-    from overtrain.registry import RUN_KINDS
-    from overtrain.report.audit import audit_table
-    from overtrain.runs.kinds.audit import AuditConfig, with_fingerprints
-    from overtrain.runs.query import Reader, format_table
-    from overtrain.runs.store import Store
+    flags = dict(text=text, probes=probes, device=device, dtype=dtype, lm_eval_tasks=lm_eval_tasks)
+    flags.update(tokens_per_step=tokens_per_step, tokenizer=tokenizer)
+    audit_command(models, flags, overrides or [], report_dir, _console())
 
-    base: dict = {"models": [str(m) for m in models], "device": device, "dtype": dtype}
-    if text is not None:
-        base["text"] = str(text)
-    if probes is not None:
-        base["probes"] = [p.strip() for p in probes.split(",") if p.strip() and p.strip() != "none"]
-    if lm_eval_tasks:
-        base["lm_eval_tasks"] = [str(t) for t in lm_eval_tasks]
-    cfg = with_fingerprints(build_config(AuditConfig, None, overrides or [], base=base))
-    kind, store = RUN_KINDS.get("audit"), Store()
-    with step_progress(f"audit {config_hash(cfg)}", len(cfg.models)) as on_progress:
-        outcome = store.execute(kind, cfg, on_progress=on_progress)
-    with Reader(store) as reader:
-        rows = audit_table(reader, outcome.run_id)
-    out = _console()
-    out.print(format_table(pa.Table.from_pylist(rows)), end="", markup=False)
-    out.print(f"audit run {outcome.run_id}: {store.run_dir(kind.name, outcome.run_id)}")
-    out.print(run_facts(store, kind.name, outcome.run_id, cfg), markup=False)
-    if report_dir is not None:
-        from overtrain.report.build import build_report
 
-        out.print(f"report: {build_report(report_dir, 'audit', store)}")
+@app.command(help=CONVERT_HELP)
+def convert(
+    dirs: list[Path] = typer.Argument(..., help="Checkpoint directories.", show_default=False),
+    remove_bin: bool = typer.Option(False, "--remove-bin", help="Delete the .bin files once converted."),
+) -> None:
+    from overtrain.cli.convert import convert_command
+
+    convert_command(dirs, remove_bin, _console())
 
 
 @app.command()
@@ -384,6 +371,7 @@ def advise(
         "--text",
         help="Reference text when auditing checkpoint directories (default: packaged excerpt).",
     ),
+    tokens_per_step: Optional[int] = typer.Option(None, "--tokens-per-step", help=TOKENS_PER_STEP_HELP),
     objective: str = typer.Option("both", help="id (task after fine-tuning), retention, or both."),
     horizon: float = typer.Option(1.0, min=0.01, help="Forecast horizon, doublings of tokens."),
     min_rise: float = typer.Option(0.005, min=0.0, help="Smallest relative rise worth a warning."),
@@ -402,7 +390,9 @@ def advise(
     from overtrain.studies.overtraining.advise import advise as run_advise
 
     store = Store()
-    a = run_advise(store, resolve_target(run, text, store), objective, horizon, min_rise, ft_lr)
+    a = run_advise(
+        store, resolve_target(run, text, store, tokens_per_step), objective, horizon, min_rise, ft_lr
+    )
     out = _console()
     out.print(forecast_line(a))
     if a.tradeoff:

@@ -35,10 +35,19 @@ def check_model_dir(path: Path) -> None:
         pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
         if pickled:
             raise CheckpointError(
-                f"refusing to unpickle {pickled[0]} in {path}: convert the weights to safetensors"
+                f"refusing to unpickle {pickled[0]} in {path}: convert the weights to safetensors "
+                f"(`overtrain convert {path}`, for files you trust)"
             )
         raise CheckpointError(f"no safetensors weights in {path}")
     verify_checkpoint(path)
+
+
+def fingerprint(path: Path) -> str:
+    """Names, sizes and modification times of a directory's weight and config files: part of the id of a
+    run that reads a checkpoint from outside the store, so a checkpoint rewritten in place is a new run."""
+    path = Path(path)
+    files = sorted([*path.glob("*.safetensors"), path / "config.json"])
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file())
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

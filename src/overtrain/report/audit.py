@@ -41,6 +41,7 @@ def audit_table(reader: Reader, run_id: str) -> list[dict[str, Any]]:
                 "checkpoint": Path(r["model_dir"]).name,
                 "tokens": r.get("tokens"),
                 "step": r.get("step"),
+                "tokens from": r.get("tokens_from"),
                 "order": r["order"],
             },
         )
@@ -61,6 +62,18 @@ def audit_table(reader: Reader, run_id: str) -> list[dict[str, Any]]:
     rows = list(by_dir.values())
     rows.sort(key=training_order)
     return rows
+
+
+def inflection_line(inf: dict[str, Any]) -> str:
+    """The stored U analysis in one sentence, T* in its axis's unit (tokens, or steps when the token
+    counts were unknown)."""
+    shape = "a U: more training made the perturbed loss worse" if inf["is_u"] else "no U"
+    unit = inf.get("axis") or "tokens"  # rows written before the axis was recorded were all in tokens
+    return (
+        f"Perturbed loss (init-scale, γ = {inf['gamma']:g}) over the checkpoints: {shape}; T* = "
+        f"{inf['t_star']:,.0f} {unit} (CI over noise draws {inf['ci_low']:,.0f} – {inf['ci_high']:,.0f} "
+        f"{unit}), rise after it {inf['rise']:.1%}."
+    )
 
 
 def harness_columns(reader: Reader, run_id: str) -> list[str]:
@@ -123,13 +136,7 @@ def audit_section(reader: Reader) -> Section | None:
             if len(keys) > 1:
                 ax.legend(fontsize=7)
         figures.append(Figure("audit_probes", fig, "Probes of every audited checkpoint, in training order."))
-    for inf in reader.evals(run_id, record="inflection"):
-        shape = "a U: more training made the perturbed loss worse" if inf["is_u"] else "no U"
-        text.append(
-            f"Perturbed loss (init-scale, γ = {inf['gamma']:g}) over the checkpoints: {shape}; T* = "
-            f"{inf['t_star']:,.0f} tokens (CI over noise draws {inf['ci_low']:,.0f} – {inf['ci_high']:,.0f}), "
-            f"rise after it {inf['rise']:.1%}."
-        )
+    text.extend(inflection_line(inf) for inf in reader.evals(run_id, record="inflection"))
     shown = [{k: v for k, v in r.items() if k != "order"} for r in rows]
     return Section(
         "Audit of Hugging Face checkpoints",

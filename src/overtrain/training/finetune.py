@@ -1,11 +1,14 @@
 """Fine-tuning one pre-trained checkpoint on a task, measuring what it learns and what it forgets.
 
-A run reads ``ckpt/<checkpoint>`` of a finished pre-training run (its *parent*), trains it on the task
-with a fine-tuning method (``full``, ``lora``, ...), and evaluates before and after:
+A run reads ``ckpt/<checkpoint>`` of a finished pre-training run (its *parent*), or a local Hugging Face
+checkpoint directory (`FinetuneConfig.model_dir`: the user's own checkpoint series), trains it on the
+task with a fine-tuning method (``full``, ``lora``, ...), and evaluates before and after:
 
 - ``task/loss``: in-distribution loss on the task's ``val`` split (nats per token);
 - ``pretrain/loss``: loss on the parent's pre-training distribution (its ``val`` split, the very batches
-  the parent evaluated), the paper's "base capability" proxy; ``forgetting`` = after − before;
+  the parent evaluated), the paper's "base capability" proxy; ``forgetting`` = after − before. A local
+  directory has no pre-training config: its ``pretrain/loss`` is on `FinetuneConfig.reference_data`
+  (default: the packaged reference text of ``overtrain audit``, in the checkpoint's own tokenizer);
 - ``ood/loss`` (with `ood_data`): loss on a language seen neither in pre-training nor in fine-tuning, a
   stand-in for the generalist benchmarks Springer et al. 2025 score after fine-tuning;
 - ``task/select_loss`` (with `selection_batches`): the task loss on further ``val`` batches, disjoint from
@@ -24,6 +27,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -32,7 +37,9 @@ from pydantic import Field, model_validator
 from overtrain import distributed
 from overtrain.config import BaseConfig, InIdWhenSet, NotInId, Registered
 from overtrain.core.evaluate import evaluate_loss
-from overtrain.errors import DataError, RunFailed
+from overtrain.core.weights import check_model_dir, fingerprint
+from overtrain.data.corpus import TextConfig
+from overtrain.errors import CheckpointError, DataError, RunFailed, UserError
 from overtrain.models.presets import count_params
 from overtrain.registry import DATASETS, FINETUNE_METHODS
 from overtrain.seed import seed_everything
@@ -97,11 +104,36 @@ class FinetuneTrainConfig(BaseConfig):
     ``selection_batches`` on the run."""
 
 
+LOCAL_SEQ_LEN = 128
+"""Tokens per sequence for a local directory without ``train.seq_len`` (capped by its context), as audit."""
+
+LOCAL_EVAL_BATCHES = 4
+"""Validation batches per evaluation for a local directory without ``eval_batches``."""
+
+
 class FinetuneConfig(ParentCheckpoint):
     """One checkpoint fine-tuned on one task with one method and learning rate (``overtrain finetune``)."""
 
     schema_version: int = 1
     """Config schema version."""
+
+    parent: str | None = None
+    """The pre-training run: ``<run_id>`` or ``pretrain/<run_id>`` (12 hex digits); or give `model_dir`."""
+
+    checkpoint: str | None = None
+    """Checkpoint name in the parent's ``ckpt/`` (``budget_<tokens>`` or ``step_<N>``); with `parent`."""
+
+    model_dir: Path | None = InIdWhenSet()
+    """A local Hugging Face checkpoint directory (``config.json`` + safetensors + tokenizer) to fine-tune
+    instead of a stored run's checkpoint; its weight fingerprint enters the run id."""
+
+    model_fingerprint: str | None = InIdWhenSet()
+    """Fingerprint of `model_dir`'s weight files (file names, sizes, modification times), filled in when
+    the config is built: a checkpoint rewritten in place is fine-tuned again."""
+
+    reference_data: Registered(DATASETS) | None = InIdWhenSet()
+    """With `model_dir`: the data whose loss stands for the pre-training distribution (``pretrain/loss``,
+    forgetting); default: the packaged reference text, tokenised with the checkpoint's tokenizer."""
 
     data: Registered(DATASETS, "hmm")
     """The task to fine-tune on (e.g. a second HMM with the parent's vocabulary and another seed)."""
@@ -133,6 +165,35 @@ class FinetuneConfig(ParentCheckpoint):
     selection_batches: int | None = InIdWhenSet(gt=0)
     """Task ``val`` batches, after the reported ones, whose loss (``task/select_loss``) is for selection
     only: choosing a tuned learning rate, stopping at convergence."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fingerprint_model_dir(cls, data: Any) -> Any:
+        # here, not in the CLI, so that a sweep file or a study plan naming a directory gets it too
+        if (
+            isinstance(data, dict)
+            and data.get("model_dir") is not None
+            and data.get("model_fingerprint") is None
+        ):
+            path = Path(data["model_dir"])
+            try:
+                check_model_dir(path)
+            except CheckpointError as exc:
+                raise ValueError(str(exc)) from None
+            data = {**data, "model_dir": path.resolve(), "model_fingerprint": fingerprint(path)}
+        return data
+
+    @model_validator(mode="after")
+    def _one_parent(self) -> FinetuneConfig:
+        if (self.parent is None) == (self.model_dir is None):
+            raise ValueError("give exactly one of parent (+ checkpoint), a pre-training run, and model_dir")
+        if self.parent is not None and self.checkpoint is None:
+            raise ValueError("parent needs checkpoint: a checkpoint name in the parent's ckpt/")
+        if self.model_dir is not None and self.checkpoint is not None:
+            raise ValueError("checkpoint names a checkpoint of a parent run; a model_dir is a checkpoint")
+        if self.model_dir is None and self.reference_data is not None:
+            raise ValueError("reference_data is for a model_dir; a parent run's pre-training data is used")
+        return self
 
     @model_validator(mode="after")
     def _converge_needs_a_selection_split(self) -> FinetuneConfig:
@@ -204,6 +265,17 @@ def _optional(before: dict, after: dict, step: int, plateau: _Plateau | None) ->
     return out
 
 
+def _local_reference(cfg: FinetuneConfig, tokenizer, model):
+    """The `pretrain/loss` source of a local directory and its tokenizer (which every task must share)."""
+    if tokenizer is None:
+        raise CheckpointError(f"no tokenizer in {cfg.model_dir}: a fine-tuning task is tokenised with it")
+    if cfg.reference_data is not None:
+        return _build_task(cfg.reference_data, tokenizer, model, "reference_data"), tokenizer
+    text = Path(str(resources.files("overtrain.data").joinpath("fixtures/shakespeare_excerpt.txt")))
+    source = TextConfig(train=[text], val=[text], tokenizer="parent").build(tokenizer)
+    return source, tokenizer
+
+
 @dataclass
 class Setting:
     """What every run of one fine-tuning setting shares: the parent's config, the task, the evaluation sets.
@@ -222,15 +294,23 @@ class Setting:
 
     @classmethod
     def build(cls, cfg: FinetuneConfig, parent, model, parent_tok) -> Setting:
+        """`parent` is the parent run's `PretrainConfig`, or None for a local directory (`model_dir`)."""
         device = resolve_device(cfg.device)
-        pretrain_source = parent.data.build()
-        parent_tok = parent_tok or pretrain_source.tokenizer()
+        if parent is None:
+            pretrain_source, parent_tok = _local_reference(cfg, parent_tok, model)
+            context = getattr(model.config, "max_position_embeddings", None) or LOCAL_SEQ_LEN
+            pre_seq_len = min(LOCAL_SEQ_LEN, context)
+            n_eval, eval_bs = cfg.eval_batches or LOCAL_EVAL_BATCHES, cfg.train.batch_size
+        else:
+            pretrain_source = parent.data.build()
+            parent_tok = parent_tok or pretrain_source.tokenizer()
+            pre_seq_len = parent.train.seq_len
+            n_eval = cfg.eval_batches or parent.eval.batches
+            eval_bs = parent.eval.batch_size or parent.train.batch_size
         task = _build_task(cfg.data, parent_tok, model, "data")
-        seq_len = cfg.train.seq_len or parent.train.seq_len
-        n_eval = cfg.eval_batches or parent.eval.batches
-        eval_bs = parent.eval.batch_size or parent.train.batch_size
+        seq_len = cfg.train.seq_len or pre_seq_len
         task_val = [task.batch("val", i, eval_bs, seq_len) for i in range(n_eval)]
-        pre_val = [pretrain_source.batch("val", i, eval_bs, parent.train.seq_len) for i in range(n_eval)]
+        pre_val = [pretrain_source.batch("val", i, eval_bs, pre_seq_len) for i in range(n_eval)]
         sets = {"task/loss": task_val, "pretrain/loss": pre_val}
         if cfg.selection_batches:  # later val batches than the reported ones: disjoint from them
             sets["task/select_loss"] = [
@@ -280,8 +360,8 @@ def final_record(
     """The run's evals.jsonl row: what it fine-tuned, the losses before and after, the forgetting."""
     n_params, trainable = sizes
     return {
-        "parent": cfg.parent_id,
-        "checkpoint": cfg.checkpoint,
+        "parent": cfg.parent_id if cfg.parent else str(cfg.model_dir),
+        "checkpoint": cfg.checkpoint or cfg.model_dir.name,
         "method": cfg.method.name,
         "lr": cfg.train.lr,
         "steps": cfg.train.steps,
@@ -311,14 +391,27 @@ def train_record(step: int, tokens_per_step: int, stats) -> dict:
     }
 
 
+def load_parent(cfg: FinetuneConfig, store, device) -> tuple[Any, Any, dict, Any]:
+    """``(model, tokenizer or None, meta, parent PretrainConfig or None)`` of the checkpoint to fine-tune."""
+    if cfg.model_dir is None:
+        parent_dir, parent = resolve_parent(cfg, store)
+        return *ckpt.load_checkpoint(parent_dir / "ckpt" / cfg.checkpoint, device=str(device)), parent
+    if not cfg.model_dir.is_dir() or fingerprint(cfg.model_dir) != cfg.model_fingerprint:
+        # the id promises these weights: a directory changed since the config was made is another run
+        raise UserError(
+            f"{cfg.model_dir} changed since this run's config was made (weight fingerprint); run the "
+            "command again to fine-tune it as it is now"
+        )
+    return *ckpt.load_checkpoint(cfg.model_dir, device=str(device)), None
+
+
 def run_finetune(cfg: FinetuneConfig, run) -> None:
     """Execute one fine-tuning run inside an open run directory (see module docstring)."""
     started = time.perf_counter()
     for name in ("metrics", "evals"):
         run.truncate(name, 0)  # a restarted run begins again from the checkpoint
-    parent_dir, parent = resolve_parent(cfg, run.store)
     device = resolve_device(cfg.device)
-    model, parent_tok, meta = ckpt.load_checkpoint(parent_dir / "ckpt" / cfg.checkpoint, device=str(device))
+    model, parent_tok, meta, parent = load_parent(cfg, run.store, device)
     setting = Setting.build(cfg, parent, model, parent_tok)
     before = setting.evaluate(model)
     run.log_metrics({"step": 0, "tokens_seen": 0, **before})

@@ -69,12 +69,12 @@ def group_key(cfg: FinetuneConfig, store) -> str | None:
     """Runs with equal keys can run as one group; None: this run executes alone.
 
     Alone: a convergence stop (members would stop at different steps), a method with its own step rule
-    (Flat-LoRA, GGPO, SAM: perturbed steps), adapter dropout, or a parent too large or missing.
+    (Flat-LoRA, GGPO, SAM: perturbed steps), adapter dropout, a local directory (`model_dir`), or a parent too large or missing.
     """
     tc = cfg.train
     if tc.converge is not None or type(cfg.method).step_rule is not MethodConfig.step_rule:
         return None
-    if getattr(cfg.method, "dropout", 0.0):
+    if getattr(cfg.method, "dropout", 0.0) or cfg.model_dir is not None:  # a local directory: no parent run
         return None
     try:
         _, parent = resolve_parent(cfg, store)

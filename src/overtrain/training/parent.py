@@ -23,7 +23,9 @@ class ParentCheckpoint(BaseConfig):
 
     @field_validator("parent")
     @classmethod
-    def _parent(cls, value: str) -> str:
+    def _parent(cls, value: str | None) -> str | None:
+        if value is None:  # a fine-tune of a local directory (FinetuneConfig.model_dir) has no parent run
+            return None
         kind, _, run_id = value.rpartition("/")
         if (
             kind not in ("", "pretrain")
@@ -35,7 +37,9 @@ class ParentCheckpoint(BaseConfig):
 
     @field_validator("checkpoint")
     @classmethod
-    def _checkpoint(cls, value: str) -> str:
+    def _checkpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         # a name inside the parent's ckpt/, never a path that could leave it
         if not value or value in (".", "..") or value.startswith(".") or any(c in value for c in "/\\\0"):
             raise ValueError(
@@ -44,17 +48,19 @@ class ParentCheckpoint(BaseConfig):
         return value
 
     @property
-    def parent_id(self) -> str:
-        return self.parent.split("/", 1)[1]
+    def parent_id(self) -> str | None:
+        return self.parent.split("/", 1)[1] if self.parent else None
 
 
 def parents(cfg: ParentCheckpoint) -> list[tuple[str, str]]:
-    """The run-kind `parents` function for configs with a `ParentCheckpoint`."""
-    return [("pretrain", cfg.parent_id)]
+    """The run-kind `parents` function for configs with a `ParentCheckpoint` (none for a local directory)."""
+    return [("pretrain", cfg.parent_id)] if cfg.parent else []
 
 
 def resolve_parent(cfg: ParentCheckpoint, store) -> tuple[Path, Any]:
     """The parent's run directory and its `PretrainConfig`; a missing parent is a `UserError`."""
+    if cfg.parent is None:
+        raise UserError("this run reads a checkpoint of a pre-training run: give parent and checkpoint")
     parent_dir = store.run_dir("pretrain", cfg.parent_id)
     if not (parent_dir / "config.yaml").is_file():
         raise UserError(f"parent run {cfg.parent} not found in {store.root}")

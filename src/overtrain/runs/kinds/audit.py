@@ -6,15 +6,17 @@ noise sensitivity, sharpness, induction) on one reference text tokenised by the 
 tokenizer, and writes one ``evals.jsonl`` summary row per (checkpoint, probe row) with ``model_dir``,
 ``order`` and, when known, ``tokens``/``step``.
 
-At the end of the run, with at least `MIN_FOR_U` checkpoints whose training tokens are known, it looks
-for the U of the init-scale perturbed loss at the largest γ over the checkpoints in token order: T* =
+At the end of the run, with at least `MIN_FOR_U` checkpoints whose training tokens are known (else, as
+many whose steps are known: the axis is then steps), it looks for the U of the init-scale perturbed loss
+at the largest γ over the checkpoints in training order: T* =
 argmin of the mean over noise draws, with a percentile-bootstrap CI resampling the draws (each draw uses
 the same directions at every checkpoint; `overtrain.analysis.inflection.inflection_point`). The result
 is one more ``evals.jsonl`` row, ``record: "inflection"`` (`inflection_row`), which the report reads.
 
 Training tokens of a checkpoint come from, in order: our ``meta.json`` (``tokens_seen``), a directory
 name with ``tokens<N>`` (OLMo revisions, ``stage1-step1000-tokens4B``) or ``budget_<N>``; else a step
-from ``step<N>`` / ``step_<N>`` (Pythia revisions) orders them without a token count.
+from ``step<N>`` / ``step_<N>`` (Pythia revisions) times `AuditConfig.tokens_per_step` when given; without
+it the step orders them and the U analysis runs on steps. Each row's ``tokens_from`` says which.
 
 The run id hashes the config, which holds every directory's weight fingerprint (file names, sizes and
 modification times), so a checkpoint overwritten in place is audited again.
@@ -34,9 +36,9 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from overtrain.analysis.inflection import inflection_point
-from overtrain.config import BaseConfig, NotInId
+from overtrain.config import BaseConfig, InIdWhenSet, NotInId
 from overtrain.core.atomic import atomic_write_json
-from overtrain.core.weights import check_model_dir
+from overtrain.core.weights import check_model_dir, fingerprint
 from overtrain.data.corpus import TextConfig
 from overtrain.data.tokenized import tokenizer_digest
 from overtrain.errors import CheckpointError, DataError, UserError
@@ -102,6 +104,14 @@ class AuditConfig(BaseConfig):
     device: str = NotInId("auto")
     """``auto`` (cuda, else mps, else cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
 
+    tokens_per_step: int | None = InIdWhenSet(gt=0)
+    """Training tokens per optimizer step, for checkpoints known only by a step (``step<N>`` directories
+    without meta.json): tokens = step × this. Pythia's: 2,097,152 (1024 sequences × 2048 tokens)."""
+
+    tokenizer: Path | None = InIdWhenSet()
+    """A tokenizer directory (``AutoTokenizer.from_pretrained``) used for every checkpoint instead of
+    their own: for checkpoints saved without one."""
+
     @field_validator("probes")
     @classmethod
     def _probes(cls, value: list[str]) -> list[str]:
@@ -128,12 +138,6 @@ class AuditConfig(BaseConfig):
         return {**AUDIT_SETTINGS.get(name, {}), **self.settings.get(name, {})}
 
 
-def fingerprint(path: Path) -> str:
-    """Names, sizes and modification times of a directory's weight and config files."""
-    files = sorted([*path.glob("*.safetensors"), path / "config.json"])
-    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file())
-
-
 def _file_print(files: list[Path]) -> str:
     return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
 
@@ -145,25 +149,47 @@ def with_fingerprints(cfg: AuditConfig) -> AuditConfig:
         check_model_dir(path)
     if cfg.text is not None and not cfg.text.is_file():
         raise DataError(f"reference text not found: {cfg.text}")
+    update: dict[str, Any] = {}
+    if cfg.tokenizer is not None:
+        if not cfg.tokenizer.is_dir():
+            raise DataError(f"tokenizer directory not found: {cfg.tokenizer}")
+        update["tokenizer"] = cfg.tokenizer.resolve()
     models = [p.resolve() for p in cfg.models]
     prints = {str(p): fingerprint(p) for p in models}
+    if cfg.tokenizer is not None:  # a tokenizer changed in place is a new audit, like a weight file
+        files = sorted(f for f in update["tokenizer"].iterdir() if f.is_file())
+        prints[str(update["tokenizer"])] = _file_print(files)
     tasks = lm_harness.task_files(cfg.lm_eval_tasks) if cfg.lm_eval_tasks else []
     for file in tasks:
         prints[str(file)] = _file_print([file, *lm_harness.data_files_of(lm_harness.load_task(file))])
-    return cfg.model_copy(update={"models": models, "lm_eval_tasks": tasks, "fingerprints": prints})
+    return cfg.model_copy(update={**update, "models": models, "lm_eval_tasks": tasks, "fingerprints": prints})
 
 
-def training_position(path: Path, meta: dict[str, Any]) -> dict[str, int | None]:
-    """``{"tokens": ..., "step": ...}`` of a checkpoint from its meta.json or its directory name."""
+def load_tokenizer(path: Path):
+    """The tokenizer saved in directory `path` (local files only); a bad one is a one-line error."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:
+        raise DataError(f"cannot load a tokenizer from {path}: {' '.join(str(exc).split())}") from None
+
+
+def training_position(path: Path, meta: dict[str, Any], tokens_per_step: int | None = None) -> dict[str, Any]:
+    """``{"tokens": ..., "step": ..., "tokens_from": ...}`` of a checkpoint from its meta.json or its
+    directory name; ``tokens_from`` is ``meta.json``, ``name``, ``step × N`` or None (tokens unknown)."""
     tokens, step = meta.get("tokens_seen"), meta.get("step")
+    source = "meta.json" if tokens is not None else None
     name = path.name
     if tokens is None and (m := re.search(r"tokens[_-]?(\d+(?:\.\d+)?)([kKMBGT]?)", name)):
-        tokens = int(float(m.group(1)) * _SCALE[m.group(2)])
+        tokens, source = int(float(m.group(1)) * _SCALE[m.group(2)]), "name"
     if tokens is None and (m := re.search(r"budget_(\d+)", name)):
-        tokens = int(m.group(1))
+        tokens, source = int(m.group(1)), "name"
     if step is None and (m := re.search(r"step[_-]?(\d+)", name)):
         step = int(m.group(1))
-    return {"tokens": tokens, "step": step}
+    if tokens is None and step is not None and tokens_per_step:
+        tokens, source = step * tokens_per_step, f"step × {tokens_per_step}"
+    return {"tokens": tokens, "step": step, "tokens_from": source}
 
 
 def _reference_source(cfg: AuditConfig, tokenizer):
@@ -193,7 +219,8 @@ def training_order(checkpoint: dict[str, Any]) -> tuple:
 def inflection_row(
     checkpoints: Sequence[dict[str, Any]], noise_rows: Sequence[dict[str, Any]]
 ) -> dict[str, Any] | None:
-    """The U of the init-scale perturbed loss at the largest γ over the checkpoints with token counts.
+    """The U of the init-scale perturbed loss at the largest γ over the checkpoints with token counts, or
+    (fewer than `MIN_FOR_U` of those) with steps.
 
     Args:
         checkpoints: one dict per checkpoint with ``model_dir``, ``tokens``, ``step``, ``order``.
@@ -201,17 +228,22 @@ def inflection_row(
             nats/token, ``model_dir``).
 
     Returns:
-        The ``evals`` row ``{"record": "inflection", ...}``: ``t_star``, ``ci_low``, ``ci_high`` (training
-        tokens; CI over noise draws at ``level``), ``rise`` (final over minimum perturbed loss, minus 1)
+        The ``evals`` row ``{"record": "inflection", ...}``: ``axis`` (``tokens`` or ``steps``), ``t_star``,
+        ``ci_low``, ``ci_high`` (on that axis; CI over noise draws at ``level``), ``rise`` (final over minimum perturbed loss, minus 1)
         with its CI, ``interior``, ``is_u`` (interior and ``rise > min_rise``), ``min_rise``, ``gamma``,
         ``law``, ``checkpoints`` and ``draws``; None with fewer than `MIN_FOR_U` checkpoints with token
-        counts, without init-scale noise draws, or when two checkpoints have the same token count.
+        counts or steps, without init-scale noise draws, or when two checkpoints have the same position.
     """
-    known = [c for c in sorted(checkpoints, key=training_order) if c["tokens"]]
+    ordered = sorted(checkpoints, key=training_order)
+    axis, key = "tokens", "tokens"
+    known = [c for c in ordered if c["tokens"]]
+    if len(known) < MIN_FOR_U:  # e.g. Pythia's step<N> dirs without --tokens-per-step: T* in steps
+        axis, key = "steps", "step"
+        known = [c for c in ordered if c["step"]]  # positive: inflection_point needs a log axis
     draws = [r for r in noise_rows if r.get("law") == "init_scale"]
     if len(known) < MIN_FOR_U or not draws:
         return None
-    tokens = np.array([c["tokens"] for c in known], dtype=float)
+    tokens = np.array([c[key] for c in known], dtype=float)
     if not np.all(np.diff(tokens) > 0):
         return None
     gamma = max(d["gamma"] for d in draws)
@@ -224,6 +256,7 @@ def inflection_row(
     inf = inflection_point(tokens, curves)
     return {
         "record": "inflection",
+        "axis": axis,
         "law": "init_scale",
         "gamma": gamma,
         "t_star": inf.t_star,
@@ -255,10 +288,15 @@ def run_audit(cfg: AuditConfig, run) -> None:
         tasks = [
             lm_harness.load_task(f, run.dir / "hf_datasets") for f in lm_harness.task_files(cfg.lm_eval_tasks)
         ]
+    shared = load_tokenizer(cfg.tokenizer) if cfg.tokenizer is not None else None
     for order, path in enumerate(cfg.models):
         model, tokenizer, meta = ckpt.load_checkpoint(path, device=str(device))
+        tokenizer = shared or tokenizer
         if tokenizer is None:
-            raise CheckpointError(f"no tokenizer in {path}: the audit tokenises its reference text with it")
+            raise CheckpointError(
+                f"no tokenizer in {path}: the audit tokenises its reference text with it (give one with "
+                "--tokenizer DIR)"
+            )
         if digest is None:
             digest, source = tokenizer_digest(tokenizer), _reference_source(cfg, tokenizer)
         elif tokenizer_digest(tokenizer) != digest:
@@ -274,7 +312,7 @@ def run_audit(cfg: AuditConfig, run) -> None:
         extra = {
             "model_dir": str(path),
             "order": order,
-            **training_position(path, meta),
+            **training_position(path, meta, cfg.tokens_per_step),
             "n_params": sum(p.numel() for p in model.parameters()),
         }
         checkpoints.append(extra)

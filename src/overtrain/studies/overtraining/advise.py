@@ -124,7 +124,8 @@ def _advise_audit(
     if any(r.get("tokens") is None for r in rows.values()):
         raise UserError(
             f"audit run {run_id}: some checkpoints have no token count (meta.json tokens_seen, or a "
-            "directory name with tokens<N> or budget_<N>); a forecast in tokens needs them all"
+            "directory name with tokens<N> or budget_<N>); a forecast in tokens needs them all: for step<N> "
+            "directories pass --tokens-per-step N (Pythia: 2097152)"
         )
     dirs = sorted(rows, key=lambda d: rows[d]["tokens"])
     tokens = np.array([rows[d]["tokens"] for d in dirs], dtype=float)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def new_figure(ncols: int = 1, *, width: float = 5.2, height: float = 3.6, per_row: int = 4):
     """A figure with `ncols` panels, `per_row` to a row (returns ``(fig, axes_list)``, in reading order)."""
@@ -61,7 +63,6 @@ def log_y(ax, n_ticks: int = 5) -> None:
 
     Matplotlib labels only powers of ten, so a curve between 0.2 and 0.9 would show no number at all;
     there we place up to `n_ticks` ticks at round values (1-2-5 steps, finer when the span is narrow)."""
-    import numpy as np
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
     ax.set_yscale("log")

@@ -10,7 +10,16 @@ from overtrain.config import validate
 from overtrain.errors import UnknownNameError, UserError
 from overtrain.registry import RUN_KINDS
 from overtrain.report.build import build_report, provenance_section
-from overtrain.report.html import Figure, FigureRef, Section, Table, _cell, format_number, write_report
+from overtrain.report.html import (
+    Figure,
+    FigureRef,
+    Section,
+    Table,
+    _cell,
+    format_number,
+    render_table,
+    write_report,
+)
 from overtrain.report.plots import log_y, new_figure
 from overtrain.runs.query import Reader
 from overtrain.runs.store import Store
@@ -81,6 +90,16 @@ def test_figures_are_2x_png_and_svg_tables_scroll_and_collapse(tmp_path):
     assert page.index("class='summary'") < page.index("Detail</h2>")
     assert "<div class='scroll'><table><caption>wide" in page
     assert "<details><summary>every row (2 rows)</summary><div class='scroll'>" in page
+
+
+def test_a_long_text_column_is_drawn_under_its_row():
+    rows = [
+        {"claim": "a", "verdict": "PASS", "detail": "why & how"},
+        {"claim": "b", "verdict": "FAIL", "detail": ""},
+    ]
+    text = render_table(Table(rows, "claims", below="detail"))
+    assert "<th>detail</th>" not in text and text.count("<tr>") == 3  # header + 2 rows
+    assert "<tr class='below'><td colspan='2'>why &amp; how</td></tr>" in text
 
 
 def test_provenance_counts_runs_by_kind_and_collapses_the_list(home, tmp_path, tiny_pretrain):

@@ -26,6 +26,7 @@ body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; max-width: 1
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #d8dce4; padding-bottom: .2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: .8em 0; font-size: .92em; }
 .scroll { overflow-x: auto; max-width: 100%; }
+tr.below td { color: #4b5563; font-size: .9em; border-top: none; padding-left: 1.5em; }
 .summary { background: #f6f8fb; border: 1px solid #d8dce4; border-radius: 6px; padding: .2em 1em .6em; }
 .summary h2 { border: none; margin-top: .6em; } .summary ul { margin: .3em 0; padding-left: 1.3em; }
 .summary figure img { max-height: 340px; width: auto; }
@@ -68,6 +69,9 @@ class Table:
     caption: str = ""
     collapsed: bool = False
     """Render inside a closed ``<details>`` (long lists a reader opens on demand, e.g. every run)."""
+    below: str | None = None
+    """A column of long text (e.g. a claim's detail) drawn as a full-width line under its row: as a
+    column it is squeezed to a few words per line and makes every row tall."""
 
 
 @dataclass
@@ -121,12 +125,17 @@ def _cell(value: Any) -> str:
 def render_table(table: Table) -> str:
     if not table.rows:
         return f"<p class='note'>{html.escape(table.caption)}: no rows.</p>"
-    columns = list(table.rows[0])
+    columns = [c for c in table.rows[0] if c != table.below]
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(_cell(row.get(c)) for c in columns) + "</tr>" for row in table.rows)
+    lines = []
+    for row in table.rows:
+        lines.append("<tr>" + "".join(_cell(row.get(c)) for c in columns) + "</tr>")
+        if table.below is not None and row.get(table.below):
+            text = html.escape(str(row[table.below]))
+            lines.append(f"<tr class='below'><td colspan='{len(columns)}'>{text}</td></tr>")
     caption = f"<caption>{html.escape(table.caption)}</caption>" if table.caption else ""
     # wide tables (the audit's 18 columns) scroll inside their box instead of running off the page
-    block = f"<div class='scroll'><table>{caption}<tr>{head}</tr>{body}</table></div>"
+    block = f"<div class='scroll'><table>{caption}<tr>{head}</tr>{''.join(lines)}</table></div>"
     if table.collapsed:
         what = html.escape(table.caption or "table")
         return f"<details><summary>{what} ({len(table.rows):,} rows)</summary>{block}</details>"

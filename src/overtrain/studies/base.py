@@ -285,6 +285,7 @@ def claims_table(rows: list[dict[str, Any]], caption: str) -> tuple[Table, str]:
             for c in claims
         ],
         caption,
+        below="detail",
     )
     return table, headline(claims)
 

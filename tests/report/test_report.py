@@ -127,3 +127,8 @@ def test_log_y_labels_an_axis_spanning_less_than_a_decade():
     log_y(ax)
     fig.canvas.draw()
     assert len([t for t in ax.get_yticklabels() if t.get_text()]) >= 3
+    fig, (ax,) = new_figure(1)
+    ax.plot([1, 2, 3], [0.35, 1.4, 0.5])
+    ax.fill_between([1, 2, 3], [0, 0.3, 0.4], [0.4, 1.5, 0.6])  # a seed band down to 0 (dropped on log)
+    log_y(ax)
+    assert list(ax.get_yticks()) == [0.3, 0.5, 0.7, 1.0, 1.5]

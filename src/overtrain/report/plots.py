@@ -66,7 +66,8 @@ def log_y(ax, n_ticks: int = 5) -> None:
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
     ax.set_yscale("log")
-    lo, hi = ax.dataLim.intervaly
+    # the view, not the data limits: a band reaching 0 puts 0 in the data limits, which a log axis drops
+    lo, hi = ax.get_ylim()
     if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo < hi) or hi / lo >= 10:
         ax.yaxis.set_minor_formatter(NullFormatter())  # minor labels collide with the axis label
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 import pytest
 
 from overtrain.config import validate
@@ -131,4 +132,4 @@ def test_log_y_labels_an_axis_spanning_less_than_a_decade():
     ax.plot([1, 2, 3], [0.35, 1.4, 0.5])
     ax.fill_between([1, 2, 3], [0, 0.3, 0.4], [0.4, 1.5, 0.6])  # a seed band down to 0 (dropped on log)
     log_y(ax)
-    assert list(ax.get_yticks()) == [0.3, 0.5, 0.7, 1.0, 1.5]
+    assert np.allclose(ax.get_yticks(), [0.3, 0.5, 0.7, 1.0, 1.5])

@@ -61,14 +61,16 @@ def log_x(ax, ticks=None) -> None:
 def log_y(ax, n_ticks: int = 5) -> None:
     """Log y axis whose ticks are labelled even when the data span less than a decade (call after plotting).
 
-    Matplotlib labels only powers of ten, so a curve between 0.2 and 0.9 would show no number at all;
+    Matplotlib labels only powers of ten, so a view holding fewer than two of them (a curve between 0.2
+    and 0.9, or 0.15 and 1.6) shows one number or none;
     there we place up to `n_ticks` ticks at round values (1-2-5 steps, finer when the span is narrow)."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
     ax.set_yscale("log")
     # the view, not the data limits: a band reaching 0 puts 0 in the data limits, which a log axis drops
     lo, hi = ax.get_ylim()
-    if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo < hi) or hi / lo >= 10:
+    decades = np.floor(np.log10(hi)) - np.ceil(np.log10(lo)) + 1 if 0 < lo < hi else 0
+    if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo < hi) or decades >= 2:
         ax.yaxis.set_minor_formatter(NullFormatter())  # minor labels collide with the axis label
         return
     # 1-2-5 steps first (round numbers read at a glance), finer mantissas only when they give too few ticks

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -173,10 +175,17 @@ def test_sigkill_mid_run_then_rerun_matches_an_uninterrupted_run(tmp_path, tiny_
     deadline = time.monotonic() + 240
     state = None
     while time.monotonic() < deadline and proc.poll() is None:
-        states = list((tmp_path / "kill").rglob("resume/trainer_state.json"))
-        if states and json.loads(states[0].read_text())["state"]["step"] >= 60:
-            state = states[0]
-            break
+        # glob, not Path.rglob: rglob raises when a checkpoint's temp dir is renamed while it walks, and the
+        # resume dir itself is replaced atomically (so it can vanish between the glob and the read)
+        states = glob.glob(
+            str(tmp_path / "kill" / "runs" / "*" / "*" / "ckpt" / "resume" / "trainer_state.json")
+        )
+        try:
+            if states and json.loads(Path(states[0]).read_text())["state"]["step"] >= 60:
+                state = Path(states[0])
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
         time.sleep(0.02)
     assert state is not None and proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)

@@ -51,12 +51,12 @@ def test_step_dirs_get_the_u_on_steps_or_on_tokens_per_step(tmp_path, capsys, sa
     assert code == 0, err
     inf = _inflection(out)
     assert inf["axis"] == "steps" and 1000 <= inf["ci_low"] <= inf["t_star"] <= inf["ci_high"] <= 8000
-    assert re.search(r"T\* = [\d,]+ steps", out)
+    assert re.search(r"lowest at [\d,]+ steps", out)
     code, out, err = _cli(capsys, *base, "--tokens-per-step", str(PYTHIA))
     assert code == 0, err
     inf = _inflection(out)
     assert inf["axis"] == "tokens" and 1000 * PYTHIA <= inf["t_star"] <= 8000 * PYTHIA
-    assert re.search(r"T\* = [\d,]+ tokens", out) and f"step × {PYTHIA}" in out
+    assert re.search(r"lowest at [\d,]+ tokens", out) and f"step × {PYTHIA}" in out
     code, _, err = _cli(capsys, *base, "--tokens-per-step", "0")
     assert code == 2 and "tokens_per_step" in err
 

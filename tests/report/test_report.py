@@ -133,3 +133,14 @@ def test_log_y_labels_an_axis_spanning_less_than_a_decade():
     ax.fill_between([1, 2, 3], [0, 0.3, 0.4], [0.4, 1.5, 0.6])  # a seed band down to 0 (dropped on log)
     log_y(ax)
     assert np.allclose(ax.get_yticks(), [0.3, 0.5, 0.7, 1.0, 1.5])
+
+
+def test_audit_u_line_brackets_t_star_by_the_neighbouring_checkpoints():
+    from overtrain.report.audit import inflection_line
+
+    inf = {"is_u": True, "axis": "steps", "gamma": 4.0, "t_star": 104.0, "ci_low": 104.0, "ci_high": 104.0}
+    inf |= {"level": 0.95, "rise": 0.112, "draws": 4}
+    table = [{"step": s} for s in (32, 57, 104, 189, 342)]
+    line = inflection_line(inf, table)
+    assert "lowest at 104 steps (the minimum lies between the checkpoints at 57 and 189)" in line
+    assert "95% bootstrap CI over 4 noise draws: 104 steps (the noise of the probe only" in line

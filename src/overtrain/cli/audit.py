@@ -48,7 +48,7 @@ def audit_command(
         inflections = reader.evals(outcome.run_id, record="inflection")
     console.print(format_table(pa.Table.from_pylist(rows)), end="", markup=False)
     for inf in inflections:
-        console.print(inflection_line(inf), markup=False)
+        console.print(inflection_line(inf, rows), markup=False)
     console.print(f"audit run {outcome.run_id}: {store.run_dir(kind.name, outcome.run_id)}")
     console.print(run_facts(store, kind.name, outcome.run_id, cfg), markup=False)
     if report_dir is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from overtrain.analysis.inflection import bracket
 from overtrain.report.html import Figure, Section, Table
 from overtrain.report.plots import label, new_figure
 from overtrain.report.plots import log_x as set_log_x
@@ -64,15 +65,31 @@ def audit_table(reader: Reader, run_id: str) -> list[dict[str, Any]]:
     return rows
 
 
-def inflection_line(inf: dict[str, Any]) -> str:
+def inflection_line(inf: dict[str, Any], table: list[dict[str, Any]] = ()) -> str:
     """The stored U analysis in one sentence, T* in its axis's unit (tokens, or steps when the token
-    counts were unknown)."""
+    counts were unknown) and at the precision of the checkpoints: the one where the perturbed loss is
+    lowest and, from `table` (`audit_table`'s rows), the checkpoints either side that bracket the minimum."""
     shape = "a U: more training made the perturbed loss worse" if inf["is_u"] else "no U"
     unit = inf.get("axis") or "tokens"  # rows written before the axis was recorded were all in tokens
+    key = "step" if unit == "steps" else "tokens"
+    grid = sorted({float(r[key]) for r in table if r.get(key)})
+    where = f"lowest at {inf['t_star']:,.0f} {unit}"
+    if inf["t_star"] in grid:
+        lo, hi = bracket(grid, grid.index(inf["t_star"]))
+        if lo is not None and hi is not None:
+            where += f" (the minimum lies between the checkpoints at {lo:,.0f} and {hi:,.0f})"
+        else:
+            where += f" (the {'first' if lo is None else 'last'} checkpoint)"
+    span = (
+        f"{inf['ci_low']:,.0f}"
+        if inf["ci_low"] == inf["ci_high"]
+        else f"{inf['ci_low']:,.0f} – {inf['ci_high']:,.0f}"
+    )
+    draws = f"{inf['draws']} noise draws" if inf.get("draws") else "noise draws"
     return (
-        f"Perturbed loss (init-scale, γ = {inf['gamma']:g}) over the checkpoints: {shape}; T* = "
-        f"{inf['t_star']:,.0f} {unit} (CI over noise draws {inf['ci_low']:,.0f} – {inf['ci_high']:,.0f} "
-        f"{unit}), rise after it {inf['rise']:.1%}."
+        f"Perturbed loss (init-scale, γ = {inf['gamma']:g}) over the checkpoints: {shape}; {where}; "
+        f"{inf.get('level', 0.95):.0%} bootstrap CI over {draws}: {span} {unit} (the noise of the probe "
+        f"only, not of training); rise after it {inf['rise']:.1%}."
     )
 
 
@@ -136,7 +153,7 @@ def audit_section(reader: Reader) -> Section | None:
             if len(keys) > 1:
                 ax.legend(fontsize=7)
         figures.append(Figure("audit_probes", fig, "Probes of every audited checkpoint, in training order."))
-    text.extend(inflection_line(inf) for inf in reader.evals(run_id, record="inflection"))
+    text.extend(inflection_line(inf, rows) for inf in reader.evals(run_id, record="inflection"))
     shown = [{k: v for k, v in r.items() if k != "order"} for r in rows]
     return Section(
         "Audit of Hugging Face checkpoints",

@@ -131,7 +131,7 @@ def audit_section(reader: Reader) -> Section | None:
                 (["reference loss"], "reference loss (nats/token)"),
                 (
                     sorted(k for k in columns if k.startswith("perturbed init_scale")),
-                    "perturbed loss, init-scale noise",
+                    "perturbed loss, init-scale noise (nats/token)",
                 ),
                 (["lambda_max"], "top Hessian eigenvalue λ_max"),
                 (["max prefix-matching"], "max prefix-matching score (induction)"),

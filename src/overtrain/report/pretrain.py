@@ -58,7 +58,8 @@ def pretrain_section(reader: Reader, run_ids: list[str] | None = None) -> Sectio
         ax.axhline(floor, color="k", ls="--", lw=1, label=f"Bayes floor {floor:.3f}")
     ax.set_xscale("log")
     label(ax, "tokens seen", "validation loss (nats/token)", "Pre-training: held-out loss vs tokens")
-    ax.legend(fontsize=7)
+    # outside the axes: with many runs the legend grows, and inside it covers the curves or the floor line
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     rows = [
         {
             "run": b["run_id"],

@@ -78,7 +78,11 @@ def test_cli_audit_with_u_analysis_and_report(tmp_path, capsys, save_revisions):
     out = capsys.readouterr().out
     assert "tokens1M" in out and "reference loss" in out
     html = (tmp_path / "rep" / "index.html").read_text()
-    assert "Audit of Hugging Face checkpoints" in html and "T* =" in html
+    assert (
+        "Audit of Hugging Face checkpoints" in html
+        and "over the checkpoints: " in html
+        and "lowest at " in html
+    )
     # the U is computed by the audit run and stored as one evals row; the report only reads it
     with Reader(Store()) as reader:
         run = reader.latest("audit")

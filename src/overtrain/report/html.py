@@ -98,7 +98,7 @@ def format_number(value: float | int) -> str:
         return f"{value:,}"
     v = float(value)
     if not math.isfinite(v):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "−inf")
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
     if v == 0:
         return "0"
     if abs(v) >= 1e15 or abs(v) < 1e-3:

@@ -135,6 +135,22 @@ def test_home_option_puts_the_run_there_and_dry_runs_name_the_store(capsys, home
     assert code == 0 and f"store: {other / 'runs'}" in out.splitlines()
 
 
+def test_study_and_sweep_summaries_name_the_device_their_runs_used(home, tiny_pretrain):
+    from overtrain.cli.output import plan_facts
+    from overtrain.config import validate
+    from overtrain.registry import RUN_KINDS
+    from overtrain.runs.plan import Plan, PlanItem
+    from overtrain.runs.store import Store
+    from overtrain.training.pretrain_config import PretrainConfig
+
+    store, kind = Store(), RUN_KINDS.get("pretrain")
+    cfg = validate(PretrainConfig, tiny_pretrain)
+    plan = Plan([PlanItem.from_config(kind, cfg)])
+    assert plan_facts(store, plan).splitlines() == [f"store: {store.root}"]  # nothing ran yet
+    store.execute(kind, cfg)
+    assert plan_facts(store, plan).splitlines() == ["device: cpu", f"store: {store.root}"]
+
+
 def test_corrupt_resume_state_is_a_one_line_error(capsys, home, tiny_yaml, tiny_pretrain, monkeypatch):
     from overtrain.training.pretrain import _Job
 

@@ -149,6 +149,7 @@ def probe(
 def _run_study(
     name: str, config, preset, overrides, workers: int, dry_run: bool, report_dir, redo_analysis: bool = False
 ) -> None:
+    from overtrain.cli.output import plan_facts
     from overtrain.registry import STUDIES
     from overtrain.runs.query import Reader, format_table
     from overtrain.runs.store import Store
@@ -181,6 +182,7 @@ def _run_study(
                 "select text from evals where run_id = ? and record = 'recommendation'", [study_id]
             ):
                 out.print(row["text"])
+    out.print(plan_facts(store, study.plan(cfg)), markup=False)
     if report_dir is not None:
         from overtrain.report.build import build_report
 
@@ -287,6 +289,7 @@ def sweep(
 
     Example: overtrain sweep configs/sweeps/demo.yaml --executor ray --address auto
     """
+    from overtrain.cli.output import plan_facts
     from overtrain.registry import EXECUTORS
     from overtrain.runs.plan import load_sweep
     from overtrain.runs.store import Store
@@ -303,6 +306,7 @@ def sweep(
     if workers is not None or executor == "local":
         options["workers"] = workers or 1
     result = EXECUTORS.get(executor)(plan, store, progress=True, **options)
+    _console().print(plan_facts(store, plan), markup=False)
     _report_plan(result)
 
 

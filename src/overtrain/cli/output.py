@@ -66,6 +66,16 @@ def run_facts(store, kind: str, run_id: str, cfg) -> str:
     return "\n".join(lines)
 
 
+def plan_facts(store, plan) -> str:
+    """``device: cpu`` (the devices the plan's runs resolved, from their manifests; runs without one, such
+    as analyses, do not count) and ``store: /abs/path``, one line each, for a study's or sweep's summary."""
+    devices = sorted(
+        {d for item in plan.items if (d := (store.manifest(item.kind, item.run_id) or {}).get("device"))}
+    )
+    lines = [f"device: {', '.join(devices)}"] if devices else []
+    return "\n".join([*lines, f"store: {store.root}"])
+
+
 def one_line(text: str) -> str:
     """`text` as one line: a line break inside a message (a path, a value) is shown escaped, never broken."""
     return text.translate(_LINE_BREAKS)

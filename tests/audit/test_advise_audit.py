@@ -43,3 +43,12 @@ def test_advise_reads_an_audit_of_a_checkpoint_family(tmp_path, capsys, save_rev
     assert code == 0
     code, _, err = _cli(capsys, "advise", re.search(r"audit run (\w+):", out).group(1))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no token count" in err
+
+
+def test_too_few_checks_says_what_would_give_more():
+    from overtrain.cli.advise import forecast_line
+    from overtrain.studies.overtraining.advise import Advice
+
+    audit = forecast_line(Advice("abc", "retention", None, [], source="audit"))
+    assert "fewer than 5 checks" in audit and "checkpoints with token counts" in audit
+    assert "pretrain.monitor" in forecast_line(Advice("abc", "retention", None, [], source="pretrain"))

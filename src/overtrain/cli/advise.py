@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from overtrain.analysis.forecast import MIN_CHECKS
 from overtrain.cli.progress import step_progress
 from overtrain.config import build_config, config_hash
 from overtrain.errors import UserError
@@ -39,7 +40,8 @@ def forecast_line(a: Advice) -> str:
     what = "pre-training run" if a.source == "pretrain" else "audit run"
     f = a.forecast
     if f is None:
-        return f"{what} {a.run_id}: fewer than 5 checks to forecast from (pretrain.monitor)"
+        more = "pretrain.monitor checks" if a.source == "pretrain" else "checkpoints with token counts"
+        return f"{what} {a.run_id}: fewer than {MIN_CHECKS} checks to forecast from (needs more {more})"
     if math.isnan(f["t_star"]):
         return (
             f"{what} {a.run_id}: after {f['checks']} checks ({f['now_tokens']:,.0f} tokens) no forecast yet: "

@@ -35,8 +35,8 @@ def provenance_section(reader: Reader) -> Section:
     )
     tables = [Table(by_kind, "Runs by kind and status"), Table(rows, "Every run", collapsed=True)]
     text = [
-        f"{len(rows):,} run{'' if len(rows) == 1 else 's'} in the store <code>{store.root}</code>. Each run's resolved config and manifest "
-        "are in its directory; query them with <code>overtrain query</code>."
+        f"{len(rows):,} run{'' if len(rows) == 1 else 's'} in the store <code>{store.root}</code>. Each "
+        "run's resolved config and manifest are in its directory; query them with <code>overtrain query</code>."
     ]
     if failed:
         text.append(
@@ -87,7 +87,7 @@ def _sections(reader: Reader, study: str | None) -> list[Section]:
 
 
 def _short_title(description: str) -> str:
-    """A study's name for headings: its registry description up to the citation's closing parenthesis
-    ("Catastrophic overtraining (Springer et al. 2025)")."""
+    """A study's name for headings: its registry description up to the first colon, which ends the name
+    and citation ("Catastrophic overtraining (Springer et al. 2025)")."""
     head = description.split(":", 1)[0]
     return head if len(head) <= 80 else head[:77] + "..."

@@ -45,6 +45,19 @@ def save_revisions():
 
 
 @pytest.fixture
+def cli(capsys):
+    """``cli(*argv)``: run ``overtrain ARGV`` in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*argv):
+        with pytest.raises(SystemExit) as info:
+            main(list(argv))
+        out = capsys.readouterr()
+        return info.value.code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture
 def fails(capsys):
     """``fails(args, match)``: ``overtrain audit ARGS`` exits 2 with one stderr line containing `match`."""
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
-from overtrain.cli.main import main
 from overtrain.core.convert import convert_dir, unshare
 from overtrain.data.tokenizer import byte_tokenizer
 from overtrain.models.presets import ModelConfig, build_model
@@ -25,18 +23,11 @@ def _pickled_model(path, tied: bool = True):
     return model
 
 
-def _cli(capsys, *argv):
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
-
-
-def test_convert_then_audit_reads_bit_exact_weights(tmp_path, capsys, fails):
+def test_convert_then_audit_reads_bit_exact_weights(tmp_path, fails, cli):
     model = _pickled_model(tmp_path / "old")
     assert model.lm_head.weight is model.model.embed_tokens.weight
     fails([str(tmp_path / "old"), "--probes", "reference_loss"], "overtrain convert")
-    code, out, err = _cli(capsys, "convert", str(tmp_path / "old"))
+    code, out, err = cli("convert", str(tmp_path / "old"))
     assert code == 0, err
     assert "only files you trust" in out and "copied 1 tensor(s) that shared storage" in out
     assert (tmp_path / "old" / "pytorch_model.bin").is_file()  # kept without --remove-bin
@@ -46,30 +37,28 @@ def test_convert_then_audit_reads_bit_exact_weights(tmp_path, capsys, fails):
     loaded, _, _ = load_checkpoint(tmp_path / "old")
     for name, t in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], t), name
-    code, out, err = _cli(
-        capsys, "audit", str(tmp_path / "old"), "--probes", "reference_loss", "--set", "seq_len=32"
-    )
+    code, out, err = cli("audit", str(tmp_path / "old"), "--probes", "reference_loss", "--set", "seq_len=32")
     assert code == 0, err
     assert "old" in out
     # a second conversion has nothing to do: one line, exit 2
-    code, _, err = _cli(capsys, "convert", str(tmp_path / "old"))
+    code, _, err = cli("convert", str(tmp_path / "old"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "already has safetensors" in err
 
 
-def test_remove_bin_and_bad_inputs(tmp_path, capsys):
+def test_remove_bin_and_bad_inputs(tmp_path, cli):
     _pickled_model(tmp_path / "a", tied=False)
     done = convert_dir(tmp_path / "a", remove_bin=True)
     assert done.removed == ["pytorch_model.bin"] and done.shared == 0
     assert not (tmp_path / "a" / "pytorch_model.bin").exists()
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".tmp")]
-    code, _, err = _cli(capsys, "convert", str(tmp_path / "missing"))
+    code, _, err = cli("convert", str(tmp_path / "missing"))
     assert code == 2 and "checkpoint not found" in err
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "pytorch_model.bin").write_bytes(b"not a pickle")
-    code, _, err = _cli(capsys, "convert", str(tmp_path / "junk"))
+    code, _, err = cli("convert", str(tmp_path / "junk"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot read" in err
     torch.save([1, 2], tmp_path / "junk" / "pytorch_model.bin")
-    code, _, err = _cli(capsys, "convert", str(tmp_path / "junk"))
+    code, _, err = cli("convert", str(tmp_path / "junk"))
     assert code == 2 and "not a dict of named tensors" in err
 
 

@@ -49,6 +49,7 @@ def cli(capsys):
     """``cli(*argv)``: run ``overtrain ARGV`` in-process; returns (exit code, stdout, stderr)."""
 
     def run(*argv):
+        capsys.readouterr()  # only the command's own output (a fixture's progress bar printed before it)
         with pytest.raises(SystemExit) as info:
             main(list(argv))
         out = capsys.readouterr()

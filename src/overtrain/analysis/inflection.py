@@ -266,6 +266,12 @@ def bracket(grid: Sequence[float], index: int) -> tuple[float | None, float | No
     return lo, hi
 
 
+def between_budgets(grid: Sequence[float], index: int) -> str:
+    """ "the minimum lies between the budgets A and B" for grid point `index` ("" at an edge of the grid)."""
+    lo, hi = bracket(grid, index)
+    return "" if lo is None or hi is None else f"the minimum lies between the budgets {lo:,.0f} and {hi:,.0f}"
+
+
 def describe_t_star(
     inf: Inflection, grid: Sequence[float], unit: str = "tokens", groups: str = "seeds"
 ) -> str:
@@ -277,7 +283,7 @@ def describe_t_star(
     if lo is None or hi is None:
         text = f"lowest at the {'first' if lo is None else 'last'} budget measured ({at} {unit}): no interior minimum"
     else:
-        text = f"lowest at the budget of {at} {unit}: the minimum lies between the budgets {lo:,.0f} and {hi:,.0f}"
+        text = f"lowest at the budget of {at} {unit}: {between_budgets(grid, inf.index)}"
     if inf.degenerate or inf.n_groups < 2:
         return text
     span = (

@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 from overtrain.analysis.claims import Claim
-from overtrain.analysis.inflection import bracket
+from overtrain.analysis.inflection import between_budgets, bracket
 from overtrain.runs.query import Reader
 
 
@@ -96,7 +96,7 @@ def _advice(cfg, fixed, method, tokens, n_params, claims: list[Claim]) -> str:
             elif hi is None:
                 where = f"at {inf.t_star:,.0f} tokens (the largest budget measured)"
             else:
-                where = f"near {inf.t_star:,.0f} tokens (the minimum lies between the budgets {lo:,.0f} and {hi:,.0f})"
+                where = f"near {inf.t_star:,.0f} tokens ({between_budgets(tokens, inf.index)})"
             lines.append(
                 f"{head} stop {where}: more pre-training hurt ({shape}, 95% lower bound {finding.ci_low:.2%}, "
                 f"fpr {finding.fpr:.0%})."

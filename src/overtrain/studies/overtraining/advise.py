@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from overtrain.analysis.forecast import MIN_CHECKS, prospective
-from overtrain.analysis.inflection import bracket
+from overtrain.analysis.inflection import between_budgets
 from overtrain.errors import UserError
 from overtrain.runs.query import Reader
 from overtrain.runs.store import Store
@@ -292,7 +292,5 @@ def _recommend(tradeoff: list[dict[str, Any]], objective: Objective, min_rise: f
 
 def _between(grid, index: int) -> str:
     """ " (the minimum lies between the budgets A and B)": a grid's argmin is no finer than its grid."""
-    lo, hi = bracket(grid, index)
-    if lo is None or hi is None:
-        return ""
-    return f" (the minimum lies between the budgets {lo:,.0f} and {hi:,.0f})"
+    text = between_budgets(grid, index)
+    return f" ({text})" if text else ""
